@@ -1,1 +1,467 @@
-//! weir-config
+//! Weir's configuration: the YAML schema, parsing with `file:line: field: message` errors, and the
+//! semantic checks that need the whole file (names resolve, ranges make sense).
+//!
+//! Raw file → [`Config`] (this crate) → compiled snapshot (`weir-proxy`). Every struct denies unknown
+//! fields: a mistyped key is an error, never a silent default.
+
+#![deny(missing_docs)]
+
+mod error;
+mod lines;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Issue};
+pub use lines::LineIndex;
+pub use units::ByteSize;
+
+/// The whole proxy configuration, as written in the YAML file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Worker threads for the data path. Default: the number of CPU cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// The admin listener (health, metrics, config). Default: `127.0.0.1:9901`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where to write JSON access log lines. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+    /// Edge limits applied to every downstream connection.
+    #[serde(default)]
+    pub limits: Limits,
+    /// How long SIGTERM waits for in-flight requests before exiting. Default: `30s`.
+    #[serde(default = "defaults::drain_timeout", with = "units::duration")]
+    pub drain_timeout: Duration,
+    /// Downstream listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// L7 routes; the most specific match wins, ties go to the earlier route.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Upstream clusters that routes send traffic to.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. Default: `127.0.0.1:9901`. Use port 0 to pick a free port.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: defaults::admin_listen() }
+    }
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `stdout`, `stderr`, or a file path (appended to).
+    pub path: String,
+}
+
+/// Edge limits. Every field has a default that is safe for the open internet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line + headers) accepted; larger gets 431. Default: `64KiB`.
+    pub max_request_header_bytes: ByteSize,
+    /// Most request headers accepted; more gets 431. Default: `100`.
+    pub max_request_headers: usize,
+    /// Time allowed to receive a complete request head (slowloris guard). Default: `10s`.
+    #[serde(with = "units::duration")]
+    pub request_head_timeout: Duration,
+    /// A downstream connection with no request in flight and no bytes moving is closed after
+    /// this long. Default: `60s`.
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// Most concurrent downstream connections per listener; further ones wait in the accept
+    /// queue. Default: `10000`.
+    pub max_connections: usize,
+    /// HTTP/2 streams a client may have open at once on one connection. Default: `256`.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest request body accepted; larger gets 413. Default: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<ByteSize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_header_bytes: ByteSize(64 * 1024),
+            max_request_headers: 100,
+            request_head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 256,
+            max_request_body_bytes: None,
+        }
+    }
+}
+
+/// A downstream listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// `http` (HTTP/1.1 and h2c) or `https` (TLS with ALPN h2 / http/1.1).
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Certificates for `https`; required there, refused for `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// Downstream protocol of a listener.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// Plain text: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[default]
+    Http,
+    /// TLS 1.2/1.3 termination; HTTP/2 or HTTP/1.1 chosen by ALPN.
+    Https,
+}
+
+/// TLS settings of an `https` listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains with their keys (PEM). The one whose names match the client's SNI is
+    /// used; the first is the fallback when SNI is absent or matches none.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file with the certificate chain, leaf first. Relative to the config file.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Relative to the config file.
+    pub key: PathBuf,
+}
+
+/// An L7 route: a match and where matching requests go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// What requests this route takes. An empty match takes everything.
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// The cluster that serves matching requests.
+    pub cluster: String,
+    /// Changes to the request before it goes upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Overrides the cluster's request timeout for this route.
+    #[serde(
+        default,
+        with = "units::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+/// The conditions a request must meet, all of them, to take a route.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// `api.example.com` (exact, case-insensitive) or `*.example.com` (any subdomain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path, exactly (query excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A path prefix (plain string prefix: write `/v1/` to leave out `/v1x`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// A regular expression the whole path must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// Allowed methods; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header name → value rule; all must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, ValueRule>,
+    /// Query parameter name → value rule; all must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, ValueRule>,
+}
+
+/// How a header or query value is matched: a plain string is an exact match; otherwise one of
+/// `{ exact: .. }`, `{ regex: .. }` (whole value), `{ present: true }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueRule {
+    /// The value equals this string.
+    Exact(String),
+    /// The whole value matches this regular expression.
+    Regex(String),
+    /// The header or parameter is present, with any value.
+    Present(bool),
+}
+
+/// Request changes made before forwarding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the matched `path_prefix` with this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Replaces the Host (HTTP/1.1) / :authority (HTTP/2) sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// An upstream cluster: endpoints, how to pick one, and how to talk to them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique name, used by routes, logs and metrics.
+    pub name: String,
+    /// Load balancing policy. Default: `round_robin`.
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// What `ring_hash` and `maglev` hash on. Default: `client_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// Upstream protocol. Default: `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the upstream; when present, connections use TLS (with ALPN for `h2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// The endpoints (`host:port`).
+    pub endpoints: Vec<EndpointConfig>,
+    /// Timeouts for upstream connections and requests.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Passive health checking: endpoints that fail to connect are skipped for a while.
+    #[serde(default)]
+    pub health: PassiveHealth,
+    /// Idle pooled connections kept per endpoint. Default: `64`.
+    #[serde(default = "defaults::max_idle_per_endpoint")]
+    pub max_idle_per_endpoint: usize,
+}
+
+/// Load balancing policies.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// In turn, proportionally to weights, smoothly interleaved.
+    WeightedRoundRobin,
+    /// Power of two choices on in-flight requests per weight.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on a ring (`hash_on` decides the key).
+    RingHash,
+    /// Maglev consistent hashing (`hash_on` decides the key).
+    Maglev,
+}
+
+impl LbPolicy {
+    /// Whether the policy uses a hash key.
+    pub fn is_hash(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
+}
+
+/// The key a hashing balancer uses: `client_ip`, `{ header: NAME }` or `{ cookie: NAME }`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// Protocol spoken to upstream endpoints.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2: cleartext prior knowledge (h2c) without `tls`, ALPN `h2` with `tls`.
+    H2,
+}
+
+/// TLS to upstream endpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of CA certificates to trust. Required unless `insecure_skip_verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Server name sent as SNI and verified. Default: the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Do not verify the upstream certificate (testing only).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip:port` or `hostname:port` (resolved at connect time).
+    pub address: String,
+    /// Relative weight for weighted policies. Default: `1`.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect. Expiry → 504. Default: `1s`.
+    #[serde(with = "units::duration")]
+    pub connect: Duration,
+    /// From sending the request to receiving the response head. Expiry → 504. Default: `15s`.
+    #[serde(with = "units::duration")]
+    pub request: Duration,
+    /// Idle pooled upstream connections are closed after this long. Default: `60s`.
+    #[serde(with = "units::duration")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_secs(15),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Passive health checking.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealth {
+    /// Consecutive connect failures that take an endpoint out. `0` disables. Default: `3`.
+    pub max_failures: u32,
+    /// How long an endpoint stays out before it is tried again. Default: `10s`.
+    #[serde(with = "units::duration")]
+    pub cooldown: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth { max_failures: 3, cooldown: Duration::from_secs(10) }
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9901))
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn max_idle_per_endpoint() -> usize {
+        64
+    }
+}
+
+/// A parsed and validated config, with what is needed to report later errors against its source.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: Config,
+    /// The file it came from (for messages and for resolving relative paths).
+    pub file: PathBuf,
+    /// Where each field stands in the file.
+    pub lines: LineIndex,
+}
+
+impl LoadedConfig {
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_str(path, &text)
+    }
+
+    /// Parses and validates config text; `file` names it in messages.
+    pub fn from_str(file: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
+        let lines = LineIndex::build(text);
+        let config: Config = serde_yaml::from_str(text)
+            .map_err(|e| error::from_yaml(file, &lines, &e))?;
+        let issues = validate::validate(&config);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid { file: file.to_path_buf(), lines, issues });
+        }
+        Ok(LoadedConfig { config, file: file.to_path_buf(), lines })
+    }
+
+    /// Resolves a path written in the config relative to the config file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.file.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// Builds an error for a problem found after parsing (say, a certificate that does not load),
+    /// located at `path` (e.g. `listeners[1].tls.certificates[0].cert`).
+    pub fn error_at(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            lines: self.lines.clone(),
+            issues: vec![Issue::new(path, message)],
+        }
+    }
+}
+
+/// Suggests the closest of `candidates` to `word`, if one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}

@@ -1,1 +1,12 @@
-//! weir-observe
+//! Observability for Weir: lock-free metrics rendered as Prometheus text, and the JSON access log.
+//!
+//! Stats objects are looked up by name when a config snapshot is built (so counters survive
+//! reloads) and then reached through `Arc`s on the hot path: a request touches only atomics.
+
+#![deny(missing_docs)]
+
+mod access_log;
+mod metrics;
+
+pub use access_log::{AccessLog, AccessRecord, rfc3339};
+pub use metrics::{ConnGauge, EndpointStats, Histogram, ListenerStats, Registry, RouteStats};

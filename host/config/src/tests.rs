@@ -1,0 +1,150 @@
+use std::path::Path;
+
+use crate::*;
+
+fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
+    LoadedConfig::from_str(Path::new("weir.yaml"), text)
+}
+
+fn err(text: &str) -> String {
+    load(text).expect_err("config should be rejected").to_string()
+}
+
+const GOOD: &str = "\
+admin: { listen: 127.0.0.1:9901 }
+listeners:
+  - { name: public, listen: 127.0.0.1:8080, protocol: http }
+routes:
+  - name: api
+    match: { host: api.example.com, path_prefix: /v1/, methods: [GET, POST], headers: { x-env: canary } }
+    cluster: api
+    rewrite: { path_prefix: /v2/ }
+clusters:
+  - name: api
+    lb: maglev
+    hash_on: { header: x-user }
+    endpoints: [ { address: 127.0.0.1:9001, weight: 2 }, { address: 127.0.0.1:9002 } ]
+    timeouts: { connect: 1s, request: 15s, idle: 60s }
+";
+
+#[test]
+fn parses_the_documented_shape() {
+    let c = load(GOOD).expect("valid").config;
+    assert_eq!(c.listeners[0].protocol, ListenerProtocol::Http);
+    assert_eq!(c.routes[0].matches.headers["x-env"], ValueRule::Exact("canary".into()));
+    assert_eq!(c.clusters[0].lb, LbPolicy::Maglev);
+    assert_eq!(c.clusters[0].hash_on, Some(HashOn::Header("x-user".into())));
+    assert_eq!(c.clusters[0].endpoints[1].weight, 1);
+    assert_eq!(c.clusters[0].timeouts.request, std::time::Duration::from_secs(15));
+    assert_eq!(c.limits, Limits::default());
+}
+
+#[test]
+fn unknown_key_names_line_field_and_suggestion() {
+    let text = GOOD.replace("    cluster: api\n", "    clustr: api\n");
+    assert_eq!(
+        err(&text),
+        "weir.yaml:7: routes[0].clustr: unknown field \"clustr\" (did you mean \"cluster\"?)"
+    );
+}
+
+#[test]
+fn unknown_variant_suggests() {
+    let text = GOOD.replace("lb: maglev", "lb: round_robn");
+    let e = err(&text);
+    assert!(e.starts_with("weir.yaml:11: clusters[0].lb: unknown variant \"round_robn\" (did you mean \"round_robin\"?)"), "{e}");
+}
+
+#[test]
+fn unknown_cluster_is_located_and_suggested() {
+    let text = GOOD.replace("    cluster: api\n", "    cluster: apj\n");
+    assert_eq!(err(&text), "weir.yaml:7: routes[0].cluster: unknown cluster \"apj\" (did you mean \"api\"?)");
+}
+
+#[test]
+fn all_issues_are_reported_in_line_order() {
+    let text = GOOD
+        .replace("    cluster: api\n", "    cluster: nope\n")
+        .replace("weight: 2", "weight: 0");
+    let e = err(&text);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(lines[0].starts_with("weir.yaml:7: routes[0].cluster: unknown cluster \"nope\""), "{e}");
+    assert!(lines[1].starts_with("weir.yaml:13: clusters[0].endpoints[0].weight: must be at least 1"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = err("listeners:\n  - { name: a, listen: 127.0.0.1:1\n");
+    assert!(e.starts_with("weir.yaml:"), "{e}");
+    assert!(e.chars().nth(10).is_some_and(|c| c.is_ascii_digit()), "{e}");
+}
+
+#[test]
+fn bad_values_are_rejected_with_their_field() {
+    let cases = [
+        (GOOD.replace("connect: 1s", "connect: 1 parsec"), "weir.yaml:14: clusters[0].timeouts.connect: invalid duration"),
+        (GOOD.replace("127.0.0.1:8080", "127.0.0.1:http"), "weir.yaml:3: listeners[0].listen: invalid socket address"),
+        (GOOD.replace("127.0.0.1:9002", "localhost"), "weir.yaml:13: clusters[0].endpoints[1].address: invalid address"),
+        (GOOD.replace("[GET, POST]", "[GET, post]"), "weir.yaml:6: routes[0].match.methods[1]: invalid method"),
+        (GOOD.replace("path_prefix: /v1/,", "path_prefix: /v1/, path: /x,"), "weir.yaml:6: routes[0].match.path_prefix: give only one of"),
+        (GOOD.replace("lb: maglev", "lb: random"), "weir.yaml:12: clusters[0].hash_on: only ring_hash and maglev"),
+        (GOOD.replace("protocol: http }", "protocol: https }"), "weir.yaml:3: listeners[0].tls: an https listener needs"),
+        (GOOD.replace("x-env: canary", "x-env: { regex: \"(\" }"), "weir.yaml:6: routes[0].match.headers.x-env: invalid regex"),
+        (GOOD.replace("x-env: canary", "x-env: { exact: a, regex: b }"), "weir.yaml:6: routes[0].match.headers.x-env: give exactly one of"),
+        (format!("{GOOD}  - name: api\n    endpoints: [ {{ address: 127.0.0.1:1 }} ]\n"), "weir.yaml:15: clusters[1].name: duplicate name \"api\""),
+        ("limits: { max_request_header_bytes: 12 parsecs }\n".to_string(), "weir.yaml:1: limits.max_request_header_bytes: unknown size unit"),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .map(|(text, want)| (err(text), want))
+        .filter(|(got, want)| !got.starts_with(**want))
+        .map(|(got, want)| format!("want {want:?}\n got {got:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn sizes_and_durations() {
+    let c = load("limits: { max_request_header_bytes: 16KiB, idle_timeout: 1m30s }\n").unwrap().config;
+    assert_eq!(c.limits.max_request_header_bytes, ByteSize(16 * 1024));
+    assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(90));
+}
+
+#[test]
+fn config_round_trips_through_json() {
+    let c = load(GOOD).unwrap().config;
+    let json = serde_json::to_string(&c).unwrap();
+    let back: Config = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn line_index_finds_nested_fields() {
+    let idx = LineIndex::build(GOOD);
+    assert_eq!(idx.line_of("routes[0].match.host"), Some(6));
+    assert_eq!(idx.line_of("clusters[0].endpoints[1].address"), Some(13));
+    assert_eq!(idx.line_of("clusters[0].timeouts.idle"), Some(14));
+    assert_eq!(idx.line_of("clusters[0].nonexistent"), Some(10));
+}
+
+#[test]
+fn every_example_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            LoadedConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no example configs found in {}", dir.display());
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(s in "\\PC*") {
+        let _ = load(&s);
+    }
+}

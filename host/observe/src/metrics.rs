@@ -1,0 +1,311 @@
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+/// Latency bucket upper bounds, in microseconds (Prometheus `le` is rendered in seconds).
+const BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// A fixed-bucket latency histogram of atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        // Non-cumulative storage: one increment per observation; rendering accumulates.
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut acc = 0;
+        for (i, b) in BUCKETS_US.iter().enumerate() {
+            acc += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {acc}", *b as f64 / 1e6);
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per-route counters: responses by status code and latency to the response head.
+#[derive(Debug)]
+pub struct RouteStats {
+    route: String,
+    cluster: String,
+    by_status: Box<[AtomicU64]>,
+    latency: Histogram,
+}
+
+impl RouteStats {
+    fn new(route: &str, cluster: &str) -> Self {
+        RouteStats {
+            route: route.to_string(),
+            cluster: cluster.to_string(),
+            by_status: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            latency: Histogram::default(),
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, status: u16, latency: Duration) {
+        if let Some(c) = self.by_status.get(status as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+        self.latency.observe(latency);
+    }
+
+    /// Requests seen with this status.
+    pub fn count(&self, status: u16) -> u64 {
+        self.by_status.get(status as usize).map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+/// A gauge of open connections plus a counter of all ever opened.
+#[derive(Debug, Default)]
+pub struct ConnGauge {
+    active: AtomicI64,
+    total: AtomicU64,
+}
+
+impl ConnGauge {
+    /// A connection opened.
+    pub fn open(&self) {
+        self.active.fetch_add(1, Relaxed);
+        self.total.fetch_add(1, Relaxed);
+    }
+    /// A connection closed.
+    pub fn close(&self) {
+        self.active.fetch_sub(1, Relaxed);
+    }
+    /// Connections open now.
+    pub fn active(&self) -> i64 {
+        self.active.load(Relaxed)
+    }
+    /// Connections opened since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Relaxed)
+    }
+}
+
+/// Per upstream endpoint: pooled connections and failures.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Upstream connections (pooled or busy).
+    pub connections: ConnGauge,
+    /// Connect attempts that failed.
+    pub connect_failures: AtomicU64,
+}
+
+/// Per downstream listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Downstream connections.
+    pub connections: ConnGauge,
+}
+
+/// All metrics of the process. Cheap to clone (an `Arc` inside).
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    routes: DashMap<(String, String), Arc<RouteStats>>,
+    endpoints: DashMap<(String, String), Arc<EndpointStats>>,
+    listeners: DashMap<String, Arc<ListenerStats>>,
+    /// Requests that matched no route, by status.
+    unrouted: DashMap<u16, AtomicU64>,
+}
+
+impl Registry {
+    /// A new, empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Stats for a route (and the cluster it points at); created on first use, kept across reloads.
+    pub fn route(&self, route: &str, cluster: &str) -> Arc<RouteStats> {
+        let key = (route.to_string(), cluster.to_string());
+        self.inner.routes.entry(key).or_insert_with(|| Arc::new(RouteStats::new(route, cluster))).clone()
+    }
+
+    /// Stats for one endpoint of a cluster.
+    pub fn endpoint(&self, cluster: &str, address: &str) -> Arc<EndpointStats> {
+        let key = (cluster.to_string(), address.to_string());
+        self.inner.endpoints.entry(key).or_default().clone()
+    }
+
+    /// Stats for a listener.
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        self.inner.listeners.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Counts a request that matched no route (rare: a map lookup is fine here).
+    pub fn record_unrouted(&self, status: u16) {
+        self.inner.unrouted.entry(status).or_default().fetch_add(1, Relaxed);
+    }
+
+    /// Renders every metric in the Prometheus text exposition format (0.0.4).
+    pub fn render(&self, version: &str) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        out.push_str("# HELP weir_build_info Weir build information.\n# TYPE weir_build_info gauge\n");
+        let _ = writeln!(out, "weir_build_info{{version=\"{}\"}} 1", escape(version));
+
+        let mut routes: Vec<Arc<RouteStats>> = self.inner.routes.iter().map(|e| e.value().clone()).collect();
+        routes.sort_by(|a, b| (&a.route, &a.cluster).cmp(&(&b.route, &b.cluster)));
+        out.push_str("# HELP weir_requests_total Requests answered, by route, cluster and status.\n");
+        out.push_str("# TYPE weir_requests_total counter\n");
+        for r in &routes {
+            for (status, c) in r.by_status.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "weir_requests_total{{route=\"{}\",cluster=\"{}\",status=\"{status}\"}} {n}",
+                        escape(&r.route),
+                        escape(&r.cluster)
+                    );
+                }
+            }
+        }
+        let mut unrouted: Vec<(u16, u64)> = self.inner.unrouted.iter().map(|e| (*e.key(), e.value().load(Relaxed))).collect();
+        unrouted.sort();
+        for (status, n) in unrouted {
+            let _ = writeln!(out, "weir_requests_total{{route=\"\",cluster=\"\",status=\"{status}\"}} {n}");
+        }
+
+        out.push_str("# HELP weir_request_duration_seconds Time from request to response head, by route and cluster.\n");
+        out.push_str("# TYPE weir_request_duration_seconds histogram\n");
+        for r in &routes {
+            let labels = format!("route=\"{}\",cluster=\"{}\"", escape(&r.route), escape(&r.cluster));
+            r.latency.render(&mut out, "weir_request_duration_seconds", &labels);
+        }
+
+        let mut eps: Vec<((String, String), Arc<EndpointStats>)> =
+            self.inner.endpoints.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        eps.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP weir_upstream_connections Upstream connections open now (pooled idle or busy).\n");
+        out.push_str("# TYPE weir_upstream_connections gauge\n");
+        for ((cluster, addr), s) in &eps {
+            let _ = writeln!(
+                out,
+                "weir_upstream_connections{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                escape(cluster),
+                escape(addr),
+                s.connections.active()
+            );
+        }
+        out.push_str("# HELP weir_upstream_connections_opened_total Upstream connections opened.\n");
+        out.push_str("# TYPE weir_upstream_connections_opened_total counter\n");
+        for ((cluster, addr), s) in &eps {
+            let _ = writeln!(
+                out,
+                "weir_upstream_connections_opened_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                escape(cluster),
+                escape(addr),
+                s.connections.total()
+            );
+        }
+        out.push_str("# HELP weir_upstream_connect_failures_total Failed upstream connect attempts.\n");
+        out.push_str("# TYPE weir_upstream_connect_failures_total counter\n");
+        for ((cluster, addr), s) in &eps {
+            let _ = writeln!(
+                out,
+                "weir_upstream_connect_failures_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                escape(cluster),
+                escape(addr),
+                s.connect_failures.load(Relaxed)
+            );
+        }
+
+        let mut ls: Vec<(String, Arc<ListenerStats>)> =
+            self.inner.listeners.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        ls.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP weir_downstream_connections Downstream connections open now.\n");
+        out.push_str("# TYPE weir_downstream_connections gauge\n");
+        for (name, s) in &ls {
+            let _ = writeln!(out, "weir_downstream_connections{{listener=\"{}\"}} {}", escape(name), s.connections.active());
+        }
+        out.push_str("# HELP weir_downstream_connections_total Downstream connections accepted.\n");
+        out.push_str("# TYPE weir_downstream_connections_total counter\n");
+        for (name, s) in &ls {
+            let _ = writeln!(out, "weir_downstream_connections_total{{listener=\"{}\"}} {}", escape(name), s.connections.total());
+        }
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\\', '"', '\n']) {
+        s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into()
+    } else {
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let reg = Registry::new();
+        let r = reg.route("api", "backend");
+        r.record(200, Duration::from_micros(700));
+        r.record(200, Duration::from_millis(30));
+        r.record(502, Duration::from_secs(20));
+        reg.record_unrouted(404);
+        let text = reg.render("1.2.3");
+        for line in [
+            "weir_build_info{version=\"1.2.3\"} 1",
+            "weir_requests_total{route=\"api\",cluster=\"backend\",status=\"200\"} 2",
+            "weir_requests_total{route=\"api\",cluster=\"backend\",status=\"502\"} 1",
+            "weir_requests_total{route=\"\",cluster=\"\",status=\"404\"} 1",
+            "weir_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.0005\"} 0",
+            "weir_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.001\"} 1",
+            "weir_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"0.05\"} 2",
+            "weir_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"10\"} 2",
+            "weir_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"+Inf\"} 3",
+            "weir_request_duration_seconds_count{route=\"api\",cluster=\"backend\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn stats_survive_lookups_by_name() {
+        let reg = Registry::new();
+        reg.route("a", "c").record(200, Duration::ZERO);
+        assert_eq!(reg.route("a", "c").count(200), 1);
+        assert_eq!(reg.route("a", "other").count(200), 0);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
