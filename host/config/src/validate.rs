@@ -15,8 +15,8 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
     if c.limits.max_request_headers == 0 {
         err("limits.max_request_headers".into(), "must be at least 1".into());
     }
-    if c.limits.max_request_header_bytes.bytes() < 1024 {
-        err("limits.max_request_header_bytes".into(), "must be at least 1KiB".into());
+    if c.limits.max_request_header_bytes.bytes() < 8192 {
+        err("limits.max_request_header_bytes".into(), "must be at least 8KiB".into());
     }
     if c.limits.max_connections == 0 {
         err("limits.max_connections".into(), "must be at least 1".into());

@@ -1,1 +1,132 @@
-//! weir-proxy
+//! Weir's native data path: listeners, TLS, routing, balancing, upstream pools, admin.
+//!
+//! [`Server::start`] binds everything a config names and serves it; [`Server::reload`] swaps in
+//! a new config atomically; [`Server::shutdown`] drains.
+
+mod admin;
+mod body;
+mod connector;
+mod listener;
+mod proxy;
+mod snapshot;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use weir_config::{ConfigError, ListenerProtocol, LoadedConfig};
+use weir_observe::Registry;
+
+pub use snapshot::{Snapshot, check};
+
+/// State shared by every connection of a server.
+pub(crate) struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    pub draining: AtomicBool,
+}
+
+/// A bound listener.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// Listener name from the config.
+    pub name: String,
+    /// The address actually bound (port 0 resolved).
+    pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub protocol: ListenerProtocol,
+}
+
+/// A running proxy.
+pub struct Server {
+    shared: Arc<Shared>,
+    /// Bound downstream listeners, in config order.
+    pub listeners: Vec<Bound>,
+    /// The bound admin address.
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    drain_tx: Option<mpsc::Sender<()>>,
+    drain_rx: mpsc::Receiver<()>,
+}
+
+impl Server {
+    /// Builds the snapshot, binds the admin and every listener, and starts serving.
+    pub async fn start(loaded: LoadedConfig) -> anyhow::Result<Server> {
+        let registry = Registry::new();
+        let mut tls = Vec::new();
+        for i in 0..loaded.config.listeners.len() {
+            tls.push(snapshot::listener_tls(&loaded, i)?);
+        }
+        let snap = Snapshot::build(loaded, &registry)?;
+        let config = snap.loaded.config.clone();
+        let shared = Arc::new(Shared { snapshot: ArcSwap::from_pointee(snap), registry, draining: AtomicBool::new(false) });
+        let (shutdown, _) = watch::channel(false);
+        let (drain_tx, drain_rx) = mpsc::channel(1);
+
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
+        let admin = admin_listener.local_addr()?;
+        let mut bound = Vec::new();
+        let mut sockets = Vec::new();
+        for l in &config.listeners {
+            let sock = TcpListener::bind(l.listen).await.with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
+            bound.push(Bound { name: l.name.clone(), addr: sock.local_addr()?, protocol: l.protocol });
+            sockets.push(sock);
+        }
+
+        tokio::spawn(admin::admin_loop(admin_listener, shared.clone(), shutdown.subscribe(), drain_tx.clone()));
+        for ((l, sock), tls) in config.listeners.iter().zip(sockets).zip(tls) {
+            let rt = Arc::new(listener::ListenerRuntime {
+                name: l.name.as_str().into(),
+                tls: tls.map(tokio_rustls::TlsAcceptor::from),
+                limits: config.limits.clone(),
+                stats: shared.registry.listener(&l.name),
+            });
+            tokio::spawn(listener::accept_loop(sock, rt, shared.clone(), shutdown.subscribe(), drain_tx.clone()));
+        }
+        tokio::spawn(revive_loop(Arc::downgrade(&shared)));
+        Ok(Server { shared, listeners: bound, admin, shutdown, drain_tx: Some(drain_tx), drain_rx })
+    }
+
+    /// Swaps in a new config. Routes, clusters, limits of new requests, and the access log change
+    /// at once; in-flight requests finish on the old snapshot. Listener addresses and TLS
+    /// certificates are bound at start and need a restart to change. On error nothing changes.
+    pub fn reload(&self, loaded: LoadedConfig) -> Result<(), ConfigError> {
+        let snap = Snapshot::build(loaded, &self.shared.registry)?;
+        self.shared.snapshot.store(Arc::new(snap));
+        Ok(())
+    }
+
+    /// The config currently served.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `deadline`, and returns whether
+    /// everything finished in time.
+    pub async fn shutdown(mut self, deadline: Duration) -> bool {
+        self.shared.draining.store(true, Relaxed);
+        let _ = self.shutdown.send(true);
+        self.drain_tx.take();
+        tokio::time::timeout(deadline, self.drain_rx.recv()).await.is_ok()
+    }
+}
+
+/// Puts endpoints whose passive-health cooldown has passed back into rotation.
+async fn revive_loop(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        for c in shared.snapshot.load().clusters() {
+            c.revive();
+        }
+    }
+}

@@ -1,1 +1,154 @@
-fn main() {}
+//! The `weir` command: run, validate, and try the proxy.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use weir_config::LoadedConfig;
+use weir_proxy::Server;
+
+/// Weir: a programmable edge proxy (L7 routing and balancing, TLS, HTTP/1.1 and HTTP/2).
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy with a YAML config. SIGHUP reloads it; SIGTERM/SIGINT drain and exit.
+    Run {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Check a config file (schema, names, certificates) without starting anything.
+    /// Prints `file:line: field: problem` for each problem and exits 1 if there are any.
+    Validate {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Start demo upstreams and the proxy with the quickstart config, and print what to try.
+    Quickstart {
+        /// The quickstart config.
+        #[arg(long, default_value = "examples/quickstart.yaml")]
+        config: PathBuf,
+    },
+    /// Run a small HTTP server that echoes each request as JSON (a stand-in upstream).
+    DemoUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: std::net::SocketAddr,
+        /// Name reported in every response (`server` field and `x-served-by` header).
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => run(&config, false),
+        Command::Quickstart { config } => run(&config, true),
+        Command::DemoUpstream { listen, name } => runtime(None).and_then(|rt| rt.block_on(demo::serve_forever(listen, name))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &Path) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    weir_proxy::check(&loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let c = &loaded.config;
+    println!(
+        "{}: ok ({} listeners, {} routes, {} clusters)",
+        path.display(),
+        c.listeners.len(),
+        c.routes.len(),
+        c.clusters.len()
+    );
+    Ok(())
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all().thread_name("weir-worker");
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.build().context("cannot start the runtime")
+}
+
+fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
+    let loaded = LoadedConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = runtime(loaded.config.workers)?;
+    rt.block_on(async move {
+        if quickstart {
+            demo::start_for(&loaded).await?;
+        }
+        let drain = loaded.config.drain_timeout;
+        let server = Server::start(loaded).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        // A stable, parseable line per listener: scripts and tests wait for these.
+        eprintln!("weir: admin listening on http://{}", server.admin);
+        for l in &server.listeners {
+            let scheme = match l.protocol {
+                weir_config::ListenerProtocol::Http => "http",
+                weir_config::ListenerProtocol::Https => "https",
+            };
+            eprintln!("weir: listener {} listening on {scheme}://{}", l.name, l.addr);
+        }
+        eprintln!("weir: ready");
+        if quickstart {
+            demo::print_tour(&server);
+        }
+        wait_for_signals(&server, path).await?;
+        eprintln!("weir: draining (up to {drain:?})");
+        let clean = server.shutdown(drain).await;
+        eprintln!("weir: {}", if clean { "drained, bye" } else { "drain deadline passed; exiting with requests still in flight" });
+        Ok(())
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(server: &Server, path: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(server, path),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_: &Server, _: &Path) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+fn reload(server: &Server, path: &Path) {
+    match LoadedConfig::from_file(path).and_then(|l| server.reload(l)) {
+        Ok(()) => eprintln!("weir: reloaded {}", path.display()),
+        Err(e) => eprintln!("weir: reload rejected, still serving the previous config:\n{e}"),
+    }
+    let _ = Duration::ZERO;
+}

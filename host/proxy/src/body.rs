@@ -1,0 +1,117 @@
+//! The one body type of the data path: streams bodies through without buffering them, counts
+//! bytes, enforces the request body limit, and runs the request's completion hook when done.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::proxy::Finish;
+
+/// Errors across body boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body grew past `limits.max_request_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream { body: Incoming, limit: Option<u64> },
+}
+
+/// A body on its way through the proxy.
+pub struct ProxyBody {
+    kind: Kind,
+    seen: u64,
+    /// Runs (on drop) when the response has been sent or abandoned: access log, in-flight counts.
+    finish: Option<Finish>,
+}
+
+impl ProxyBody {
+    /// No body.
+    pub fn empty() -> Self {
+        ProxyBody { kind: Kind::Empty, seen: 0, finish: None }
+    }
+
+    /// A body held in memory (local responses).
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody { kind: Kind::Full(Some(b.into())), seen: 0, finish: None }
+    }
+
+    /// A streamed body, optionally capped at `limit` bytes.
+    pub fn stream(body: Incoming, limit: Option<u64>) -> Self {
+        ProxyBody { kind: Kind::Stream { body, limit }, seen: 0, finish: None }
+    }
+
+    pub(crate) fn with_finish(mut self, finish: Finish) -> Self {
+        self.finish = Some(finish);
+        self
+    }
+
+    fn count(&mut self, n: u64) {
+        self.seen += n;
+        if let Some(f) = &mut self.finish {
+            f.bytes = self.seen;
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => {
+                let frame = b.take();
+                if let Some(b) = &frame {
+                    let n = b.len() as u64;
+                    this.count(n);
+                }
+                Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
+            }
+            Kind::Stream { body, limit } => {
+                let limit = *limit;
+                match ready!(Pin::new(body).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        if let Some(d) = frame.data_ref() {
+                            let n = d.len() as u64;
+                            this.count(n);
+                            if let Some(limit) = limit {
+                                if this.seen > limit {
+                                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
+                                }
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream { body, .. } => body.size_hint(),
+        }
+    }
+}

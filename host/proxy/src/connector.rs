@@ -1,0 +1,190 @@
+//! Connects to upstream endpoints: TCP (with a connect timeout and TCP_NODELAY), optionally
+//! TLS with ALPN, counting every connection in the endpoint's gauge.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use weir_observe::EndpointStats;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No connection within the cluster's connect timeout.
+    #[error("connect to {0} timed out")]
+    Timeout(String),
+    /// Refused, unreachable, TLS failure, or no address.
+    #[error("connect to {addr}: {source}")]
+    Failed {
+        /// The endpoint.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// The upstream TLS settings of a cluster.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The client config (roots, ALPN).
+    pub config: Arc<ClientConfig>,
+    /// The name to send as SNI and verify; the endpoint host when `None`.
+    pub sni: Option<ServerName<'static>>,
+}
+
+/// A hyper-util connector for one cluster.
+#[derive(Clone)]
+pub struct Connector {
+    pub(crate) timeout: Duration,
+    pub(crate) tls: Option<UpstreamTls>,
+    /// Endpoint authority → its stats (connection gauge, failures).
+    pub(crate) stats: Arc<HashMap<String, Arc<EndpointStats>>>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamConn>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default().to_string();
+            let stats = this.stats.get(&authority).cloned();
+            let result = tokio::time::timeout(this.timeout, this.connect(&uri, &authority)).await;
+            let conn = match result {
+                Ok(Ok(c)) => c,
+                Ok(Err(source)) => {
+                    if let Some(s) = &stats {
+                        s.connect_failures.fetch_add(1, Relaxed);
+                    }
+                    return Err(ConnectError::Failed { addr: authority, source });
+                }
+                Err(_) => {
+                    if let Some(s) = &stats {
+                        s.connect_failures.fetch_add(1, Relaxed);
+                    }
+                    return Err(ConnectError::Timeout(authority));
+                }
+            };
+            if let Some(s) = &stats {
+                s.connections.open();
+            }
+            Ok(TokioIo::new(UpstreamConn { io: conn, stats }))
+        })
+    }
+}
+
+impl Connector {
+    async fn connect(&self, uri: &Uri, authority: &str) -> io::Result<Io> {
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let host_bare = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = match host_bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => TcpStream::connect((ip, port)).await?,
+            Err(_) => TcpStream::connect(authority).await?,
+        };
+        tcp.set_nodelay(true)?;
+        let Some(tls) = &self.tls else { return Ok(Io::Plain(tcp)) };
+        let name = match &tls.sni {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(host_bare.to_string()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        };
+        let stream = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, tcp).await?;
+        Ok(Io::Tls(Box::new(stream)))
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// An upstream connection; closing it (drop) updates the endpoint's gauge.
+pub struct UpstreamConn {
+    io: Io,
+    stats: Option<Arc<EndpointStats>>,
+}
+
+impl Drop for UpstreamConn {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stats {
+            s.connections.close();
+        }
+    }
+}
+
+impl Connection for UpstreamConn {
+    fn connected(&self) -> Connected {
+        match &self.io {
+            Io::Plain(_) => Connected::new(),
+            Io::Tls(s) => {
+                let c = Connected::new();
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") { c.negotiated_h2() } else { c }
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Downstream listeners: accept (bounded by max_connections), TLS, HTTP/1.1 and HTTP/2 with edge
+//! limits, idle timeouts, and graceful drain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use weir_config::Limits;
+use weir_observe::ListenerStats;
+
+use crate::Shared;
+
+/// What a request knows about its downstream connection.
+pub(crate) struct ConnInfo {
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
+    pub tls: bool,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `born` of the last request start or finish.
+    last_active: AtomicU64,
+    born: Instant,
+}
+
+impl ConnInfo {
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub fn request_done(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.last_active.store(self.born.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_active.load(Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+}
+
+pub(crate) struct ListenerRuntime {
+    pub name: Arc<str>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub limits: Limits,
+    pub stats: Arc<ListenerStats>,
+}
+
+pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_head_timeout)
+        // hyper answers 431 when the head outgrows its read buffer or the header count.
+        .max_buf_size((limits.max_request_header_bytes.bytes() as usize).max(8192))
+        .max_headers(limits.max_request_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_request_header_bytes.bytes().min(u32::MAX as u64) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    rt: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
+    let builder = Arc::new(http_builder(&rt.limits));
+    let slots = Arc::new(Semaphore::new(rt.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, client) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %rt.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (rt, shared, builder, shutdown, drain) = (rt.clone(), shared.clone(), builder.clone(), shutdown.clone(), drain.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _drain = drain;
+            rt.stats.connections.open();
+            let conn = Arc::new(ConnInfo {
+                client,
+                listener: rt.name.clone(),
+                tls: rt.tls.is_some(),
+                in_flight: AtomicUsize::new(0),
+                last_active: AtomicU64::new(0),
+                born: Instant::now(),
+            });
+            match &rt.tls {
+                None => serve(stream, conn, &builder, shared, &rt.limits, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(rt.limits.request_head_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(tls, conn, &builder, shared, &rt.limits, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%client, "tls handshake timed out"),
+                    }
+                }
+            }
+            rt.stats.connections.close();
+        });
+    }
+}
+
+async fn serve<I>(
+    io: I,
+    conn: Arc<ConnInfo>,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = conn.clone();
+    let svc = service_fn(move |req| {
+        let (shared, conn) = (shared.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await) }
+    });
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    let idle = limits.idle_timeout;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        c.as_mut().graceful_shutdown();
+    }
+    loop {
+        let wait = idle.saturating_sub(info.idle_for()).max(Duration::from_millis(50));
+        tokio::select! {
+            r = c.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %info.client, "connection ended: {e}");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                c.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(wait), if !closing => {
+                if info.idle_for() >= idle {
+                    closing = true;
+                    c.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The L7 request path: route, pick an endpoint, rewrite the head, forward, stream back.
+//! Every failure becomes a response here, in one place (`Fail::response`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use weir_balance::InFlight;
+use weir_observe::AccessRecord;
+
+use crate::body::{BodyTooLarge, ProxyBody};
+use crate::connector::ConnectError;
+use crate::listener::ConnInfo;
+use crate::snapshot::{Cluster, Route, Snapshot};
+use crate::Shared;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Runs when the response is finished or abandoned (drop): in-flight counts and the access log.
+pub(crate) struct Finish {
+    pub bytes: u64,
+    start: Instant,
+    conn: Arc<ConnInfo>,
+    _in_flight: Option<InFlight>,
+    log: Option<Box<(AccessRecord, weir_observe::AccessLog)>>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.conn.request_done();
+        if let Some(mut log) = self.log.take() {
+            log.0.bytes = self.bytes;
+            log.0.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
+            log.1.write(&log.0);
+        }
+    }
+}
+
+/// Why a request was answered by the proxy itself.
+enum Fail {
+    BadRequest(&'static str),
+    NoRoute,
+    TooLarge,
+    UpstreamTimeout,
+    Upstream(String),
+}
+
+impl Fail {
+    fn status(&self) -> StatusCode {
+        match self {
+            Fail::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Fail::NoRoute => StatusCode::NOT_FOUND,
+            Fail::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Fail::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Fail::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let what = match self {
+            Fail::BadRequest(why) => why,
+            Fail::NoRoute => "no route matches this request",
+            Fail::TooLarge => "request body too large",
+            Fail::UpstreamTimeout => "upstream timed out",
+            Fail::Upstream(_) => "upstream unavailable",
+        };
+        let id = request_id.to_str().unwrap_or_default();
+        let body = format!("{} {what} (request id {id})\n", self.status().as_u16());
+        let mut res = Response::new(ProxyBody::full(body));
+        *res.status_mut() = self.status();
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        res.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+        res
+    }
+}
+
+/// Handles one downstream request. Never fails: errors are responses.
+pub(crate) async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    conn.request_started();
+    // One atomic load; the Arc keeps this snapshot alive for the whole request even if a reload
+    // swaps in another.
+    let snap = shared.snapshot.load_full();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
+        _ => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let log = snap.access_log.as_ref().map(|l| Box::new((record_for(&conn, &req, &request_id), l.clone())));
+    let mut finish = Finish { bytes: 0, start, conn: conn.clone(), _in_flight: None, log };
+
+    let (res, route) = match forward(&snap, &conn, req, &request_id, &mut finish).await {
+        Ok((res, route)) => (res, Some(route)),
+        Err((fail, route)) => {
+            if let Fail::Upstream(why) = &fail {
+                tracing::debug!(request_id = ?request_id, "upstream error: {why}");
+            }
+            (fail.response(&request_id), route)
+        }
+    };
+    let status = res.status().as_u16();
+    match route {
+        Some(r) => r.stats.record(status, start.elapsed()),
+        None => shared.registry.record_unrouted(status),
+    }
+    if let Some(log) = &mut finish.log {
+        log.0.status = status;
+        if let Some(r) = route {
+            log.0.route = r.name.to_string();
+            log.0.cluster = r.cluster.name.to_string();
+        }
+    }
+    let (parts, body) = res.into_parts();
+    Response::from_parts(parts, body.with_finish(finish))
+}
+
+type Forwarded<'s> = Result<(Response<ProxyBody>, &'s Route), (Fail, Option<&'s Route>)>;
+
+async fn forward<'s>(
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+    finish: &mut Finish,
+) -> Forwarded<'s> {
+    let host = request_host(&req);
+    // Cheap (shared bytes); frees `req` to be taken apart while the path is borrowed.
+    let uri = req.uri().clone();
+    let path = match weir_router::normalize_path(uri.path()) {
+        Ok(p) => p,
+        Err(_) => return Err((Fail::BadRequest("invalid request path"), None)),
+    };
+    let Some(idx) = snap.router.find(req.method(), host.as_deref(), &path, uri.query(), req.headers()) else {
+        return Err((Fail::NoRoute, None));
+    };
+    let route = &snap.routes[idx];
+    let cluster = &route.cluster;
+
+    if let (Some(limit), Some(len)) = (snap.max_body, content_length(req.headers())) {
+        if len > limit {
+            return Err((Fail::TooLarge, Some(route)));
+        }
+    }
+
+    let hash = cluster.hash_on.as_ref().map(|h| hash_of(h, &req, conn.client));
+    let ep_idx = cluster.balancer.pick(hash);
+    finish._in_flight = Some(cluster.balancer.begin(ep_idx));
+    let endpoint = &cluster.endpoints[ep_idx];
+    if let Some(log) = &mut finish.log {
+        log.0.upstream = endpoint.address.clone();
+    }
+
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let original_host = host_header(&req);
+    let (mut parts, body) = req.into_parts();
+
+    let new_path = rewrite_path(route, &path, parts.uri.path(), parts.uri.query());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(cluster.scheme.clone());
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(new_path.unwrap_or_else(|| parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))));
+    parts.uri = match Uri::from_parts(uri) {
+        Ok(u) => u,
+        Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
+    };
+
+    let downstream_version = parts.version;
+    let h = &mut parts.headers;
+    let upgrade_proto = if upgrade.is_some() { h.get(header::UPGRADE).cloned() } else { None };
+    strip_hop_by_hop(h);
+    if let Some(proto) = &upgrade_proto {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
+    match (&route.host_rewrite, &original_host) {
+        (Some(rw), _) => {
+            h.insert(header::HOST, rw.clone());
+        }
+        (None, Some(orig)) => {
+            h.insert(header::HOST, orig.clone());
+        }
+        (None, None) => {}
+    }
+    if let Some(orig) = &original_host {
+        if !h.contains_key(&X_FORWARDED_HOST) {
+            h.insert(X_FORWARDED_HOST.clone(), orig.clone());
+        }
+    }
+    append_forwarded_for(h, conn.client);
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    append_via(h, downstream_version);
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.version = if cluster.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+
+    let up_req = Request::from_parts(parts, ProxyBody::stream(body, snap.max_body));
+    let sent = tokio::time::timeout(route.timeout, cluster.client.request(up_req)).await;
+    let mut res = match sent {
+        Err(_) => return Err((Fail::UpstreamTimeout, Some(route))),
+        Ok(Err(e)) => return Err((classify(cluster, ep_idx, &e), Some(route))),
+        Ok(Ok(res)) => res,
+    };
+    cluster.succeeded(ep_idx);
+
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = upgrade {
+            let up = hyper::upgrade::on(&mut res);
+            tokio::spawn(async move {
+                if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
+                }
+            });
+            let (mut parts, _) = res.into_parts();
+            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            return Ok((Response::from_parts(parts, ProxyBody::empty()), route));
+        }
+    }
+
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append_via(&mut parts.headers, parts.version);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.version = downstream_version;
+    Ok((Response::from_parts(parts, ProxyBody::stream(body, None)), route))
+}
+
+/// Maps a client error to a failure, feeding passive health checks on connect failures.
+fn classify(cluster: &Cluster, ep: usize, e: &hyper_util::client::legacy::Error) -> Fail {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            cluster.connect_failed(ep);
+            return match c {
+                ConnectError::Timeout(_) => Fail::UpstreamTimeout,
+                ConnectError::Failed { .. } => Fail::Upstream(c.to_string()),
+            };
+        }
+        if s.downcast_ref::<BodyTooLarge>().is_some() {
+            return Fail::TooLarge;
+        }
+        src = s.source();
+    }
+    Fail::Upstream(format!("{e:?}"))
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form) or the Host header,
+/// without port and without a trailing dot.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            strip_port(h)
+        }
+    };
+    Some(raw.trim_end_matches('.').to_string())
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+/// The value to send upstream as Host (with port, as the client wrote it).
+fn host_header(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in Connection.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.remove(header::CONNECTION) {
+        let named: Vec<String> = std::iter::once(conn)
+            .chain(h.get_all(header::CONNECTION).iter().cloned().collect::<Vec<_>>())
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        while h.remove(header::CONNECTION).is_some() {}
+        for token in named.iter().flat_map(|v| v.split(',')) {
+            let token = token.trim();
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                // Connection can never shield end-to-end essentials from removal by naming them
+                // here beyond these; this mirrors nginx/Envoy behaviour.
+                h.remove(name);
+            }
+        }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        h.remove(name);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+    h.remove(header::TRAILER);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    // `TE: trailers` is the one TE value meaningful end to end (gRPC needs it).
+    if let Some(te) = h.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            h.remove(header::TE);
+        }
+    }
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip();
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn append_via(h: &mut HeaderMap, v: Version) {
+    let ours = match v {
+        Version::HTTP_2 => "2 weir",
+        Version::HTTP_10 => "1.0 weir",
+        _ => "1.1 weir",
+    };
+    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ours}")).ok(),
+        None => Some(HeaderValue::from_static(ours)),
+    };
+    if let Some(value) = value {
+        h.insert(header::VIA, value);
+    }
+}
+
+fn rewrite_path(route: &Route, normalized: &str, raw_path: &str, query: Option<&str>) -> Option<PathAndQuery> {
+    let (from, to) = match &route.prefix_rewrite {
+        Some((from, to)) => (from.as_str(), to.as_str()),
+        // Normalization changed the path: send the normalized one, like nginx does.
+        None if normalized != raw_path => ("", ""),
+        None => return None,
+    };
+    let rest = normalized.strip_prefix(from).unwrap_or(normalized);
+    let mut s = String::with_capacity(to.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(to);
+    s.push_str(rest);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).ok()
+}
+
+fn hash_of(on: &weir_config::HashOn, req: &Request<Incoming>, client: SocketAddr) -> u64 {
+    use weir_config::HashOn;
+    match on {
+        HashOn::Header(name) => match req.headers().get(name.as_str()) {
+            Some(v) => weir_balance::hash_key(v.as_bytes()),
+            None => client_hash(client),
+        },
+        HashOn::Cookie(name) => cookie(req.headers(), name).map_or_else(|| client_hash(client), weir_balance::hash_key),
+        HashOn::ClientIp => client_hash(client),
+    }
+}
+
+fn client_hash(client: SocketAddr) -> u64 {
+    match client.ip() {
+        std::net::IpAddr::V4(ip) => weir_balance::hash_key(&ip.octets()),
+        std::net::IpAddr::V6(ip) => weir_balance::hash_key(&ip.octets()),
+    }
+}
+
+fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+        .next()
+}
+
+/// A random 128-bit id, formatted like a UUID v4.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    n = (n & !(0xf000 << 64)) | (0x4000 << 64); // version 4
+    n = (n & !(0xc000 << 48)) | (0x8000 << 48); // variant 10xx
+    let mut out = BytesMut::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.put_u8(b'-');
+        }
+        out.put_u8(HEX[((n >> (124 - 4 * i)) & 0xf) as usize]);
+    }
+    HeaderValue::from_maybe_shared(out.freeze()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue) -> AccessRecord {
+    AccessRecord {
+        time: weir_observe::rfc3339(SystemTime::now()),
+        client: conn.client.to_string(),
+        listener: conn.listener.to_string(),
+        method: req.method().to_string(),
+        host: host_header(req).and_then(|h| h.to_str().ok().map(str::to_owned)).unwrap_or_default(),
+        path: req.uri().path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
+        protocol: match req.version() {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        status: 0,
+        bytes: 0,
+        duration_ms: 0.0,
+        route: String::new(),
+        cluster: String::new(),
+        upstream: String::new(),
+        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("proxy-authorization", "x"),
+            ("x-keep", "yes"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-keep"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn forwarded_for_and_via_append() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
+        append_forwarded_for(&mut h, "[::1]:5".parse().unwrap());
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, ::1");
+        append_via(&mut h, Version::HTTP_11);
+        append_via(&mut h, Version::HTTP_2);
+        assert_eq!(h.get(header::VIA).unwrap(), "1.1 weir, 2 weir");
+    }
+
+    #[test]
+    fn request_ids_look_like_uuid_v4_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(s.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
+        assert_eq!(strip_port("a.example.com"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("[::1]"), "::1");
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; sid=abc ;b=2"));
+        assert_eq!(cookie(&h, "sid"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "zz"), None);
+    }
+}
+

@@ -1,0 +1,312 @@
+//! A compiled, immutable config: router, routes, clusters with their pools. Built off the hot
+//! path; requests reach it with one atomic load and never see it change under them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use http::uri::{Authority, Scheme};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use weir_balance::{Balancer, Policy};
+use weir_config::{ClusterConfig, ConfigError, HashOn, LbPolicy, LoadedConfig, PassiveHealth, ValueRule};
+use weir_observe::{AccessLog, EndpointStats, Registry, RouteStats};
+use weir_router::{PathMatch, RouteSpec, Router, ValueMatch};
+
+use crate::body::ProxyBody;
+use crate::connector::{Connector, UpstreamTls};
+
+/// Everything a request needs, compiled from one config.
+pub struct Snapshot {
+    /// The config it was built from (served by `GET /config`).
+    pub loaded: LoadedConfig,
+    pub(crate) router: Router,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) clusters: Vec<Arc<Cluster>>,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) max_body: Option<u64>,
+}
+
+pub(crate) struct Route {
+    pub name: Arc<str>,
+    pub cluster: Arc<Cluster>,
+    /// (matched prefix, replacement).
+    pub prefix_rewrite: Option<(String, String)>,
+    pub host_rewrite: Option<HeaderValue>,
+    pub timeout: Duration,
+    pub stats: Arc<RouteStats>,
+}
+
+pub(crate) struct Cluster {
+    pub name: Arc<str>,
+    pub balancer: Arc<Balancer>,
+    pub endpoints: Vec<Endpoint>,
+    pub client: Client<Connector, ProxyBody>,
+    pub scheme: Scheme,
+    pub h2: bool,
+    pub hash_on: Option<HashOn>,
+    pub health: PassiveHealth,
+}
+
+pub(crate) struct Endpoint {
+    pub address: String,
+    pub authority: Authority,
+    pub weight: u32,
+    pub stats: Arc<EndpointStats>,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch()` until which the endpoint stays out.
+    down_until: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Cluster {
+    /// A connect attempt to endpoint `i` failed: after `max_failures` in a row it is taken out
+    /// of rotation for `cooldown` (passive health checking, like nginx's max_fails).
+    pub fn connect_failed(&self, i: usize) {
+        let max = self.health.max_failures;
+        if max == 0 {
+            return;
+        }
+        let ep = &self.endpoints[i];
+        if ep.failures.fetch_add(1, Relaxed) + 1 >= max {
+            ep.down_until.store(now_ms() + self.health.cooldown.as_millis() as u64, Relaxed);
+            if self.balancer.is_healthy(i) {
+                tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} connects in a row; out for {:?}", self.health.cooldown);
+                self.balancer.set_healthy(i, false);
+            }
+        }
+    }
+
+    pub fn succeeded(&self, i: usize) {
+        // Only write when needed: the common case stays a read of a shared cache line.
+        if self.endpoints[i].failures.load(Relaxed) != 0 {
+            self.endpoints[i].failures.store(0, Relaxed);
+        }
+    }
+
+    /// Puts endpoints whose cooldown has passed back into rotation (called by a ticker).
+    pub fn revive(&self) {
+        let now = now_ms();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if !self.balancer.is_healthy(i) && ep.down_until.load(Relaxed) <= now {
+                ep.failures.store(0, Relaxed);
+                self.balancer.set_healthy(i, true);
+            }
+        }
+    }
+
+    pub fn endpoints_json(&self) -> serde_json::Value {
+        let eps: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                serde_json::json!({
+                    "address": e.address,
+                    "weight": e.weight,
+                    "healthy": self.balancer.is_healthy(i),
+                    "in_flight": self.balancer.in_flight(i),
+                    "connections": e.stats.connections.active(),
+                    "connect_failures": e.stats.connect_failures.load(Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": &*self.name,
+            "lb": format!("{:?}", self.balancer.policy()),
+            "protocol": if self.h2 { "h2" } else { "http1" },
+            "tls": self.scheme == Scheme::HTTPS,
+            "endpoints": eps,
+        })
+    }
+}
+
+impl Snapshot {
+    /// Compiles a validated config. Fails (with file:line) on what only shows when loading:
+    /// certificates, CA files, routes the router rejects.
+    pub fn build(loaded: LoadedConfig, registry: &Registry) -> Result<Snapshot, ConfigError> {
+        let c = &loaded.config;
+        let mut clusters = Vec::with_capacity(c.clusters.len());
+        for (i, cc) in c.clusters.iter().enumerate() {
+            clusters.push(Arc::new(build_cluster(&loaded, i, cc, registry)?));
+        }
+        let by_name: HashMap<&str, &Arc<Cluster>> = clusters.iter().map(|cl| (&*cl.name, cl)).collect();
+
+        let mut specs = Vec::with_capacity(c.routes.len());
+        let mut routes = Vec::with_capacity(c.routes.len());
+        for r in &c.routes {
+            let m = &r.matches;
+            let path = match (&m.path, &m.path_prefix, &m.path_regex) {
+                (Some(p), _, _) => PathMatch::Exact(p.clone()),
+                (_, Some(p), _) => PathMatch::Prefix(p.clone()),
+                (_, _, Some(p)) => PathMatch::Regex(p.clone()),
+                _ => PathMatch::Any,
+            };
+            let rule = |v: &ValueRule| match v {
+                ValueRule::Exact(s) => ValueMatch::Exact(s.clone()),
+                ValueRule::Regex(s) => ValueMatch::Regex(s.clone()),
+                ValueRule::Present(_) => ValueMatch::Present,
+            };
+            specs.push(RouteSpec {
+                host: m.host.clone(),
+                path,
+                // Validation has checked names and methods; unparsable ones cannot reach here.
+                methods: m.methods.iter().filter_map(|s| http::Method::from_bytes(s.as_bytes()).ok()).collect(),
+                headers: m
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, rule(v))))
+                    .collect(),
+                query: m.query.iter().map(|(k, v)| (k.clone(), rule(v))).collect(),
+            });
+            let cluster = Arc::clone(by_name[r.cluster.as_str()]);
+            let rw = r.rewrite.as_ref();
+            routes.push(Route {
+                name: r.name.as_str().into(),
+                prefix_rewrite: rw
+                    .and_then(|w| w.path_prefix.clone())
+                    .and_then(|to| Some((m.path_prefix.clone()?, to))),
+                host_rewrite: rw.and_then(|w| w.host.as_deref()).and_then(|h| HeaderValue::from_str(h).ok()),
+                timeout: r.timeout.unwrap_or(c.clusters.iter().find(|x| x.name == r.cluster).map_or(
+                    Duration::from_secs(15),
+                    |x| x.timeouts.request,
+                )),
+                stats: registry.route(&r.name, &r.cluster),
+                cluster,
+            });
+        }
+        let router = Router::new(specs).map_err(|e| loaded.error_at(format!("routes[{}].match", e.route()), e.to_string()))?;
+
+        let access_log = match &c.access_log {
+            Some(a) => Some(AccessLog::open(&a.path).map_err(|e| loaded.error_at("access_log.path", format!("cannot open {:?}: {e}", a.path)))?),
+            None => None,
+        };
+        let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
+        Ok(Snapshot { router, routes, clusters, access_log, max_body, loaded })
+    }
+
+    pub(crate) fn clusters_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.clusters.iter().map(|c| c.endpoints_json()).collect())
+    }
+
+    pub(crate) fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+}
+
+fn build_cluster(loaded: &LoadedConfig, i: usize, cc: &ClusterConfig, registry: &Registry) -> Result<Cluster, ConfigError> {
+    let at = |field: &str| format!("clusters[{i}].{field}");
+    let policy = match cc.lb {
+        LbPolicy::RoundRobin => Policy::RoundRobin,
+        LbPolicy::WeightedRoundRobin => Policy::WeightedRoundRobin,
+        LbPolicy::LeastRequest => Policy::LeastRequest,
+        LbPolicy::Random => Policy::Random,
+        LbPolicy::RingHash => Policy::RingHash,
+        LbPolicy::Maglev => Policy::Maglev,
+    };
+    let weights: Vec<u32> = cc.endpoints.iter().map(|e| e.weight).collect();
+    let keys: Vec<&str> = cc.endpoints.iter().map(|e| e.address.as_str()).collect();
+    // Placing endpoints by address keeps hash assignments stable when the list is edited.
+    let balancer = Balancer::with_keys(policy, &weights, &keys).map_err(|e| loaded.error_at(at("endpoints"), e.to_string()))?;
+
+    let mut endpoints = Vec::with_capacity(cc.endpoints.len());
+    let mut stats = HashMap::new();
+    for (j, e) in cc.endpoints.iter().enumerate() {
+        let authority: Authority =
+            e.address.parse().map_err(|err| loaded.error_at(at(&format!("endpoints[{j}].address")), format!("invalid address: {err}")))?;
+        let s = registry.endpoint(&cc.name, &e.address);
+        stats.insert(authority.as_str().to_string(), s.clone());
+        endpoints.push(Endpoint {
+            address: e.address.clone(),
+            authority,
+            weight: e.weight,
+            stats: s,
+            failures: AtomicU32::new(0),
+            down_until: AtomicU64::new(0),
+        });
+    }
+
+    let h2 = cc.protocol == weir_config::UpstreamProtocol::H2;
+    let tls = match &cc.tls {
+        Some(t) => {
+            let ca = t.ca.as_ref().map(|p| loaded.resolve(p));
+            let config = crate::tls::client_config(ca.as_deref(), t.insecure_skip_verify, h2)
+                .map_err(|e| loaded.error_at(at("tls.ca"), e))?;
+            let sni = match &t.sni {
+                Some(s) => Some(
+                    rustls_pki_types::ServerName::try_from(s.clone())
+                        .map_err(|e| loaded.error_at(at("tls.sni"), format!("invalid server name: {e}")))?,
+                ),
+                None => None,
+            };
+            Some(UpstreamTls { config, sni })
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+    let connector = Connector { timeout: cc.timeouts.connect, tls, stats: Arc::new(stats) };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(cc.timeouts.idle)
+        .pool_max_idle_per_host(cc.max_idle_per_endpoint)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        // We set Host ourselves (the client's own would name the endpoint, not the site).
+        .set_host(false)
+        .http2_only(h2);
+    let client = builder.build(connector);
+    Ok(Cluster {
+        name: cc.name.as_str().into(),
+        balancer: Arc::new(balancer),
+        endpoints,
+        client,
+        scheme,
+        h2,
+        hash_on: cc.hash_on.clone().or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
+        health: cc.health.clone(),
+    })
+}
+
+/// Loads every certificate of an https listener, reporting failures at the config line.
+pub fn listener_tls(loaded: &LoadedConfig, i: usize) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    let l = &loaded.config.listeners[i];
+    let Some(tls) = &l.tls else { return Ok(None) };
+    let mut keys = Vec::with_capacity(tls.certificates.len());
+    for (j, c) in tls.certificates.iter().enumerate() {
+        let ck = crate::tls::load_certified_key(&loaded.resolve(&c.cert), &loaded.resolve(&c.key))
+            .map_err(|e| loaded.error_at(format!("listeners[{i}].tls.certificates[{j}]"), e))?;
+        keys.push(ck);
+    }
+    crate::tls::server_config(keys).map(Some).map_err(|e| loaded.error_at(format!("listeners[{i}].tls"), e))
+}
+
+/// Checks everything `weir run` would load, without binding or starting anything.
+pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    for i in 0..loaded.config.listeners.len() {
+        listener_tls(loaded, i)?;
+    }
+    let registry = Registry::new();
+    let mut no_log = loaded.clone();
+    // Opening the access log would create the file; validation must not have side effects.
+    if let Some(a) = no_log.config.access_log.take() {
+        if !matches!(a.path.as_str(), "stdout" | "stderr") {
+            let p = Path::new(&a.path);
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(loaded.error_at("access_log.path", format!("folder {} does not exist", dir.display())));
+            }
+        }
+    }
+    Snapshot::build(no_log, &registry).map(|_| ())
+}
