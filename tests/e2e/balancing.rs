@@ -1,0 +1,6 @@
+//! End-to-end: balancing.
+
+mod support;
+
+#[allow(unused_imports)]
+use support::*;

@@ -1,0 +1,6 @@
+//! End-to-end: errors.
+
+mod support;
+
+#[allow(unused_imports)]
+use support::*;

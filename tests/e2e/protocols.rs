@@ -1,0 +1,6 @@
+//! End-to-end: protocols.
+
+mod support;
+
+#[allow(unused_imports)]
+use support::*;

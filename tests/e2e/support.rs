@@ -1,0 +1,398 @@
+//! Test harness: the real `weir` binary, real upstream servers and real clients on loopback.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!("weir-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn weir_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weir")
+}
+
+/// A running `weir run CONFIG` process; killed on drop.
+pub struct Weir {
+    pub child: Child,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Weir {
+    /// Writes `yaml` to a temp config and starts weir; `{dir}` in the text is replaced by the
+    /// temp directory (for certificates and log files).
+    pub fn start(yaml: &str) -> Result<Weir> {
+        let dir = TempDir::new();
+        Self::start_in(dir, yaml)
+    }
+
+    pub fn start_in(dir: TempDir, yaml: &str) -> Result<Weir> {
+        let mut text = yaml.replace("{dir}", &dir.0.display().to_string());
+        if !text.contains("admin:") {
+            text = format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}");
+        }
+        let config = dir.write("weir.yaml", &text);
+        let mut child = Command::new(weir_bin())
+            .arg("run")
+            .arg(&config)
+            .env("WEIR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn weir")?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        {
+            let stdout = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    stdout.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    stderr.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("weir did not become ready; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+                }
+            };
+            if let Some(rest) = line.strip_prefix("weir: admin listening on http://") {
+                admin = Some(rest.parse()?);
+            } else if let Some(rest) = line.strip_prefix("weir: listener ") {
+                let (name, url) = rest.split_once(" listening on ").context("listener line")?;
+                let addr = url.split("://").nth(1).context("url")?;
+                listeners.insert(name.to_string(), addr.parse()?);
+            } else if line == "weir: ready" {
+                break;
+            }
+        }
+        Ok(Weir { child, listeners, admin: admin.context("no admin line")?, dir, config, stdout, stderr })
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listeners[listener]
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(listener))
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // The only unsafe-free way from std is the kill command; it is everywhere tests run.
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for the process to exit, returning its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("weir did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `f` until it returns true (for eventual effects such as a reload).
+    pub async fn eventually(&self, what: &str, mut f: impl AsyncFnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if f().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("timed out waiting for {what}; weir stderr:\n{}", self.stderr_text())
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String)> {
+        let res = get(&format!("http://{}{path}", self.admin)).await?;
+        Ok((res.status, res.text()))
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an upstream saw and answered.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+}
+
+type Handler = Arc<dyn Fn(Request<Incoming>, Seen) -> std::pin::Pin<Box<dyn Future<Output = Response<TestBody>> + Send>> + Send + Sync>;
+
+/// A real HTTP/1.1 + h2c upstream on 127.0.0.1:0. By default it answers 200 with body
+/// `name` and header `x-upstream: name`, and records every request head.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        Self::with(name, default_handler).await
+    }
+
+    pub async fn with<F, Fut>(name: &str, f: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>, Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req, seen| Box::pin(f(req, seen)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        Self::serve(name, listener, handler, None).await
+    }
+
+    /// An upstream that terminates TLS (ALPN h2 and http/1.1) with the given server config.
+    pub async fn tls(name: &str, config: Arc<rustls::ServerConfig>) -> Upstream {
+        let handler: Handler = Arc::new(move |req, seen| Box::pin(default_handler(req, seen)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        Self::serve(name, listener, handler, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serve(name: &str, listener: TcpListener, handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen2, conns2, name2) = (seen.clone(), connections.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                conns2.fetch_add(1, Ordering::SeqCst);
+                let (handler, seen, name, tls) = (handler.clone(), seen2.clone(), name2.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let s = Seen {
+                            method: req.method().to_string(),
+                            path: req.uri().path_and_query().map_or("/".into(), |p| p.to_string()),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        };
+                        seen.lock().unwrap().push(s.clone());
+                        let (handler, name) = (handler.clone(), name.clone());
+                        async move {
+                            let mut res = handler(req, s).await;
+                            res.headers_mut().insert("x-upstream", name.parse().unwrap());
+                            Ok::<_, Infallible>(res)
+                        }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acc) => {
+                            if let Ok(s) = acc.accept(stream).await {
+                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, name: name.to_string(), seen, connections, task }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// Answers with the upstream's name as body; honours `x-delay-ms` and echoes POST bodies.
+pub async fn default_handler(req: Request<Incoming>, _seen: Seen) -> Response<TestBody> {
+    if let Some(ms) = req.headers().get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if req.method() == http::Method::POST || req.method() == http::Method::PUT {
+        // Echo the body back as it streams in.
+        let (_, body) = req.into_parts();
+        return Response::new(body.map_err(|_| -> Infallible { unreachable!("test body error") }).boxed());
+    }
+    Response::new(full(""))
+}
+
+/// A simple response from a client.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The `x-upstream` header (which upstream answered), or "" for proxy-made responses.
+    pub fn upstream(&self) -> &str {
+        self.header("x-upstream").unwrap_or("")
+    }
+}
+
+pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
+
+pub fn h1_client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn send(client: &Client, req: Request<TestBody>) -> Result<Got> {
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req)).await.context("client timed out")??;
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Got { status: parts.status, version: parts.version, headers: parts.headers, body })
+}
+
+pub async fn get(url: &str) -> Result<Got> {
+    send(&h1_client(), Request::get(url).body(full(""))?).await
+}
+
+/// GET with extra headers over HTTP/1.1.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Got> {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(&h1_client(), b.body(full(""))?).await
+}
+
+/// Runs curl with the given args; returns stdout. Fails if curl itself fails. Async, so the
+/// test's own upstreams keep running while curl waits.
+pub async fn curl(args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().await.context("run curl")?;
+    if !out.status.success() {
+        bail!("curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A streaming body fed from a channel.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    (tx, StreamBody::new(stream).boxed())
+}
+
+/// Self-signed certificate for `names`, written as PEM files; returns (cert path, key path, DER).
+pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("rcgen");
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
