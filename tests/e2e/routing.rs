@@ -8,14 +8,31 @@ use support::*;
 
 /// One upstream per cluster, so the answering upstream names the route that matched.
 async fn routed_proxy() -> Result<(Weir, Vec<Upstream>)> {
-    let names = ["exact-host", "wild-host", "deep-wild", "exact-path", "regex-path", "long-prefix", "short-prefix", "methods", "header", "query", "any"];
+    let names = [
+        "exact-host",
+        "wild-host",
+        "deep-wild",
+        "exact-path",
+        "regex-path",
+        "long-prefix",
+        "short-prefix",
+        "methods",
+        "header",
+        "query",
+        "any",
+    ];
     let mut ups = Vec::new();
     for n in names {
         ups.push(Upstream::start(n).await);
     }
     let clusters: String = ups
         .iter()
-        .map(|u| format!("  - {{ name: {}, endpoints: [ {{ address: \"{}\" }} ] }}\n", u.name, u.addr))
+        .map(|u| {
+            format!(
+                "  - {{ name: {}, endpoints: [ {{ address: \"{}\" }} ] }}\n",
+                u.name, u.addr
+            )
+        })
         .collect();
     let yaml = format!(
         "listeners:\n  - {{ name: public, listen: 127.0.0.1:0 }}\n\
@@ -56,9 +73,27 @@ async fn most_specific_route_wins_for_each_kind_of_match() -> Result<()> {
         ("GET", "m.test", "/", &[], "any"),
         ("POST", "m.test", "/", &[], "methods"),
         ("PUT", "m.test", "/", &[], "methods"),
-        ("GET", "h.test", "/", &[("x-env", "canary"), ("x-tier", "gold")], "header"),
-        ("GET", "h.test", "/", &[("x-env", "canary"), ("x-tier", "bronze")], "any"),
-        ("GET", "h.test", "/", &[("x-env", "prod"), ("x-tier", "gold")], "any"),
+        (
+            "GET",
+            "h.test",
+            "/",
+            &[("x-env", "canary"), ("x-tier", "gold")],
+            "header",
+        ),
+        (
+            "GET",
+            "h.test",
+            "/",
+            &[("x-env", "canary"), ("x-tier", "bronze")],
+            "any",
+        ),
+        (
+            "GET",
+            "h.test",
+            "/",
+            &[("x-env", "prod"), ("x-tier", "gold")],
+            "any",
+        ),
         ("GET", "q.test", "/?debug=1&user=bob", &[], "query"),
         ("GET", "q.test", "/?user=&debug=%31", &[], "query"),
         ("GET", "q.test", "/?debug=2&user=bob", &[], "any"),
@@ -67,13 +102,20 @@ async fn most_specific_route_wins_for_each_kind_of_match() -> Result<()> {
     let client = h1_client();
     let mut wrong = Vec::new();
     for (method, host, path, headers, want) in cases {
-        let mut b = http::Request::builder().method(*method).uri(format!("http://{base}{path}")).header("host", *host);
+        let mut b = http::Request::builder()
+            .method(*method)
+            .uri(format!("http://{base}{path}"))
+            .header("host", *host);
         for (k, v) in *headers {
             b = b.header(*k, *v);
         }
         let got = send(&client, b.body(full(""))?).await?;
         if got.upstream() != *want {
-            wrong.push(format!("{method} {host}{path} {headers:?}: want {want:?}, got {:?} ({})", got.upstream(), got.status));
+            wrong.push(format!(
+                "{method} {host}{path} {headers:?}: want {want:?}, got {:?} ({})",
+                got.upstream(),
+                got.status
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -108,7 +150,11 @@ routes:\n\
 clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         up.addr
     ))?;
-    let got = get_with(&weir.url("public", "/v1/users?id=7"), &[("host", "api.example.com")]).await?;
+    let got = get_with(
+        &weir.url("public", "/v1/users?id=7"),
+        &[("host", "api.example.com")],
+    )
+    .await?;
     assert_eq!(got.status, 200);
     let seen = up.last();
     assert_eq!(seen.path, "/v2/users?id=7");
@@ -132,11 +178,31 @@ clusters:\n\
         public.addr, admin.addr
     ))?;
     // curl --path-as-is sends the dot segments untouched.
-    let out = curl(&["--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", &weir.url("public", "/public/../admin/x")]).await?;
+    let out = curl(&[
+        "--path-as-is",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &weir.url("public", "/public/../admin/x"),
+    ])
+    .await?;
     assert_eq!(out, "200");
-    assert_eq!(admin.last().path, "/admin/x", "the upstream sees the normalized path the route was chosen on");
+    assert_eq!(
+        admin.last().path,
+        "/admin/x",
+        "the upstream sees the normalized path the route was chosen on"
+    );
     assert_eq!(public.count(), 0);
-    let out = curl(&["--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", &weir.url("public", "/../etc/passwd")]).await?;
+    let out = curl(&[
+        "--path-as-is",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &weir.url("public", "/../etc/passwd"),
+    ])
+    .await?;
     assert_eq!(out, "400");
     Ok(())
 }

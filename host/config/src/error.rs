@@ -17,7 +17,10 @@ pub struct Issue {
 impl Issue {
     /// An issue at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Issue {
-        Issue { path: path.into(), message: message.into() }
+        Issue {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -59,7 +62,10 @@ impl ConfigError {
             ConfigError::Io { message, .. } => vec![(None, Issue::new("", message.clone()))],
             ConfigError::Parse { line, issue, .. } => vec![(*line, issue.clone())],
             ConfigError::Invalid { lines, issues, .. } => {
-                let mut v: Vec<_> = issues.iter().map(|i| (lines.line_of(&i.path), i.clone())).collect();
+                let mut v: Vec<_> = issues
+                    .iter()
+                    .map(|i| (lines.line_of(&i.path), i.clone()))
+                    .collect();
                 v.sort_by_key(|(line, _)| *line);
                 v
             }
@@ -68,7 +74,9 @@ impl ConfigError {
 
     fn file(&self) -> &Path {
         match self {
-            ConfigError::Io { file, .. } | ConfigError::Parse { file, .. } | ConfigError::Invalid { file, .. } => file,
+            ConfigError::Io { file, .. }
+            | ConfigError::Parse { file, .. }
+            | ConfigError::Invalid { file, .. } => file,
         }
     }
 }
@@ -108,13 +116,17 @@ pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -
     };
     // serde_yaml's path stops at the parent for errors raised while parsing a value (durations,
     // addresses); the value's own position names the field precisely.
-    if let Some(exact) = e.location().and_then(|l| lines.value_at(l.line(), l.column())) {
-        if exact.starts_with(path.as_str()) {
-            path = exact.to_string();
-        }
+    if let Some(exact) = e
+        .location()
+        .and_then(|l| lines.value_at(l.line(), l.column()))
+        && exact.starts_with(path.as_str())
+    {
+        path = exact.to_string();
     }
     let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-    let kind = ["unknown field", "unknown variant"].into_iter().find(|k| message.starts_with(k));
+    let kind = ["unknown field", "unknown variant"]
+        .into_iter()
+        .find(|k| message.starts_with(k));
     if let (Some(kind), Some((bad, expected))) = (kind, ticked.split_first()) {
         let bad = bad.to_string();
         let mut msg = format!("{kind} {bad:?}");
@@ -125,10 +137,21 @@ pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -
             msg.push_str(&format!(" (expected one of {})", list.join(", ")));
         }
         if kind == "unknown field" {
-            path = if path.is_empty() { bad } else { format!("{path}.{bad}") };
+            path = if path.is_empty() {
+                bad
+            } else {
+                format!("{path}.{bad}")
+            };
         }
         message = msg;
     }
-    let line = e.location().map(|l| l.line()).or_else(|| lines.line_of(&path));
-    ConfigError::Parse { file: file.to_path_buf(), line, issue: Issue { path, message } }
+    let line = e
+        .location()
+        .map(|l| l.line())
+        .or_else(|| lines.line_of(&path));
+    ConfigError::Parse {
+        file: file.to_path_buf(),
+        line,
+        issue: Issue { path, message },
+    }
 }

@@ -66,7 +66,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: defaults::admin_listen() }
+        AdminConfig {
+            listen: defaults::admin_listen(),
+        }
     }
 }
 
@@ -382,7 +384,10 @@ pub struct PassiveHealth {
 
 impl Default for PassiveHealth {
     fn default() -> Self {
-        PassiveHealth { max_failures: 3, cooldown: Duration::from_secs(10) }
+        PassiveHealth {
+            max_failures: 3,
+            cooldown: Duration::from_secs(10),
+        }
     }
 }
 
@@ -428,13 +433,21 @@ impl LoadedConfig {
     /// Parses and validates config text; `file` names it in messages.
     pub fn from_str(file: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
         let lines = LineIndex::build(text);
-        let config: Config = serde_yaml::from_str(text)
-            .map_err(|e| error::from_yaml(file, &lines, &e))?;
+        let config: Config =
+            serde_yaml::from_str(text).map_err(|e| error::from_yaml(file, &lines, &e))?;
         let issues = validate::validate(&config);
         if !issues.is_empty() {
-            return Err(ConfigError::Invalid { file: file.to_path_buf(), lines, issues });
+            return Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                lines,
+                issues,
+            });
         }
-        Ok(LoadedConfig { config, file: file.to_path_buf(), lines })
+        Ok(LoadedConfig {
+            config,
+            file: file.to_path_buf(),
+            lines,
+        })
     }
 
     /// Resolves a path written in the config relative to the config file's folder.
@@ -457,7 +470,10 @@ impl LoadedConfig {
 }
 
 /// Suggests the closest of `candidates` to `word`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

@@ -33,7 +33,11 @@ impl Collector {
         let path = match self.stack.last_mut()? {
             Frame::Map { path, key } => {
                 let key = key.take()?;
-                if path.is_empty() { key } else { format!("{path}.{key}") }
+                if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                }
             }
             Frame::Seq { path, next } => {
                 *next += 1;
@@ -49,23 +53,33 @@ impl MarkedEventReceiver for Collector {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(value, ..) => {
-                if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                    if key.is_none() {
-                        // A mapping key: the field's line is where its key stands.
-                        let line = mark.line();
-                        let Some(Frame::Map { path, key }) = self.stack.last_mut() else { return };
-                        let full = if path.is_empty() { value.clone() } else { format!("{path}.{value}") };
-                        self.lines.entry(full).or_insert(line);
-                        *key = Some(value);
+                if let Some(Frame::Map { key, .. }) = self.stack.last_mut()
+                    && key.is_none()
+                {
+                    // A mapping key: the field's line is where its key stands.
+                    let line = mark.line();
+                    let Some(Frame::Map { path, key }) = self.stack.last_mut() else {
                         return;
-                    }
+                    };
+                    let full = if path.is_empty() {
+                        value.clone()
+                    } else {
+                        format!("{path}.{value}")
+                    };
+                    self.lines.entry(full).or_insert(line);
+                    *key = Some(value);
+                    return;
                 }
                 if let Some(path) = self.value_path(mark.line()) {
                     self.values.insert((mark.line(), mark.col()), path);
                 }
             }
             Event::MappingStart(..) => {
-                let path = if self.stack.is_empty() { String::new() } else { self.value_path(mark.line()).unwrap_or_default() };
+                let path = if self.stack.is_empty() {
+                    String::new()
+                } else {
+                    self.value_path(mark.line()).unwrap_or_default()
+                };
                 self.stack.push(Frame::Map { path, key: None });
             }
             Event::SequenceStart(..) => {
@@ -89,13 +103,19 @@ impl LineIndex {
         let mut collector = Collector::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut collector, false);
-        LineIndex { lines: Arc::new(collector.lines), values: Arc::new(collector.values) }
+        LineIndex {
+            lines: Arc::new(collector.lines),
+            values: Arc::new(collector.values),
+        }
     }
 
     /// The path of the scalar value that starts at this line and column (as serde_yaml reports
     /// them: 1-based line, 1-based column).
     pub fn value_at(&self, line: usize, column: usize) -> Option<&str> {
-        self.values.get(&(line, column.saturating_sub(1))).or_else(|| self.values.get(&(line, column))).map(|s| s.as_str())
+        self.values
+            .get(&(line, column.saturating_sub(1)))
+            .or_else(|| self.values.get(&(line, column)))
+            .map(|s| s.as_str())
     }
 
     /// The line of `path`, or of its nearest ancestor that is in the file (a missing field is

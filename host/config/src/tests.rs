@@ -7,7 +7,9 @@ fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
 }
 
 fn err(text: &str) -> String {
-    load(text).expect_err("config should be rejected").to_string()
+    load(text)
+        .expect_err("config should be rejected")
+        .to_string()
 }
 
 const GOOD: &str = "\
@@ -31,11 +33,17 @@ clusters:
 fn parses_the_documented_shape() {
     let c = load(GOOD).expect("valid").config;
     assert_eq!(c.listeners[0].protocol, ListenerProtocol::Http);
-    assert_eq!(c.routes[0].matches.headers["x-env"], ValueRule::Exact("canary".into()));
+    assert_eq!(
+        c.routes[0].matches.headers["x-env"],
+        ValueRule::Exact("canary".into())
+    );
     assert_eq!(c.clusters[0].lb, LbPolicy::Maglev);
     assert_eq!(c.clusters[0].hash_on, Some(HashOn::Header("x-user".into())));
     assert_eq!(c.clusters[0].endpoints[1].weight, 1);
-    assert_eq!(c.clusters[0].timeouts.request, std::time::Duration::from_secs(15));
+    assert_eq!(
+        c.clusters[0].timeouts.request,
+        std::time::Duration::from_secs(15)
+    );
     assert_eq!(c.limits, Limits::default());
 }
 
@@ -58,7 +66,10 @@ fn unknown_variant_suggests() {
 #[test]
 fn unknown_cluster_is_located_and_suggested() {
     let text = GOOD.replace("    cluster: api\n", "    cluster: apj\n");
-    assert_eq!(err(&text), "weir.yaml:7: routes[0].cluster: unknown cluster \"apj\" (did you mean \"api\"?)");
+    assert_eq!(
+        err(&text),
+        "weir.yaml:7: routes[0].cluster: unknown cluster \"apj\" (did you mean \"api\"?)"
+    );
 }
 
 #[test]
@@ -69,8 +80,14 @@ fn all_issues_are_reported_in_line_order() {
     let e = err(&text);
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines.len(), 2, "{e}");
-    assert!(lines[0].starts_with("weir.yaml:7: routes[0].cluster: unknown cluster \"nope\""), "{e}");
-    assert!(lines[1].starts_with("weir.yaml:13: clusters[0].endpoints[0].weight: must be at least 1"), "{e}");
+    assert!(
+        lines[0].starts_with("weir.yaml:7: routes[0].cluster: unknown cluster \"nope\""),
+        "{e}"
+    );
+    assert!(
+        lines[1].starts_with("weir.yaml:13: clusters[0].endpoints[0].weight: must be at least 1"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,17 +100,50 @@ fn syntax_error_has_a_line() {
 #[test]
 fn bad_values_are_rejected_with_their_field() {
     let cases = [
-        (GOOD.replace("connect: 1s", "connect: 1 parsec"), "weir.yaml:14: clusters[0].timeouts.connect: invalid duration"),
-        (GOOD.replace("127.0.0.1:8080", "127.0.0.1:http"), "weir.yaml:3: listeners[0].listen: invalid socket address"),
-        (GOOD.replace("127.0.0.1:9002", "localhost"), "weir.yaml:13: clusters[0].endpoints[1].address: invalid address"),
-        (GOOD.replace("[GET, POST]", "[GET, post]"), "weir.yaml:6: routes[0].match.methods[1]: invalid method"),
-        (GOOD.replace("path_prefix: /v1/,", "path_prefix: /v1/, path: /x,"), "weir.yaml:6: routes[0].match.path_prefix: give only one of"),
-        (GOOD.replace("lb: maglev", "lb: random"), "weir.yaml:12: clusters[0].hash_on: only ring_hash and maglev"),
-        (GOOD.replace("protocol: http }", "protocol: https }"), "weir.yaml:3: listeners[0].tls: an https listener needs"),
-        (GOOD.replace("x-env: canary", "x-env: { regex: \"(\" }"), "weir.yaml:6: routes[0].match.headers.x-env: invalid regex"),
-        (GOOD.replace("x-env: canary", "x-env: { exact: a, regex: b }"), "weir.yaml:6: routes[0].match.headers.x-env: give exactly one of"),
-        (format!("{GOOD}  - name: api\n    endpoints: [ {{ address: 127.0.0.1:1 }} ]\n"), "weir.yaml:15: clusters[1].name: duplicate name \"api\""),
-        ("limits: { max_request_header_bytes: 12 parsecs }\n".to_string(), "weir.yaml:1: limits.max_request_header_bytes: unknown size unit"),
+        (
+            GOOD.replace("connect: 1s", "connect: 1 parsec"),
+            "weir.yaml:14: clusters[0].timeouts.connect: invalid duration",
+        ),
+        (
+            GOOD.replace("127.0.0.1:8080", "127.0.0.1:http"),
+            "weir.yaml:3: listeners[0].listen: invalid socket address",
+        ),
+        (
+            GOOD.replace("127.0.0.1:9002", "localhost"),
+            "weir.yaml:13: clusters[0].endpoints[1].address: invalid address",
+        ),
+        (
+            GOOD.replace("[GET, POST]", "[GET, post]"),
+            "weir.yaml:6: routes[0].match.methods[1]: invalid method",
+        ),
+        (
+            GOOD.replace("path_prefix: /v1/,", "path_prefix: /v1/, path: /x,"),
+            "weir.yaml:6: routes[0].match.path_prefix: give only one of",
+        ),
+        (
+            GOOD.replace("lb: maglev", "lb: random"),
+            "weir.yaml:12: clusters[0].hash_on: only ring_hash and maglev",
+        ),
+        (
+            GOOD.replace("protocol: http }", "protocol: https }"),
+            "weir.yaml:3: listeners[0].tls: an https listener needs",
+        ),
+        (
+            GOOD.replace("x-env: canary", "x-env: { regex: \"(\" }"),
+            "weir.yaml:6: routes[0].match.headers.x-env: invalid regex",
+        ),
+        (
+            GOOD.replace("x-env: canary", "x-env: { exact: a, regex: b }"),
+            "weir.yaml:6: routes[0].match.headers.x-env: give exactly one of",
+        ),
+        (
+            format!("{GOOD}  - name: api\n    endpoints: [ {{ address: 127.0.0.1:1 }} ]\n"),
+            "weir.yaml:15: clusters[1].name: duplicate name \"api\"",
+        ),
+        (
+            "limits: { max_request_header_bytes: 12 parsecs }\n".to_string(),
+            "weir.yaml:1: limits.max_request_header_bytes: unknown size unit",
+        ),
     ];
     let wrong: Vec<String> = cases
         .iter()
@@ -106,7 +156,9 @@ fn bad_values_are_rejected_with_their_field() {
 
 #[test]
 fn sizes_and_durations() {
-    let c = load("limits: { max_request_header_bytes: 16KiB, idle_timeout: 1m30s }\n").unwrap().config;
+    let c = load("limits: { max_request_header_bytes: 16KiB, idle_timeout: 1m30s }\n")
+        .unwrap()
+        .config;
     assert_eq!(c.limits.max_request_header_bytes, ByteSize(16 * 1024));
     assert_eq!(c.limits.idle_timeout, std::time::Duration::from_secs(90));
 }

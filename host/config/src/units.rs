@@ -20,7 +20,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
         for (n, unit) in UNITS {
-            if self.0 >= n && self.0 % n == 0 {
+            if self.0 >= n && self.0.is_multiple_of(n) {
                 return write!(f, "{}{unit}", self.0 / n);
             }
         }
@@ -32,7 +32,9 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (expected e.g. 64KiB, 16MiB or 1024)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (expected e.g. 64KiB, 16MiB or 1024)"))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1_000,
@@ -41,9 +43,14 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 impl Serialize for ByteSize {
@@ -64,7 +71,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 parse_size(v).map(ByteSize).map_err(E::custom)
@@ -156,7 +165,9 @@ impl<'de> Deserialize<'de> for crate::ValueRule {
                     (Some(e), None, None) => Ok(crate::ValueRule::Exact(e)),
                     (None, Some(r), None) => Ok(crate::ValueRule::Regex(r)),
                     (None, None, Some(p)) => Ok(crate::ValueRule::Present(p)),
-                    _ => Err(de::Error::custom("give exactly one of `exact`, `regex` or `present`")),
+                    _ => Err(de::Error::custom(
+                        "give exactly one of `exact`, `regex` or `present`",
+                    )),
                 }
             }
         }
@@ -189,7 +200,9 @@ impl<'de> Deserialize<'de> for crate::HashOn {
                 match (o.header, o.cookie) {
                     (Some(h), None) => Ok(crate::HashOn::Header(h)),
                     (None, Some(c)) => Ok(crate::HashOn::Cookie(c)),
-                    _ => Err(de::Error::custom("give exactly one of `header` or `cookie` (or write `client_ip`)")),
+                    _ => Err(de::Error::custom(
+                        "give exactly one of `header` or `cookie` (or write `client_ip`)",
+                    )),
                 }
             }
         }

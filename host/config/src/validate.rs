@@ -3,31 +3,51 @@
 
 use std::collections::HashSet;
 
-use crate::{did_you_mean, Config, Issue, ListenerProtocol, ValueRule};
+use crate::{Config, Issue, ListenerProtocol, ValueRule, did_you_mean};
 
 pub(crate) fn validate(c: &Config) -> Vec<Issue> {
     let mut out = Vec::new();
     let mut err = |path: String, msg: String| out.push(Issue::new(path, msg));
 
     if c.workers == Some(0) {
-        err("workers".into(), "must be at least 1 (leave it out for one per core)".into());
+        err(
+            "workers".into(),
+            "must be at least 1 (leave it out for one per core)".into(),
+        );
     }
     if c.limits.max_request_headers == 0 {
-        err("limits.max_request_headers".into(), "must be at least 1".into());
+        err(
+            "limits.max_request_headers".into(),
+            "must be at least 1".into(),
+        );
     }
     if c.limits.max_request_header_bytes.bytes() < 8192 {
-        err("limits.max_request_header_bytes".into(), "must be at least 8KiB".into());
+        err(
+            "limits.max_request_header_bytes".into(),
+            "must be at least 8KiB".into(),
+        );
     }
     if c.limits.max_connections == 0 {
         err("limits.max_connections".into(), "must be at least 1".into());
     }
     if c.limits.h2_max_concurrent_streams == 0 {
-        err("limits.h2_max_concurrent_streams".into(), "must be at least 1".into());
+        err(
+            "limits.h2_max_concurrent_streams".into(),
+            "must be at least 1".into(),
+        );
     }
 
-    unique(c.listeners.iter().map(|l| l.name.as_str()), "listeners", &mut err);
+    unique(
+        c.listeners.iter().map(|l| l.name.as_str()),
+        "listeners",
+        &mut err,
+    );
     unique(c.routes.iter().map(|r| r.name.as_str()), "routes", &mut err);
-    unique(c.clusters.iter().map(|r| r.name.as_str()), "clusters", &mut err);
+    unique(
+        c.clusters.iter().map(|r| r.name.as_str()),
+        "clusters",
+        &mut err,
+    );
 
     let mut addrs = HashSet::new();
     if c.admin.listen.port() != 0 {
@@ -36,18 +56,27 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
     for (i, l) in c.listeners.iter().enumerate() {
         let p = format!("listeners[{i}]");
         if l.listen.port() != 0 && !addrs.insert(l.listen) {
-            err(format!("{p}.listen"), format!("address {} is already used by another listener or the admin listener", l.listen));
+            err(
+                format!("{p}.listen"),
+                format!(
+                    "address {} is already used by another listener or the admin listener",
+                    l.listen
+                ),
+            );
         }
         match (l.protocol, &l.tls) {
-            (ListenerProtocol::Https, None) => {
-                err(format!("{p}.tls"), "an https listener needs `tls: { certificates: [ { cert: .., key: .. } ] }`".into())
-            }
-            (ListenerProtocol::Https, Some(t)) if t.certificates.is_empty() => {
-                err(format!("{p}.tls.certificates"), "give at least one certificate".into())
-            }
-            (ListenerProtocol::Http, Some(_)) => {
-                err(format!("{p}.tls"), "tls is only for `protocol: https`".into())
-            }
+            (ListenerProtocol::Https, None) => err(
+                format!("{p}.tls"),
+                "an https listener needs `tls: { certificates: [ { cert: .., key: .. } ] }`".into(),
+            ),
+            (ListenerProtocol::Https, Some(t)) if t.certificates.is_empty() => err(
+                format!("{p}.tls.certificates"),
+                "give at least one certificate".into(),
+            ),
+            (ListenerProtocol::Http, Some(_)) => err(
+                format!("{p}.tls"),
+                "tls is only for `protocol: https`".into(),
+            ),
             _ => {}
         }
     }
@@ -63,37 +92,70 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             err(format!("{p}.cluster"), msg);
         }
         let m = &r.matches;
-        let paths = [("path", &m.path), ("path_prefix", &m.path_prefix), ("path_regex", &m.path_regex)];
-        let given: Vec<&str> = paths.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect();
+        let paths = [
+            ("path", &m.path),
+            ("path_prefix", &m.path_prefix),
+            ("path_regex", &m.path_regex),
+        ];
+        let given: Vec<&str> = paths
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
         if given.len() > 1 {
-            err(format!("{p}.match.{}", given[1]), format!("give only one of path, path_prefix, path_regex (also has {})", given[0]));
+            err(
+                format!("{p}.match.{}", given[1]),
+                format!(
+                    "give only one of path, path_prefix, path_regex (also has {})",
+                    given[0]
+                ),
+            );
         }
         for (k, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
-            if let Some(v) = v {
-                if !v.starts_with('/') {
-                    err(format!("{p}.match.{k}"), format!("{v:?} must start with \"/\""));
-                }
+            if let Some(v) = v
+                && !v.starts_with('/')
+            {
+                err(
+                    format!("{p}.match.{k}"),
+                    format!("{v:?} must start with \"/\""),
+                );
             }
         }
-        if let Some(re) = &m.path_regex {
-            if let Err(e) = regex::Regex::new(re) {
-                err(format!("{p}.match.path_regex"), format!("invalid regex: {}", first_line(&e.to_string())));
-            }
+        if let Some(re) = &m.path_regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            err(
+                format!("{p}.match.path_regex"),
+                format!("invalid regex: {}", first_line(&e.to_string())),
+            );
         }
         if let Some(h) = &m.host {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty() || bare.contains(['*', '/', ' ', ':']) {
-                err(format!("{p}.match.host"), format!("invalid host {h:?}: write an exact host or a leading \"*.\" wildcard, without port"));
+                err(
+                    format!("{p}.match.host"),
+                    format!(
+                        "invalid host {h:?}: write an exact host or a leading \"*.\" wildcard, without port"
+                    ),
+                );
             }
         }
         for (j, meth) in m.methods.iter().enumerate() {
-            if http::Method::from_bytes(meth.as_bytes()).is_err() || meth.chars().any(|c| c.is_ascii_lowercase()) {
-                err(format!("{p}.match.methods[{j}]"), format!("invalid method {meth:?} (methods are uppercase tokens such as GET)"));
+            if http::Method::from_bytes(meth.as_bytes()).is_err()
+                || meth.chars().any(|c| c.is_ascii_lowercase())
+            {
+                err(
+                    format!("{p}.match.methods[{j}]"),
+                    format!("invalid method {meth:?} (methods are uppercase tokens such as GET)"),
+                );
             }
         }
         for (name, rule) in &m.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                err(format!("{p}.match.headers.{name}"), format!("invalid header name {name:?}"));
+                err(
+                    format!("{p}.match.headers.{name}"),
+                    format!("invalid header name {name:?}"),
+                );
             }
             check_rule(rule, format!("{p}.match.headers.{name}"), &mut err);
         }
@@ -103,16 +165,22 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         if let Some(rw) = &r.rewrite {
             if let Some(np) = &rw.path_prefix {
                 if m.path_prefix.is_none() {
-                    err(format!("{p}.rewrite.path_prefix"), "needs `match.path_prefix` (the prefix it replaces)".into());
+                    err(
+                        format!("{p}.rewrite.path_prefix"),
+                        "needs `match.path_prefix` (the prefix it replaces)".into(),
+                    );
                 }
                 if !np.starts_with('/') {
-                    err(format!("{p}.rewrite.path_prefix"), format!("{np:?} must start with \"/\""));
+                    err(
+                        format!("{p}.rewrite.path_prefix"),
+                        format!("{np:?} must start with \"/\""),
+                    );
                 }
             }
-            if let Some(h) = &rw.host {
-                if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
-                    err(format!("{p}.rewrite.host"), format!("invalid host {h:?}"));
-                }
+            if let Some(h) = &rw.host
+                && (http::HeaderValue::from_str(h).is_err() || h.is_empty())
+            {
+                err(format!("{p}.rewrite.host"), format!("invalid host {h:?}"));
             }
         }
         if r.timeout == Some(std::time::Duration::ZERO) {
@@ -123,40 +191,61 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
     for (i, cl) in c.clusters.iter().enumerate() {
         let p = format!("clusters[{i}]");
         if cl.endpoints.is_empty() {
-            err(format!("{p}.endpoints"), "give at least one endpoint".into());
+            err(
+                format!("{p}.endpoints"),
+                "give at least one endpoint".into(),
+            );
         }
         for (j, e) in cl.endpoints.iter().enumerate() {
             if let Err(m) = check_address(&e.address) {
                 err(format!("{p}.endpoints[{j}].address"), m);
             }
             if e.weight == 0 {
-                err(format!("{p}.endpoints[{j}].weight"), "must be at least 1".into());
+                err(
+                    format!("{p}.endpoints[{j}].weight"),
+                    "must be at least 1".into(),
+                );
             }
         }
         if cl.hash_on.is_some() && !cl.lb.is_hash() {
             err(format!("{p}.hash_on"), "only ring_hash and maglev hash requests; set `lb: ring_hash` or `lb: maglev`, or remove hash_on".into());
         }
-        for (k, d) in [("connect", cl.timeouts.connect), ("request", cl.timeouts.request), ("idle", cl.timeouts.idle)] {
+        for (k, d) in [
+            ("connect", cl.timeouts.connect),
+            ("request", cl.timeouts.request),
+            ("idle", cl.timeouts.idle),
+        ] {
             if d.is_zero() {
                 err(format!("{p}.timeouts.{k}"), "must be greater than 0".into());
             }
         }
-        if let Some(t) = &cl.tls {
-            if t.ca.is_none() && !t.insecure_skip_verify {
-                err(format!("{p}.tls.ca"), "give a CA file to verify the upstream (or `insecure_skip_verify: true` for testing)".into());
-            }
+        if let Some(t) = &cl.tls
+            && t.ca.is_none()
+            && !t.insecure_skip_verify
+        {
+            err(format!("{p}.tls.ca"), "give a CA file to verify the upstream (or `insecure_skip_verify: true` for testing)".into());
         }
     }
     out
 }
 
-fn unique<'a>(names: impl Iterator<Item = &'a str>, list: &str, err: &mut impl FnMut(String, String)) {
+fn unique<'a>(
+    names: impl Iterator<Item = &'a str>,
+    list: &str,
+    err: &mut impl FnMut(String, String),
+) {
     let mut seen = HashSet::new();
     for (i, n) in names.enumerate() {
         if n.is_empty() {
             err(format!("{list}[{i}].name"), "must not be empty".into());
-        } else if !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            err(format!("{list}[{i}].name"), format!("{n:?}: use letters, digits, '-', '_' and '.'"));
+        } else if !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            err(
+                format!("{list}[{i}].name"),
+                format!("{n:?}: use letters, digits, '-', '_' and '.'"),
+            );
         } else if !seen.insert(n) {
             err(format!("{list}[{i}].name"), format!("duplicate name {n:?}"));
         }
@@ -167,16 +256,23 @@ fn check_rule(rule: &ValueRule, path: String, err: &mut impl FnMut(String, Strin
     match rule {
         ValueRule::Regex(re) => {
             if let Err(e) = regex::Regex::new(re) {
-                err(path, format!("invalid regex: {}", first_line(&e.to_string())));
+                err(
+                    path,
+                    format!("invalid regex: {}", first_line(&e.to_string())),
+                );
             }
         }
-        ValueRule::Present(false) => err(path, "`present: false` is not supported; leave the rule out".into()),
+        ValueRule::Present(false) => err(
+            path,
+            "`present: false` is not supported; leave the rule out".into(),
+        ),
         _ => {}
     }
 }
 
 fn check_address(a: &str) -> Result<(), String> {
-    let hint = || format!("invalid address {a:?}: write host:port, e.g. 127.0.0.1:9001 or [::1]:9001");
+    let hint =
+        || format!("invalid address {a:?}: write host:port, e.g. 127.0.0.1:9001 or [::1]:9001");
     if a.parse::<std::net::SocketAddr>().is_ok() {
         return Ok(());
     }
@@ -188,5 +284,9 @@ fn check_address(a: &str) -> Result<(), String> {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
 }

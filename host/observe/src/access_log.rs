@@ -53,17 +53,19 @@ impl AccessLog {
             file => Box::new(OpenOptions::new().create(true).append(true).open(file)?),
         };
         let (tx, rx) = mpsc::channel::<String>();
-        std::thread::Builder::new().name("weir-access-log".into()).spawn(move || {
-            let mut out = BufWriter::with_capacity(64 * 1024, out);
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(line.as_bytes());
-                // Flush when the queue is drained: batches under load, prompt when quiet.
-                while let Ok(line) = rx.try_recv() {
+        std::thread::Builder::new()
+            .name("weir-access-log".into())
+            .spawn(move || {
+                let mut out = BufWriter::with_capacity(64 * 1024, out);
+                while let Ok(line) = rx.recv() {
                     let _ = out.write_all(line.as_bytes());
+                    // Flush when the queue is drained: batches under load, prompt when quiet.
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = out.write_all(line.as_bytes());
+                    }
+                    let _ = out.flush();
                 }
-                let _ = out.flush();
-            }
-        })?;
+            })?;
         Ok(AccessLog { tx })
     }
 
@@ -108,7 +110,13 @@ mod tests {
     fn rfc3339_known_instants() {
         assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         // 2000-02-29 (leap day) 12:34:56.789
-        assert_eq!(super::rfc3339(UNIX_EPOCH + Duration::from_millis(951_827_696_789)), "2000-02-29T12:34:56.789Z");
-        assert_eq!(super::rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_900_000)), "2026-11-28T21:06:40.000Z");
+        assert_eq!(
+            super::rfc3339(UNIX_EPOCH + Duration::from_millis(951_827_696_789)),
+            "2000-02-29T12:34:56.789Z"
+        );
+        assert_eq!(
+            super::rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_900_000)),
+            "2026-11-28T21:06:40.000Z"
+        );
     }
 }

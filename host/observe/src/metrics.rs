@@ -7,8 +7,8 @@ use dashmap::DashMap;
 
 /// Latency bucket upper bounds, in microseconds (Prometheus `le` is rendered in seconds).
 const BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000,
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// A fixed-bucket latency histogram of atomics.
@@ -40,11 +40,19 @@ impl Histogram {
         let mut acc = 0;
         for (i, b) in BUCKETS_US.iter().enumerate() {
             acc += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{}\"}} {acc}", *b as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{}\"}} {acc}",
+                *b as f64 / 1e6
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -78,7 +86,9 @@ impl RouteStats {
 
     /// Requests seen with this status.
     pub fn count(&self, status: u16) -> u64 {
-        self.by_status.get(status as usize).map_or(0, |c| c.load(Relaxed))
+        self.by_status
+            .get(status as usize)
+            .map_or(0, |c| c.load(Relaxed))
     }
 }
 
@@ -149,7 +159,11 @@ impl Registry {
     /// Stats for a route (and the cluster it points at); created on first use, kept across reloads.
     pub fn route(&self, route: &str, cluster: &str) -> Arc<RouteStats> {
         let key = (route.to_string(), cluster.to_string());
-        self.inner.routes.entry(key).or_insert_with(|| Arc::new(RouteStats::new(route, cluster))).clone()
+        self.inner
+            .routes
+            .entry(key)
+            .or_insert_with(|| Arc::new(RouteStats::new(route, cluster)))
+            .clone()
     }
 
     /// Stats for one endpoint of a cluster.
@@ -160,23 +174,40 @@ impl Registry {
 
     /// Stats for a listener.
     pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
-        self.inner.listeners.entry(name.to_string()).or_default().clone()
+        self.inner
+            .listeners
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Counts a request that matched no route (rare: a map lookup is fine here).
     pub fn record_unrouted(&self, status: u16) {
-        self.inner.unrouted.entry(status).or_default().fetch_add(1, Relaxed);
+        self.inner
+            .unrouted
+            .entry(status)
+            .or_default()
+            .fetch_add(1, Relaxed);
     }
 
     /// Renders every metric in the Prometheus text exposition format (0.0.4).
     pub fn render(&self, version: &str) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        out.push_str("# HELP weir_build_info Weir build information.\n# TYPE weir_build_info gauge\n");
+        out.push_str(
+            "# HELP weir_build_info Weir build information.\n# TYPE weir_build_info gauge\n",
+        );
         let _ = writeln!(out, "weir_build_info{{version=\"{}\"}} 1", escape(version));
 
-        let mut routes: Vec<Arc<RouteStats>> = self.inner.routes.iter().map(|e| e.value().clone()).collect();
+        let mut routes: Vec<Arc<RouteStats>> = self
+            .inner
+            .routes
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
         routes.sort_by(|a, b| (&a.route, &a.cluster).cmp(&(&b.route, &b.cluster)));
-        out.push_str("# HELP weir_requests_total Requests answered, by route, cluster and status.\n");
+        out.push_str(
+            "# HELP weir_requests_total Requests answered, by route, cluster and status.\n",
+        );
         out.push_str("# TYPE weir_requests_total counter\n");
         for r in &routes {
             for (status, c) in r.by_status.iter().enumerate() {
@@ -191,21 +222,38 @@ impl Registry {
                 }
             }
         }
-        let mut unrouted: Vec<(u16, u64)> = self.inner.unrouted.iter().map(|e| (*e.key(), e.value().load(Relaxed))).collect();
+        let mut unrouted: Vec<(u16, u64)> = self
+            .inner
+            .unrouted
+            .iter()
+            .map(|e| (*e.key(), e.value().load(Relaxed)))
+            .collect();
         unrouted.sort();
         for (status, n) in unrouted {
-            let _ = writeln!(out, "weir_requests_total{{route=\"\",cluster=\"\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "weir_requests_total{{route=\"\",cluster=\"\",status=\"{status}\"}} {n}"
+            );
         }
 
         out.push_str("# HELP weir_request_duration_seconds Time from request to response head, by route and cluster.\n");
         out.push_str("# TYPE weir_request_duration_seconds histogram\n");
         for r in &routes {
-            let labels = format!("route=\"{}\",cluster=\"{}\"", escape(&r.route), escape(&r.cluster));
-            r.latency.render(&mut out, "weir_request_duration_seconds", &labels);
+            let labels = format!(
+                "route=\"{}\",cluster=\"{}\"",
+                escape(&r.route),
+                escape(&r.cluster)
+            );
+            r.latency
+                .render(&mut out, "weir_request_duration_seconds", &labels);
         }
 
-        let mut eps: Vec<((String, String), Arc<EndpointStats>)> =
-            self.inner.endpoints.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        let mut eps: Vec<((String, String), Arc<EndpointStats>)> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
         eps.sort_by(|a, b| a.0.cmp(&b.0));
         out.push_str("# HELP weir_upstream_connections Upstream connections open now (pooled idle or busy).\n");
         out.push_str("# TYPE weir_upstream_connections gauge\n");
@@ -218,7 +266,9 @@ impl Registry {
                 s.connections.active()
             );
         }
-        out.push_str("# HELP weir_upstream_connections_opened_total Upstream connections opened.\n");
+        out.push_str(
+            "# HELP weir_upstream_connections_opened_total Upstream connections opened.\n",
+        );
         out.push_str("# TYPE weir_upstream_connections_opened_total counter\n");
         for ((cluster, addr), s) in &eps {
             let _ = writeln!(
@@ -229,7 +279,9 @@ impl Registry {
                 s.connections.total()
             );
         }
-        out.push_str("# HELP weir_upstream_connect_failures_total Failed upstream connect attempts.\n");
+        out.push_str(
+            "# HELP weir_upstream_connect_failures_total Failed upstream connect attempts.\n",
+        );
         out.push_str("# TYPE weir_upstream_connect_failures_total counter\n");
         for ((cluster, addr), s) in &eps {
             let _ = writeln!(
@@ -241,18 +293,32 @@ impl Registry {
             );
         }
 
-        let mut ls: Vec<(String, Arc<ListenerStats>)> =
-            self.inner.listeners.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        let mut ls: Vec<(String, Arc<ListenerStats>)> = self
+            .inner
+            .listeners
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
         ls.sort_by(|a, b| a.0.cmp(&b.0));
         out.push_str("# HELP weir_downstream_connections Downstream connections open now.\n");
         out.push_str("# TYPE weir_downstream_connections gauge\n");
         for (name, s) in &ls {
-            let _ = writeln!(out, "weir_downstream_connections{{listener=\"{}\"}} {}", escape(name), s.connections.active());
+            let _ = writeln!(
+                out,
+                "weir_downstream_connections{{listener=\"{}\"}} {}",
+                escape(name),
+                s.connections.active()
+            );
         }
         out.push_str("# HELP weir_downstream_connections_total Downstream connections accepted.\n");
         out.push_str("# TYPE weir_downstream_connections_total counter\n");
         for (name, s) in &ls {
-            let _ = writeln!(out, "weir_downstream_connections_total{{listener=\"{}\"}} {}", escape(name), s.connections.total());
+            let _ = writeln!(
+                out,
+                "weir_downstream_connections_total{{listener=\"{}\"}} {}",
+                escape(name),
+                s.connections.total()
+            );
         }
         out
     }
@@ -261,7 +327,10 @@ impl Registry {
 /// Escapes a Prometheus label value.
 fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains(['\\', '"', '\n']) {
-        s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").into()
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
     } else {
         s.into()
     }
@@ -292,7 +361,10 @@ mod tests {
             "weir_request_duration_seconds_bucket{route=\"api\",cluster=\"backend\",le=\"+Inf\"} 3",
             "weir_request_duration_seconds_count{route=\"api\",cluster=\"backend\"} 3",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 

@@ -15,7 +15,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::Shared;
 
-pub(crate) async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, drain: mpsc::Sender<()>) {
+pub(crate) async fn admin_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -39,7 +44,10 @@ pub(crate) async fn admin_loop(listener: TcpListener, shared: Arc<Shared>, mut s
 
 fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported here\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is supported here\n",
+        );
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -52,15 +60,25 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let body = shared.registry.render(env!("CARGO_PKG_VERSION"));
-            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
         }
         "/config" => {
             let snap = shared.snapshot.load();
             json(&serde_json::to_value(&snap.loaded.config).unwrap_or_default())
         }
         "/clusters" => json(&shared.snapshot.load().clusters_json()),
-        "/" => text(StatusCode::OK, "weir admin: /healthz /ready /metrics /config /clusters\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz /ready /metrics /config /clusters\n"),
+        "/" => text(
+            StatusCode::OK,
+            "weir admin: /healthz /ready /metrics /config /clusters\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz /ready /metrics /config /clusters\n",
+        ),
     }
 }
 
@@ -77,6 +95,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     r
 }

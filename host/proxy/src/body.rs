@@ -35,17 +35,29 @@ pub struct ProxyBody {
 impl ProxyBody {
     /// No body.
     pub fn empty() -> Self {
-        ProxyBody { kind: Kind::Empty, seen: 0, finish: None }
+        ProxyBody {
+            kind: Kind::Empty,
+            seen: 0,
+            finish: None,
+        }
     }
 
     /// A body held in memory (local responses).
     pub fn full(b: impl Into<Bytes>) -> Self {
-        ProxyBody { kind: Kind::Full(Some(b.into())), seen: 0, finish: None }
+        ProxyBody {
+            kind: Kind::Full(Some(b.into())),
+            seen: 0,
+            finish: None,
+        }
     }
 
     /// A streamed body, optionally capped at `limit` bytes.
     pub fn stream(body: Incoming, limit: Option<u64>) -> Self {
-        ProxyBody { kind: Kind::Stream { body, limit }, seen: 0, finish: None }
+        ProxyBody {
+            kind: Kind::Stream { body, limit },
+            seen: 0,
+            finish: None,
+        }
     }
 
     pub(crate) fn with_finish(mut self, finish: Finish) -> Self {
@@ -65,7 +77,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
@@ -84,10 +99,10 @@ impl Body for ProxyBody {
                         if let Some(d) = frame.data_ref() {
                             let n = d.len() as u64;
                             this.count(n);
-                            if let Some(limit) = limit {
-                                if this.seen > limit {
-                                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
-                                }
+                            if let Some(limit) = limit
+                                && this.seen > limit
+                            {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(limit)))));
                             }
                         }
                         Poll::Ready(Some(Ok(frame)))

@@ -66,7 +66,11 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default().to_string();
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default()
+                .to_string();
             let stats = this.stats.get(&authority).cloned();
             let result = tokio::time::timeout(this.timeout, this.connect(&uri, &authority)).await;
             let conn = match result {
@@ -75,7 +79,10 @@ impl tower_service::Service<Uri> for Connector {
                     if let Some(s) = &stats {
                         s.connect_failures.fetch_add(1, Relaxed);
                     }
-                    return Err(ConnectError::Failed { addr: authority, source });
+                    return Err(ConnectError::Failed {
+                        addr: authority,
+                        source,
+                    });
                 }
                 Err(_) => {
                     if let Some(s) = &stats {
@@ -95,19 +102,26 @@ impl tower_service::Service<Uri> for Connector {
 impl Connector {
     async fn connect(&self, uri: &Uri, authority: &str) -> io::Result<Io> {
         let host = uri.host().unwrap_or_default();
-        let port = uri.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let port = uri
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let host_bare = host.trim_start_matches('[').trim_end_matches(']');
         let tcp = match host_bare.parse::<std::net::IpAddr>() {
             Ok(ip) => TcpStream::connect((ip, port)).await?,
             Err(_) => TcpStream::connect(authority).await?,
         };
         tcp.set_nodelay(true)?;
-        let Some(tls) = &self.tls else { return Ok(Io::Plain(tcp)) };
+        let Some(tls) = &self.tls else {
+            return Ok(Io::Plain(tcp));
+        };
         let name = match &tls.sni {
             Some(n) => n.clone(),
-            None => ServerName::try_from(host_bare.to_string()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            None => ServerName::try_from(host_bare.to_string())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
         };
-        let stream = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, tcp).await?;
+        let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(name, tcp)
+            .await?;
         Ok(Io::Tls(Box::new(stream)))
     }
 }
@@ -137,14 +151,22 @@ impl Connection for UpstreamConn {
             Io::Plain(_) => Connected::new(),
             Io::Tls(s) => {
                 let c = Connected::new();
-                if s.get_ref().1.alpn_protocol() == Some(b"h2") { c.negotiated_h2() } else { c }
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
             }
         }
     }
 }
 
 impl AsyncRead for UpstreamConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -153,7 +175,11 @@ impl AsyncRead for UpstreamConn {
 }
 
 impl AsyncWrite for UpstreamConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -65,7 +65,11 @@ impl Server {
         }
         let snap = Snapshot::build(loaded, &registry)?;
         let config = snap.loaded.config.clone();
-        let shared = Arc::new(Shared { snapshot: ArcSwap::from_pointee(snap), registry, draining: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snap),
+            registry,
+            draining: AtomicBool::new(false),
+        });
         let (shutdown, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
 
@@ -76,12 +80,23 @@ impl Server {
         let mut bound = Vec::new();
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let sock = TcpListener::bind(l.listen).await.with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
-            bound.push(Bound { name: l.name.clone(), addr: sock.local_addr()?, protocol: l.protocol });
+            let sock = TcpListener::bind(l.listen)
+                .await
+                .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
+            bound.push(Bound {
+                name: l.name.clone(),
+                addr: sock.local_addr()?,
+                protocol: l.protocol,
+            });
             sockets.push(sock);
         }
 
-        tokio::spawn(admin::admin_loop(admin_listener, shared.clone(), shutdown.subscribe(), drain_tx.clone()));
+        tokio::spawn(admin::admin_loop(
+            admin_listener,
+            shared.clone(),
+            shutdown.subscribe(),
+            drain_tx.clone(),
+        ));
         for ((l, sock), tls) in config.listeners.iter().zip(sockets).zip(tls) {
             let rt = Arc::new(listener::ListenerRuntime {
                 name: l.name.as_str().into(),
@@ -89,10 +104,23 @@ impl Server {
                 limits: config.limits.clone(),
                 stats: shared.registry.listener(&l.name),
             });
-            tokio::spawn(listener::accept_loop(sock, rt, shared.clone(), shutdown.subscribe(), drain_tx.clone()));
+            tokio::spawn(listener::accept_loop(
+                sock,
+                rt,
+                shared.clone(),
+                shutdown.subscribe(),
+                drain_tx.clone(),
+            ));
         }
         tokio::spawn(revive_loop(Arc::downgrade(&shared)));
-        Ok(Server { shared, listeners: bound, admin, shutdown, drain_tx: Some(drain_tx), drain_rx })
+        Ok(Server {
+            shared,
+            listeners: bound,
+            admin,
+            shutdown,
+            drain_tx: Some(drain_tx),
+            drain_rx,
+        })
     }
 
     /// Swaps in a new config. Routes, clusters, limits of new requests, and the access log change
@@ -115,7 +143,9 @@ impl Server {
         self.shared.draining.store(true, Relaxed);
         let _ = self.shutdown.send(true);
         self.drain_tx.take();
-        tokio::time::timeout(deadline, self.drain_rx.recv()).await.is_ok()
+        tokio::time::timeout(deadline, self.drain_rx.recv())
+            .await
+            .is_ok()
     }
 }
 
@@ -124,7 +154,9 @@ async fn revive_loop(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         for c in shared.snapshot.load().clusters() {
             c.revive();
         }

@@ -36,7 +36,8 @@ impl ConnInfo {
 
     pub fn request_done(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
-        self.last_active.store(self.born.elapsed().as_millis() as u64, Relaxed);
+        self.last_active
+            .store(self.born.elapsed().as_millis() as u64, Relaxed);
     }
 
     /// How long the connection has had no request in flight (zero while one is).
@@ -101,7 +102,13 @@ pub(crate) async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (rt, shared, builder, shutdown, drain) = (rt.clone(), shared.clone(), builder.clone(), shutdown.clone(), drain.clone());
+        let (rt, shared, builder, shutdown, drain) = (
+            rt.clone(),
+            shared.clone(),
+            builder.clone(),
+            shutdown.clone(),
+            drain.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
             let _drain = drain;
@@ -117,8 +124,15 @@ pub(crate) async fn accept_loop(
             match &rt.tls {
                 None => serve(stream, conn, &builder, shared, &rt.limits, shutdown).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(rt.limits.request_head_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(tls, conn, &builder, shared, &rt.limits, shutdown).await,
+                    match tokio::time::timeout(
+                        rt.limits.request_head_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve(tls, conn, &builder, shared, &rt.limits, shutdown).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
                         Err(_) => tracing::debug!(%client, "tls handshake timed out"),
                     }
@@ -152,7 +166,9 @@ async fn serve<I>(
         c.as_mut().graceful_shutdown();
     }
     loop {
-        let wait = idle.saturating_sub(info.idle_for()).max(Duration::from_millis(50));
+        let wait = idle
+            .saturating_sub(info.idle_for())
+            .max(Duration::from_millis(50));
         tokio::select! {
             r = c.as_mut() => {
                 if let Err(e) = r {

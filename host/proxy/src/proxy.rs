@@ -14,11 +14,11 @@ use hyper_util::rt::TokioIo;
 use weir_balance::InFlight;
 use weir_observe::AccessRecord;
 
+use crate::Shared;
 use crate::body::{BodyTooLarge, ProxyBody};
 use crate::connector::ConnectError;
 use crate::listener::ConnInfo;
 use crate::snapshot::{Cluster, Route, Snapshot};
-use crate::Shared;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -79,14 +79,22 @@ impl Fail {
         let body = format!("{} {what} (request id {id})\n", self.status().as_u16());
         let mut res = Response::new(ProxyBody::full(body));
         *res.status_mut() = self.status();
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        res.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        res.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
         res
     }
 }
 
 /// Handles one downstream request. Never fails: errors are responses.
-pub(crate) async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     conn.request_started();
     // One atomic load; the Arc keeps this snapshot alive for the whole request even if a reload
@@ -100,8 +108,17 @@ pub(crate) async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Re
             id
         }
     };
-    let log = snap.access_log.as_ref().map(|l| Box::new((record_for(&conn, &req, &request_id), l.clone())));
-    let mut finish = Finish { bytes: 0, start, conn: conn.clone(), _in_flight: None, log };
+    let log = snap
+        .access_log
+        .as_ref()
+        .map(|l| Box::new((record_for(&conn, &req, &request_id), l.clone())));
+    let mut finish = Finish {
+        bytes: 0,
+        start,
+        conn: conn.clone(),
+        _in_flight: None,
+        log,
+    };
 
     let (res, route) = match forward(&snap, &conn, req, &request_id, &mut finish).await {
         Ok((res, route)) => (res, Some(route)),
@@ -144,19 +161,28 @@ async fn forward<'s>(
         Ok(p) => p,
         Err(_) => return Err((Fail::BadRequest("invalid request path"), None)),
     };
-    let Some(idx) = snap.router.find(req.method(), host.as_deref(), &path, uri.query(), req.headers()) else {
+    let Some(idx) = snap.router.find(
+        req.method(),
+        host.as_deref(),
+        &path,
+        uri.query(),
+        req.headers(),
+    ) else {
         return Err((Fail::NoRoute, None));
     };
     let route = &snap.routes[idx];
     let cluster = &route.cluster;
 
-    if let (Some(limit), Some(len)) = (snap.max_body, content_length(req.headers())) {
-        if len > limit {
-            return Err((Fail::TooLarge, Some(route)));
-        }
+    if let (Some(limit), Some(len)) = (snap.max_body, content_length(req.headers()))
+        && len > limit
+    {
+        return Err((Fail::TooLarge, Some(route)));
     }
 
-    let hash = cluster.hash_on.as_ref().map(|h| hash_of(h, &req, conn.client));
+    let hash = cluster
+        .hash_on
+        .as_ref()
+        .map(|h| hash_of(h, &req, conn.client));
     let ep_idx = cluster.balancer.pick(hash);
     finish._in_flight = Some(cluster.balancer.begin(ep_idx));
     let endpoint = &cluster.endpoints[ep_idx];
@@ -172,7 +198,13 @@ async fn forward<'s>(
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(cluster.scheme.clone());
     uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(new_path.unwrap_or_else(|| parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))));
+    uri.path_and_query = Some(new_path.unwrap_or_else(|| {
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    }));
     parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
@@ -180,7 +212,11 @@ async fn forward<'s>(
 
     let downstream_version = parts.version;
     let h = &mut parts.headers;
-    let upgrade_proto = if upgrade.is_some() { h.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_proto = if upgrade.is_some() {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(h);
     if let Some(proto) = &upgrade_proto {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -195,16 +231,23 @@ async fn forward<'s>(
         }
         (None, None) => {}
     }
-    if let Some(orig) = &original_host {
-        if !h.contains_key(&X_FORWARDED_HOST) {
-            h.insert(X_FORWARDED_HOST.clone(), orig.clone());
-        }
+    if let Some(orig) = &original_host
+        && !h.contains_key(&X_FORWARDED_HOST)
+    {
+        h.insert(X_FORWARDED_HOST.clone(), orig.clone());
     }
     append_forwarded_for(h, conn.client);
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
     append_via(h, downstream_version);
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
-    parts.version = if cluster.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.version = if cluster.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
     let up_req = Request::from_parts(parts, ProxyBody::stream(body, snap.max_body));
     let sent = tokio::time::timeout(route.timeout, cluster.client.request(up_req)).await;
@@ -215,26 +258,35 @@ async fn forward<'s>(
     };
     cluster.succeeded(ep_idx);
 
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = upgrade {
-            let up = hyper::upgrade::on(&mut res);
-            tokio::spawn(async move {
-                if let (Ok(down), Ok(up)) = (down.await, up.await) {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up)).await;
-                }
-            });
-            let (mut parts, _) = res.into_parts();
-            parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-            return Ok((Response::from_parts(parts, ProxyBody::empty()), route));
-        }
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = upgrade
+    {
+        let up = hyper::upgrade::on(&mut res);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
+                        .await;
+            }
+        });
+        let (mut parts, _) = res.into_parts();
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        return Ok((Response::from_parts(parts, ProxyBody::empty()), route));
     }
 
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers, parts.version);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.version = downstream_version;
-    Ok((Response::from_parts(parts, ProxyBody::stream(body, None)), route))
+    Ok((
+        Response::from_parts(parts, ProxyBody::stream(body, None)),
+        route,
+    ))
 }
 
 /// Maps a client error to a failure, feeding passive health checks on connect failures.
@@ -284,7 +336,9 @@ fn host_header(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(h) = req.headers().get(header::HOST) {
         return Some(h.clone());
     }
-    req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
@@ -307,7 +361,12 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     if let Some(conn) = h.remove(header::CONNECTION) {
         let named: Vec<String> = std::iter::once(conn)
-            .chain(h.get_all(header::CONNECTION).iter().cloned().collect::<Vec<_>>())
+            .chain(
+                h.get_all(header::CONNECTION)
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
         while h.remove(header::CONNECTION).is_some() {}
@@ -329,10 +388,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::PROXY_AUTHENTICATE);
     h.remove(header::PROXY_AUTHORIZATION);
     // `TE: trailers` is the one TE value meaningful end to end (gRPC needs it).
-    if let Some(te) = h.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            h.remove(header::TE);
-        }
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        h.remove(header::TE);
     }
 }
 
@@ -362,7 +421,12 @@ fn append_via(h: &mut HeaderMap, v: Version) {
     }
 }
 
-fn rewrite_path(route: &Route, normalized: &str, raw_path: &str, query: Option<&str>) -> Option<PathAndQuery> {
+fn rewrite_path(
+    route: &Route,
+    normalized: &str,
+    raw_path: &str,
+    query: Option<&str>,
+) -> Option<PathAndQuery> {
     let (from, to) = match &route.prefix_rewrite {
         Some((from, to)) => (from.as_str(), to.as_str()),
         // Normalization changed the path: send the normalized one, like nginx does.
@@ -387,7 +451,9 @@ fn hash_of(on: &weir_config::HashOn, req: &Request<Incoming>, client: SocketAddr
             Some(v) => weir_balance::hash_key(v.as_bytes()),
             None => client_hash(client),
         },
-        HashOn::Cookie(name) => cookie(req.headers(), name).map_or_else(|| client_hash(client), weir_balance::hash_key),
+        HashOn::Cookie(name) => {
+            cookie(req.headers(), name).map_or_else(|| client_hash(client), weir_balance::hash_key)
+        }
         HashOn::ClientIp => client_hash(client),
     }
 }
@@ -433,8 +499,13 @@ fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue
         client: conn.client.to_string(),
         listener: conn.listener.to_string(),
         method: req.method().to_string(),
-        host: host_header(req).and_then(|h| h.to_str().ok().map(str::to_owned)).unwrap_or_default(),
-        path: req.uri().path_and_query().map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
+        host: host_header(req)
+            .and_then(|h| h.to_str().ok().map(str::to_owned))
+            .unwrap_or_default(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".into(), |p| p.as_str().to_owned()),
         protocol: match req.version() {
             Version::HTTP_2 => "HTTP/2.0",
             Version::HTTP_10 => "HTTP/1.0",
@@ -515,9 +586,11 @@ mod tests {
     #[test]
     fn cookies_are_found_by_name() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; sid=abc ;b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sid=abc ;b=2"),
+        );
         assert_eq!(cookie(&h, "sid"), Some(&b"abc"[..]));
         assert_eq!(cookie(&h, "zz"), None);
     }
 }
-

@@ -12,7 +12,9 @@ use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weir_balance::{Balancer, Policy};
-use weir_config::{ClusterConfig, ConfigError, HashOn, LbPolicy, LoadedConfig, PassiveHealth, ValueRule};
+use weir_config::{
+    ClusterConfig, ConfigError, HashOn, LbPolicy, LoadedConfig, PassiveHealth, ValueRule,
+};
 use weir_observe::{AccessLog, EndpointStats, Registry, RouteStats};
 use weir_router::{PathMatch, RouteSpec, Router, ValueMatch};
 
@@ -80,7 +82,8 @@ impl Cluster {
         }
         let ep = &self.endpoints[i];
         if ep.failures.fetch_add(1, Relaxed) + 1 >= max {
-            ep.down_until.store(now_ms() + self.health.cooldown.as_millis() as u64, Relaxed);
+            ep.down_until
+                .store(now_ms() + self.health.cooldown.as_millis() as u64, Relaxed);
             if self.balancer.is_healthy(i) {
                 tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} connects in a row; out for {:?}", self.health.cooldown);
                 self.balancer.set_healthy(i, false);
@@ -141,7 +144,8 @@ impl Snapshot {
         for (i, cc) in c.clusters.iter().enumerate() {
             clusters.push(Arc::new(build_cluster(&loaded, i, cc, registry)?));
         }
-        let by_name: HashMap<&str, &Arc<Cluster>> = clusters.iter().map(|cl| (&*cl.name, cl)).collect();
+        let by_name: HashMap<&str, &Arc<Cluster>> =
+            clusters.iter().map(|cl| (&*cl.name, cl)).collect();
 
         let mut specs = Vec::with_capacity(c.routes.len());
         let mut routes = Vec::with_capacity(c.routes.len());
@@ -162,11 +166,17 @@ impl Snapshot {
                 host: m.host.clone(),
                 path,
                 // Validation has checked names and methods; unparsable ones cannot reach here.
-                methods: m.methods.iter().filter_map(|s| http::Method::from_bytes(s.as_bytes()).ok()).collect(),
+                methods: m
+                    .methods
+                    .iter()
+                    .filter_map(|s| http::Method::from_bytes(s.as_bytes()).ok())
+                    .collect(),
                 headers: m
                     .headers
                     .iter()
-                    .filter_map(|(k, v)| Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, rule(v))))
+                    .filter_map(|(k, v)| {
+                        Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, rule(v)))
+                    })
                     .collect(),
                 query: m.query.iter().map(|(k, v)| (k.clone(), rule(v))).collect(),
             });
@@ -177,23 +187,37 @@ impl Snapshot {
                 prefix_rewrite: rw
                     .and_then(|w| w.path_prefix.clone())
                     .and_then(|to| Some((m.path_prefix.clone()?, to))),
-                host_rewrite: rw.and_then(|w| w.host.as_deref()).and_then(|h| HeaderValue::from_str(h).ok()),
-                timeout: r.timeout.unwrap_or(c.clusters.iter().find(|x| x.name == r.cluster).map_or(
-                    Duration::from_secs(15),
-                    |x| x.timeouts.request,
-                )),
+                host_rewrite: rw
+                    .and_then(|w| w.host.as_deref())
+                    .and_then(|h| HeaderValue::from_str(h).ok()),
+                timeout: r.timeout.unwrap_or(
+                    c.clusters
+                        .iter()
+                        .find(|x| x.name == r.cluster)
+                        .map_or(Duration::from_secs(15), |x| x.timeouts.request),
+                ),
                 stats: registry.route(&r.name, &r.cluster),
                 cluster,
             });
         }
-        let router = Router::new(specs).map_err(|e| loaded.error_at(format!("routes[{}].match", e.route()), e.to_string()))?;
+        let router = Router::new(specs)
+            .map_err(|e| loaded.error_at(format!("routes[{}].match", e.route()), e.to_string()))?;
 
         let access_log = match &c.access_log {
-            Some(a) => Some(AccessLog::open(&a.path).map_err(|e| loaded.error_at("access_log.path", format!("cannot open {:?}: {e}", a.path)))?),
+            Some(a) => Some(AccessLog::open(&a.path).map_err(|e| {
+                loaded.error_at("access_log.path", format!("cannot open {:?}: {e}", a.path))
+            })?),
             None => None,
         };
         let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
-        Ok(Snapshot { router, routes, clusters, access_log, max_body, loaded })
+        Ok(Snapshot {
+            router,
+            routes,
+            clusters,
+            access_log,
+            max_body,
+            loaded,
+        })
     }
 
     pub(crate) fn clusters_json(&self) -> serde_json::Value {
@@ -205,7 +229,12 @@ impl Snapshot {
     }
 }
 
-fn build_cluster(loaded: &LoadedConfig, i: usize, cc: &ClusterConfig, registry: &Registry) -> Result<Cluster, ConfigError> {
+fn build_cluster(
+    loaded: &LoadedConfig,
+    i: usize,
+    cc: &ClusterConfig,
+    registry: &Registry,
+) -> Result<Cluster, ConfigError> {
     let at = |field: &str| format!("clusters[{i}].{field}");
     let policy = match cc.lb {
         LbPolicy::RoundRobin => Policy::RoundRobin,
@@ -218,13 +247,18 @@ fn build_cluster(loaded: &LoadedConfig, i: usize, cc: &ClusterConfig, registry: 
     let weights: Vec<u32> = cc.endpoints.iter().map(|e| e.weight).collect();
     let keys: Vec<&str> = cc.endpoints.iter().map(|e| e.address.as_str()).collect();
     // Placing endpoints by address keeps hash assignments stable when the list is edited.
-    let balancer = Balancer::with_keys(policy, &weights, &keys).map_err(|e| loaded.error_at(at("endpoints"), e.to_string()))?;
+    let balancer = Balancer::with_keys(policy, &weights, &keys)
+        .map_err(|e| loaded.error_at(at("endpoints"), e.to_string()))?;
 
     let mut endpoints = Vec::with_capacity(cc.endpoints.len());
     let mut stats = HashMap::new();
     for (j, e) in cc.endpoints.iter().enumerate() {
-        let authority: Authority =
-            e.address.parse().map_err(|err| loaded.error_at(at(&format!("endpoints[{j}].address")), format!("invalid address: {err}")))?;
+        let authority: Authority = e.address.parse().map_err(|err| {
+            loaded.error_at(
+                at(&format!("endpoints[{j}].address")),
+                format!("invalid address: {err}"),
+            )
+        })?;
         let s = registry.endpoint(&cc.name, &e.address);
         stats.insert(authority.as_str().to_string(), s.clone());
         endpoints.push(Endpoint {
@@ -244,18 +278,25 @@ fn build_cluster(loaded: &LoadedConfig, i: usize, cc: &ClusterConfig, registry: 
             let config = crate::tls::client_config(ca.as_deref(), t.insecure_skip_verify, h2)
                 .map_err(|e| loaded.error_at(at("tls.ca"), e))?;
             let sni = match &t.sni {
-                Some(s) => Some(
-                    rustls_pki_types::ServerName::try_from(s.clone())
-                        .map_err(|e| loaded.error_at(at("tls.sni"), format!("invalid server name: {e}")))?,
-                ),
+                Some(s) => Some(rustls_pki_types::ServerName::try_from(s.clone()).map_err(
+                    |e| loaded.error_at(at("tls.sni"), format!("invalid server name: {e}")),
+                )?),
                 None => None,
             };
             Some(UpstreamTls { config, sni })
         }
         None => None,
     };
-    let scheme = if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
-    let connector = Connector { timeout: cc.timeouts.connect, tls, stats: Arc::new(stats) };
+    let scheme = if tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let connector = Connector {
+        timeout: cc.timeouts.connect,
+        tls,
+        stats: Arc::new(stats),
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(cc.timeouts.idle)
@@ -273,13 +314,19 @@ fn build_cluster(loaded: &LoadedConfig, i: usize, cc: &ClusterConfig, registry: 
         client,
         scheme,
         h2,
-        hash_on: cc.hash_on.clone().or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
+        hash_on: cc
+            .hash_on
+            .clone()
+            .or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
         health: cc.health.clone(),
     })
 }
 
 /// Loads every certificate of an https listener, reporting failures at the config line.
-pub fn listener_tls(loaded: &LoadedConfig, i: usize) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+pub fn listener_tls(
+    loaded: &LoadedConfig,
+    i: usize,
+) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
     let l = &loaded.config.listeners[i];
     let Some(tls) = &l.tls else { return Ok(None) };
     let mut keys = Vec::with_capacity(tls.certificates.len());
@@ -288,7 +335,9 @@ pub fn listener_tls(loaded: &LoadedConfig, i: usize) -> Result<Option<Arc<rustls
             .map_err(|e| loaded.error_at(format!("listeners[{i}].tls.certificates[{j}]"), e))?;
         keys.push(ck);
     }
-    crate::tls::server_config(keys).map(Some).map_err(|e| loaded.error_at(format!("listeners[{i}].tls"), e))
+    crate::tls::server_config(keys)
+        .map(Some)
+        .map_err(|e| loaded.error_at(format!("listeners[{i}].tls"), e))
 }
 
 /// Checks everything `weir run` would load, without binding or starting anything.
@@ -299,13 +348,19 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let registry = Registry::new();
     let mut no_log = loaded.clone();
     // Opening the access log would create the file; validation must not have side effects.
-    if let Some(a) = no_log.config.access_log.take() {
-        if !matches!(a.path.as_str(), "stdout" | "stderr") {
-            let p = Path::new(&a.path);
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            if !dir.is_dir() {
-                return Err(loaded.error_at("access_log.path", format!("folder {} does not exist", dir.display())));
-            }
+    if let Some(a) = no_log.config.access_log.take()
+        && !matches!(a.path.as_str(), "stdout" | "stderr")
+    {
+        let p = Path::new(&a.path);
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(loaded.error_at(
+                "access_log.path",
+                format!("folder {} does not exist", dir.display()),
+            ));
         }
     }
     Snapshot::build(no_log, &registry).map(|_| ())

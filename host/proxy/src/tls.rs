@@ -24,10 +24,13 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     if chain.is_empty() {
         return Err(format!("no certificate found in {}", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("unsupported private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match().map_err(|e| format!("certificate and key do not match: {e}"))?;
+    ck.keys_match()
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
     Ok(ck)
 }
 
@@ -45,16 +48,18 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(sni) = hello.server_name() {
-            if let Ok(name) = ServerName::try_from(sni) {
-                for k in &self.keys {
-                    // webpki checks the SAN list (wildcards included) exactly as a client would.
-                    let valid = k.end_entity_cert().ok().and_then(|c| webpki::EndEntityCert::try_from(c).ok()).is_some_and(
-                        |ee| ee.verify_is_valid_for_subject_name(&name).is_ok(),
-                    );
-                    if valid {
-                        return Some(k.clone());
-                    }
+        if let Some(sni) = hello.server_name()
+            && let Ok(name) = ServerName::try_from(sni)
+        {
+            for k in &self.keys {
+                // webpki checks the SAN list (wildcards included) exactly as a client would.
+                let valid = k
+                    .end_entity_cert()
+                    .ok()
+                    .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
+                    .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok());
+                if valid {
+                    return Some(k.clone());
                 }
             }
         }
@@ -68,29 +73,46 @@ pub fn server_config(keys: Vec<CertifiedKey>) -> Result<Arc<ServerConfig>, Strin
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { keys: keys.into_iter().map(Arc::new).collect() }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            keys: keys.into_iter().map(Arc::new).collect(),
+        }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
 /// A client config for TLS upstreams.
-pub fn client_config(ca: Option<&Path>, insecure: bool, h2: bool) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(
+    ca: Option<&Path>,
+    insecure: bool,
+    h2: bool,
+) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
     let mut cfg = if insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
         if let Some(ca) = ca {
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))? {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?
+            {
                 let cert = cert.map_err(|e| format!("bad PEM in {}: {e}", ca.display()))?;
-                roots.add(cert).map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    cfg.alpn_protocols = if h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    cfg.alpn_protocols = if h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(cfg))
 }
 

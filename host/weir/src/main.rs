@@ -53,14 +53,17 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config, false),
         Command::Quickstart { config } => run(&config, true),
-        Command::DemoUpstream { listen, name } => runtime(None).and_then(|rt| rt.block_on(demo::serve_forever(listen, name))),
+        Command::DemoUpstream { listen, name } => {
+            runtime(None).and_then(|rt| rt.block_on(demo::serve_forever(listen, name)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -102,7 +105,9 @@ fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
             demo::start_for(&loaded).await?;
         }
         let drain = loaded.config.drain_timeout;
-        let server = Server::start(loaded).await.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let server = Server::start(loaded)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         // A stable, parseable line per listener: scripts and tests wait for these.
         eprintln!("weir: admin listening on http://{}", server.admin);
         for l in &server.listeners {
@@ -110,7 +115,10 @@ fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
                 weir_config::ListenerProtocol::Http => "http",
                 weir_config::ListenerProtocol::Https => "https",
             };
-            eprintln!("weir: listener {} listening on {scheme}://{}", l.name, l.addr);
+            eprintln!(
+                "weir: listener {} listening on {scheme}://{}",
+                l.name, l.addr
+            );
         }
         eprintln!("weir: ready");
         if quickstart {
@@ -119,7 +127,14 @@ fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
         wait_for_signals(&server, path).await?;
         eprintln!("weir: draining (up to {drain:?})");
         let clean = server.shutdown(drain).await;
-        eprintln!("weir: {}", if clean { "drained, bye" } else { "drain deadline passed; exiting with requests still in flight" });
+        eprintln!(
+            "weir: {}",
+            if clean {
+                "drained, bye"
+            } else {
+                "drain deadline passed; exiting with requests still in flight"
+            }
+        );
         Ok(())
     })
 }
