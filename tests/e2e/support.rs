@@ -33,7 +33,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new() -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("weir-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "weir-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)
     }
@@ -122,7 +126,10 @@ impl Weir {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    bail!("weir did not become ready; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+                    bail!(
+                        "weir did not become ready; stderr:\n{}",
+                        stderr.lock().unwrap().join("\n")
+                    );
                 }
             };
             if let Some(rest) = line.strip_prefix("weir: admin listening on http://") {
@@ -135,7 +142,15 @@ impl Weir {
                 break;
             }
         }
-        Ok(Weir { child, listeners, admin: admin.context("no admin line")?, dir, config, stdout, stderr })
+        Ok(Weir {
+            child,
+            listeners,
+            admin: admin.context("no admin line")?,
+            dir,
+            config,
+            stdout,
+            stderr,
+        })
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -156,7 +171,10 @@ impl Weir {
 
     pub fn signal(&self, sig: i32) {
         // The only unsafe-free way from std is the kill command; it is everywhere tests run.
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Waits for the process to exit, returning its exit code.
@@ -182,7 +200,10 @@ impl Weir {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        bail!("timed out waiting for {what}; weir stderr:\n{}", self.stderr_text())
+        bail!(
+            "timed out waiting for {what}; weir stderr:\n{}",
+            self.stderr_text()
+        )
     }
 
     pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String)> {
@@ -207,7 +228,14 @@ pub struct Seen {
     pub headers: http::HeaderMap,
 }
 
-type Handler = Arc<dyn Fn(Request<Incoming>, Seen) -> std::pin::Pin<Box<dyn Future<Output = Response<TestBody>> + Send>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            Seen,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A real HTTP/1.1 + h2c upstream on 127.0.0.1:0. By default it answers 200 with body
 /// `name` and header `x-upstream: name`, and records every request head.
@@ -236,32 +264,53 @@ impl Upstream {
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |req, seen| Box::pin(f(req, seen)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         Self::serve(name, listener, handler, None).await
     }
 
     /// An upstream that terminates TLS (ALPN h2 and http/1.1) with the given server config.
     pub async fn tls(name: &str, config: Arc<rustls::ServerConfig>) -> Upstream {
         let handler: Handler = Arc::new(move |req, seen| Box::pin(default_handler(req, seen)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-        Self::serve(name, listener, handler, Some(tokio_rustls::TlsAcceptor::from(config))).await
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve(
+            name,
+            listener,
+            handler,
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+        )
+        .await
     }
 
-    async fn serve(name: &str, listener: TcpListener, handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    async fn serve(
+        name: &str,
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let (seen2, conns2, name2) = (seen.clone(), connections.clone(), name.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 conns2.fetch_add(1, Ordering::SeqCst);
-                let (handler, seen, name, tls) = (handler.clone(), seen2.clone(), name2.clone(), tls.clone());
+                let (handler, seen, name, tls) =
+                    (handler.clone(), seen2.clone(), name2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let s = Seen {
                             method: req.method().to_string(),
-                            path: req.uri().path_and_query().map_or("/".into(), |p| p.to_string()),
+                            path: req
+                                .uri()
+                                .path_and_query()
+                                .map_or("/".into(), |p| p.to_string()),
                             version: req.version(),
                             headers: req.headers().clone(),
                         };
@@ -269,25 +318,37 @@ impl Upstream {
                         let (handler, name) = (handler.clone(), name.clone());
                         async move {
                             let mut res = handler(req, s).await;
-                            res.headers_mut().insert("x-upstream", name.parse().unwrap());
+                            res.headers_mut()
+                                .insert("x-upstream", name.parse().unwrap());
                             Ok::<_, Infallible>(res)
                         }
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
-                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
                         }
                         Some(acc) => {
                             if let Ok(s) = acc.accept(stream).await {
-                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
                             }
                         }
                     }
                 });
             }
         });
-        Upstream { addr, name: name.to_string(), seen, connections, task }
+        Upstream {
+            addr,
+            name: name.to_string(),
+            seen,
+            connections,
+            task,
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -295,7 +356,12 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("upstream saw no request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -305,13 +371,20 @@ impl Upstream {
 
 /// Answers with the upstream's name as body; honours `x-delay-ms` and echoes POST bodies.
 pub async fn default_handler(req: Request<Incoming>, _seen: Seen) -> Response<TestBody> {
-    if let Some(ms) = req.headers().get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    if let Some(ms) = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if req.method() == http::Method::POST || req.method() == http::Method::PUT {
         // Echo the body back as it streams in.
         let (_, body) = req.into_parts();
-        return Response::new(body.map_err(|_| -> Infallible { unreachable!("test body error") }).boxed());
+        return Response::new(
+            body.map_err(|_| -> Infallible { unreachable!("test body error") })
+                .boxed(),
+        );
     }
     Response::new(full(""))
 }
@@ -338,21 +411,33 @@ impl Got {
     }
 }
 
-pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    TestBody,
+>;
 
 pub fn h1_client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 pub fn h2c_client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 pub async fn send(client: &Client, req: Request<TestBody>) -> Result<Got> {
-    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req)).await.context("client timed out")??;
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .context("client timed out")??;
     let (parts, body) = res.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Got { status: parts.status, version: parts.version, headers: parts.headers, body })
+    Ok(Got {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
 }
 
 pub async fn get(url: &str) -> Result<Got> {
@@ -371,9 +456,17 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Result<Got> {
 /// Runs curl with the given args; returns stdout. Fails if curl itself fails. Async, so the
 /// test's own upstreams keep running while curl waits.
 pub async fn curl(args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().await.context("run curl")?;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .await
+        .context("run curl")?;
     if !out.status.success() {
-        bail!("curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -382,14 +475,18 @@ pub async fn curl(args: &[&str]) -> Result<String> {
 pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     (tx, StreamBody::new(stream).boxed())
 }
 
 /// Self-signed certificate for `names`, written as PEM files; returns (cert path, key path, DER).
 pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("rcgen");
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("rcgen");
     let cert = dir.join(format!("{stem}.pem"));
     let key = dir.join(format!("{stem}.key"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();

@@ -359,24 +359,18 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in Connection.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION) {
-        let named: Vec<String> = std::iter::once(conn)
-            .chain(
-                h.get_all(header::CONNECTION)
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            )
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+    if h.contains_key(header::CONNECTION) {
+        // Every Connection line counts (HeaderMap::remove would return only the first value).
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
-        while h.remove(header::CONNECTION).is_some() {}
-        for token in named.iter().flat_map(|v| v.split(',')) {
-            let token = token.trim();
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                // Connection can never shield end-to-end essentials from removal by naming them
-                // here beyond these; this mirrors nginx/Envoy behaviour.
-                h.remove(name);
-            }
+        h.remove(header::CONNECTION);
+        for name in named {
+            h.remove(name);
         }
     }
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
