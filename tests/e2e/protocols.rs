@@ -59,7 +59,9 @@ fn is_uuid(s: &str) -> bool {
 
 /// FNV-1a, 64 bit: a content hash that needs no extra crate.
 fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so reordering or loss changes the hash.
@@ -78,11 +80,22 @@ fn payload(len: usize) -> Bytes {
 
 /// Runs curl and returns (stdout, stderr); fails if curl fails.
 async fn curl_verbose(args: &[&str]) -> Result<(String, String)> {
-    let out = tokio::process::Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().await.context("run curl")?;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .await
+        .context("run curl")?;
     if !out.status.success() {
-        bail!("curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "curl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,13 +105,22 @@ async fn curl_verbose(args: &[&str]) -> Result<(String, String)> {
 #[tokio::test]
 async fn h2c_prior_knowledge_downstream_reaches_an_http1_upstream() -> Result<()> {
     let up = Upstream::with("h1-up", |_req, _seen| async {
-        Response::builder().header("x-answer", "42").body(full("hello over h2")).unwrap()
+        Response::builder()
+            .header("x-answer", "42")
+            .body(full("hello over h2"))
+            .unwrap()
     })
     .await;
     let weir = Weir::start(&simple_config(&up, ""))?;
     let addr = weir.addr("public");
 
-    let got = send(&h2c_client(), Request::get(format!("http://{addr}/h2/path?q=1")).header("x-client", "h2c").body(full(""))?).await?;
+    let got = send(
+        &h2c_client(),
+        Request::get(format!("http://{addr}/h2/path?q=1"))
+            .header("x-client", "h2c")
+            .body(full(""))?,
+    )
+    .await?;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.version, Version::HTTP_2);
     assert_eq!(got.text(), "hello over h2");
@@ -107,19 +129,39 @@ async fn h2c_prior_knowledge_downstream_reaches_an_http1_upstream() -> Result<()
     assert_eq!(got.header("via"), Some("1.1 weir"));
 
     let seen = up.last();
-    assert_eq!(seen.version, Version::HTTP_11, "the default upstream protocol is HTTP/1.1");
+    assert_eq!(
+        seen.version,
+        Version::HTTP_11,
+        "the default upstream protocol is HTTP/1.1"
+    );
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path, "/h2/path?q=1");
     assert_eq!(header(&seen.headers, "x-client"), Some("h2c"));
     let authority = addr.to_string();
-    assert_eq!(header(&seen.headers, "host"), Some(authority.as_str()), "the :authority becomes Host for HTTP/1.1");
-    assert_eq!(header(&seen.headers, "x-forwarded-host"), Some(authority.as_str()));
+    assert_eq!(
+        header(&seen.headers, "host"),
+        Some(authority.as_str()),
+        "the :authority becomes Host for HTTP/1.1"
+    );
+    assert_eq!(
+        header(&seen.headers, "x-forwarded-host"),
+        Some(authority.as_str())
+    );
     assert_eq!(header(&seen.headers, "via"), Some("2 weir"));
     assert_eq!(header(&seen.headers, "x-forwarded-proto"), Some("http"));
 
     // The same through curl's HTTP/2 with prior knowledge.
-    let out = curl(&["--http2-prior-knowledge", "-i", "-H", "x-client: curl", &weir.url("public", "/curl")]).await?;
-    let (head, body) = out.split_once("\r\n\r\n").context("curl -i output has a head")?;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-i",
+        "-H",
+        "x-client: curl",
+        &weir.url("public", "/curl"),
+    ])
+    .await?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .context("curl -i output has a head")?;
     let mut lines = head.lines();
     assert_eq!(lines.next().map(str::trim_end), Some("HTTP/2 200"), "{out}");
     let heads: Vec<&str> = lines.collect();
@@ -154,10 +196,20 @@ impl ServerCertVerifier for AcceptAny {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -165,12 +217,19 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-fn client_tls(trust: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
+fn client_tls(
+    trust: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     for der in trust {
         roots.add(CertificateDer::from(der.to_vec()))?;
     }
-    let mut cfg = ClientConfig::builder_with_provider(ring()).with_protocol_versions(versions)?.with_root_certificates(roots).with_no_client_auth();
+    let mut cfg = ClientConfig::builder_with_provider(ring())
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
@@ -185,15 +244,29 @@ fn client_tls_any() -> Result<Arc<ClientConfig>> {
     Ok(Arc::new(cfg))
 }
 
-async fn tls_connect(addr: std::net::SocketAddr, name: &str, cfg: Arc<ClientConfig>) -> Result<TlsStream<TcpStream>> {
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    name: &str,
+    cfg: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_string())?;
-    let tls = tokio::time::timeout(WAIT, tokio_rustls::TlsConnector::from(cfg).connect(name, tcp)).await.context("TLS handshake timed out")??;
+    let tls = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")??;
     Ok(tls)
 }
 
 fn peer_cert(tls: &TlsStream<TcpStream>) -> Vec<u8> {
-    tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec()).unwrap_or_default()
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default()
 }
 
 /// One HTTP/1.1 GET over an established stream.
@@ -201,13 +274,21 @@ async fn h1_get_over<S>(io: S, host: &str, path: &str) -> Result<Got>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, TestBody>(TokioIo::new(io)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, TestBody>(TokioIo::new(io)).await?;
     tokio::spawn(conn);
     let req = Request::get(path).header("host", host).body(full(""))?;
-    let res = tokio::time::timeout(WAIT, sender.send_request(req)).await.context("request timed out")??;
+    let res = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .context("request timed out")??;
     let (parts, body) = res.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Got { status: parts.status, version: parts.version, headers: parts.headers, body })
+    Ok(Got {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
 }
 
 struct TlsSite {
@@ -224,8 +305,8 @@ async fn tls_site() -> Result<TlsSite> {
     let (a_pem, a_key, a_der) = self_signed(&dir.0, "a", &["a.test"]);
     let (b_pem, b_key, b_der) = self_signed(&dir.0, "b", &["b.test"]);
     let yaml = format!(
-        "listeners:\n  - name: secure\n    listen: 127.0.0.1:0\n    protocol: https\n    tls:\n      certificates:\n\
-        - {{ cert: \"{}\", key: \"{}\" }}\n        - {{ cert: \"{}\", key: \"{}\" }}\n\
+        "listeners:\n\
+  - {{ name: secure, listen: 127.0.0.1:0, protocol: https, tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }}, {{ cert: \"{}\", key: \"{}\" }} ] }} }}\n\
 routes: [ {{ name: r, cluster: c }} ]\n\
 clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         a_pem.display(),
@@ -235,7 +316,13 @@ clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         up.addr
     );
     let weir = Weir::start_in(dir, &yaml)?;
-    Ok(TlsSite { weir, up, a_pem, a_der, b_der })
+    Ok(TlsSite {
+        weir,
+        up,
+        a_pem,
+        a_der,
+        b_der,
+    })
 }
 
 #[tokio::test]
@@ -243,11 +330,20 @@ async fn https_listener_picks_the_certificate_by_sni_and_falls_back_to_the_first
     let site = tls_site().await?;
     let addr = site.weir.addr("secure");
     assert_ne!(site.a_der, site.b_der);
-    let trusting_both = client_tls(&[&site.a_der, &site.b_der], &[&rustls::version::TLS13, &rustls::version::TLS12], &[b"http/1.1"])?;
+    let trusting_both = client_tls(
+        &[&site.a_der, &site.b_der],
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &[b"http/1.1"],
+    )?;
 
     for (sni, want) in [("a.test", &site.a_der), ("b.test", &site.b_der)] {
-        let tls = tls_connect(addr, sni, trusting_both.clone()).await.with_context(|| format!("handshake with SNI {sni}"))?;
-        assert!(peer_cert(&tls) == *want, "SNI {sni} got the wrong certificate");
+        let tls = tls_connect(addr, sni, trusting_both.clone())
+            .await
+            .with_context(|| format!("handshake with SNI {sni}"))?;
+        assert!(
+            peer_cert(&tls) == *want,
+            "SNI {sni} got the wrong certificate"
+        );
         let got = h1_get_over(tls, sni, &format!("/sni/{sni}")).await?;
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(got.upstream(), "site");
@@ -260,7 +356,10 @@ async fn https_listener_picks_the_certificate_by_sni_and_falls_back_to_the_first
     // An SNI no certificate covers, and no SNI at all (an IP address), get the first certificate.
     for name in ["c.test", "127.0.0.1"] {
         let tls = tls_connect(addr, name, client_tls_any()?).await?;
-        assert!(peer_cert(&tls) == site.a_der, "server name {name} should get the first certificate");
+        assert!(
+            peer_cert(&tls) == site.a_der,
+            "server name {name} should get the first certificate"
+        );
         assert!(peer_cert(&tls) != site.b_der);
     }
     assert_eq!(site.up.count(), 2);
@@ -277,21 +376,61 @@ async fn https_listener_negotiates_h2_by_alpn_and_speaks_tls12_and_tls13() -> Re
     let cacert = site.a_pem.display().to_string();
 
     // curl with ALPN h2.
-    let version = curl(&["--http2", "--cacert", &cacert, "--resolve", &resolve, "-o", "/dev/null", "-w", "%{http_version}", &url]).await?;
+    let version = curl(&[
+        "--http2",
+        "--cacert",
+        &cacert,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &url,
+    ])
+    .await?;
     assert_eq!(version, "2");
     let seen = site.up.last();
     assert_eq!(seen.version, Version::HTTP_11);
     assert_eq!(header(&seen.headers, "x-forwarded-proto"), Some("https"));
     assert_eq!(header(&seen.headers, "via"), Some("2 weir"));
-    assert_eq!(header(&seen.headers, "host"), Some(format!("a.test:{port}").as_str()));
+    assert_eq!(
+        header(&seen.headers, "host"),
+        Some(format!("a.test:{port}").as_str())
+    );
 
     // curl forced to HTTP/1.1 over TLS.
-    let version = curl(&["--http1.1", "--cacert", &cacert, "--resolve", &resolve, "-o", "/dev/null", "-w", "%{http_version}", &url]).await?;
+    let version = curl(&[
+        "--http1.1",
+        "--cacert",
+        &cacert,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
+        &url,
+    ])
+    .await?;
     assert_eq!(version, "1.1");
 
     // TLS 1.2 at most, and TLS 1.3 at least; curl -v names the version it negotiated.
-    for (args, want) in [(["--tls-max", "1.2"], "SSL connection using TLSv1.2"), (["--tlsv1.3", "--http2"], "SSL connection using TLSv1.3")] {
-        let mut all = vec!["-v", "--cacert", &cacert, "--resolve", &resolve, "-o", "/dev/null", "-w", "%{http_code} %{http_version}"];
+    for (args, want) in [
+        (["--tls-max", "1.2"], "SSL connection using TLSv1.2"),
+        (["--tlsv1.3", "--http2"], "SSL connection using TLSv1.3"),
+    ] {
+        let mut all = vec![
+            "-v",
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ];
         all.extend_from_slice(&args);
         all.push(&url);
         let (out, err) = curl_verbose(&all).await?;
@@ -300,7 +439,10 @@ async fn https_listener_negotiates_h2_by_alpn_and_speaks_tls12_and_tls13() -> Re
     }
 
     // The same with rustls: each version alone, with ALPN h2 preferred.
-    for (version, want) in [(&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2), (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3)] {
+    for (version, want) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
         let cfg = client_tls(&[&site.a_der], &[version], &[b"h2", b"http/1.1"])?;
         let tls = tls_connect(addr, "a.test", cfg).await?;
         assert_eq!(tls.get_ref().1.protocol_version(), Some(want));
@@ -308,7 +450,12 @@ async fn https_listener_negotiates_h2_by_alpn_and_speaks_tls12_and_tls13() -> Re
         assert!(peer_cert(&tls) == site.a_der);
     }
     assert_eq!(site.up.count(), 4);
-    assert!(site.up.seen().iter().all(|s| header(&s.headers, "x-forwarded-proto") == Some("https")));
+    assert!(
+        site.up
+            .seen()
+            .iter()
+            .all(|s| header(&s.headers, "x-forwarded-proto") == Some("https"))
+    );
     Ok(())
 }
 
@@ -321,11 +468,23 @@ async fn h2c_upstream_cluster_gets_http2_with_the_original_host() -> Result<()> 
     let up = Upstream::start("h2-up").await;
     let weir = Weir::start(&simple_config(&up, ", protocol: h2"))?;
 
-    let got = get_with(&weir.url("public", "/over/h2?x=1"), &[("host", "shop.example:8080"), ("x-client", "h1")]).await?;
+    let got = get_with(
+        &weir.url("public", "/over/h2?x=1"),
+        &[("host", "shop.example:8080"), ("x-client", "h1")],
+    )
+    .await?;
     assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.version, Version::HTTP_11, "the client spoke HTTP/1.1 and is answered in it");
+    assert_eq!(
+        got.version,
+        Version::HTTP_11,
+        "the client spoke HTTP/1.1 and is answered in it"
+    );
     assert_eq!(got.upstream(), "h2-up");
-    assert_eq!(got.header("via"), Some("2 weir"), "the response came over HTTP/2 from the upstream");
+    assert_eq!(
+        got.header("via"),
+        Some("2 weir"),
+        "the response came over HTTP/2 from the upstream"
+    );
 
     let seen = up.last();
     assert_eq!(seen.version, Version::HTTP_2);
@@ -335,7 +494,11 @@ async fn h2c_upstream_cluster_gets_http2_with_the_original_host() -> Result<()> 
     assert_eq!(header(&seen.headers, "via"), Some("1.1 weir"));
 
     // h2 in, h2 out.
-    let got = send(&h2c_client(), Request::get(weir.url("public", "/both")).body(full(""))?).await?;
+    let got = send(
+        &h2c_client(),
+        Request::get(weir.url("public", "/both")).body(full(""))?,
+    )
+    .await?;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.version, Version::HTTP_2);
     let seen = up.last();
@@ -346,8 +509,105 @@ async fn h2c_upstream_cluster_gets_http2_with_the_original_host() -> Result<()> 
     Ok(())
 }
 
+/// Over HTTP/2 the host travels as `:authority` (RFC 9113 §8.3.1: a Host header that differs
+/// from it makes the request malformed). The config promises `rewrite.host` replaces ":authority
+/// (HTTP/2)". So an h2 upstream must see the original (or rewritten) host as its authority, not the
+/// endpoint's address.
+#[tokio::test]
+async fn h2_upstream_authority_is_the_original_or_rewritten_host() -> Result<()> {
+    let up = Upstream::with("h2-authority", |req, _seen| async move {
+        let authority = req
+            .uri()
+            .authority()
+            .map_or_else(String::new, |a| a.to_string());
+        Response::builder()
+            .header("x-seen-authority", authority)
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes:\n\
+  - {{ name: rw, match: {{ path_prefix: /rw/ }}, cluster: c, rewrite: {{ host: internal.svc }} }}\n\
+  - {{ name: plain, cluster: c }}\n\
+clusters: [ {{ name: c, protocol: h2, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        up.addr
+    ))?;
+    let mut wrong = Vec::new();
+    for (path, want) in [("/plain", "shop.example:8080"), ("/rw/x", "internal.svc")] {
+        let got = get_with(&weir.url("public", path), &[("host", "shop.example:8080")]).await?;
+        assert_eq!(got.status, StatusCode::OK, "{path}");
+        let seen = up.last();
+        assert_eq!(seen.version, Version::HTTP_2);
+        let authority = got
+            .header("x-seen-authority")
+            .unwrap_or_default()
+            .to_string();
+        let host = header(&seen.headers, "host").map(str::to_string);
+        if authority != want || host.as_deref().is_some_and(|h| h != want) {
+            wrong.push(format!(
+                "{path}: want :authority {want:?}, got :authority {authority:?} and host {host:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    Ok(())
+}
+
+/// gRPC-style: HTTP/2 end to end with `TE: trailers` and response trailers after the data.
+#[tokio::test]
+async fn h2_trailers_pass_through_end_to_end() -> Result<()> {
+    let up = Upstream::with("trailers", |_req, _seen| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", http::HeaderValue::from_static("fine"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                b"payload",
+            ))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let body = BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )));
+        Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .unwrap()
+    })
+    .await;
+    let weir = Weir::start(&simple_config(&up, ", protocol: h2"))?;
+    let req = Request::post(weir.url("public", "/pkg.Service/Method"))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(full("request"))?;
+    let res = tokio::time::timeout(WAIT, h2c_client().request(req))
+        .await
+        .context("no response")??;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), Version::HTTP_2);
+    let collected = tokio::time::timeout(WAIT, res.into_body().collect())
+        .await
+        .context("body")??;
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .context("no trailers reached the client")?;
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+    assert_eq!(names(&trailers), ["grpc-message", "grpc-status"]);
+    assert_eq!(header(&trailers, "grpc-status"), Some("0"));
+    assert_eq!(header(&trailers, "grpc-message"), Some("fine"));
+    let seen = up.last();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(header(&seen.headers, "te"), Some("trailers"));
+    Ok(())
+}
+
 /// A TLS upstream for `up.test` and the PEM of its certificate (to use as CA).
-fn upstream_tls_config(dir: &std::path::Path) -> Result<(Arc<rustls::ServerConfig>, std::path::PathBuf)> {
+fn upstream_tls_config(
+    dir: &std::path::Path,
+) -> Result<(Arc<rustls::ServerConfig>, std::path::PathBuf)> {
     let (pem, key, der) = self_signed(dir, "up", &["up.test"]);
     let key = PrivateKeyDer::from_pem_file(&key)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(ring())
@@ -359,7 +619,8 @@ fn upstream_tls_config(dir: &std::path::Path) -> Result<(Arc<rustls::ServerConfi
 }
 
 #[tokio::test]
-async fn tls_upstream_clusters_speak_http1_and_h2_and_untrusted_certificates_are_a_502() -> Result<()> {
+async fn tls_upstream_clusters_speak_http1_and_h2_and_untrusted_certificates_are_a_502()
+-> Result<()> {
     let dir = TempDir::new();
     let (server_cfg, ca) = upstream_tls_config(&dir.0)?;
     // Same names, another key: a CA that did not sign the upstream's certificate.
@@ -389,20 +650,34 @@ clusters:\n\
         assert_eq!(seen.version, want, "{host}");
         assert_eq!(seen.path, format!("/{host}"));
         assert_eq!(header(&seen.headers, "host"), Some(host));
-        assert_eq!(header(&seen.headers, "x-forwarded-proto"), Some("http"), "the downstream was plain text");
+        assert_eq!(
+            header(&seen.headers, "x-forwarded-proto"),
+            Some("http"),
+            "the downstream was plain text"
+        );
     }
     // POST bodies make it through TLS both ways too.
     for host in ["h1.test", "h2.test"] {
-        let req = Request::post(weir.url("public", "/echo")).header("host", host).body(full("ping over tls"))?;
+        let req = Request::post(weir.url("public", "/echo"))
+            .header("host", host)
+            .body(full("ping over tls"))?;
         let got = send(&h1_client(), req).await?;
-        assert_eq!((got.status, got.text()), (StatusCode::OK, "ping over tls".to_string()), "{host}");
+        assert_eq!(
+            (got.status, got.text()),
+            (StatusCode::OK, "ping over tls".to_string()),
+            "{host}"
+        );
     }
     assert_eq!(up.count(), 4);
 
     let got = get_with(&weir.url("public", "/bad"), &[("host", "bad.test")]).await?;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text());
     assert_eq!(got.upstream(), "");
-    assert_eq!(up.count(), 4, "no request reached the upstream over an unverified connection");
+    assert_eq!(
+        up.count(),
+        4,
+        "no request reached the upstream over an unverified connection"
+    );
     Ok(())
 }
 
@@ -412,13 +687,21 @@ clusters:\n\
 
 async fn websocket_echo(mut req: Request<Incoming>, _seen: Seen) -> Response<TestBody> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return Response::builder().status(400).body(full("not a websocket handshake")).unwrap();
+        return Response::builder()
+            .status(400)
+            .body(full("not a websocket handshake"))
+            .unwrap();
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                 break;
@@ -441,11 +724,18 @@ async fn websocket_upgrade_is_passed_through_and_echoes() -> Result<()> {
     let addr = weir.addr("public");
 
     let tcp = TcpStream::connect(addr).await?;
-    let (mut ws, res) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(format!("ws://{addr}/chat"), tcp)).await.context("handshake timed out")??;
+    let (mut ws, res) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(format!("ws://{addr}/chat"), tcp),
+    )
+    .await
+    .context("handshake timed out")??;
     assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(header(res.headers(), "upgrade"), Some("websocket"));
     assert_eq!(header(res.headers(), "x-upstream"), Some("ws"));
-    let request_id = header(res.headers(), "x-request-id").context("101 carries x-request-id")?.to_string();
+    let request_id = header(res.headers(), "x-request-id")
+        .context("101 carries x-request-id")?
+        .to_string();
     assert!(is_uuid(&request_id), "{request_id}");
 
     let seen = up.last();
@@ -454,7 +744,10 @@ async fn websocket_upgrade_is_passed_through_and_echoes() -> Result<()> {
     assert_eq!(header(&seen.headers, "connection"), Some("upgrade"));
     assert_eq!(header(&seen.headers, "sec-websocket-version"), Some("13"));
     assert!(seen.headers.contains_key("sec-websocket-key"));
-    assert_eq!(header(&seen.headers, "x-request-id"), Some(request_id.as_str()));
+    assert_eq!(
+        header(&seen.headers, "x-request-id"),
+        Some(request_id.as_str())
+    );
 
     let messages = [
         Message::text("hello through weir"),
@@ -464,21 +757,30 @@ async fn websocket_upgrade_is_passed_through_and_echoes() -> Result<()> {
     ];
     for m in messages {
         ws.send(m.clone()).await?;
-        let echo = tokio::time::timeout(WAIT, ws.next()).await.context("no echo")?.context("stream ended")??;
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("no echo")?
+            .context("stream ended")??;
         assert!(echo == m, "echo differs for a {} byte message", m.len());
     }
 
     ws.close(None).await?;
     let mut after_close = Vec::new();
     loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.context("close handshake timed out")? {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("close handshake timed out")?
+        {
             None => break,
             Some(Ok(m)) => after_close.push(m),
             Some(Err(e)) => bail!("websocket error after close: {e}"),
         }
     }
     assert_eq!(after_close.len(), 1, "{after_close:?}");
-    assert!(matches!(after_close[0], Message::Close(_)), "{after_close:?}");
+    assert!(
+        matches!(after_close[0], Message::Close(_)),
+        "{after_close:?}"
+    );
     assert_eq!(up.count(), 1);
     Ok(())
 }
@@ -501,12 +803,20 @@ async fn large_upload_streams_through_and_echoes_intact() -> Result<()> {
         let feed = data.clone();
         let feeder = tokio::spawn(async move {
             for off in (0..feed.len()).step_by(CHUNK) {
-                if tx.send(feed.slice(off..(off + CHUNK).min(feed.len()))).await.is_err() {
+                if tx
+                    .send(feed.slice(off..(off + CHUNK).min(feed.len())))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
         });
-        let got = send(&client, Request::post(weir.url("public", "/upload")).body(body)?).await?;
+        let got = send(
+            &client,
+            Request::post(weir.url("public", "/upload")).body(body)?,
+        )
+        .await?;
         feeder.await?;
         assert_eq!(got.status, StatusCode::OK, "{label}");
         assert_eq!(got.upstream(), "echo");
@@ -537,7 +847,12 @@ async fn response_chunks_are_forwarded_before_the_body_ends() -> Result<()> {
     let weir = Weir::start(&simple_config(&up, ""))?;
 
     for (label, client) in [("h1", h1_client()), ("h2c", h2c_client())] {
-        let res = tokio::time::timeout(WAIT, client.request(Request::get(weir.url("public", "/stream")).body(full(""))?)).await.context("no response head")??;
+        let res = tokio::time::timeout(
+            WAIT,
+            client.request(Request::get(weir.url("public", "/stream")).body(full(""))?),
+        )
+        .await
+        .context("no response head")??;
         assert_eq!(res.status(), StatusCode::OK, "{label}");
         let mut body = res.into_body();
         let mut first = Vec::new();
@@ -553,7 +868,10 @@ async fn response_chunks_are_forwarded_before_the_body_ends() -> Result<()> {
         assert_eq!(first, b"first chunk;", "{label}");
         // Only now may the upstream finish.
         release.notify_one();
-        let rest = tokio::time::timeout(WAIT, body.collect()).await.context("rest of body")??.to_bytes();
+        let rest = tokio::time::timeout(WAIT, body.collect())
+            .await
+            .context("rest of body")??
+            .to_bytes();
         assert_eq!(rest, Bytes::from_static(b"the rest"), "{label}");
     }
     assert_eq!(up.count(), 2);
@@ -647,7 +965,15 @@ async fn hop_by_hop_headers_are_removed_both_ways() -> Result<()> {
     let seen = up.last();
     assert_eq!(
         names(&seen.headers),
-        ["host", "via", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-keep", "x-request-id"],
+        [
+            "host",
+            "via",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-keep",
+            "x-request-id"
+        ],
         "upstream request headers: {:?}",
         seen.headers
     );
@@ -655,18 +981,63 @@ async fn hop_by_hop_headers_are_removed_both_ways() -> Result<()> {
 
     assert_eq!(
         names(&got.headers),
-        ["content-length", "date", "via", "x-request-id", "x-resp-keep", "x-upstream"],
+        [
+            "content-length",
+            "date",
+            "via",
+            "x-request-id",
+            "x-resp-keep",
+            "x-upstream"
+        ],
         "response headers at the client: {:?}",
         got.headers
     );
     assert_eq!(got.header("x-resp-keep"), Some("1"));
 
+    // Connection may come as several lines; every one of them names headers to drop.
+    let got = get_with(
+        &weir.url("public", "/hop2"),
+        &[
+            ("host", "hop.test"),
+            ("connection", "x-drop-a"),
+            ("connection", "x-drop-b"),
+            ("x-drop-a", "1"),
+            ("x-drop-b", "1"),
+            ("x-keep", "2"),
+        ],
+    )
+    .await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(seen.path, "/hop2");
+    assert_eq!(
+        names(&seen.headers),
+        [
+            "host",
+            "via",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-keep",
+            "x-request-id"
+        ],
+        "upstream request headers: {:?}",
+        seen.headers
+    );
+
     // The same check on the raw bytes the client receives (hyper clients could hide things).
     let out = curl(&["-i", "-H", "host: hop.test", &weir.url("public", "/hop")]).await?;
-    let head = out.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    let head = out
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     for line in head.lines().skip(1) {
         let name = line.split(':').next().unwrap_or_default();
-        assert!(!["connection", "x-resp-drop", "keep-alive"].contains(&name), "{name} reached the client:\n{head}");
+        assert!(
+            !["connection", "x-resp-drop", "keep-alive"].contains(&name),
+            "{name} reached the client:\n{head}"
+        );
     }
     assert!(head.lines().any(|l| l == "x-resp-keep: 1"), "{head}");
     Ok(())
@@ -677,23 +1048,101 @@ async fn forwarding_headers_are_set_and_appended() -> Result<()> {
     let up = Upstream::start("fwd").await;
     let weir = Weir::start(&simple_config(&up, ""))?;
 
-    let got = get_with(&weir.url("public", "/fwd"), &[("host", "www.example.test"), ("x-forwarded-for", "1.2.3.4")]).await?;
+    let got = get_with(
+        &weir.url("public", "/fwd"),
+        &[("host", "www.example.test"), ("x-forwarded-for", "1.2.3.4")],
+    )
+    .await?;
     assert_eq!(got.status, StatusCode::OK);
     let seen = up.last();
-    assert_eq!(header(&seen.headers, "x-forwarded-for"), Some("1.2.3.4, 127.0.0.1"));
+    assert_eq!(
+        header(&seen.headers, "x-forwarded-for"),
+        Some("1.2.3.4, 127.0.0.1")
+    );
     assert_eq!(header(&seen.headers, "x-forwarded-proto"), Some("http"));
-    assert_eq!(header(&seen.headers, "x-forwarded-host"), Some("www.example.test"));
+    assert_eq!(
+        header(&seen.headers, "x-forwarded-host"),
+        Some("www.example.test")
+    );
     assert_eq!(header(&seen.headers, "host"), Some("www.example.test"));
     assert_eq!(header(&seen.headers, "via"), Some("1.1 weir"));
     assert_eq!(got.header("via"), Some("1.1 weir"));
 
     // Without an incoming X-Forwarded-For, the client's address alone; a client's own
     // X-Forwarded-Proto is overwritten, not trusted.
-    let got = get_with(&weir.url("public", "/fwd2"), &[("host", "www.example.test"), ("x-forwarded-proto", "https")]).await?;
+    let got = get_with(
+        &weir.url("public", "/fwd2"),
+        &[("host", "www.example.test"), ("x-forwarded-proto", "https")],
+    )
+    .await?;
     assert_eq!(got.status, StatusCode::OK);
     let seen = up.last();
     assert_eq!(header(&seen.headers, "x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(seen.headers.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(), ["http"]);
+    assert_eq!(
+        seen.headers
+            .get_all("x-forwarded-proto")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["http"]
+    );
+    Ok(())
+}
+
+/// Several header lines of one name are one comma-separated list (RFC 9110 §5.3); appending to
+/// X-Forwarded-For or Via must keep every incoming line, not just the first.
+#[tokio::test]
+async fn forwarded_for_and_via_keep_every_incoming_line() -> Result<()> {
+    let up = Upstream::with("lines", |_req, _seen| async {
+        Response::builder()
+            .header("via", "1.1 origin-a")
+            .header("via", "1.1 origin-b")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let weir = Weir::start(&simple_config(&up, ""))?;
+    let got = get_with(
+        &weir.url("public", "/lines"),
+        &[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("via", "1.0 edge-a"),
+            ("via", "1.1 edge-b"),
+        ],
+    )
+    .await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let seen = up.last();
+    let joined = |h: &http::HeaderMap, name: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let checks = [
+        (
+            "upstream x-forwarded-for",
+            joined(&seen.headers, "x-forwarded-for"),
+            "1.2.3.4, 5.6.7.8, 127.0.0.1",
+        ),
+        (
+            "upstream via",
+            joined(&seen.headers, "via"),
+            "1.0 edge-a, 1.1 edge-b, 1.1 weir",
+        ),
+        (
+            "response via",
+            joined(&got.headers, "via"),
+            "1.1 origin-a, 1.1 origin-b, 1.1 weir",
+        ),
+    ];
+    let wrong: Vec<String> = checks
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| format!("{what}: want {want:?}, got {got:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     Ok(())
 }
 
@@ -705,28 +1154,57 @@ async fn request_ids_are_generated_or_kept_and_match_on_both_sides() -> Result<(
     // Generated when absent.
     let got = get(&weir.url("public", "/one")).await?;
     assert_eq!(got.status, StatusCode::OK);
-    let id = got.header("x-request-id").context("response has x-request-id")?.to_string();
+    let id = got
+        .header("x-request-id")
+        .context("response has x-request-id")?
+        .to_string();
     assert!(is_uuid(&id), "{id:?} is not UUID-shaped");
-    assert_eq!(header(&up.last().headers, "x-request-id"), Some(id.as_str()));
+    assert_eq!(
+        header(&up.last().headers, "x-request-id"),
+        Some(id.as_str())
+    );
 
     // Fresh for every request.
     let again = get(&weir.url("public", "/two")).await?;
-    let id2 = again.header("x-request-id").context("second x-request-id")?.to_string();
+    let id2 = again
+        .header("x-request-id")
+        .context("second x-request-id")?
+        .to_string();
     assert!(is_uuid(&id2), "{id2:?}");
     assert_ne!(id, id2);
-    assert_eq!(header(&up.last().headers, "x-request-id"), Some(id2.as_str()));
+    assert_eq!(
+        header(&up.last().headers, "x-request-id"),
+        Some(id2.as_str())
+    );
 
     // Kept when the client sends one.
-    let got = get_with(&weir.url("public", "/three"), &[("x-request-id", "client-chosen-id-123")]).await?;
+    let got = get_with(
+        &weir.url("public", "/three"),
+        &[("x-request-id", "client-chosen-id-123")],
+    )
+    .await?;
     assert_eq!(got.header("x-request-id"), Some("client-chosen-id-123"));
-    assert_eq!(header(&up.last().headers, "x-request-id"), Some("client-chosen-id-123"));
+    assert_eq!(
+        header(&up.last().headers, "x-request-id"),
+        Some("client-chosen-id-123")
+    );
     assert_eq!(up.last().headers.get_all("x-request-id").iter().count(), 1);
 
     // Over HTTP/2 as well.
-    let got = send(&h2c_client(), Request::get(weir.url("public", "/four")).body(full(""))?).await?;
-    let id4 = got.header("x-request-id").context("h2 x-request-id")?.to_string();
+    let got = send(
+        &h2c_client(),
+        Request::get(weir.url("public", "/four")).body(full(""))?,
+    )
+    .await?;
+    let id4 = got
+        .header("x-request-id")
+        .context("h2 x-request-id")?
+        .to_string();
     assert!(is_uuid(&id4), "{id4:?}");
-    assert_eq!(header(&up.last().headers, "x-request-id"), Some(id4.as_str()));
+    assert_eq!(
+        header(&up.last().headers, "x-request-id"),
+        Some(id4.as_str())
+    );
     assert_eq!(up.count(), 4);
     Ok(())
 }

@@ -52,6 +52,9 @@ pub struct Connector {
     pub(crate) tls: Option<UpstreamTls>,
     /// Endpoint authority → its stats (connection gauge, failures).
     pub(crate) stats: Arc<HashMap<String, Arc<EndpointStats>>>,
+    /// Connect here whatever the request URI names. HTTP/2 clusters use one client per endpoint
+    /// so the URI (and so `:authority`) can carry the site's host instead of the endpoint's.
+    pub(crate) fixed: Option<http::uri::Authority>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -65,6 +68,15 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
+        let uri = match &this.fixed {
+            Some(a) => Uri::builder()
+                .scheme("http")
+                .authority(a.clone())
+                .path_and_query("/")
+                .build()
+                .unwrap_or(uri),
+            None => uri,
+        };
         Box::pin(async move {
             let authority = uri
                 .authority()

@@ -195,16 +195,25 @@ async fn forward<'s>(
     let (mut parts, body) = req.into_parts();
 
     let new_path = rewrite_path(route, &path, parts.uri.path(), parts.uri.query());
+    let path_and_query = new_path.unwrap_or_else(|| {
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+    });
+    let site = route.host_rewrite.as_ref().or(original_host.as_ref());
+    // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and Host
+    // carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries the site and
+    // the endpoint's own client knows where to connect.
+    let authority = match (&endpoint.h2_client, site) {
+        (Some(_), Some(site)) => site
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .unwrap_or_else(|| endpoint.authority.clone()),
+        _ => endpoint.authority.clone(),
+    };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(cluster.scheme.clone());
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(new_path.unwrap_or_else(|| {
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    }));
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path_and_query);
     parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
@@ -222,14 +231,10 @@ async fn forward<'s>(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, proto.clone());
     }
-    match (&route.host_rewrite, &original_host) {
-        (Some(rw), _) => {
-            h.insert(header::HOST, rw.clone());
-        }
-        (None, Some(orig)) => {
-            h.insert(header::HOST, orig.clone());
-        }
-        (None, None) => {}
+    // For HTTP/2 upstreams Host is kept identical to `:authority` (RFC 9113 §8.3.1 allows that
+    // when converting from HTTP/1.1, and some frameworks read only Host).
+    if let Some(site) = site {
+        h.insert(header::HOST, site.clone());
     }
     if let Some(orig) = &original_host
         && !h.contains_key(&X_FORWARDED_HOST)
@@ -250,7 +255,8 @@ async fn forward<'s>(
     };
 
     let up_req = Request::from_parts(parts, ProxyBody::stream(body, snap.max_body));
-    let sent = tokio::time::timeout(route.timeout, cluster.client.request(up_req)).await;
+    let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
+    let sent = tokio::time::timeout(route.timeout, client.request(up_req)).await;
     let mut res = match sent {
         Err(_) => return Err((Fail::UpstreamTimeout, Some(route))),
         Ok(Err(e)) => return Err((classify(cluster, ep_idx, &e), Some(route))),
@@ -389,11 +395,26 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Every line of a list-valued header joined with ", " (RFC 9110 §5.3), or None if absent.
+fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        if v.trim().is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
     let ip = client.ip();
-    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
+    let value = match joined(h, &X_FORWARDED_FOR) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(X_FORWARDED_FOR.clone(), v);
@@ -406,7 +427,7 @@ fn append_via(h: &mut HeaderMap, v: Version) {
         Version::HTTP_10 => "1.0 weir",
         _ => "1.1 weir",
     };
-    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+    let value = match joined(h, &header::VIA) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {ours}")).ok(),
         None => Some(HeaderValue::from_static(ours)),
     };

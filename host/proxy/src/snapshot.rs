@@ -54,6 +54,8 @@ pub(crate) struct Cluster {
 }
 
 pub(crate) struct Endpoint {
+    /// HTTP/2 clusters: this endpoint's own client (see `Connector::fixed`).
+    pub h2_client: Option<Client<Connector, ProxyBody>>,
     pub address: String,
     pub authority: Authority,
     pub weight: u32,
@@ -262,6 +264,7 @@ fn build_cluster(
         let s = registry.endpoint(&cc.name, &e.address);
         stats.insert(authority.as_str().to_string(), s.clone());
         endpoints.push(Endpoint {
+            h2_client: None,
             address: e.address.clone(),
             authority,
             weight: e.weight,
@@ -296,6 +299,7 @@ fn build_cluster(
         timeout: cc.timeouts.connect,
         tls,
         stats: Arc::new(stats),
+        fixed: None,
     };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
@@ -306,6 +310,12 @@ fn build_cluster(
         // We set Host ourselves (the client's own would name the endpoint, not the site).
         .set_host(false)
         .http2_only(h2);
+    if h2 {
+        for ep in &mut endpoints {
+            let fixed = Connector { fixed: Some(ep.authority.clone()), ..connector.clone() };
+            ep.h2_client = Some(builder.build(fixed));
+        }
+    }
     let client = builder.build(connector);
     Ok(Cluster {
         name: cc.name.as_str().into(),
