@@ -264,7 +264,7 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
     let (code, out, _) = weir_cmd(&["validate", good.to_str().unwrap()])?;
     assert_eq!(code, 0);
     assert!(
-        out.contains("ok (1 listeners, 1 routes, 1 clusters)"),
+        out.contains("ok (1 listeners, 1 routes, 1 clusters, 0 filters)"),
         "{out}"
     );
 

@@ -58,7 +58,9 @@ async fn most_specific_route_wins_for_each_kind_of_match() -> Result<()> {
     let (weir, _ups) = routed_proxy().await?;
     let base = weir.addr("public");
     // (method, host, path, extra headers, expected upstream; "" = 404 from the proxy)
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    // (method, host, path, extra headers, expected upstream; "" = 404 from the proxy)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("GET", "app.test", "/", &[], "exact-host"),
         ("GET", "APP.test:8080", "/", &[], "exact-host"),
         ("GET", "app.test", "/v1/other", &[], "short-prefix"),

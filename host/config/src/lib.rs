@@ -53,6 +53,100 @@ pub struct Config {
     /// Upstream clusters that routes send traffic to.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// WebAssembly filters routes can use, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+    /// Where compiled filters are cached (by content hash). Default: `$XDG_CACHE_HOME/weir`
+    /// or `~/.cache/weir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_cache: Option<PathBuf>,
+}
+
+/// A WebAssembly filter: a module, its default config, its budgets and its grants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Unique name; routes refer to it.
+    pub name: String,
+    /// The `.wasm` file (a component, or a core module built by one of Weir's SDKs). Relative
+    /// to the config file.
+    pub module: PathBuf,
+    /// The filter's config (any YAML), passed to it as JSON; a route may override keys.
+    #[serde(default = "defaults::empty_object")]
+    pub config: serde_json::Value,
+    /// Budgets.
+    #[serde(default)]
+    pub limits: FilterLimits,
+    /// What happens to a request when the filter traps or breaks a budget. Default:
+    /// `fail-closed`.
+    #[serde(default)]
+    pub on_error: FailurePolicy,
+    /// Capabilities the filter may use; everything else is denied.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// A filter's budgets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterLimits {
+    /// Linear memory cap per instance; growing past it traps. Default: `16MiB`, at most `256MiB`.
+    pub memory: ByteSize,
+    /// Wall time one phase call may take (callout waits excluded); past it the call traps.
+    /// Default: `5ms`.
+    #[serde(with = "units::duration")]
+    pub time_per_phase: Duration,
+    /// Most body bytes the filter may hold with `buffer`. Default: `1MiB`.
+    pub max_body: ByteSize,
+    /// Most instances of one (filter, config) pair; more concurrent requests share them.
+    /// Default: `16`.
+    pub max_instances: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            memory: ByteSize(16 << 20),
+            time_per_phase: Duration::from_millis(5),
+            max_body: ByteSize(1 << 20),
+            max_instances: 16,
+        }
+    }
+}
+
+/// What a filter failure does to the request.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer 503 (with the request id).
+    #[default]
+    #[serde(rename = "fail-closed", alias = "fail_closed")]
+    FailClosed,
+    /// Skip the filter for the rest of the request.
+    #[serde(rename = "fail-open", alias = "fail_open")]
+    FailOpen,
+}
+
+/// Capabilities granted to a filter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Callout targets: cluster names or `host:port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callouts: Vec<String>,
+    /// Shared key-value namespaces (KV, counters, token buckets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv: Vec<String>,
+}
+
+/// A route's use of a filter: its name, optionally with config keys that override the
+/// filter's default config (merged recursively, objects only).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilterRef {
+    /// The filter's name.
+    pub name: String,
+    /// Keys merged over the filter's config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// The admin listener.
@@ -179,6 +273,9 @@ pub struct RouteConfig {
     /// Changes to the request before it goes upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// Filters run for this route, in order (responses in reverse order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterRef>,
     /// Overrides the cluster's request timeout for this route.
     #[serde(
         default,
@@ -407,6 +504,9 @@ mod defaults {
     pub fn max_idle_per_endpoint() -> usize {
         64
     }
+    pub fn empty_object() -> serde_json::Value {
+        serde_json::Value::Object(Default::default())
+    }
 }
 
 /// A parsed and validated config, with what is needed to report later errors against its source.
@@ -466,6 +566,24 @@ impl LoadedConfig {
             lines: self.lines.clone(),
             issues: vec![Issue::new(path, message)],
         }
+    }
+}
+
+/// Merges `over` into `base`: objects recursively, anything else replaced.
+pub fn merge_json(base: &serde_json::Value, over: &serde_json::Value) -> serde_json::Value {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            let mut out = b.clone();
+            for (k, v) in o {
+                let merged = match out.get(k) {
+                    Some(prev) => merge_json(prev, v),
+                    None => v.clone(),
+                };
+                out.insert(k.clone(), merged);
+            }
+            serde_json::Value::Object(out)
+        }
+        _ => over.clone(),
     }
 }
 

@@ -209,3 +209,35 @@ impl<'de> Deserialize<'de> for crate::HashOn {
         d.deserialize_any(V)
     }
 }
+
+impl<'de> Deserialize<'de> for crate::FilterRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Obj {
+            name: String,
+            config: Option<serde_json::Value>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = crate::FilterRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a filter name, or { name: .., config: { .. } }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(crate::FilterRef {
+                    name: v.to_string(),
+                    config: None,
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let o = Obj::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(crate::FilterRef {
+                    name: o.name,
+                    config: o.config,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

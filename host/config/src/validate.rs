@@ -81,7 +81,45 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         }
     }
 
+    unique(
+        c.filters.iter().map(|f| f.name.as_str()),
+        "filters",
+        &mut err,
+    );
     let cluster_names: Vec<&str> = c.clusters.iter().map(|c| c.name.as_str()).collect();
+    let filter_names: Vec<&str> = c.filters.iter().map(|f| f.name.as_str()).collect();
+    for (i, f) in c.filters.iter().enumerate() {
+        let p = format!("filters[{i}]");
+        if !f.config.is_object() {
+            err(format!("{p}.config"), "must be a map of settings".into());
+        }
+        if f.limits.memory.bytes() < (1 << 20) || f.limits.memory.bytes() > (256 << 20) {
+            err(
+                format!("{p}.limits.memory"),
+                "must be between 1MiB and 256MiB".into(),
+            );
+        }
+        if f.limits.time_per_phase.is_zero() {
+            err(
+                format!("{p}.limits.time_per_phase"),
+                "must be greater than 0".into(),
+            );
+        }
+        if f.limits.max_instances == 0 || f.limits.max_instances > 1024 {
+            err(
+                format!("{p}.limits.max_instances"),
+                "must be between 1 and 1024".into(),
+            );
+        }
+        for (j, t) in f.grants.callouts.iter().enumerate() {
+            if !cluster_names.contains(&t.as_str()) && check_address(t).is_err() {
+                err(
+                    format!("{p}.grants.callouts[{j}]"),
+                    format!("{t:?} is neither a cluster name nor host:port"),
+                );
+            }
+        }
+    }
     for (i, r) in c.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if !cluster_names.contains(&r.cluster.as_str()) {
@@ -90,6 +128,21 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 msg.push_str(&format!(" (did you mean {s:?}?)"));
             }
             err(format!("{p}.cluster"), msg);
+        }
+        for (j, f) in r.filters.iter().enumerate() {
+            if !filter_names.contains(&f.name.as_str()) {
+                let mut msg = format!("unknown filter {:?}", f.name);
+                if let Some(s) = did_you_mean(&f.name, filter_names.iter().copied()) {
+                    msg.push_str(&format!(" (did you mean {s:?}?)"));
+                }
+                err(format!("{p}.filters[{j}]"), msg);
+            }
+            if f.config.as_ref().is_some_and(|c| !c.is_object()) {
+                err(
+                    format!("{p}.filters[{j}].config"),
+                    "must be a map of settings".into(),
+                );
+            }
         }
         let m = &r.matches;
         let paths = [

@@ -9,4 +9,6 @@ mod access_log;
 mod metrics;
 
 pub use access_log::{AccessLog, AccessRecord, rfc3339};
-pub use metrics::{ConnGauge, EndpointStats, Histogram, ListenerStats, Registry, RouteStats};
+pub use metrics::{
+    ConnGauge, EndpointStats, FilterStats, Histogram, ListenerStats, Registry, RouteStats,
+};

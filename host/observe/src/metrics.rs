@@ -5,26 +5,48 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-/// Latency bucket upper bounds, in microseconds (Prometheus `le` is rendered in seconds).
-const BUCKETS_US: [u64; 14] = [
+/// Request latency bucket upper bounds, in microseconds (Prometheus `le` is rendered in seconds).
+pub const REQUEST_BUCKETS_US: &[u64] = &[
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 5_000_000, 10_000_000,
 ];
 
+/// Filter call bucket upper bounds, in microseconds: filters are expected to take microseconds.
+pub const FILTER_BUCKETS_US: &[u64] = &[
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 25_000, 100_000, 1_000_000,
+];
+
 /// A fixed-bucket latency histogram of atomics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_US.len()],
+    bounds: &'static [u64],
+    buckets: Box<[AtomicU64]>,
     count: AtomicU64,
     sum_us: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(REQUEST_BUCKETS_US)
+    }
+}
+
 impl Histogram {
+    /// A histogram with these bucket upper bounds (microseconds, ascending).
+    pub fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         // Non-cumulative storage: one increment per observation; rendering accumulates.
-        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| us <= *b) {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
@@ -38,7 +60,7 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut acc = 0;
-        for (i, b) in BUCKETS_US.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             acc += self.buckets[i].load(Relaxed);
             let _ = writeln!(
                 out,
@@ -135,6 +157,55 @@ pub struct ListenerStats {
     pub connections: ConnGauge,
 }
 
+/// Per (filter, route): calls, call durations, failures by kind, budget breaches.
+#[derive(Debug)]
+pub struct FilterStats {
+    filter: String,
+    route: String,
+    calls: AtomicU64,
+    duration: Histogram,
+    failures: DashMap<&'static str, AtomicU64>,
+    breaches: AtomicU64,
+}
+
+impl FilterStats {
+    /// One phase call that took `d`.
+    pub fn call(&self, d: Duration) {
+        self.calls.fetch_add(1, Relaxed);
+        self.duration.observe(d);
+    }
+
+    /// A failed call; `budget` when it was a budget breach (deadline, memory, body).
+    pub fn fail(&self, kind: &'static str, budget: bool) {
+        self.failures.entry(kind).or_default().fetch_add(1, Relaxed);
+        if budget {
+            self.breaches.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Relaxed)
+    }
+
+    /// Failures of this kind so far.
+    pub fn failures(&self, kind: &str) -> u64 {
+        self.failures.get(kind).map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+#[derive(Debug)]
+enum Custom {
+    Counter(AtomicU64),
+    Gauge(AtomicI64),
+    Histogram(Histogram),
+}
+
+/// Filter-defined metric histograms: seconds, from 100µs to 10s.
+const CUSTOM_BUCKETS_US: &[u64] = &[
+    100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000,
+];
+
 /// All metrics of the process. Cheap to clone (an `Arc` inside).
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -148,6 +219,9 @@ struct Inner {
     listeners: DashMap<String, Arc<ListenerStats>>,
     /// Requests that matched no route, by status.
     unrouted: DashMap<u16, AtomicU64>,
+    filters: DashMap<(String, String), Arc<FilterStats>>,
+    /// (filter, metric name, rendered labels) → value.
+    custom: DashMap<(String, String, String), Custom>,
 }
 
 impl Registry {
@@ -179,6 +253,102 @@ impl Registry {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Stats for a filter on a route.
+    pub fn filter(&self, filter: &str, route: &str) -> Arc<FilterStats> {
+        let key = (filter.to_string(), route.to_string());
+        self.inner
+            .filters
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(FilterStats {
+                    filter: filter.to_string(),
+                    route: route.to_string(),
+                    calls: AtomicU64::new(0),
+                    duration: Histogram::new(FILTER_BUCKETS_US),
+                    failures: DashMap::new(),
+                    breaches: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    fn custom_key(
+        filter: &str,
+        name: &str,
+        labels: &[(String, String)],
+    ) -> (String, String, String) {
+        let mut l = format!("filter=\"{}\"", escape(filter));
+        for (k, v) in labels {
+            // Label names are sanitized to Prometheus' alphabet; values are escaped.
+            let k: String = k
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let _ = write!(l, ",{k}=\"{}\"", escape(v));
+        }
+        (filter.to_string(), name.to_string(), l)
+    }
+
+    /// A filter's own counter (`weir_filter_<name>`).
+    pub fn filter_counter_add(
+        &self,
+        filter: &str,
+        name: &str,
+        labels: &[(String, String)],
+        delta: u64,
+    ) {
+        let e = self
+            .inner
+            .custom
+            .entry(Self::custom_key(filter, name, labels))
+            .or_insert(Custom::Counter(AtomicU64::new(0)));
+        if let Custom::Counter(c) = &*e {
+            c.fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// A filter's own gauge.
+    pub fn filter_gauge_set(
+        &self,
+        filter: &str,
+        name: &str,
+        labels: &[(String, String)],
+        value: i64,
+    ) {
+        let e = self
+            .inner
+            .custom
+            .entry(Self::custom_key(filter, name, labels))
+            .or_insert(Custom::Gauge(AtomicI64::new(0)));
+        if let Custom::Gauge(g) = &*e {
+            g.store(value, Relaxed);
+        }
+    }
+
+    /// A filter's own histogram (value in seconds).
+    pub fn filter_histogram_observe(
+        &self,
+        filter: &str,
+        name: &str,
+        labels: &[(String, String)],
+        seconds: f64,
+    ) {
+        let e = self
+            .inner
+            .custom
+            .entry(Self::custom_key(filter, name, labels))
+            .or_insert_with(|| Custom::Histogram(Histogram::new(CUSTOM_BUCKETS_US)));
+        if let Custom::Histogram(h) = &*e {
+            h.observe(Duration::from_secs_f64(seconds.clamp(0.0, 1e6)));
+        }
     }
 
     /// Counts a request that matched no route (rare: a map lookup is fine here).
@@ -293,6 +463,8 @@ impl Registry {
             );
         }
 
+        self.render_filters(&mut out);
+
         let mut ls: Vec<(String, Arc<ListenerStats>)> = self
             .inner
             .listeners
@@ -321,6 +493,94 @@ impl Registry {
             );
         }
         out
+    }
+}
+
+impl Registry {
+    fn render_filters(&self, out: &mut String) {
+        let mut fs: Vec<Arc<FilterStats>> = self
+            .inner
+            .filters
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        if !fs.is_empty() {
+            fs.sort_by(|a, b| (&a.filter, &a.route).cmp(&(&b.filter, &b.route)));
+            out.push_str("# HELP weir_filter_calls_total Filter phase calls, by filter and route.\n# TYPE weir_filter_calls_total counter\n");
+            for f in &fs {
+                let _ = writeln!(
+                    out,
+                    "weir_filter_calls_total{{filter=\"{}\",route=\"{}\"}} {}",
+                    escape(&f.filter),
+                    escape(&f.route),
+                    f.calls()
+                );
+            }
+            out.push_str("# HELP weir_filter_call_duration_seconds Filter phase call time.\n# TYPE weir_filter_call_duration_seconds histogram\n");
+            for f in &fs {
+                let labels = format!(
+                    "filter=\"{}\",route=\"{}\"",
+                    escape(&f.filter),
+                    escape(&f.route)
+                );
+                f.duration
+                    .render(out, "weir_filter_call_duration_seconds", &labels);
+            }
+            out.push_str("# HELP weir_filter_failures_total Filter traps and failures, by kind (deadline, memory, panic, trap, body_limit, instance_lost, instantiate).\n# TYPE weir_filter_failures_total counter\n");
+            for f in &fs {
+                let mut kinds: Vec<(&'static str, u64)> = f
+                    .failures
+                    .iter()
+                    .map(|e| (*e.key(), e.value().load(Relaxed)))
+                    .collect();
+                kinds.sort();
+                for (k, n) in kinds {
+                    let _ = writeln!(
+                        out,
+                        "weir_filter_failures_total{{filter=\"{}\",route=\"{}\",kind=\"{k}\"}} {n}",
+                        escape(&f.filter),
+                        escape(&f.route)
+                    );
+                }
+            }
+            out.push_str("# HELP weir_filter_budget_breaches_total Calls stopped for breaking a budget (time, memory, body).\n# TYPE weir_filter_budget_breaches_total counter\n");
+            for f in &fs {
+                let _ = writeln!(
+                    out,
+                    "weir_filter_budget_breaches_total{{filter=\"{}\",route=\"{}\"}} {}",
+                    escape(&f.filter),
+                    escape(&f.route),
+                    f.breaches.load(Relaxed)
+                );
+            }
+        }
+        let mut cs: Vec<_> = self.inner.custom.iter().map(|e| e.key().clone()).collect();
+        cs.sort();
+        let mut last_name = String::new();
+        for key in cs {
+            let Some(e) = self.inner.custom.get(&key) else {
+                continue;
+            };
+            let name = format!("weir_filter_{}", key.1);
+            let kind = match &*e {
+                Custom::Counter(_) => "counter",
+                Custom::Gauge(_) => "gauge",
+                Custom::Histogram(_) => "histogram",
+            };
+            if name != last_name {
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                last_name = name.clone();
+            }
+            match &*e {
+                Custom::Counter(c) => {
+                    let _ = writeln!(out, "{name}{{{}}} {}", key.2, c.load(Relaxed));
+                }
+                Custom::Gauge(g) => {
+                    let _ = writeln!(out, "{name}{{{}}} {}", key.2, g.load(Relaxed));
+                }
+                Custom::Histogram(h) => h.render(out, &name, &key.2),
+            }
+        }
     }
 }
 

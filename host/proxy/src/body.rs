@@ -18,10 +18,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body is larger than the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+type Frames = tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>;
+
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Stream { body: Incoming, limit: Option<u64> },
+    Stream {
+        body: Incoming,
+        limit: Option<u64>,
+    },
+    /// Fed by a task (filter body phases).
+    Channel(Frames),
 }
 
 /// A body on its way through the proxy.
@@ -55,6 +62,15 @@ impl ProxyBody {
     pub fn stream(body: Incoming, limit: Option<u64>) -> Self {
         ProxyBody {
             kind: Kind::Stream { body, limit },
+            seen: 0,
+            finish: None,
+        }
+    }
+
+    /// A body fed frame by frame from a channel.
+    pub(crate) fn channel(rx: Frames) -> Self {
+        ProxyBody {
+            kind: Kind::Channel(rx),
             seen: 0,
             finish: None,
         }
@@ -111,6 +127,16 @@ impl Body for ProxyBody {
                     None => Poll::Ready(None),
                 }
             }
+            Kind::Channel(rx) => {
+                let next = ready!(rx.poll_recv(cx));
+                if let Some(Ok(frame)) = &next
+                    && let Some(d) = frame.data_ref()
+                {
+                    let n = d.len() as u64;
+                    this.count(n);
+                }
+                Poll::Ready(next)
+            }
         }
     }
 
@@ -119,6 +145,7 @@ impl Body for ProxyBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Stream { body, .. } => body.is_end_stream(),
+            Kind::Channel(_) => false,
         }
     }
 
@@ -127,6 +154,7 @@ impl Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream { body, .. } => body.size_hint(),
+            Kind::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -5,7 +5,9 @@
 
 mod admin;
 mod body;
+mod callouts;
 mod connector;
+mod filtering;
 mod listener;
 mod proxy;
 mod snapshot;
@@ -30,6 +32,28 @@ pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub registry: Registry,
     pub draining: AtomicBool,
+    /// Created with the first config that uses filters; kept for the life of the process.
+    pub runtime: std::sync::Mutex<Option<weir_filters::Runtime>>,
+    callouts: Arc<callouts::ProxyCallouts>,
+}
+
+impl Shared {
+    /// The filter runtime for a config, creating it on first need.
+    fn runtime_for(
+        &self,
+        loaded: &LoadedConfig,
+    ) -> Result<Option<weir_filters::Runtime>, ConfigError> {
+        let mut rt = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        if rt.is_none() {
+            *rt = snapshot::filter_runtime(
+                loaded,
+                Some(self.callouts.clone()),
+                self.registry.clone(),
+            )
+            .map_err(|e| loaded.error_at("filters", format!("{e:#}")))?;
+        }
+        Ok(rt.clone())
+    }
 }
 
 /// A bound listener.
@@ -63,13 +87,18 @@ impl Server {
         for i in 0..loaded.config.listeners.len() {
             tls.push(snapshot::listener_tls(&loaded, i)?);
         }
-        let snap = Snapshot::build(loaded, &registry)?;
+        let callouts = callouts::ProxyCallouts::new();
+        let runtime = snapshot::filter_runtime(&loaded, Some(callouts.clone()), registry.clone())?;
+        let snap = Snapshot::build(loaded, &registry, runtime.as_ref()).await?;
         let config = snap.loaded.config.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snap),
             registry,
             draining: AtomicBool::new(false),
+            runtime: std::sync::Mutex::new(runtime),
+            callouts,
         });
+        shared.callouts.attach(&shared);
         let (shutdown, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
 
@@ -126,8 +155,9 @@ impl Server {
     /// Swaps in a new config. Routes, clusters, limits of new requests, and the access log change
     /// at once; in-flight requests finish on the old snapshot. Listener addresses and TLS
     /// certificates are bound at start and need a restart to change. On error nothing changes.
-    pub fn reload(&self, loaded: LoadedConfig) -> Result<(), ConfigError> {
-        let snap = Snapshot::build(loaded, &self.shared.registry)?;
+    pub async fn reload(&self, loaded: LoadedConfig) -> Result<(), ConfigError> {
+        let runtime = self.shared.runtime_for(&loaded)?;
+        let snap = Snapshot::build(loaded, &self.shared.registry, runtime.as_ref()).await?;
         self.shared.snapshot.store(Arc::new(snap));
         Ok(())
     }

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -26,12 +26,54 @@ pub(crate) struct ConnInfo {
     in_flight: AtomicUsize,
     /// Milliseconds since `born` of the last request start or finish.
     last_active: AtomicU64,
+    /// 1 + milliseconds since `born` when the bytes of a request head started arriving (or the
+    /// connection opened); 0 while no head is pending. Drives `request_head_timeout`.
+    head_since: AtomicU64,
+    /// HTTP/2: after the first request, frames between requests are not request heads.
+    h2: AtomicBool,
     born: Instant,
 }
 
 impl ConnInfo {
-    pub fn request_started(&self) {
+    fn new(client: SocketAddr, listener: Arc<str>, tls: bool) -> ConnInfo {
+        ConnInfo {
+            client,
+            listener,
+            tls,
+            in_flight: AtomicUsize::new(0),
+            last_active: AtomicU64::new(0),
+            // The head timer runs from accept: a connection that sends nothing is cut too.
+            head_since: AtomicU64::new(1),
+            h2: AtomicBool::new(false),
+            born: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    pub fn request_started(&self, h2: bool) {
         self.in_flight.fetch_add(1, Relaxed);
+        self.head_since.store(0, Relaxed);
+        if h2 {
+            self.h2.store(true, Relaxed);
+        }
+    }
+
+    /// Bytes arrived: if the connection was idle, a new request head is starting.
+    fn bytes_read(&self) {
+        if self.head_since.load(Relaxed) == 0 && self.in_flight.load(Relaxed) == 0 && !self.h2.load(Relaxed) {
+            self.head_since.store(self.now_ms() + 1, Relaxed);
+        }
+    }
+
+    /// How long a pending request head has been arriving.
+    fn head_pending_for(&self) -> Option<Duration> {
+        match self.head_since.load(Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis(self.now_ms().saturating_sub(t - 1))),
+        }
     }
 
     pub fn request_done(&self) {
@@ -61,7 +103,9 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_head_timeout)
+        // The head timeout is ours (see `serve`): hyper's would also cut idle keep-alive
+        // connections, and it does not cover HTTP/2 or a connection that never speaks.
+        .header_read_timeout(None)
         // hyper answers 431 when the head outgrows its read buffer or the header count.
         .max_buf_size((limits.max_request_header_bytes.bytes() as usize).max(8192))
         .max_headers(limits.max_request_headers)
@@ -113,14 +157,7 @@ pub(crate) async fn accept_loop(
             let _permit = permit;
             let _drain = drain;
             rt.stats.connections.open();
-            let conn = Arc::new(ConnInfo {
-                client,
-                listener: rt.name.clone(),
-                tls: rt.tls.is_some(),
-                in_flight: AtomicUsize::new(0),
-                last_active: AtomicU64::new(0),
-                born: Instant::now(),
-            });
+            let conn = Arc::new(ConnInfo::new(client, rt.name.clone(), rt.tls.is_some()));
             match &rt.tls {
                 None => serve(stream, conn, &builder, shared, &rt.limits, shutdown).await,
                 Some(acceptor) => {
@@ -158,17 +195,21 @@ async fn serve<I>(
         let (shared, conn) = (shared.clone(), conn.clone());
         async move { Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await) }
     });
+    let io = Watched { io, conn: info.clone() };
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(c);
     let idle = limits.idle_timeout;
+    let head = limits.request_head_timeout;
     let mut closing = *shutdown.borrow();
     if closing {
         c.as_mut().graceful_shutdown();
     }
     loop {
-        let wait = idle
-            .saturating_sub(info.idle_for())
-            .max(Duration::from_millis(50));
+        let mut wait = idle.saturating_sub(info.idle_for());
+        if let Some(pending) = info.head_pending_for() {
+            wait = wait.min(head.saturating_sub(pending));
+        }
+        let wait = wait.max(Duration::from_millis(20));
         tokio::select! {
             r = c.as_mut() => {
                 if let Err(e) = r {
@@ -180,12 +221,67 @@ async fn serve<I>(
                 closing = true;
                 c.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(wait), if !closing => {
-                if info.idle_for() >= idle {
+            _ = tokio::time::sleep(wait) => {
+                if info.head_pending_for().is_some_and(|p| p >= head) {
+                    // Slowloris: a head that does not complete in time gets no graceful close.
+                    tracing::debug!(client = %info.client, "request head timeout");
+                    break;
+                }
+                if !closing && info.idle_for() >= idle {
                     closing = true;
                     c.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// The downstream IO, noting when bytes arrive (for the request head timeout).
+struct Watched<I> {
+    io: I,
+    conn: Arc<ConnInfo>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.bytes_read();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -17,6 +17,7 @@ use weir_observe::AccessRecord;
 use crate::Shared;
 use crate::body::{BodyTooLarge, ProxyBody};
 use crate::connector::ConnectError;
+use crate::filtering::{FilterRun, Outcome, local_response};
 use crate::listener::ConnInfo;
 use crate::snapshot::{Cluster, Route, Snapshot};
 
@@ -34,11 +35,18 @@ pub(crate) struct Finish {
     conn: Arc<ConnInfo>,
     _in_flight: Option<InFlight>,
     log: Option<Box<(AccessRecord, weir_observe::AccessLog)>>,
+    /// Filters that declared `on-log` (and no response body phase, whose pump finishes them).
+    filters: Option<FilterRun>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
         self.conn.request_done();
+        if let Some(run) = self.filters.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { run.finish().await });
+        }
         if let Some(mut log) = self.log.take() {
             log.0.bytes = self.bytes;
             log.0.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
@@ -54,6 +62,8 @@ enum Fail {
     TooLarge,
     UpstreamTimeout,
     Upstream(String),
+    /// A fail-closed filter failed.
+    Filter(Arc<str>),
 }
 
 impl Fail {
@@ -64,6 +74,7 @@ impl Fail {
             Fail::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Fail::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Fail::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Fail::Filter(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -74,7 +85,14 @@ impl Fail {
             Fail::TooLarge => "request body too large",
             Fail::UpstreamTimeout => "upstream timed out",
             Fail::Upstream(_) => "upstream unavailable",
+            Fail::Filter(name) => {
+                return self.respond_with(request_id, &format!("filter {name:?} failed"));
+            }
         };
+        self.respond_with(request_id, what)
+    }
+
+    fn respond_with(&self, request_id: &HeaderValue, what: &str) -> Response<ProxyBody> {
         let id = request_id.to_str().unwrap_or_default();
         let body = format!("{} {what} (request id {id})\n", self.status().as_u16());
         let mut res = Response::new(ProxyBody::full(body));
@@ -96,7 +114,7 @@ pub(crate) async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    conn.request_started();
+    conn.request_started(req.version() == Version::HTTP_2);
     // One atomic load; the Arc keeps this snapshot alive for the whole request even if a reload
     // swaps in another.
     let snap = shared.snapshot.load_full();
@@ -118,6 +136,7 @@ pub(crate) async fn handle(
         conn: conn.clone(),
         _in_flight: None,
         log,
+        filters: None,
     };
 
     let (res, route) = match forward(&snap, &conn, req, &request_id, &mut finish).await {
@@ -179,45 +198,10 @@ async fn forward<'s>(
         return Err((Fail::TooLarge, Some(route)));
     }
 
-    let hash = cluster
-        .hash_on
-        .as_ref()
-        .map(|h| hash_of(h, &req, conn.client));
-    let ep_idx = cluster.balancer.pick(hash);
-    finish._in_flight = Some(cluster.balancer.begin(ep_idx));
-    let endpoint = &cluster.endpoints[ep_idx];
-    if let Some(log) = &mut finish.log {
-        log.0.upstream = endpoint.address.clone();
-    }
-
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let original_host = host_header(&req);
     let (mut parts, body) = req.into_parts();
-
-    let new_path = rewrite_path(route, &path, parts.uri.path(), parts.uri.query());
-    let path_and_query = new_path.unwrap_or_else(|| {
-        parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
-    });
     let site = route.host_rewrite.as_ref().or(original_host.as_ref());
-    // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and Host
-    // carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries the site and
-    // the endpoint's own client knows where to connect.
-    let authority = match (&endpoint.h2_client, site) {
-        (Some(_), Some(site)) => site
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok())
-            .unwrap_or_else(|| endpoint.authority.clone()),
-        _ => endpoint.authority.clone(),
-    };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(cluster.scheme.clone());
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
-    };
 
     let downstream_version = parts.version;
     let h = &mut parts.headers;
@@ -248,18 +232,104 @@ async fn forward<'s>(
     );
     append_via(h, downstream_version);
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let mut path_and_query = rewrite_path(route, &path, parts.uri.path(), parts.uri.query())
+        .unwrap_or_else(|| {
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        });
+
+    // Filters see the request as it will go upstream, and may change it or answer it.
+    let filters = match &route.chain {
+        None => None,
+        Some(chain) => {
+            let props = weir_filters::Props {
+                authority: original_host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+                scheme: if conn.tls { "https" } else { "http" },
+                client: conn.client.to_string(),
+                route: route.name.clone(),
+                cluster: cluster.name.clone(),
+                request_id: request_id.to_str().unwrap_or_default().to_string(),
+            };
+            let run = FilterRun::new(chain.clone(), props, parts.method.clone());
+            let mut p = path_and_query.as_str().to_string();
+            if let Some(out) = run.request_headers(&mut parts.headers, &mut p).await {
+                run.finish().await;
+                return filter_outcome(out, request_id, route);
+            }
+            if p != path_and_query.as_str() {
+                path_and_query = PathAndQuery::try_from(p)
+                    .map_err(|_| (Fail::BadRequest("invalid path from filter"), Some(route)))?;
+            }
+            Some(run)
+        }
+    };
+
+    let hash = cluster
+        .hash_on
+        .as_ref()
+        .map(|h| hash_of_parts(h, &parts.headers, conn.client));
+    let ep_idx = cluster.balancer.pick(hash);
+    finish._in_flight = Some(cluster.balancer.begin(ep_idx));
+    let endpoint = &cluster.endpoints[ep_idx];
+    if let Some(log) = &mut finish.log {
+        log.0.upstream = endpoint.address.clone();
+    }
+
+    // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and Host
+    // carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries the site and
+    // the endpoint's own client knows where to connect.
+    let authority = match (&endpoint.h2_client, site) {
+        (Some(_), Some(site)) => site
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .unwrap_or_else(|| endpoint.authority.clone()),
+        _ => endpoint.authority.clone(),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(cluster.scheme.clone());
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = match Uri::from_parts(uri) {
+        Ok(u) => u,
+        Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
+    };
     parts.version = if cluster.h2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
 
-    let up_req = Request::from_parts(parts, ProxyBody::stream(body, snap.max_body));
+    let up_body = match &filters {
+        Some(run) if run.phases().contains(weir_filters::Phases::REQUEST_BODY) => {
+            // The filters may change the body's length.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            run.pipe_body(ProxyBody::stream(body, snap.max_body), false, false)
+        }
+        _ => ProxyBody::stream(body, snap.max_body),
+    };
+    let up_req = Request::from_parts(parts, up_body);
     let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
     let sent = tokio::time::timeout(route.timeout, client.request(up_req)).await;
     let mut res = match sent {
         Err(_) => return Err((Fail::UpstreamTimeout, Some(route))),
-        Ok(Err(e)) => return Err((classify(cluster, ep_idx, &e), Some(route))),
+        Ok(Err(e)) => {
+            if let Some(run) = &filters
+                && let Some(out) = run.take_outcome().await
+            {
+                run.finish().await;
+                return filter_outcome(out, request_id, route);
+            }
+            return Err((classify(cluster, ep_idx, &e), Some(route)));
+        }
         Ok(Ok(res)) => res,
     };
     cluster.succeeded(ep_idx);
@@ -279,6 +349,9 @@ async fn forward<'s>(
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(run) = filters {
+            run.finish().await;
+        }
         return Ok((Response::from_parts(parts, ProxyBody::empty()), route));
     }
 
@@ -289,10 +362,38 @@ async fn forward<'s>(
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.version = downstream_version;
-    Ok((
-        Response::from_parts(parts, ProxyBody::stream(body, None)),
-        route,
-    ))
+    let Some(run) = filters else {
+        return Ok((
+            Response::from_parts(parts, ProxyBody::stream(body, None)),
+            route,
+        ));
+    };
+    if let Some(out) = run
+        .response_headers(&mut parts.status, &mut parts.headers)
+        .await
+    {
+        run.finish().await;
+        return filter_outcome(out, request_id, route);
+    }
+    let body = if run.phases().contains(weir_filters::Phases::RESPONSE_BODY) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        run.pipe_body(ProxyBody::stream(body, None), true, true)
+    } else {
+        if run.finishes_after_body() {
+            finish.filters = Some(run);
+        } else {
+            run.finish().await;
+        }
+        ProxyBody::stream(body, None)
+    };
+    Ok((Response::from_parts(parts, body), route))
+}
+
+fn filter_outcome<'s>(out: Outcome, request_id: &HeaderValue, route: &'s Route) -> Forwarded<'s> {
+    match out {
+        Outcome::Local(r) => Ok((local_response(r, request_id), route)),
+        Outcome::Failed(filter) => Err((Fail::Filter(filter), Some(route))),
+    }
 }
 
 /// Maps a client error to a failure, feeding passive health checks on connect failures.
@@ -459,15 +560,15 @@ fn rewrite_path(
     PathAndQuery::try_from(s).ok()
 }
 
-fn hash_of(on: &weir_config::HashOn, req: &Request<Incoming>, client: SocketAddr) -> u64 {
+fn hash_of_parts(on: &weir_config::HashOn, headers: &HeaderMap, client: SocketAddr) -> u64 {
     use weir_config::HashOn;
     match on {
-        HashOn::Header(name) => match req.headers().get(name.as_str()) {
+        HashOn::Header(name) => match headers.get(name.as_str()) {
             Some(v) => weir_balance::hash_key(v.as_bytes()),
             None => client_hash(client),
         },
         HashOn::Cookie(name) => {
-            cookie(req.headers(), name).map_or_else(|| client_hash(client), weir_balance::hash_key)
+            cookie(headers, name).map_or_else(|| client_hash(client), weir_balance::hash_key)
         }
         HashOn::ClientIp => client_hash(client),
     }

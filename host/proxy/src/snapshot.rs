@@ -34,6 +34,8 @@ pub struct Snapshot {
 
 pub(crate) struct Route {
     pub name: Arc<str>,
+    /// The route's wasm filters; `None` keeps the request entirely native.
+    pub chain: Option<Arc<weir_filters::Chain>>,
     pub cluster: Arc<Cluster>,
     /// (matched prefix, replacement).
     pub prefix_rewrite: Option<(String, String)>,
@@ -140,7 +142,12 @@ impl Cluster {
 impl Snapshot {
     /// Compiles a validated config. Fails (with file:line) on what only shows when loading:
     /// certificates, CA files, routes the router rejects.
-    pub fn build(loaded: LoadedConfig, registry: &Registry) -> Result<Snapshot, ConfigError> {
+    pub async fn build(
+        loaded: LoadedConfig,
+        registry: &Registry,
+        runtime: Option<&weir_filters::Runtime>,
+    ) -> Result<Snapshot, ConfigError> {
+        let chains = build_chains(&loaded, registry, runtime).await?;
         let c = &loaded.config;
         let mut clusters = Vec::with_capacity(c.clusters.len());
         for (i, cc) in c.clusters.iter().enumerate() {
@@ -185,6 +192,7 @@ impl Snapshot {
             let cluster = Arc::clone(by_name[r.cluster.as_str()]);
             let rw = r.rewrite.as_ref();
             routes.push(Route {
+                chain: chains[routes.len()].clone(),
                 name: r.name.as_str().into(),
                 prefix_rewrite: rw
                     .and_then(|w| w.path_prefix.clone())
@@ -312,7 +320,10 @@ fn build_cluster(
         .http2_only(h2);
     if h2 {
         for ep in &mut endpoints {
-            let fixed = Connector { fixed: Some(ep.authority.clone()), ..connector.clone() };
+            let fixed = Connector {
+                fixed: Some(ep.authority.clone()),
+                ..connector.clone()
+            };
             ep.h2_client = Some(builder.build(fixed));
         }
     }
@@ -330,6 +341,82 @@ fn build_cluster(
             .or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
         health: cc.health.clone(),
     })
+}
+
+/// Loads every filter module once and builds each route's chain; routes that use a filter with
+/// the same effective config share one pair (one pool of instances).
+async fn build_chains(
+    loaded: &LoadedConfig,
+    registry: &Registry,
+    runtime: Option<&weir_filters::Runtime>,
+) -> Result<Vec<Option<Arc<weir_filters::Chain>>>, ConfigError> {
+    let c = &loaded.config;
+    if c.routes.iter().all(|r| r.filters.is_empty()) {
+        return Ok(vec![None; c.routes.len()]);
+    }
+    let Some(rt) = runtime else {
+        return Err(loaded.error_at("filters", "the filter runtime is not available"));
+    };
+    let mut modules = HashMap::new();
+    for (i, f) in c.filters.iter().enumerate() {
+        // Only modules some route uses are loaded: an unused filter costs nothing.
+        if !c
+            .routes
+            .iter()
+            .any(|r| r.filters.iter().any(|x| x.name == f.name))
+        {
+            continue;
+        }
+        let path = loaded.resolve(&f.module);
+        let m = rt.load_file(&f.name, &path).map_err(|e| {
+            loaded.error_at(
+                format!("filters[{i}].module"),
+                format!("{}: {e:#}", path.display()),
+            )
+        })?;
+        modules.insert(f.name.as_str(), (m, f));
+    }
+    let mut pairs: HashMap<(String, String), Arc<weir_filters::Pair>> = HashMap::new();
+    let mut chains = Vec::with_capacity(c.routes.len());
+    for (i, r) in c.routes.iter().enumerate() {
+        if r.filters.is_empty() {
+            chains.push(None);
+            continue;
+        }
+        let mut links = Vec::with_capacity(r.filters.len());
+        for (j, fref) in r.filters.iter().enumerate() {
+            let (module, f) = &modules[fref.name.as_str()];
+            let effective = match &fref.config {
+                Some(over) => weir_config::merge_json(&f.config, over),
+                None => f.config.clone(),
+            };
+            let json = effective.to_string();
+            let key = (f.name.clone(), json.clone());
+            let pair = match pairs.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let spec = weir_filters::PairSpec {
+                        filter: f.name.as_str().into(),
+                        config: json,
+                        memory: f.limits.memory.bytes() as usize,
+                        time_per_phase: f.limits.time_per_phase,
+                        max_body: f.limits.max_body.bytes() as usize,
+                        max_instances: f.limits.max_instances,
+                        on_error: f.on_error,
+                        grants: f.grants.clone(),
+                    };
+                    let p = weir_filters::Pair::new(rt, module.clone(), spec)
+                        .await
+                        .map_err(|e| loaded.error_at(format!("routes[{i}].filters[{j}]"), e))?;
+                    pairs.insert(key, p.clone());
+                    p
+                }
+            };
+            links.push((pair, registry.filter(&f.name, &r.name)));
+        }
+        chains.push(Some(Arc::new(weir_filters::Chain::new(links))));
+    }
+    Ok(chains)
 }
 
 /// Loads every certificate of an https listener, reporting failures at the config line.
@@ -350,8 +437,9 @@ pub fn listener_tls(
         .map_err(|e| loaded.error_at(format!("listeners[{i}].tls"), e))
 }
 
-/// Checks everything `weir run` would load, without binding or starting anything.
-pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+/// Checks everything `weir run` would load — certificates, filter modules, each filter's
+/// `configure` with its effective config — without binding or serving anything.
+pub async fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     for i in 0..loaded.config.listeners.len() {
         listener_tls(loaded, i)?;
     }
@@ -373,5 +461,31 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    Snapshot::build(no_log, &registry).map(|_| ())
+    let runtime = filter_runtime(loaded, None, registry.clone())
+        .map_err(|e| loaded.error_at("filters", format!("{e:#}")))?;
+    Snapshot::build(no_log, &registry, runtime.as_ref())
+        .await
+        .map(|_| ())
+}
+
+/// A filter runtime for a config that uses filters (`None` when no route has any).
+pub fn filter_runtime(
+    loaded: &LoadedConfig,
+    callouts: Option<Arc<dyn weir_filters::Callouts>>,
+    registry: Registry,
+) -> anyhow::Result<Option<weir_filters::Runtime>> {
+    if loaded.config.routes.iter().all(|r| r.filters.is_empty()) {
+        return Ok(None);
+    }
+    let cache_dir = match &loaded.config.filter_cache {
+        Some(p) => Some(loaded.resolve(p)),
+        None => weir_filters::Runtime::default_cache_dir(),
+    };
+    let rt = weir_filters::Runtime::new(weir_filters::RuntimeOptions {
+        cache_dir,
+        callouts,
+        registry,
+        ..Default::default()
+    })?;
+    Ok(Some(rt))
 }

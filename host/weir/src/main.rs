@@ -1,9 +1,9 @@
 //! The `weir` command: run, validate, and try the proxy.
 
+mod build;
 mod demo;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -37,6 +37,9 @@ enum Command {
         #[arg(long, default_value = "examples/quickstart.yaml")]
         config: PathBuf,
     },
+    /// Work with WebAssembly filters.
+    #[command(subcommand)]
+    Filter(FilterCommand),
     /// Run a small HTTP server that echoes each request as JSON (a stand-in upstream).
     DemoUpstream {
         /// Address to listen on.
@@ -45,6 +48,21 @@ enum Command {
         /// Name reported in every response (`server` field and `x-served-by` header).
         #[arg(long, default_value = "demo")]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Build a filter project (a Rust crate) into a component (`.wasm`) ready to load.
+    Build {
+        /// The filter's folder (with its Cargo.toml).
+        path: PathBuf,
+        /// Where to write the component. Default: NAME.wasm in the current folder.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Build without optimizations.
+        #[arg(long)]
+        debug: bool,
     },
 }
 
@@ -61,6 +79,11 @@ fn main() -> std::process::ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config, false),
         Command::Quickstart { config } => run(&config, true),
+        Command::Filter(FilterCommand::Build {
+            path,
+            output,
+            debug,
+        }) => build::build(&path, output.as_deref(), debug).map(|_| ()),
         Command::DemoUpstream { listen, name } => {
             runtime(None).and_then(|rt| rt.block_on(demo::serve_forever(listen, name)))
         }
@@ -76,14 +99,19 @@ fn main() -> std::process::ExitCode {
 
 fn validate(path: &Path) -> anyhow::Result<()> {
     let loaded = LoadedConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    weir_proxy::check(&loaded).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(weir_proxy::check(&loaded))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let c = &loaded.config;
     println!(
-        "{}: ok ({} listeners, {} routes, {} clusters)",
+        "{}: ok ({} listeners, {} routes, {} clusters, {} filters)",
         path.display(),
         c.listeners.len(),
         c.routes.len(),
-        c.clusters.len()
+        c.clusters.len(),
+        c.filters.len()
     );
     Ok(())
 }
@@ -149,7 +177,7 @@ async fn wait_for_signals(server: &Server, path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(server, path),
+            _ = hup.recv() => reload(server, path).await,
         }
     }
 }
@@ -160,10 +188,13 @@ async fn wait_for_signals(_: &Server, _: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload(server: &Server, path: &Path) {
-    match LoadedConfig::from_file(path).and_then(|l| server.reload(l)) {
+async fn reload(server: &Server, path: &Path) {
+    let result = match LoadedConfig::from_file(path) {
+        Ok(l) => server.reload(l).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => eprintln!("weir: reloaded {}", path.display()),
         Err(e) => eprintln!("weir: reload rejected, still serving the previous config:\n{e}"),
     }
-    let _ = Duration::ZERO;
 }

@@ -1,0 +1,306 @@
+//! A route's filters in order, and the per-request state of running them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use weir_config::FailurePolicy;
+use weir_observe::FilterStats;
+
+use crate::bindings::weir::filter::types;
+use crate::host::{Exchange, LocalResponse, Phase};
+use crate::pair::{Binding, Called, Pair};
+use crate::{FailureKind, Phases};
+
+/// The outcome of a header phase across the chain.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on.
+    Continue,
+    /// A filter answered.
+    Respond(LocalResponse),
+    /// A fail-closed filter failed: answer 503.
+    Fail {
+        /// Which filter.
+        filter: Arc<str>,
+        /// How.
+        kind: FailureKind,
+    },
+}
+
+/// The outcome of a body chunk across the chain.
+#[derive(Debug)]
+pub enum BodyVerdict {
+    /// Bytes to pass on (empty while a filter holds data).
+    Data(Bytes),
+    /// A filter answered.
+    Respond(LocalResponse),
+    /// A fail-closed filter failed.
+    Fail {
+        /// Which filter.
+        filter: Arc<str>,
+        /// How.
+        kind: FailureKind,
+    },
+}
+
+struct Link {
+    pair: Arc<Pair>,
+    stats: Arc<FilterStats>,
+}
+
+/// The filters of one route.
+pub struct Chain {
+    links: Vec<Link>,
+    phases: Phases,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.links.iter().map(|l| &l.pair.spec().filter))
+            .finish()
+    }
+}
+
+/// A request's progress through a chain.
+#[derive(Debug)]
+pub struct ChainRequest {
+    bound: Vec<Option<Binding>>,
+    skipped: Vec<bool>,
+    held: Vec<Vec<u8>>,
+}
+
+enum Step {
+    Continue,
+    Buffer,
+    Respond(LocalResponse),
+    Fail(FailureKind),
+}
+
+impl Chain {
+    /// A chain of pairs, each with its stats for this route.
+    pub fn new(links: Vec<(Arc<Pair>, Arc<FilterStats>)>) -> Chain {
+        let phases = links
+            .iter()
+            .fold(Phases::default(), |p, (pair, _)| p.union(pair.phases()));
+        Chain {
+            links: links
+                .into_iter()
+                .map(|(pair, stats)| Link { pair, stats })
+                .collect(),
+            phases,
+        }
+    }
+
+    /// Every phase any filter declared.
+    pub fn phases(&self) -> Phases {
+        self.phases
+    }
+
+    /// The pairs, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = &Arc<Pair>> {
+        self.links.iter().map(|l| &l.pair)
+    }
+
+    /// Starts a request.
+    pub fn start(&self) -> ChainRequest {
+        let n = self.links.len();
+        ChainRequest {
+            bound: vec![None; n],
+            skipped: vec![false; n],
+            held: vec![Vec::new(); n],
+        }
+    }
+
+    async fn step(
+        &self,
+        i: usize,
+        cr: &mut ChainRequest,
+        phase: Phase,
+        ex: &mut Exchange,
+        end: bool,
+    ) -> Step {
+        let link = &self.links[i];
+        let started = Instant::now();
+        let binding = match cr.bound[i] {
+            Some(b) => Ok(b),
+            None => link.pair.bind().await.inspect(|b| cr.bound[i] = Some(*b)),
+        };
+        let result = match binding {
+            Ok(b) => link.pair.call(b, Some(phase), ex, end).await,
+            Err(f) => Err(f),
+        };
+        link.stats.call(started.elapsed());
+        match result {
+            Ok(Called::Action(types::Action::Continue)) | Ok(Called::Done) => Step::Continue,
+            Ok(Called::Action(types::Action::Buffer)) => Step::Buffer,
+            Ok(Called::Action(types::Action::Respond(r))) => Step::Respond(local(r)),
+            Err((kind, detail)) => {
+                link.stats.fail(kind.as_str(), kind.is_budget());
+                cr.bound[i] = None;
+                let spec = link.pair.spec();
+                tracing::warn!(
+                    filter = %spec.filter,
+                    route = %ex.props.route,
+                    request_id = %ex.props.request_id,
+                    kind = kind.as_str(),
+                    policy = ?spec.on_error,
+                    "filter failed: {detail}"
+                );
+                match spec.on_error {
+                    FailurePolicy::FailOpen => {
+                        cr.skipped[i] = true;
+                        Step::Continue
+                    }
+                    FailurePolicy::FailClosed => Step::Fail(kind),
+                }
+            }
+        }
+    }
+
+    fn runs(&self, i: usize, cr: &ChainRequest, p: Phases) -> bool {
+        !cr.skipped[i] && self.links[i].pair.phases().contains(p)
+    }
+
+    /// Request head: filters in order.
+    pub async fn request_headers(&self, cr: &mut ChainRequest, ex: &mut Exchange) -> Verdict {
+        for i in 0..self.links.len() {
+            if !self.runs(i, cr, Phases::REQUEST_HEADERS) {
+                continue;
+            }
+            match self.step(i, cr, Phase::RequestHeaders, ex, false).await {
+                Step::Continue | Step::Buffer => {}
+                Step::Respond(r) => return Verdict::Respond(r),
+                Step::Fail(kind) => {
+                    return Verdict::Fail {
+                        filter: self.links[i].pair.spec().filter.clone(),
+                        kind,
+                    };
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Response head: filters in reverse order.
+    pub async fn response_headers(&self, cr: &mut ChainRequest, ex: &mut Exchange) -> Verdict {
+        for i in (0..self.links.len()).rev() {
+            if !self.runs(i, cr, Phases::RESPONSE_HEADERS) {
+                continue;
+            }
+            match self.step(i, cr, Phase::ResponseHeaders, ex, false).await {
+                Step::Continue | Step::Buffer => {}
+                Step::Respond(r) => return Verdict::Respond(r),
+                Step::Fail(kind) => {
+                    return Verdict::Fail {
+                        filter: self.links[i].pair.spec().filter.clone(),
+                        kind,
+                    };
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// One body chunk (request: in order; response: reverse order). A filter that answers
+    /// `buffer` holds the bytes; it sees them again, with the next chunk appended, next time.
+    pub async fn body(
+        &self,
+        cr: &mut ChainRequest,
+        response: bool,
+        chunk: Bytes,
+        end: bool,
+        ex: &mut Exchange,
+    ) -> BodyVerdict {
+        let (phase, flag) = if response {
+            (Phase::ResponseBody, Phases::RESPONSE_BODY)
+        } else {
+            (Phase::RequestBody, Phases::REQUEST_BODY)
+        };
+        let order: Vec<usize> = if response {
+            (0..self.links.len()).rev().collect()
+        } else {
+            (0..self.links.len()).collect()
+        };
+        let mut data = chunk;
+        for i in order {
+            if !self.runs(i, cr, flag) {
+                continue;
+            }
+            if data.is_empty() && !end {
+                break;
+            }
+            let mut held = std::mem::take(&mut cr.held[i]);
+            held.extend_from_slice(&data);
+            ex.body = held;
+            let step = self.step(i, cr, phase, ex, end).await;
+            let out = std::mem::take(&mut ex.body);
+            match step {
+                Step::Buffer if !end => {
+                    if out.len() > self.links[i].pair.spec().max_body {
+                        let stats = &self.links[i].stats;
+                        stats.fail(FailureKind::BodyLimit.as_str(), true);
+                        let filter = self.links[i].pair.spec().filter.clone();
+                        if self.links[i].pair.spec().on_error == FailurePolicy::FailOpen {
+                            cr.skipped[i] = true;
+                            data = Bytes::from(out);
+                            continue;
+                        }
+                        return BodyVerdict::Fail {
+                            filter,
+                            kind: FailureKind::BodyLimit,
+                        };
+                    }
+                    cr.held[i] = out;
+                    data = Bytes::new();
+                }
+                Step::Continue | Step::Buffer => data = Bytes::from(out),
+                Step::Respond(r) => return BodyVerdict::Respond(r),
+                Step::Fail(kind) => {
+                    if cr.skipped[i] {
+                        // Fail-open: the bytes this filter held go on untouched.
+                        data = Bytes::from(out);
+                        continue;
+                    }
+                    return BodyVerdict::Fail {
+                        filter: self.links[i].pair.spec().filter.clone(),
+                        kind,
+                    };
+                }
+            }
+        }
+        BodyVerdict::Data(data)
+    }
+
+    /// The end of the request: `on-log` for filters that declared it, then `context-done` for
+    /// every instance the request was seated in.
+    pub async fn finish(&self, cr: &mut ChainRequest, ex: &mut Exchange) {
+        for i in 0..self.links.len() {
+            if self.runs(i, cr, Phases::LOG) {
+                let _ = self.step(i, cr, Phase::Log, ex, true).await;
+            }
+        }
+        for i in 0..self.links.len() {
+            if let Some(b) = cr.bound[i].take()
+                && let Err((kind, detail)) = self.links[i].pair.call(b, None, ex, true).await
+            {
+                self.links[i].stats.fail(kind.as_str(), kind.is_budget());
+                tracing::warn!(filter = %self.links[i].pair.spec().filter, "context-done failed: {detail}");
+            }
+        }
+    }
+}
+
+fn local(r: types::LocalResponse) -> LocalResponse {
+    LocalResponse {
+        // An out-of-range status from a filter is its bug; answer 500 rather than send garbage.
+        status: if (200..=599).contains(&r.status) {
+            r.status
+        } else {
+            500
+        },
+        headers: r.headers,
+        body: Bytes::from(r.body),
+    }
+}

@@ -1,0 +1,614 @@
+//! The host side of the WIT imports: what a filter can see and do, checked against the phase
+//! that is running and the capabilities its config grants.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metrics, types};
+use crate::pair::Shared;
+
+type HostError = types::HostError;
+
+/// Facts about the request that filters can read but not change.
+#[derive(Debug, Default, Clone)]
+pub struct Props {
+    /// Authority the client asked for.
+    pub authority: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Client `ip:port`.
+    pub client: String,
+    /// Matched route.
+    pub route: Arc<str>,
+    /// Its cluster.
+    pub cluster: Arc<str>,
+    /// The request id.
+    pub request_id: String,
+}
+
+/// The request/response state a phase call works on. The proxy moves it into the store for the
+/// call and takes it back after (moves, no copies).
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// Request method.
+    pub method: http::Method,
+    /// Path with query as it will be sent upstream.
+    pub path: String,
+    /// Set when a filter changed the path.
+    pub path_changed: bool,
+    /// Request headers (as they will go upstream).
+    pub request_headers: HeaderMap,
+    /// Response status (0 before a response exists).
+    pub status: u16,
+    /// Response headers.
+    pub response_headers: HeaderMap,
+    /// Body bytes of the running body phase.
+    pub body: Vec<u8>,
+    /// Read-only facts.
+    pub props: Arc<Props>,
+}
+
+/// A response made by a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// Status.
+    pub status: u16,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Which call is running, for permission checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Configure,
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    Log,
+}
+
+impl Phase {
+    fn is_request(self) -> bool {
+        matches!(self, Phase::RequestHeaders | Phase::RequestBody)
+    }
+    fn has_response(self) -> bool {
+        matches!(
+            self,
+            Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log
+        )
+    }
+}
+
+/// Memory budget: growing linear memory past the cap traps (and is recorded as a breach).
+pub(crate) struct MemLimiter {
+    pub cap: usize,
+    pub breached: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.breached = true;
+            wasmtime::bail!(
+                "memory budget of {} bytes exceeded (wanted {desired})",
+                self.cap
+            );
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Everything a store of one filter instance carries.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemLimiter,
+    pub ex: Exchange,
+    pub phase: Phase,
+    pub shared: Arc<Shared>,
+    /// Time budget bookkeeping for the running call.
+    pub call_started: Instant,
+    pub callout_time: Duration,
+    pub budget: Duration,
+    pub deadline_hit: bool,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    pub fn new(shared: Arc<Shared>) -> HostState {
+        // A WASI context with nothing in it: no preopens, no env, no args, no sockets. Guest
+        // stdout/stderr are discarded (filters log through the `log` interface).
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemLimiter {
+                cap: shared.spec.memory,
+                breached: false,
+            },
+            ex: Exchange::default(),
+            phase: Phase::Configure,
+            budget: shared.spec.time_per_phase,
+            shared,
+            call_started: Instant::now(),
+            callout_time: Duration::ZERO,
+            deadline_hit: false,
+        }
+    }
+
+    fn map(&mut self, map: types::HeaderMap, write: bool) -> Result<&mut HeaderMap, HostError> {
+        match map {
+            types::HeaderMap::Request => {
+                if write && !self.phase.is_request() {
+                    return Err(HostError::Unavailable(
+                        "request headers can only be changed in request phases".into(),
+                    ));
+                }
+                if self.phase == Phase::Configure {
+                    return Err(HostError::Unavailable("no request during configure".into()));
+                }
+                Ok(&mut self.ex.request_headers)
+            }
+            types::HeaderMap::Response => {
+                if !self.phase.has_response() {
+                    return Err(HostError::Unavailable("no response yet".into()));
+                }
+                if write && self.phase == Phase::Log {
+                    return Err(HostError::Unavailable(
+                        "headers are read-only in on-log".into(),
+                    ));
+                }
+                Ok(&mut self.ex.response_headers)
+            }
+        }
+    }
+
+    fn granted_kv(&self, ns: &str) -> Result<(), HostError> {
+        if self.shared.spec.grants.kv.iter().any(|g| g == ns) {
+            Ok(())
+        } else {
+            Err(HostError::Denied(format!(
+                "kv namespace {ns:?} is not granted to filter {:?}",
+                self.shared.spec.filter
+            )))
+        }
+    }
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    match v.to_str() {
+        Ok(s) => s.to_string(),
+        // Header values may carry UTF-8 (obs-text); hand them over as text, not as an error.
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, HostError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| HostError::Invalid(format!("invalid header name {name:?}")))
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, HostError> {
+    HeaderValue::from_bytes(value.as_bytes())
+        .map_err(|_| HostError::Invalid(format!("invalid header value {value:?}")))
+}
+
+impl types::Host for HostState {}
+
+impl whttp::Host for HostState {
+    fn method(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.method.as_str().to_string())
+    }
+    fn path(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.path.clone())
+    }
+    fn set_path(&mut self, path: String) -> wasmtime::Result<Result<(), HostError>> {
+        if !self.phase.is_request() {
+            return Ok(Err(HostError::Unavailable(
+                "the path can only be changed in request phases".into(),
+            )));
+        }
+        if !path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err() {
+            return Ok(Err(HostError::Invalid(format!("invalid path {path:?}"))));
+        }
+        self.ex.path = path;
+        self.ex.path_changed = true;
+        Ok(Ok(()))
+    }
+    fn authority(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.props.authority.clone())
+    }
+    fn scheme(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.props.scheme.to_string())
+    }
+    fn client_address(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.props.client.clone())
+    }
+    fn route_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.props.route.to_string())
+    }
+    fn cluster_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.props.cluster.to_string())
+    }
+    fn request_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.ex.props.request_id.clone())
+    }
+    fn status(&mut self) -> wasmtime::Result<u16> {
+        Ok(self.ex.status)
+    }
+    fn set_status(&mut self, status: u16) -> wasmtime::Result<Result<(), HostError>> {
+        if self.phase != Phase::ResponseHeaders {
+            return Ok(Err(HostError::Unavailable(
+                "the status can only be changed in on-response-headers".into(),
+            )));
+        }
+        if !(200..=599).contains(&status) {
+            return Ok(Err(HostError::Invalid(format!(
+                "status {status} is not in 200..=599"
+            ))));
+        }
+        self.ex.status = status;
+        Ok(Ok(()))
+    }
+    fn get_header(
+        &mut self,
+        map: types::HeaderMap,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .map(map, false)
+            .ok()
+            .and_then(|m| m.get(name.as_str()).map(lossy)))
+    }
+    fn get_header_all(
+        &mut self,
+        map: types::HeaderMap,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(self
+            .map(map, false)
+            .map(|m| m.get_all(name.as_str()).iter().map(lossy).collect())
+            .unwrap_or_default())
+    }
+    fn set_header(
+        &mut self,
+        map: types::HeaderMap,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok((|| {
+            let (n, v) = (header_name(&name)?, header_value(&value)?);
+            self.map(map, true)?.insert(n, v);
+            Ok(())
+        })())
+    }
+    fn append_header(
+        &mut self,
+        map: types::HeaderMap,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok((|| {
+            let (n, v) = (header_name(&name)?, header_value(&value)?);
+            self.map(map, true)?.append(n, v);
+            Ok(())
+        })())
+    }
+    fn remove_header(
+        &mut self,
+        map: types::HeaderMap,
+        name: String,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok((|| {
+            let n = header_name(&name)?;
+            self.map(map, true)?.remove(n);
+            Ok(())
+        })())
+    }
+    fn headers(&mut self, map: types::HeaderMap) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self
+            .map(map, false)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.as_str().to_string(), lossy(v)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+    fn body(&mut self, kind: types::BodyKind) -> wasmtime::Result<Result<Vec<u8>, HostError>> {
+        let ok = matches!(
+            (kind, self.phase),
+            (types::BodyKind::Request, Phase::RequestBody)
+                | (types::BodyKind::Response, Phase::ResponseBody)
+        );
+        if !ok {
+            return Ok(Err(HostError::Unavailable(
+                "the body is only readable in its own body phase".into(),
+            )));
+        }
+        Ok(Ok(self.ex.body.clone()))
+    }
+    fn set_body(
+        &mut self,
+        kind: types::BodyKind,
+        bytes: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        let ok = matches!(
+            (kind, self.phase),
+            (types::BodyKind::Request, Phase::RequestBody)
+                | (types::BodyKind::Response, Phase::ResponseBody)
+        );
+        if !ok {
+            return Ok(Err(HostError::Unavailable(
+                "the body can only be replaced in its own body phase".into(),
+            )));
+        }
+        self.ex.body = bytes;
+        Ok(Ok(()))
+    }
+}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        let filter = &*self.shared.spec.filter;
+        let id = &self.ex.props.request_id;
+        match level {
+            types::Level::Trace => tracing::trace!(filter, request_id = %id, "{message}"),
+            types::Level::Debug => tracing::debug!(filter, request_id = %id, "{message}"),
+            types::Level::Info => tracing::info!(filter, request_id = %id, "{message}"),
+            types::Level::Warn => tracing::warn!(filter, request_id = %id, "{message}"),
+            types::Level::Error => tracing::error!(filter, request_id = %id, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl clock::Host for HostState {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64)
+    }
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.shared.runtime.epoch_start.elapsed().as_nanos() as u64)
+    }
+    fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+        let len = len.min(1 << 16) as usize;
+        Ok((0..len).map(|_| fastrand::u8(..)).collect())
+    }
+}
+
+fn metric_name_ok(name: &str) -> Result<(), HostError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::Invalid(format!(
+            "metric name {name:?} must match [a-z_][a-z0-9_]*"
+        )))
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        delta: u64,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok(metric_name_ok(&name).map(|()| {
+            self.shared.runtime.registry.filter_counter_add(
+                &self.shared.spec.filter,
+                &name,
+                &labels,
+                delta,
+            )
+        }))
+    }
+    fn gauge_set(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: i64,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok(metric_name_ok(&name).map(|()| {
+            self.shared.runtime.registry.filter_gauge_set(
+                &self.shared.spec.filter,
+                &name,
+                &labels,
+                value,
+            )
+        }))
+    }
+    fn histogram_observe(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok(metric_name_ok(&name).map(|()| {
+            self.shared.runtime.registry.filter_histogram_observe(
+                &self.shared.spec.filter,
+                &name,
+                &labels,
+                value,
+            )
+        }))
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(
+        &mut self,
+        namespace: String,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<kv::Entry>, HostError>> {
+        Ok(self.granted_kv(&namespace).map(|()| {
+            self.shared
+                .runtime
+                .kv
+                .get(&namespace, &key)
+                .map(|(value, version)| kv::Entry { value, version })
+        }))
+    }
+    fn set(
+        &mut self,
+        namespace: String,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<u64, HostError>> {
+        Ok(self
+            .granted_kv(&namespace)
+            .map(|()| self.shared.runtime.kv.set(&namespace, &key, value, ttl_ms)))
+    }
+    fn compare_and_swap(
+        &mut self,
+        namespace: String,
+        key: String,
+        expected: u64,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<Option<u64>, HostError>> {
+        Ok(self.granted_kv(&namespace).map(|()| {
+            self.shared
+                .runtime
+                .kv
+                .compare_and_swap(&namespace, &key, expected, value, ttl_ms)
+        }))
+    }
+    fn delete(
+        &mut self,
+        namespace: String,
+        key: String,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        Ok(self
+            .granted_kv(&namespace)
+            .map(|()| self.shared.runtime.kv.delete(&namespace, &key)))
+    }
+    fn increment(
+        &mut self,
+        namespace: String,
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<i64, HostError>> {
+        Ok(self.granted_kv(&namespace).map(|()| {
+            self.shared
+                .runtime
+                .kv
+                .increment(&namespace, &key, delta, ttl_ms)
+        }))
+    }
+    fn take_tokens(
+        &mut self,
+        namespace: String,
+        key: String,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: u64,
+    ) -> wasmtime::Result<Result<kv::BucketResult, HostError>> {
+        if let Err(e) = self.granted_kv(&namespace) {
+            return Ok(Err(e));
+        }
+        if rate == 0 || period_ms == 0 || burst == 0 {
+            return Ok(Err(HostError::Invalid(
+                "rate, period-ms and burst must be greater than 0".into(),
+            )));
+        }
+        let t = self
+            .shared
+            .runtime
+            .kv
+            .take_tokens(&namespace, &key, rate, period_ms, burst, cost);
+        Ok(Ok(kv::BucketResult {
+            allowed: t.allowed,
+            remaining: t.remaining,
+            retry_after_ms: t.retry_after_ms,
+            reset_ms: t.reset_ms,
+        }))
+    }
+}
+
+impl callout::Host for HostState {
+    async fn send(
+        &mut self,
+        target: String,
+        method: String,
+        path: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<types::CalloutResponse, HostError> {
+        if !self.shared.spec.grants.callouts.contains(&target) {
+            return Err(HostError::Denied(format!(
+                "callouts to {target:?} are not granted to filter {:?}",
+                self.shared.spec.filter
+            )));
+        }
+        let Some(client) = self.shared.runtime.callouts.clone() else {
+            return Err(HostError::Unavailable(
+                "callouts are not available in this process".into(),
+            ));
+        };
+        let mut req = http::Request::builder()
+            .method(method.as_str())
+            .uri(path.as_str())
+            .body(Bytes::from(body))
+            .map_err(|e| HostError::Invalid(format!("invalid callout request: {e}")))?;
+        for (k, v) in &headers {
+            req.headers_mut().append(header_name(k)?, header_value(v)?);
+        }
+        let timeout = Duration::from_millis(u64::from(timeout_ms.clamp(1, 60_000)));
+        // Waiting on the network is not the filter's CPU time: keep it out of the phase budget.
+        let started = Instant::now();
+        let res = client.send(&target, req, timeout).await;
+        self.callout_time += started.elapsed();
+        let res = res.map_err(HostError::Failed)?;
+        let (parts, body) = res.into_parts();
+        Ok(types::CalloutResponse {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), lossy(v)))
+                .collect(),
+            body: body.to_vec(),
+        })
+    }
+}

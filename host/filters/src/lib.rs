@@ -1,0 +1,152 @@
+//! Weir's WebAssembly filter runtime.
+//!
+//! One wasmtime [`Engine`](wasmtime::Engine) per process (component model, pooling allocator,
+//! epoch interruption). A filter module is compiled once (and cached on disk by content hash); a
+//! (module, config) pair — a [`Pair`] — owns a small pool of instances, each configured once with
+//! the pair's config. A request binds to one instance of each filter on its route for its whole
+//! life (per-request state lives in the guest under a context id), but an instance serves many
+//! requests: it is locked only while a phase call runs.
+//!
+//! Budgets: memory (a resource limiter), wall time per phase (epoch deadline, callout waits
+//! excluded), body bytes held. A trap or breach discards the instance; the request then follows
+//! the filter's failure policy, and the proxy carries on.
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "filter-world",
+        imports: {
+            "weir:filter/callout.send": async,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+mod chain;
+mod host;
+mod kv;
+mod module;
+mod pair;
+
+pub use chain::{BodyVerdict, Chain, ChainRequest, Verdict};
+pub use host::{Exchange, LocalResponse, Props};
+pub use kv::Kv;
+pub use module::{Module, Runtime, RuntimeOptions};
+pub use pair::{Pair, PairSpec};
+
+/// Sends filter callouts (implemented by the proxy, which knows clusters and pools).
+pub trait Callouts: Send + Sync + 'static {
+    /// Sends `req` to `target` (a cluster name or `host:port`) and returns the whole response.
+    fn send(
+        &self,
+        target: &str,
+        req: http::Request<bytes::Bytes>,
+        timeout: std::time::Duration,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<http::Response<bytes::Bytes>, String>> + Send + '_>,
+    >;
+}
+
+/// Phases a filter declared (mirrors the WIT `phases` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// `on-request-headers`.
+    pub const REQUEST_HEADERS: Phases = Phases(1);
+    /// `on-request-body`.
+    pub const REQUEST_BODY: Phases = Phases(2);
+    /// `on-response-headers`.
+    pub const RESPONSE_HEADERS: Phases = Phases(4);
+    /// `on-response-body`.
+    pub const RESPONSE_BODY: Phases = Phases(8);
+    /// `on-log`.
+    pub const LOG: Phases = Phases(16);
+
+    /// Whether every phase of `other` is in `self`.
+    pub fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    /// Union.
+    pub fn union(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    /// Names, for admin output.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (Self::REQUEST_HEADERS, "request-headers"),
+            (Self::REQUEST_BODY, "request-body"),
+            (Self::RESPONSE_HEADERS, "response-headers"),
+            (Self::RESPONSE_BODY, "response-body"),
+            (Self::LOG, "log"),
+        ]
+        .into_iter()
+        .filter(|(p, _)| self.contains(*p))
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
+
+impl From<bindings::weir::filter::types::Phases> for Phases {
+    fn from(p: bindings::weir::filter::types::Phases) -> Phases {
+        use bindings::weir::filter::types::Phases as W;
+        let mut out = Phases::default();
+        for (w, ours) in [
+            (W::REQUEST_HEADERS, Phases::REQUEST_HEADERS),
+            (W::REQUEST_BODY, Phases::REQUEST_BODY),
+            (W::RESPONSE_HEADERS, Phases::RESPONSE_HEADERS),
+            (W::RESPONSE_BODY, Phases::RESPONSE_BODY),
+            (W::LOG, Phases::LOG),
+        ] {
+            if p.contains(w) {
+                out = out.union(ours);
+            }
+        }
+        out
+    }
+}
+
+/// How a filter call went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The phase ran past `time_per_phase`.
+    Deadline,
+    /// Linear memory would have grown past the cap.
+    Memory,
+    /// The guest panicked or hit `unreachable`.
+    Panic,
+    /// Any other trap (out-of-bounds access, stack overflow, bad return value...).
+    Trap,
+    /// Held more body bytes than `max_body`.
+    BodyLimit,
+    /// The instance this request was bound to was discarded by another request's trap.
+    InstanceLost,
+    /// The filter could not be instantiated.
+    Instantiate,
+}
+
+impl FailureKind {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::Panic => "panic",
+            FailureKind::Trap => "trap",
+            FailureKind::BodyLimit => "body_limit",
+            FailureKind::InstanceLost => "instance_lost",
+            FailureKind::Instantiate => "instantiate",
+        }
+    }
+
+    /// Whether this is a budget breach (as opposed to a fault in the filter's logic).
+    pub fn is_budget(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Deadline | FailureKind::Memory | FailureKind::BodyLimit
+        )
+    }
+}

@@ -1,0 +1,274 @@
+//! The engine, the linker, and compiled filter modules (cached in memory and on disk).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use weir_observe::Registry;
+
+use crate::bindings::FilterWorldPre;
+use crate::host::HostState;
+use crate::{Callouts, Kv};
+
+/// How often the epoch advances: the granularity of `time_per_phase`.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// Largest linear memory any filter may be given (`limits.memory` is checked against it).
+pub const MAX_MEMORY: usize = 256 << 20;
+
+/// Runtime settings.
+pub struct RuntimeOptions {
+    /// Where compiled components are cached; `None` keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Sends callouts; `None` makes every callout fail with `unavailable`.
+    pub callouts: Option<Arc<dyn Callouts>>,
+    /// Where filter metrics go.
+    pub registry: Registry,
+    /// Most live filter instances in the whole process (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            cache_dir: None,
+            callouts: None,
+            registry: Registry::new(),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// The process-wide filter runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+    modules: DashMap<String, Arc<Module>>,
+    cache_dir: Option<PathBuf>,
+    pub kv: Kv,
+    pub callouts: Option<Arc<dyn Callouts>>,
+    pub registry: Registry,
+    pub epoch_start: Instant,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Relaxed);
+    }
+}
+
+/// A compiled filter module, ready to instantiate.
+pub struct Module {
+    /// The filter name it was loaded for.
+    pub name: String,
+    /// SHA-256 of the `.wasm` bytes: the module's version.
+    pub hash: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Whether loading compiled it (false: served from the cache).
+    pub compiled: bool,
+    pub(crate) pre: FilterWorldPre<HostState>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Creates the engine (pooling allocator, epoch interruption) and starts the epoch ticker.
+    pub fn new(opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = opts.max_instances.max(16);
+        pool.total_component_instances(n)
+            // Rust/Go components carry a few core instances each (the module plus adapters).
+            .max_core_instances_per_component(32)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_memory_size(MAX_MEMORY)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            // Keep a little of each freed memory resident: re-instantiation skips page faults.
+            .linear_memory_keep_resident(64 << 10)
+            .max_unused_warm_slots(n / 4);
+        let mut cfg = wasmtime::Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Virtual reservations per memory slot: what a filter may grow into, plus guards.
+            .memory_reservation(MAX_MEMORY as u64)
+            .memory_guard_size(32 << 20)
+            .max_wasm_stack(512 << 10)
+            .async_stack_size(1 << 20)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&cfg)
+            .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
+
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e:#}"))?;
+        crate::bindings::FilterWorld::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking the weir:filter imports: {e:#}"))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("weir-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+        if let Some(dir) = &opts.cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the filter cache {}", dir.display()))?;
+        }
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                modules: DashMap::new(),
+                cache_dir: opts.cache_dir,
+                kv: Kv::default(),
+                callouts: opts.callouts,
+                registry: opts.registry,
+                epoch_start: Instant::now(),
+                stop_ticker: stop,
+            }),
+        })
+    }
+
+    /// The default on-disk cache: `$XDG_CACHE_HOME/weir/filters` or `~/.cache/weir/filters`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("weir").join("filters"))
+    }
+
+    /// Reads and loads a filter file.
+    pub fn load_file(&self, name: &str, path: &Path) -> anyhow::Result<Arc<Module>> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        self.load(name, &bytes)
+    }
+
+    /// Loads a filter from its bytes: from the in-memory cache, the disk cache, or by compiling
+    /// (and then caching). Checks that it is a component exporting the filter interface.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> anyhow::Result<Arc<Module>> {
+        let hash = hex(&Sha256::digest(bytes));
+        if let Some(m) = self.inner.modules.get(&hash) {
+            return Ok(m.clone());
+        }
+        if !wasmparser_is_component(bytes) {
+            bail!(
+                "not a WebAssembly component (core modules from the Go and AssemblyScript SDKs are not accepted yet; \
+                 build a component, e.g. with `weir filter build`)"
+            );
+        }
+        let (component, compiled) = self.compile_cached(&hash, bytes)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let pre = FilterWorldPre::new(pre).map_err(|e| {
+            anyhow::anyhow!("the component does not export weir:filter/filter@0.1.0: {e:#}")
+        })?;
+        let m = Arc::new(Module {
+            name: name.to_string(),
+            hash: hash.clone(),
+            loaded_at: SystemTime::now(),
+            compiled,
+            pre,
+        });
+        self.inner.modules.insert(hash, m.clone());
+        Ok(m)
+    }
+
+    fn compile_cached(&self, hash: &str, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+        let engine = &self.inner.engine;
+        let file = self
+            .inner
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{hash}-wasmtime{}.cwasm", wasmtime_version())));
+        if let Some(file) = &file
+            && file.exists()
+        {
+            // SAFETY: the file is one this runtime serialized from bytes with this very hash,
+            // in a cache directory it owns, for this wasmtime version; wasmtime also checks the
+            // engine configuration on load and rejects an incompatible artifact (we then
+            // recompile below).
+            #[allow(unsafe_code)]
+            let loaded = unsafe { Component::deserialize_file(engine, file) };
+            match loaded {
+                Ok(c) => return Ok((c, false)),
+                Err(e) => tracing::warn!("ignoring cached filter {}: {e}", file.display()),
+            }
+        }
+        let component = Component::new(engine, bytes)
+            .map_err(|e| anyhow::anyhow!("invalid component: {e:#}"))?;
+        if let Some(file) = &file {
+            match component.serialize() {
+                Ok(bytes) => {
+                    // Write then rename: a concurrent reader never sees half a file.
+                    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, bytes)
+                        .and_then(|()| std::fs::rename(&tmp, file))
+                        .is_err()
+                    {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot serialize compiled filter: {e}"),
+            }
+        }
+        Ok((component, true))
+    }
+
+    /// The shared key-value store.
+    pub fn kv(&self) -> &Kv {
+        &self.inner.kv
+    }
+}
+
+fn wasmtime_version() -> &'static str {
+    // Bumped with the dependency; a stale artifact would be rejected by wasmtime anyway.
+    "48"
+}
+
+/// A component starts with the wasm magic and layer 1 in the version field.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,338 @@
+//! A (module, config) pair and its pool of configured instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+use weir_config::{FailurePolicy, Grants};
+
+use crate::bindings::FilterWorld;
+use crate::bindings::weir::filter::types;
+use crate::host::{Exchange, HostState, Phase};
+use crate::module::{Module, Runtime, RuntimeInner};
+use crate::{FailureKind, Phases};
+
+/// Everything that identifies a pair besides its module.
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// Filter name (for logs, metrics and messages).
+    pub filter: Arc<str>,
+    /// The effective config, as JSON text.
+    pub config: String,
+    /// Linear memory cap per instance, bytes.
+    pub memory: usize,
+    /// Wall time per phase call (callout waits excluded).
+    pub time_per_phase: Duration,
+    /// Most body bytes held by `buffer`.
+    pub max_body: usize,
+    /// Most instances.
+    pub max_instances: usize,
+    /// What failures do to requests.
+    pub on_error: FailurePolicy,
+    /// Granted capabilities.
+    pub grants: Grants,
+}
+
+pub(crate) struct Shared {
+    pub spec: PairSpec,
+    pub runtime: Arc<RuntimeInner>,
+}
+
+struct Live {
+    store: Store<HostState>,
+    world: FilterWorld,
+    generation: u64,
+    next_ctx: u32,
+    /// Set while a call runs: if the calling future is dropped midway (client gone), the
+    /// instance is left inside a call and must not be entered again.
+    in_call: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: tokio::sync::Mutex<Option<Live>>,
+}
+
+/// A request's seat in one instance of a pair.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binding {
+    slot: usize,
+    generation: u64,
+    pub ctx: u32,
+}
+
+/// A failed call: what kind, and the details for the log.
+pub(crate) type Failure = (FailureKind, String);
+
+/// What a phase call returned.
+pub(crate) enum Called {
+    Action(types::Action),
+    Done,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A filter module with one config: a pool of instances configured with it.
+pub struct Pair {
+    shared: Arc<Shared>,
+    module: Arc<Module>,
+    phases: Phases,
+    slots: Box<[Slot]>,
+    created: AtomicUsize,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair")
+            .field("filter", &self.shared.spec.filter)
+            .field("module", &self.module.hash)
+            .finish()
+    }
+}
+
+impl Pair {
+    /// Creates the pair: instantiates its first instance and runs `configure`, so a config the
+    /// filter rejects fails here, before any request sees it.
+    pub async fn new(
+        runtime: &Runtime,
+        module: Arc<Module>,
+        spec: PairSpec,
+    ) -> Result<Arc<Pair>, String> {
+        let shared = Arc::new(Shared {
+            spec,
+            runtime: runtime.inner.clone(),
+        });
+        let (live, phases) =
+            instantiate(&shared, &module)
+                .await
+                .map_err(|(kind, msg)| match kind {
+                    FailureKind::Instantiate => msg,
+                    k => format!(
+                        "the filter failed while configuring ({}): {msg}",
+                        k.as_str()
+                    ),
+                })?;
+        let n = shared.spec.max_instances.max(1);
+        let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
+        *slots[0].live.try_lock().expect("fresh slot") = Some(live);
+        Ok(Arc::new(Pair {
+            shared,
+            module,
+            phases,
+            slots,
+            created: AtomicUsize::new(1),
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The phases the filter declared.
+    pub fn phases(&self) -> Phases {
+        self.phases
+    }
+
+    /// The module.
+    pub fn module(&self) -> &Arc<Module> {
+        &self.module
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &PairSpec {
+        &self.shared.spec
+    }
+
+    /// Instances created so far.
+    pub fn instances(&self) -> usize {
+        self.created.load(Relaxed).min(self.slots.len())
+    }
+
+    /// Seats a request in an instance: a free one if any, else a new one while under
+    /// `max_instances`, else it queues on one.
+    pub(crate) async fn bind(&self) -> Result<Binding, Failure> {
+        let created = self.created.load(Relaxed).min(self.slots.len());
+        let start = self.next.fetch_add(1, Relaxed);
+        for k in 0..created {
+            let i = (start + k) % created;
+            if let Ok(mut g) = self.slots[i].live.try_lock()
+                && let Some(b) = self.seat(i, &mut g).await?
+            {
+                return Ok(b);
+            }
+        }
+        // All busy: grow the pool if allowed.
+        let i = self.created.fetch_add(1, Relaxed);
+        if i < self.slots.len() {
+            let mut g = self.slots[i].live.lock().await;
+            if let Some(b) = self.seat(i, &mut g).await? {
+                return Ok(b);
+            }
+        }
+        let i = start % self.slots.len().min(created.max(1));
+        let mut g = self.slots[i].live.lock().await;
+        self.seat(i, &mut g)
+            .await?
+            .ok_or_else(|| (FailureKind::Instantiate, "no instance available".into()))
+    }
+
+    /// Seats in slot `i` (already locked), creating or replacing its instance when needed.
+    async fn seat(&self, i: usize, live: &mut Option<Live>) -> Result<Option<Binding>, Failure> {
+        if live.as_ref().is_some_and(|l| l.in_call) {
+            *live = None;
+        }
+        if live.is_none() {
+            let (l, _) = instantiate(&self.shared, &self.module).await?;
+            *live = Some(l);
+        }
+        let Some(l) = live.as_mut() else {
+            return Ok(None);
+        };
+        l.next_ctx = l.next_ctx.wrapping_add(1);
+        Ok(Some(Binding {
+            slot: i,
+            generation: l.generation,
+            ctx: l.next_ctx,
+        }))
+    }
+
+    /// Runs one phase (or `context-done`) of a bound request. `ex` is moved into the store for
+    /// the call and back. Any trap discards the instance.
+    pub(crate) async fn call(
+        &self,
+        b: Binding,
+        phase: Option<Phase>,
+        ex: &mut Exchange,
+        end: bool,
+    ) -> Result<Called, Failure> {
+        let mut guard = self.slots[b.slot].live.lock().await;
+        let live = match guard.as_mut() {
+            Some(l) if l.generation == b.generation && !l.in_call => l,
+            _ => {
+                return Err((
+                    FailureKind::InstanceLost,
+                    "the instance serving this request was discarded".into(),
+                ));
+            }
+        };
+        let data = live.store.data_mut();
+        std::mem::swap(&mut data.ex, ex);
+        data.phase = phase.unwrap_or(Phase::Log);
+        data.call_started = Instant::now();
+        data.callout_time = Duration::ZERO;
+        data.budget = self.shared.spec.time_per_phase;
+        data.deadline_hit = false;
+        live.store.set_epoch_deadline(1);
+        live.in_call = true;
+        let f = live.world.weir_filter_filter();
+        let store = &mut live.store;
+        let result = match phase {
+            Some(Phase::RequestHeaders) => f
+                .call_on_request_headers(&mut *store, b.ctx)
+                .await
+                .map(Called::Action),
+            Some(Phase::RequestBody) => f
+                .call_on_request_body(&mut *store, b.ctx, end)
+                .await
+                .map(Called::Action),
+            Some(Phase::ResponseHeaders) => f
+                .call_on_response_headers(&mut *store, b.ctx)
+                .await
+                .map(Called::Action),
+            Some(Phase::ResponseBody) => f
+                .call_on_response_body(&mut *store, b.ctx, end)
+                .await
+                .map(Called::Action),
+            Some(Phase::Log) => f
+                .call_on_log(&mut *store, b.ctx)
+                .await
+                .map(|()| Called::Done),
+            Some(Phase::Configure) | None => f
+                .call_context_done(&mut *store, b.ctx)
+                .await
+                .map(|()| Called::Done),
+        };
+        live.in_call = false;
+        let data = live.store.data_mut();
+        std::mem::swap(&mut data.ex, ex);
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let kind = classify(&e, data);
+                *guard = None;
+                Err((kind, format!("{e:?}")))
+            }
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error, data: &HostState) -> FailureKind {
+    if data.limiter.breached {
+        return FailureKind::Memory;
+    }
+    match e.downcast_ref::<Trap>() {
+        _ if data.deadline_hit => FailureKind::Deadline,
+        Some(Trap::Interrupt) => FailureKind::Deadline,
+        Some(Trap::UnreachableCodeReached) => FailureKind::Panic,
+        _ => FailureKind::Trap,
+    }
+}
+
+/// A new configured instance.
+async fn instantiate(shared: &Arc<Shared>, module: &Module) -> Result<(Live, Phases), Failure> {
+    let rt = &shared.runtime;
+    let mut store = Store::new(&rt.engine, HostState::new(shared.clone()));
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_callback(|mut ctx| {
+        let d = ctx.data_mut();
+        let spent = d.call_started.elapsed().saturating_sub(d.callout_time);
+        if spent > d.budget {
+            d.deadline_hit = true;
+            wasmtime::bail!("time budget of {:?} per phase exceeded", d.budget);
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    // Instantiation and configure run guest start-up code (a Go runtime takes milliseconds):
+    // give them a larger, still bounded, budget.
+    let data = store.data_mut();
+    data.budget = (shared.spec.time_per_phase * 20).max(Duration::from_secs(1));
+    data.call_started = Instant::now();
+    store.set_epoch_deadline(1);
+    let world = module
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| {
+            (
+                FailureKind::Instantiate,
+                format!("cannot instantiate filter {:?}: {e:#}", shared.spec.filter),
+            )
+        })?;
+    let configured = world
+        .weir_filter_filter()
+        .call_configure(&mut store, &shared.spec.config)
+        .await;
+    let phases = match configured {
+        Ok(Ok(p)) => Phases::from(p),
+        Ok(Err(e)) => {
+            return Err((
+                FailureKind::Instantiate,
+                format!(
+                    "filter {:?} rejected its config: {}",
+                    shared.spec.filter, e.message
+                ),
+            ));
+        }
+        Err(e) => return Err((classify(&e, store.data()), format!("{e:?}"))),
+    };
+    let generation = GENERATION.fetch_add(1, Relaxed);
+    Ok((
+        Live {
+            store,
+            world,
+            generation,
+            next_ctx: 0,
+            in_call: false,
+        },
+        phases,
+    ))
+}

@@ -1,0 +1,232 @@
+//! Runs a route's wasm filters around the native request path. Only routes with filters get
+//! here; the rest never touch wasmtime.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use weir_filters::{
+    BodyVerdict, Chain, ChainRequest, Exchange, LocalResponse, Phases, Props, Verdict,
+};
+
+use crate::body::{BoxError, ProxyBody};
+
+struct State {
+    cr: ChainRequest,
+    ex: Exchange,
+    /// What a body phase decided when it could not answer directly.
+    outcome: Option<Outcome>,
+}
+
+/// A decision of the filters that replaces the upstream's response.
+pub(crate) enum Outcome {
+    Local(LocalResponse),
+    Failed(Arc<str>),
+}
+
+/// One request's run through a chain. Cheap to clone (shared with body pumps).
+#[derive(Clone)]
+pub(crate) struct FilterRun {
+    chain: Arc<Chain>,
+    state: Arc<tokio::sync::Mutex<State>>,
+}
+
+impl FilterRun {
+    pub fn new(chain: Arc<Chain>, props: Props, method: http::Method) -> FilterRun {
+        let cr = chain.start();
+        let ex = Exchange {
+            method,
+            props: Arc::new(props),
+            ..Exchange::default()
+        };
+        FilterRun {
+            chain,
+            state: Arc::new(tokio::sync::Mutex::new(State {
+                cr,
+                ex,
+                outcome: None,
+            })),
+        }
+    }
+
+    pub fn phases(&self) -> Phases {
+        self.chain.phases()
+    }
+
+    /// Request-headers phase over `headers` and `path` (changed in place).
+    pub async fn request_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+        path: &mut String,
+    ) -> Option<Outcome> {
+        if !self.phases().contains(Phases::REQUEST_HEADERS) {
+            return None;
+        }
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+        st.ex.request_headers = std::mem::take(headers);
+        st.ex.path = std::mem::take(path);
+        let v = self.chain.request_headers(&mut st.cr, &mut st.ex).await;
+        *headers = std::mem::take(&mut st.ex.request_headers);
+        *path = std::mem::take(&mut st.ex.path);
+        outcome(v)
+    }
+
+    /// Response-headers phase over the upstream's status and headers (changed in place).
+    pub async fn response_headers(
+        &self,
+        status: &mut StatusCode,
+        headers: &mut http::HeaderMap,
+    ) -> Option<Outcome> {
+        if !self.phases().contains(Phases::RESPONSE_HEADERS) {
+            return None;
+        }
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+        st.ex.status = status.as_u16();
+        st.ex.response_headers = std::mem::take(headers);
+        let v = self.chain.response_headers(&mut st.cr, &mut st.ex).await;
+        *headers = std::mem::take(&mut st.ex.response_headers);
+        *status = StatusCode::from_u16(st.ex.status).unwrap_or(*status);
+        outcome(v)
+    }
+
+    /// What a request-body phase decided, if it stopped the request.
+    pub async fn take_outcome(&self) -> Option<Outcome> {
+        self.state.lock().await.outcome.take()
+    }
+
+    /// `on-log` and `context-done`.
+    pub async fn finish(&self) {
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+        self.chain.finish(&mut st.cr, &mut st.ex).await;
+    }
+
+    /// Whether the run must wait for the response body to end before `finish`.
+    pub fn finishes_after_body(&self) -> bool {
+        let p = self.phases();
+        p.contains(Phases::RESPONSE_BODY) || p.contains(Phases::LOG)
+    }
+
+    /// Pipes a body through the chain's body phase: a task reads `source`, runs each chunk
+    /// through the filters and feeds the returned body. With `finish_at_end`, the task also runs
+    /// `finish` when the body is over.
+    pub fn pipe_body<B>(&self, mut source: B, response: bool, finish_at_end: bool) -> ProxyBody
+    where
+        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError> + Send,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(4);
+        let run = self.clone();
+        tokio::spawn(async move {
+            let mut ended = false;
+            while let Some(frame) = source.frame().await {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                };
+                let data = match frame.into_data() {
+                    Ok(d) => d,
+                    Err(frame) => {
+                        // Trailers: the body is over; flush filters first.
+                        if !ended && !run.body_chunk(&tx, Bytes::new(), true, response).await {
+                            break;
+                        }
+                        ended = true;
+                        let _ = tx.send(Ok(frame)).await;
+                        continue;
+                    }
+                };
+                let end = source.is_end_stream();
+                if !run.body_chunk(&tx, data, end, response).await {
+                    break;
+                }
+                ended |= end;
+            }
+            if !ended {
+                run.body_chunk(&tx, Bytes::new(), true, response).await;
+            }
+            drop(tx);
+            if finish_at_end {
+                run.finish().await;
+            }
+        });
+        ProxyBody::channel(rx)
+    }
+
+    /// Runs one chunk; false when the body must stop (a filter answered or failed).
+    async fn body_chunk(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>,
+        data: Bytes,
+        end: bool,
+        response: bool,
+    ) -> bool {
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+        match self
+            .chain
+            .body(&mut st.cr, response, data, end, &mut st.ex)
+            .await
+        {
+            BodyVerdict::Data(d) => {
+                if !d.is_empty() {
+                    let _ = tx.send(Ok(http_body::Frame::data(d))).await;
+                }
+                true
+            }
+            BodyVerdict::Respond(r) => {
+                st.outcome = Some(Outcome::Local(r));
+                let _ = tx
+                    .send(Err("a filter answered during the body phase".into()))
+                    .await;
+                false
+            }
+            BodyVerdict::Fail { filter, .. } => {
+                st.outcome = Some(Outcome::Failed(filter));
+                let _ = tx
+                    .send(Err("a filter failed during the body phase".into()))
+                    .await;
+                false
+            }
+        }
+    }
+}
+
+fn outcome(v: Verdict) -> Option<Outcome> {
+    match v {
+        Verdict::Continue => None,
+        Verdict::Respond(r) => Some(Outcome::Local(r)),
+        Verdict::Fail { filter, .. } => Some(Outcome::Failed(filter)),
+    }
+}
+
+/// A filter's local response as an HTTP response.
+pub(crate) fn local_response(r: LocalResponse, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(r.body));
+    *res.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (k, v) in r.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v.as_bytes()),
+        ) {
+            res.headers_mut().append(k, v);
+        }
+    }
+    res.headers_mut()
+        .insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    if !res.headers().contains_key(header::CONTENT_TYPE) && !res.body().is_end_stream() {
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    res
+}

@@ -1,0 +1,331 @@
+//! The test filter for Weir's end-to-end tests: one component, many behaviours, chosen by its
+//! JSON config so a test can load one module under many configs.
+//!
+//! | `mode` | phases | behaviour |
+//! |---|---|---|
+//! | `noop` | request-headers | returns `Continue` |
+//! | `header-edit` | request-headers, response-headers | sets `x-testbed: <value>` and appends `x-chain: <tag>`, on the request and on the response |
+//! | `respond` | request-headers | answers `status` (default 200) with `body` (default empty), `content-type: text/plain; charset=utf-8` |
+//! | `loop` | request-headers | never returns (the proxy's time budget must end it) |
+//! | `membomb` | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
+//! | `panic` | request-headers | panics (a trap) |
+//! | `callout` | request-headers | `GET path` (default `/`) to `target`, `timeout_ms` (default 1000); request header `x-callout` gets the status, or `kind: message` of the host error |
+//! | `body-upper` | request-body, response-body | buffers each body to its end and uppercases ASCII |
+//! | `state` | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
+//! | `kv-counter` | request-headers, response-headers | increments counter `key` (default `requests`) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
+//! | `bad-config` | request-headers | rejects the config unless `"fail": false` (then as `noop`) |
+//!
+//! Unknown modes and unknown fields are config errors. A host error the mode does not report
+//! in a header becomes a `500` local response with body `testbed: <error>`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use weir_filter::{
+    Action, Body, Filter, HostError, LocalResponse, Phases, Request, Response, callout, clock,
+    export_filter, kv,
+};
+
+/// The testbed's config: `{ "mode": "...", ...mode fields }`.
+///
+/// Modes without fields are empty struct variants, not unit variants: serde ignores unknown
+/// fields next to the tag of a unit variant, even with `deny_unknown_fields`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Config {
+    /// Does nothing.
+    Noop {},
+    /// Edits request and response headers.
+    HeaderEdit {
+        /// Value of `x-testbed`. Default: `on`.
+        #[serde(default = "default_value")]
+        value: String,
+        /// Value appended to `x-chain`. Default: `testbed`.
+        #[serde(default = "default_tag")]
+        tag: String,
+    },
+    /// Answers locally.
+    Respond {
+        /// Status, 200–599. Default: 200.
+        #[serde(default = "default_status")]
+        status: u16,
+        /// Body text. Default: empty.
+        #[serde(default)]
+        body: String,
+    },
+    /// Loops forever.
+    Loop {},
+    /// Allocates until it traps.
+    Membomb {
+        /// Stop after this many MiB by panicking (for native tests). Default: no limit.
+        #[serde(default)]
+        limit_mb: Option<u64>,
+    },
+    /// Panics.
+    Panic {},
+    /// Sends a callout.
+    Callout {
+        /// A granted cluster name or `host:port`.
+        target: String,
+        /// Path with query. Default: `/`.
+        #[serde(default = "default_path")]
+        path: String,
+        /// Timeout in milliseconds. Default: 1000.
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// Uppercases bodies.
+    BodyUpper {},
+    /// Echoes the request path from per-request state.
+    State {},
+    /// Counts requests in KV.
+    KvCounter {
+        /// KV namespace (must be granted).
+        ns: String,
+        /// Counter key. Default: `requests`.
+        #[serde(default = "default_key")]
+        key: String,
+    },
+    /// Rejects its config.
+    BadConfig {
+        /// Whether to reject. Default: true.
+        #[serde(default = "default_fail")]
+        fail: bool,
+    },
+}
+
+fn default_value() -> String {
+    "on".to_owned()
+}
+fn default_tag() -> String {
+    "testbed".to_owned()
+}
+fn default_status() -> u16 {
+    200
+}
+fn default_path() -> String {
+    "/".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_key() -> String {
+    "requests".to_owned()
+}
+fn default_fail() -> bool {
+    true
+}
+
+/// The filter: its config, validated.
+#[derive(Debug)]
+pub struct Testbed {
+    config: Config,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// `state`: the path seen at request-headers.
+    path: Option<String>,
+    /// `kv-counter`: what went into the request's `x-count`.
+    count: Option<String>,
+}
+
+/// A host error as a 500 local response: the testbed never hides one.
+fn fail(e: &HostError) -> Action {
+    LocalResponse::text(500, format!("testbed: {e}")).into()
+}
+
+/// A host error as a header value (control characters, which a header cannot carry, become
+/// spaces).
+fn error_value(e: &HostError) -> String {
+    e.to_string()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `Continue`, or the host error as a 500.
+fn or_fail(result: Result<(), HostError>) -> Action {
+    match result {
+        Ok(()) => Action::Continue,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Never returns. The clock import is opaque to the optimizer, so the loop cannot be removed;
+/// in the proxy the epoch deadline traps it, natively the harness's time budget panics.
+fn spin() -> ! {
+    loop {
+        std::hint::black_box(clock::monotonic_ns());
+    }
+}
+
+/// Allocates and touches 1 MiB chunks, keeping them all, until allocation fails (or
+/// `limit_mb` is reached); both end in a panic, which in the proxy is a trap.
+fn membomb(limit_mb: Option<u64>) -> ! {
+    const CHUNK: usize = 1 << 20;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let held = hoard.len() as u64;
+        if limit_mb.is_some_and(|limit| held >= limit) {
+            panic!("testbed: membomb reached limit_mb = {held}");
+        }
+        let mut chunk = Vec::new();
+        if chunk.try_reserve_exact(CHUNK).is_err() {
+            panic!("testbed: membomb: allocation failed after {held} MiB");
+        }
+        // Writing every byte makes the pages real, not just reserved.
+        chunk.resize(CHUNK, 0xA5);
+        hoard.push(std::hint::black_box(chunk));
+    }
+}
+
+/// `body-upper`: hold the body until its end, then uppercase it.
+fn upper(body: &mut Body, end: bool) -> Action {
+    if !end {
+        return Action::Buffer;
+    }
+    let mut bytes = match body.bytes() {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(&e),
+    };
+    bytes.make_ascii_uppercase();
+    match body.set(bytes) {
+        Ok(()) => Action::Continue,
+        Err(e) => fail(&e),
+    }
+}
+
+impl Filter for Testbed {
+    type Config = Config;
+    type Context = Context;
+    /// The most any mode declares; [`phases`](Filter::phases) narrows it per mode.
+    const PHASES: Phases = Phases::ALL;
+
+    fn new(config: Config) -> Result<Self, String> {
+        match &config {
+            Config::BadConfig { fail: true } => {
+                return Err(
+                    "testbed: bad-config mode rejects its config (set \"fail\": false to accept)"
+                        .to_owned(),
+                );
+            }
+            Config::Respond { status, .. } if !(200..=599).contains(status) => {
+                return Err(format!("respond: status must be 200-599, got {status}"));
+            }
+            Config::Callout { target, path, .. } => {
+                if target.is_empty() {
+                    return Err("callout: target must not be empty".to_owned());
+                }
+                if !path.starts_with('/') {
+                    return Err(format!("callout: path must start with /, got {path:?}"));
+                }
+            }
+            Config::KvCounter { ns, .. } if ns.is_empty() => {
+                return Err("kv-counter: ns must not be empty".to_owned());
+            }
+            _ => {}
+        }
+        Ok(Self { config })
+    }
+
+    fn phases(&self) -> Phases {
+        match self.config {
+            Config::HeaderEdit { .. } | Config::State {} | Config::KvCounter { .. } => {
+                Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
+            }
+            Config::BodyUpper {} => Phases::REQUEST_BODY | Phases::RESPONSE_BODY,
+            Config::Noop {}
+            | Config::Respond { .. }
+            | Config::Loop {}
+            | Config::Membomb { .. }
+            | Config::Panic {}
+            | Config::Callout { .. }
+            | Config::BadConfig { .. } => Phases::REQUEST_HEADERS,
+        }
+    }
+
+    fn on_request_headers(&self, req: &mut Request, ctx: &mut Context) -> Action {
+        match &self.config {
+            Config::Noop {} | Config::BadConfig { .. } | Config::BodyUpper {} => Action::Continue,
+            Config::HeaderEdit { value, tag } => or_fail(
+                req.set_header("x-testbed", value)
+                    .and_then(|()| req.append_header("x-chain", tag)),
+            ),
+            Config::Respond { status, body } => LocalResponse::text(*status, body.clone()).into(),
+            Config::Loop {} => spin(),
+            Config::Membomb { limit_mb } => membomb(*limit_mb),
+            Config::Panic {} => panic!("testbed: panic mode"),
+            Config::Callout {
+                target,
+                path,
+                timeout_ms,
+            } => {
+                let timeout = Duration::from_millis(*timeout_ms);
+                let outcome = match callout::send(target, "GET", path, &[], b"", timeout) {
+                    Ok(res) => res.status.to_string(),
+                    Err(e) => error_value(&e),
+                };
+                or_fail(req.set_header("x-callout", &outcome))
+            }
+            Config::State {} => {
+                if let Some(old) = &ctx.path {
+                    return LocalResponse::text(
+                        500,
+                        format!("testbed: context reused (held {old})"),
+                    )
+                    .into();
+                }
+                ctx.path = Some(req.path());
+                Action::Continue
+            }
+            Config::KvCounter { ns, key } => {
+                let count = match kv::increment(ns, key, 1, None) {
+                    Ok(n) => n.to_string(),
+                    Err(e) => error_value(&e),
+                };
+                let action = or_fail(req.set_header("x-count", &count));
+                ctx.count = Some(count);
+                action
+            }
+        }
+    }
+
+    fn on_request_body(&self, body: &mut Body, end: bool, _ctx: &mut Context) -> Action {
+        match self.config {
+            Config::BodyUpper {} => upper(body, end),
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_response_headers(&self, res: &mut Response, ctx: &mut Context) -> Action {
+        match &self.config {
+            Config::HeaderEdit { value, tag } => or_fail(
+                res.set_header("x-testbed", value)
+                    .and_then(|()| res.append_header("x-chain", tag)),
+            ),
+            Config::State {} => {
+                let path = ctx.path.as_deref().unwrap_or("<none>");
+                or_fail(res.set_header("x-state-path", path))
+            }
+            Config::KvCounter { .. } => match &ctx.count {
+                Some(count) => or_fail(res.set_header("x-count", count)),
+                None => Action::Continue,
+            },
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_response_body(&self, body: &mut Body, end: bool, _ctx: &mut Context) -> Action {
+        match self.config {
+            Config::BodyUpper {} => upper(body, end),
+            _ => Action::Continue,
+        }
+    }
+}
+
+export_filter!(Testbed);
+
+#[cfg(test)]
+mod tests;
