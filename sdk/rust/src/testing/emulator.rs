@@ -1,0 +1,897 @@
+//! The in-process host behind [`testing`](crate::testing): its state, and [`Host`] over it.
+//!
+//! A thread-local points at the emulator of the harness whose phase is running (or that was
+//! [`entered`](crate::testing::Emulator::enter)); with none, host calls fail with
+//! `unavailable` and getters return empty values, as a real host does outside a phase.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::{CalloutRequest, Grants, LogLine};
+use crate::HostError;
+use crate::callout::CalloutResponse;
+use crate::http::{BodyKind, HeaderMap};
+use crate::kv::{BucketResult, Entry};
+use crate::log::Level;
+use crate::sys::Host;
+
+pub(crate) type Shared = Rc<RefCell<State>>;
+pub(crate) type CalloutHandler =
+    dyn FnMut(&str, &CalloutRequest) -> Result<CalloutResponse, HostError>;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Shared>> = const { RefCell::new(None) };
+}
+
+/// Keeps an emulator installed as this thread's host; restores the previous one on drop
+/// (also when a phase panics).
+pub(crate) struct Installed {
+    previous: Option<Shared>,
+}
+
+pub(crate) fn install(state: &Shared) -> Installed {
+    let previous = CURRENT.with(|c| c.borrow_mut().replace(Rc::clone(state)));
+    Installed { previous }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// A phase, as the emulator's access rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    Log,
+}
+
+fn phase_name(phase: Option<Phase>) -> &'static str {
+    match phase {
+        None => "outside a phase",
+        Some(Phase::RequestHeaders) => "on-request-headers",
+        Some(Phase::RequestBody) => "on-request-body",
+        Some(Phase::ResponseHeaders) => "on-response-headers",
+        Some(Phase::ResponseBody) => "on-response-body",
+        Some(Phase::Log) => "on-log",
+    }
+}
+
+fn kind_name(kind: BodyKind) -> &'static str {
+    match kind {
+        BodyKind::Request => "request",
+        BodyKind::Response => "response",
+    }
+}
+
+/// A request head as the emulated host holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RequestHead {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) authority: String,
+    pub(crate) scheme: String,
+    pub(crate) client: String,
+    pub(crate) route: String,
+    pub(crate) cluster: String,
+    pub(crate) request_id: String,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// A response head as the emulated host holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+/// What the running phase can see.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    pub(crate) phase: Option<Phase>,
+    pub(crate) request: Option<RequestHead>,
+    pub(crate) response: Option<ResponseHead>,
+    pub(crate) body: Option<(BodyKind, Vec<u8>)>,
+    pub(crate) deadline: Option<(Instant, Duration)>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    value: Vec<u8>,
+    version: u64,
+    expires_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Counter {
+    value: i64,
+    expires_at: Option<u64>,
+}
+
+/// A token bucket in "token-milliseconds": `tokens * period_ms`, so refill is exact integer
+/// arithmetic (`rate` per elapsed millisecond).
+#[derive(Debug)]
+struct Bucket {
+    scaled: u128,
+    last_ms: u64,
+}
+
+type Key = (String, String);
+
+#[derive(Debug, Default)]
+struct Kv {
+    last_version: u64,
+    values: HashMap<Key, Stored>,
+    counters: HashMap<Key, Counter>,
+    buckets: HashMap<Key, Bucket>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Metric {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(Vec<f64>),
+}
+
+impl Metric {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Counter(_) => "counter",
+            Self::Gauge(_) => "gauge",
+            Self::Histogram(_) => "histogram",
+        }
+    }
+}
+
+pub(crate) type MetricKey = (String, Vec<(String, String)>);
+
+/// Everything the emulated host knows.
+pub(crate) struct State {
+    pub(crate) scope: Scope,
+    pub(crate) time_budget: Option<Duration>,
+    pub(crate) now_ms: u64,
+    pub(crate) monotonic_ns: u64,
+    pub(crate) rng: u64,
+    pub(crate) grants: Grants,
+    kv: Kv,
+    pub(crate) metrics: BTreeMap<MetricKey, Metric>,
+    pub(crate) logs: Vec<LogLine>,
+    pub(crate) callouts: Vec<(String, CalloutRequest)>,
+    pub(crate) callout_handler: Option<Rc<RefCell<CalloutHandler>>>,
+}
+
+/// 2023-11-14T22:13:20Z: a fixed, recognisable start for the fake wall clock.
+pub(crate) const START_MS: u64 = 1_700_000_000_000;
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            scope: Scope::default(),
+            time_budget: None,
+            now_ms: START_MS,
+            monotonic_ns: 1_000_000_000,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            grants: Grants::all(),
+            kv: Kv::default(),
+            metrics: BTreeMap::new(),
+            logs: Vec::new(),
+            callouts: Vec::new(),
+            callout_handler: None,
+        }
+    }
+}
+
+fn no_host() -> HostError {
+    HostError::Unavailable(
+        "no host: call host functions from a phase run by weir_filter::testing::Harness, \
+         or inside Emulator::enter"
+            .to_owned(),
+    )
+}
+
+/// Runs `f` on the installed emulator, or returns `default()` without one. Every host call
+/// passes here, so it is also where the emulated time budget is enforced.
+fn with<R>(default: impl FnOnce() -> R, f: impl FnOnce(&mut State) -> R) -> R {
+    let Some(shared) = CURRENT.with(|c| c.borrow().clone()) else {
+        return default();
+    };
+    let mut state = shared.borrow_mut();
+    if let Some((deadline, budget)) = state.scope.deadline
+        && Instant::now() > deadline
+    {
+        let phase = phase_name(state.scope.phase);
+        drop(state);
+        panic!(
+            "weir-filter emulator: {phase} exceeded its time budget of {budget:?} \
+             (in the proxy this traps: epoch deadline)"
+        );
+    }
+    f(&mut state)
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn check_header(name: &str, value: Option<&str>) -> Result<(), HostError> {
+    if name.is_empty() || !name.chars().all(is_token_char) {
+        return Err(HostError::Invalid(format!("invalid header name {name:?}")));
+    }
+    if let Some(value) = value
+        && value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(HostError::Invalid(format!(
+            "invalid value for header {name:?}: control characters are not allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn header_first(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+fn header_all(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A metric's identity: its name and its labels in sorted order (label order does not matter).
+pub(crate) fn metric_key(name: &str, labels: &[(&str, &str)]) -> MetricKey {
+    let mut labels: Vec<(String, String)> = labels
+        .iter()
+        .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    labels.sort();
+    (name.to_owned(), labels)
+}
+
+fn ceil_div(n: u128, d: u128) -> u64 {
+    u64::try_from(n.div_ceil(d)).unwrap_or(u64::MAX)
+}
+
+fn expiry(now: u64, ttl_ms: u64) -> Option<u64> {
+    (ttl_ms > 0).then(|| now.saturating_add(ttl_ms))
+}
+
+fn expired(expires_at: Option<u64>, now: u64) -> bool {
+    expires_at.is_some_and(|t| now >= t)
+}
+
+impl State {
+    fn headers(&self, map: HeaderMap) -> Option<&Vec<(String, String)>> {
+        match map {
+            HeaderMap::Request => self.scope.request.as_ref().map(|r| &r.headers),
+            HeaderMap::Response => self.scope.response.as_ref().map(|r| &r.headers),
+        }
+    }
+
+    fn request_mut(&mut self, what: &str) -> Result<&mut RequestHead, HostError> {
+        let phase = self.scope.phase;
+        match (phase, self.scope.request.as_mut()) {
+            (Some(Phase::RequestHeaders | Phase::RequestBody), Some(request)) => Ok(request),
+            _ => Err(HostError::Unavailable(format!(
+                "{what}: the request can only change in the request phases (now {})",
+                phase_name(phase)
+            ))),
+        }
+    }
+
+    fn response_mut(&mut self, what: &str) -> Result<&mut ResponseHead, HostError> {
+        let phase = self.scope.phase;
+        match (phase, self.scope.response.as_mut()) {
+            (Some(Phase::ResponseHeaders), Some(response)) => Ok(response),
+            _ => Err(HostError::Unavailable(format!(
+                "{what}: the response head can only change in on-response-headers (now {})",
+                phase_name(phase)
+            ))),
+        }
+    }
+
+    fn headers_mut(
+        &mut self,
+        map: HeaderMap,
+        what: &str,
+    ) -> Result<&mut Vec<(String, String)>, HostError> {
+        match map {
+            HeaderMap::Request => Ok(&mut self.request_mut(what)?.headers),
+            HeaderMap::Response => Ok(&mut self.response_mut(what)?.headers),
+        }
+    }
+
+    fn check_kv(&self, ns: &str) -> Result<(), HostError> {
+        if ns.is_empty() {
+            return Err(HostError::Invalid(
+                "kv namespace must not be empty".to_owned(),
+            ));
+        }
+        if !self.grants.allows_kv(ns) {
+            return Err(HostError::Denied(format!(
+                "kv namespace {ns:?} is not granted (add it to the filter's grants.kv)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.kv.last_version += 1;
+        self.kv.last_version
+    }
+
+    fn live_value(&mut self, key: &Key) -> Option<&Stored> {
+        let now = self.now_ms;
+        if self
+            .kv
+            .values
+            .get(key)
+            .is_some_and(|s| expired(s.expires_at, now))
+        {
+            self.kv.values.remove(key);
+        }
+        self.kv.values.get(key)
+    }
+
+    fn record_metric(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        fresh: Metric,
+        update: impl FnOnce(&mut Metric) -> bool,
+    ) -> Result<(), HostError> {
+        if !is_metric_name(name) {
+            return Err(HostError::Invalid(format!(
+                "invalid metric name {name:?}: use [a-z_][a-z0-9_]*"
+            )));
+        }
+        for (i, (label, _)) in labels.iter().enumerate() {
+            if !is_label_name(label) {
+                return Err(HostError::Invalid(format!(
+                    "metric {name:?}: invalid label name {label:?}"
+                )));
+            }
+            if labels[..i].iter().any(|(other, _)| other == label) {
+                return Err(HostError::Invalid(format!(
+                    "metric {name:?}: label {label:?} given twice"
+                )));
+            }
+        }
+        if let Some(((_, _), existing)) = self
+            .metrics
+            .iter()
+            .find(|((n, _), m)| n == name && m.kind() != fresh.kind())
+        {
+            return Err(HostError::Invalid(format!(
+                "metric {name:?} is a {}, not a {}",
+                existing.kind(),
+                fresh.kind()
+            )));
+        }
+        let metric = self
+            .metrics
+            .entry(metric_key(name, labels))
+            .or_insert(fresh);
+        let updated = update(metric);
+        debug_assert!(updated, "metric kinds were checked above");
+        Ok(())
+    }
+}
+
+/// [`Host`] over the installed emulator.
+pub(crate) struct Emulated;
+
+impl Host for Emulated {
+    fn method() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.method.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn path() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.path.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn set_path(path: &str) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                if !path.starts_with('/') || path.chars().any(|c| c.is_ascii_control() || c == ' ')
+                {
+                    return Err(HostError::Invalid(format!(
+                        "invalid path {path:?}: it must start with / and contain no spaces or control characters"
+                    )));
+                }
+                s.request_mut("set-path")?.path = path.to_owned();
+                Ok(())
+            },
+        )
+    }
+    fn authority() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.authority.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn scheme() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.scheme.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn client_address() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.client.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn route_name() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.route.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn cluster_name() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.cluster.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn request_id() -> String {
+        with(String::new, |s| {
+            s.scope
+                .request
+                .as_ref()
+                .map(|r| r.request_id.clone())
+                .unwrap_or_default()
+        })
+    }
+    fn status() -> u16 {
+        with(|| 0, |s| s.scope.response.as_ref().map_or(0, |r| r.status))
+    }
+    fn set_status(status: u16) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                if !(100..=599).contains(&status) {
+                    return Err(HostError::Invalid(format!(
+                        "invalid status {status}: use 100-599"
+                    )));
+                }
+                s.response_mut("set-status")?.status = status;
+                Ok(())
+            },
+        )
+    }
+
+    fn get_header(map: HeaderMap, name: &str) -> Option<String> {
+        with(
+            || None,
+            |s| s.headers(map).and_then(|h| header_first(h, name)),
+        )
+    }
+    fn get_header_all(map: HeaderMap, name: &str) -> Vec<String> {
+        with(Vec::new, |s| {
+            s.headers(map)
+                .map(|h| header_all(h, name))
+                .unwrap_or_default()
+        })
+    }
+    fn set_header(map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                check_header(name, Some(value))?;
+                let headers = s.headers_mut(map, "set-header")?;
+                headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                headers.push((name.to_ascii_lowercase(), value.to_owned()));
+                Ok(())
+            },
+        )
+    }
+    fn append_header(map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                check_header(name, Some(value))?;
+                let headers = s.headers_mut(map, "append-header")?;
+                headers.push((name.to_ascii_lowercase(), value.to_owned()));
+                Ok(())
+            },
+        )
+    }
+    fn remove_header(map: HeaderMap, name: &str) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                check_header(name, None)?;
+                let headers = s.headers_mut(map, "remove-header")?;
+                headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                Ok(())
+            },
+        )
+    }
+    fn headers(map: HeaderMap) -> Vec<(String, String)> {
+        with(Vec::new, |s| s.headers(map).cloned().unwrap_or_default())
+    }
+
+    fn body(kind: BodyKind) -> Result<Vec<u8>, HostError> {
+        with(
+            || Err(no_host()),
+            |s| match &s.scope.body {
+                Some((k, bytes)) if *k == kind => Ok(bytes.clone()),
+                _ => Err(HostError::Unavailable(format!(
+                    "the {} body is only readable in its body phase (now {})",
+                    kind_name(kind),
+                    phase_name(s.scope.phase)
+                ))),
+            },
+        )
+    }
+    fn set_body(kind: BodyKind, bytes: &[u8]) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| match &mut s.scope.body {
+                Some((k, held)) if *k == kind => {
+                    bytes.clone_into(held);
+                    Ok(())
+                }
+                _ => Err(HostError::Unavailable(format!(
+                    "the {} body can only change in its body phase (now {})",
+                    kind_name(kind),
+                    phase_name(s.scope.phase)
+                ))),
+            },
+        )
+    }
+
+    fn log(level: Level, message: &str) {
+        with(
+            || eprintln!("[weir-filter {level:?}, no host] {message}"),
+            |s| {
+                // Shown by `cargo test` for failing tests, which is when it helps.
+                eprintln!("[weir-filter {level:?}] {message}");
+                s.logs.push(LogLine {
+                    level,
+                    message: message.to_owned(),
+                });
+            },
+        );
+    }
+
+    fn now_ms() -> u64 {
+        with(|| START_MS, |s| s.now_ms)
+    }
+    fn monotonic_ns() -> u64 {
+        with(|| 0, |s| s.monotonic_ns)
+    }
+    fn random_bytes(len: u32) -> Vec<u8> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        with(
+            || vec![0; len],
+            |s| {
+                let mut out = Vec::with_capacity(len);
+                while out.len() < len {
+                    // xorshift64*: deterministic, seedable, good enough for tests.
+                    let mut x = s.rng;
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    s.rng = x;
+                    let word = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+                    let n = word.len().min(len - out.len());
+                    out.extend_from_slice(&word[..n]);
+                }
+                out
+            },
+        )
+    }
+
+    fn counter_add(name: &str, labels: &[(&str, &str)], delta: u64) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.record_metric(name, labels, Metric::Counter(0), |m| match m {
+                    Metric::Counter(v) => {
+                        *v = v.saturating_add(delta);
+                        true
+                    }
+                    _ => false,
+                })
+            },
+        )
+    }
+    fn gauge_set(name: &str, labels: &[(&str, &str)], value: i64) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.record_metric(name, labels, Metric::Gauge(0), |m| match m {
+                    Metric::Gauge(v) => {
+                        *v = value;
+                        true
+                    }
+                    _ => false,
+                })
+            },
+        )
+    }
+    fn histogram_observe(name: &str, labels: &[(&str, &str)], value: f64) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                if !value.is_finite() {
+                    return Err(HostError::Invalid(format!(
+                        "histogram {name:?}: observation must be finite, got {value}"
+                    )));
+                }
+                s.record_metric(name, labels, Metric::Histogram(Vec::new()), |m| match m {
+                    Metric::Histogram(v) => {
+                        v.push(value);
+                        true
+                    }
+                    _ => false,
+                })
+            },
+        )
+    }
+
+    fn kv_get(ns: &str, key: &str) -> Result<Option<Entry>, HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.check_kv(ns)?;
+                Ok(s.live_value(&(ns.to_owned(), key.to_owned()))
+                    .map(|v| Entry {
+                        value: v.value.clone(),
+                        version: v.version,
+                    }))
+            },
+        )
+    }
+    fn kv_set(ns: &str, key: &str, value: &[u8], ttl_ms: u64) -> Result<u64, HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.check_kv(ns)?;
+                let version = s.next_version();
+                let expires_at = expiry(s.now_ms, ttl_ms);
+                s.kv.values.insert(
+                    (ns.to_owned(), key.to_owned()),
+                    Stored {
+                        value: value.to_vec(),
+                        version,
+                        expires_at,
+                    },
+                );
+                Ok(version)
+            },
+        )
+    }
+    fn kv_compare_and_swap(
+        ns: &str,
+        key: &str,
+        expected: u64,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.check_kv(ns)?;
+                let k = (ns.to_owned(), key.to_owned());
+                let current = s.live_value(&k).map_or(0, |v| v.version);
+                if current != expected {
+                    return Ok(None);
+                }
+                let version = s.next_version();
+                let expires_at = expiry(s.now_ms, ttl_ms);
+                s.kv.values.insert(
+                    k,
+                    Stored {
+                        value: value.to_vec(),
+                        version,
+                        expires_at,
+                    },
+                );
+                Ok(Some(version))
+            },
+        )
+    }
+    fn kv_delete(ns: &str, key: &str) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.check_kv(ns)?;
+                let k = (ns.to_owned(), key.to_owned());
+                s.kv.values.remove(&k);
+                s.kv.counters.remove(&k);
+                s.kv.buckets.remove(&k);
+                Ok(())
+            },
+        )
+    }
+    fn kv_increment(ns: &str, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.check_kv(ns)?;
+                let now = s.now_ms;
+                let counter =
+                    s.kv.counters
+                        .entry((ns.to_owned(), key.to_owned()))
+                        .or_insert(Counter {
+                            value: 0,
+                            expires_at: expiry(now, ttl_ms),
+                        });
+                if expired(counter.expires_at, now) {
+                    // Fixed window: a new one starts with this increment.
+                    *counter = Counter {
+                        value: 0,
+                        expires_at: expiry(now, ttl_ms),
+                    };
+                }
+                counter.value = counter.value.checked_add(delta).ok_or_else(|| {
+                    HostError::Failed(format!("kv counter {ns}/{key} would overflow"))
+                })?;
+                Ok(counter.value)
+            },
+        )
+    }
+    fn kv_take_tokens(
+        ns: &str,
+        key: &str,
+        rate: u64,
+        period_ms: u64,
+        burst: u64,
+        cost: u64,
+    ) -> Result<BucketResult, HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                s.check_kv(ns)?;
+                if rate == 0 || period_ms == 0 || burst == 0 {
+                    return Err(HostError::Invalid(format!(
+                        "token bucket {ns}/{key}: rate, period and burst must be positive \
+                         (got rate {rate}, period {period_ms} ms, burst {burst})"
+                    )));
+                }
+                if cost > burst {
+                    return Err(HostError::Invalid(format!(
+                        "token bucket {ns}/{key}: cost {cost} exceeds burst {burst}, it could never pass"
+                    )));
+                }
+                let now = s.now_ms;
+                let (rate, period) = (u128::from(rate), u128::from(period_ms));
+                let full = u128::from(burst) * period;
+                let bucket =
+                    s.kv.buckets
+                        .entry((ns.to_owned(), key.to_owned()))
+                        .or_insert(Bucket {
+                            scaled: full,
+                            last_ms: now,
+                        });
+                let elapsed = u128::from(now.saturating_sub(bucket.last_ms));
+                bucket.scaled = full.min(bucket.scaled.saturating_add(elapsed * rate));
+                bucket.last_ms = now;
+                let need = u128::from(cost) * period;
+                let allowed = bucket.scaled >= need;
+                if allowed {
+                    bucket.scaled -= need;
+                }
+                let retry_after_ms = if allowed {
+                    0
+                } else {
+                    ceil_div(need - bucket.scaled, rate)
+                };
+                Ok(BucketResult {
+                    allowed,
+                    remaining: u64::try_from(bucket.scaled / period).unwrap_or(u64::MAX),
+                    retry_after: Duration::from_millis(retry_after_ms),
+                    reset: Duration::from_millis(ceil_div(full - bucket.scaled, rate)),
+                })
+            },
+        )
+    }
+
+    fn callout_send(
+        target: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u32,
+    ) -> Result<CalloutResponse, HostError> {
+        let request = CalloutRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            headers: headers
+                .iter()
+                .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+            body: body.to_vec(),
+            timeout: Duration::from_millis(u64::from(timeout_ms)),
+        };
+        let handler = with(
+            || Err(no_host()),
+            |s| {
+                if !s.grants.allows_callout(target) {
+                    return Err(HostError::Denied(format!(
+                        "callout target {target:?} is not granted (add it to the filter's grants.callouts)"
+                    )));
+                }
+                if method.is_empty() || !method.chars().all(is_token_char) {
+                    return Err(HostError::Invalid(format!(
+                        "invalid callout method {method:?}"
+                    )));
+                }
+                if !path.starts_with('/') {
+                    return Err(HostError::Invalid(format!(
+                        "invalid callout path {path:?}: it must start with /"
+                    )));
+                }
+                for (name, value) in headers {
+                    check_header(name, Some(value))?;
+                }
+                s.callouts.push((target.to_owned(), request.clone()));
+                Ok(s.callout_handler.clone())
+            },
+        )?;
+        // The emulator is not borrowed while the handler runs, so it may use the host too.
+        match handler {
+            Some(handler) => (handler.borrow_mut())(target, &request),
+            None => Err(HostError::Failed(format!(
+                "callout to {target:?}: no handler registered (Harness::on_callout)"
+            ))),
+        }
+    }
+}
