@@ -493,3 +493,26 @@ pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf,
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     (cert, key, ck.cert.der().to_vec())
 }
+
+/// Builds a filter crate of this workspace into a component, once per test process, and
+/// returns its path. A separate target dir keeps this build off the lock of the running one.
+pub fn filter_wasm(package: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == package) {
+        return p.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
+    let target_dir = root.join("target").join("wasm-e2e");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo to build a test filter");
+    assert!(status.success(), "building filter {package} for wasm32-wasip2 failed");
+    let path = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", package.replace('-', "_")));
+    assert!(path.is_file(), "{} was not produced", path.display());
+    built.push((package.to_string(), path.clone()));
+    path
+}

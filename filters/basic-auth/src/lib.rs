@@ -1,0 +1,1 @@
+//! The basic-auth filter (being written).

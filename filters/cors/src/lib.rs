@@ -1,0 +1,1 @@
+//! The cors filter (being written).

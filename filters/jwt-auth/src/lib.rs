@@ -1,0 +1,1 @@
+//! The jwt-auth filter (being written).

@@ -1,0 +1,1 @@
+//! The key-auth filter (being written).

@@ -1,0 +1,1 @@
+//! The transform filter (being written).

@@ -1,0 +1,292 @@
+//! End-to-end: wasm filters in the real proxy — phases, chains, per-route config, budgets and
+//! failure policies, capabilities. The filter is `tests/filters/testbed`, built from source.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use support::*;
+
+/// A config with one upstream cluster `backend` and the testbed filter under several names
+/// (`filters` is YAML list items), plus `routes` (YAML list items).
+fn config(up: &Upstream, filters: &str, routes: &str) -> String {
+    let wasm = filter_wasm("weir-testbed");
+    let filters = filters.replace("{wasm}", &wasm.display().to_string());
+    format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n\
+filters:\n{filters}\
+routes:\n{routes}",
+        up.addr
+    )
+}
+
+fn tb(name: &str, config: &str, extra: &str) -> String {
+    format!("  - {{ name: {name}, module: \"{{wasm}}\", config: {config}{extra} }}\n")
+}
+
+fn route(name: &str, prefix: &str, filters: &str) -> String {
+    format!("  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, cluster: backend, filters: {filters} }}\n")
+}
+
+#[tokio::test]
+async fn header_edits_run_in_order_on_requests_and_in_reverse_on_responses() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let filters = [
+        tb("a", "{ mode: header-edit, value: first, tag: a }", ""),
+        tb("b", "{ mode: header-edit, value: second, tag: b }", ""),
+        tb("c", "{ mode: header-edit, value: third, tag: c }", ""),
+    ]
+    .concat();
+    let routes = [route("chain", "/chain", "[a, b, c]"), route("plain", "/", "[]")].concat();
+    let weir = Weir::start(&config(&up, &filters, &routes))?;
+
+    let got = get(&weir.url("public", "/chain")).await?;
+    assert_eq!(got.status, 200);
+    let seen = up.last();
+    let chain: Vec<&str> = seen.headers.get_all("x-chain").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(chain, ["a", "b", "c"], "request phases run in route order");
+    assert_eq!(seen.headers["x-testbed"], "third", "the last filter's set wins upstream");
+    let chain: Vec<&str> = got.headers.get_all("x-chain").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(chain, ["c", "b", "a"], "response phases run in reverse order");
+    assert_eq!(got.header("x-testbed"), Some("first"));
+
+    // A route without filters never reaches the runtime.
+    let got = get(&weir.url("public", "/plain")).await?;
+    assert_eq!(got.status, 200);
+    assert!(got.header("x-chain").is_none());
+    let (_, metrics) = weir.admin_get("/metrics").await?;
+    assert!(metrics.contains("weir_filter_calls_total{filter=\"a\",route=\"chain\"} 2"), "{metrics}");
+    assert!(!metrics.contains("route=\"plain\"}"), "no filter stats for the plain route:\n{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_filter_can_answer_without_the_upstream_and_later_filters_do_not_run() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let filters = [tb("deny", "{ mode: respond, status: 403, body: nope }", ""), tb("edit", "{ mode: header-edit }", "")].concat();
+    let weir = Weir::start(&config(&up, &filters, &route("r", "/", "[deny, edit]")))?;
+    let got = get(&weir.url("public", "/x")).await?;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (403, "nope"));
+    assert!(got.header("x-request-id").is_some());
+    assert!(got.header("x-chain").is_none(), "the short-circuit skips the rest of the chain");
+    assert_eq!(up.count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_module_serves_routes_with_different_configs() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let filters = tb("edit", "{ mode: header-edit, value: default, tag: t }", "");
+    let routes = [
+        route("one", "/one", "[edit]"),
+        route("two", "/two", "[ { name: edit, config: { value: overridden } } ]"),
+    ]
+    .concat();
+    let weir = Weir::start(&config(&up, &filters, &routes))?;
+    get(&weir.url("public", "/one")).await?;
+    assert_eq!(up.last().headers["x-testbed"], "default");
+    get(&weir.url("public", "/two")).await?;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-testbed"], "overridden");
+    assert_eq!(seen.headers["x-chain"], "t", "keys not overridden come from the filter's config");
+    Ok(())
+}
+
+#[tokio::test]
+async fn runaway_filters_follow_their_failure_policy_and_the_proxy_keeps_serving() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let limits = ", limits: { time_per_phase: 20ms, memory: 8MiB }";
+    let filters = [
+        tb("loop-closed", "{ mode: loop }", &format!("{limits}, on_error: fail-closed")),
+        tb("loop-open", "{ mode: loop }", &format!("{limits}, on_error: fail-open")),
+        tb("bomb-closed", "{ mode: membomb }", &format!("{limits}, on_error: fail-closed")),
+        tb("bomb-open", "{ mode: membomb }", &format!("{limits}, on_error: fail-open")),
+        tb("panic-closed", "{ mode: panic }", &format!("{limits}, on_error: fail-closed")),
+        tb("panic-open", "{ mode: panic }", &format!("{limits}, on_error: fail-open")),
+        tb("edit", "{ mode: header-edit, tag: after }", ""),
+    ]
+    .concat();
+    let mut routes = String::new();
+    for f in ["loop", "bomb", "panic"] {
+        for p in ["closed", "open"] {
+            routes += &route(&format!("{f}-{p}"), &format!("/{f}-{p}"), &format!("[{f}-{p}, edit]"));
+        }
+    }
+    routes += &route("healthy", "/", "[edit]");
+    let mut weir = Weir::start(&config(&up, &filters, &routes))?;
+
+    for f in ["loop", "bomb", "panic"] {
+        for round in 0..2 {
+            let started = Instant::now();
+            let got = get(&weir.url("public", &format!("/{f}-closed"))).await?;
+            assert_eq!(got.status, 503, "{f} fail-closed, round {round}: {}", got.text());
+            let id = got.header("x-request-id").unwrap_or_default().to_string();
+            assert!(got.text().contains(&format!("filter \"{f}-closed\" failed (request id {id})")), "{}", got.text());
+            assert!(started.elapsed() < Duration::from_secs(2), "{f}: stopped promptly ({:?})", started.elapsed());
+
+            let got = get(&weir.url("public", &format!("/{f}-open"))).await?;
+            assert_eq!(got.status, 200, "{f} fail-open skips the filter, round {round}");
+            assert_eq!(got.header("x-chain"), Some("after"), "the rest of the chain still runs");
+
+            let got = get(&weir.url("public", "/healthy")).await?;
+            assert_eq!(got.status, 200, "other routes are unaffected");
+        }
+    }
+    let (_, metrics) = weir.admin_get("/metrics").await?;
+    for (filter, kind) in [("loop-closed", "deadline"), ("loop-open", "deadline"), ("bomb-closed", "memory"), ("panic-open", "panic")] {
+        let line = format!("weir_filter_failures_total{{filter=\"{filter}\",route=\"{filter}\",kind=\"{kind}\"}} 2");
+        assert!(metrics.lines().any(|l| l == line), "missing {line}\n{metrics}");
+    }
+    assert!(metrics.contains("weir_filter_budget_breaches_total{filter=\"loop-closed\",route=\"loop-closed\"} 2"), "{metrics}");
+    assert!(weir.stderr_text().contains("filter failed"), "failures are logged");
+    assert!(!weir.stderr_text().contains("thread '"), "the proxy itself never panics:\n{}", weir.stderr_text());
+    assert!(weir.child.try_wait()?.is_none(), "weir is still running");
+    Ok(())
+}
+
+#[tokio::test]
+async fn capabilities_are_denied_unless_granted() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let auth = Upstream::start("auth").await;
+    let filters = [
+        tb("granted", "{ mode: callout, target: auth, path: /check }", ", grants: { callouts: [ auth ] }"),
+        tb("ungranted", "{ mode: callout, target: auth, path: /check }", ""),
+        tb("direct", &format!("{{ mode: callout, target: \"{}\", path: /direct }}", auth.addr), &format!(", grants: {{ callouts: [ \"{}\" ] }}", auth.addr)),
+        tb("count", "{ mode: kv-counter, ns: hits }", ", grants: { kv: [ hits ] }"),
+        tb("count-denied", "{ mode: kv-counter, ns: hits }", ", grants: { kv: [ other ] }"),
+    ]
+    .concat();
+    let routes = [
+        route("granted", "/granted", "[granted]"),
+        route("ungranted", "/ungranted", "[ungranted]"),
+        route("direct", "/direct", "[direct]"),
+        route("count", "/count", "[count]"),
+        route("count-denied", "/count-denied", "[count-denied]"),
+    ]
+    .concat();
+    let yaml = config(&up, &filters, &routes).replace(
+        "clusters: [",
+        &format!("clusters: [ {{ name: auth, endpoints: [ {{ address: \"{}\" }} ] }},", auth.addr),
+    );
+    let weir = Weir::start(&yaml)?;
+
+    get(&weir.url("public", "/granted")).await?;
+    assert_eq!(up.last().headers["x-callout"], "200", "a granted cluster callout is answered");
+    assert_eq!(auth.last().path, "/check");
+    get(&weir.url("public", "/direct")).await?;
+    assert_eq!(up.last().headers["x-callout"], "200", "a granted host:port callout is answered");
+    assert_eq!(auth.last().path, "/direct");
+    let before = auth.count();
+    get(&weir.url("public", "/ungranted")).await?;
+    let v = up.last().headers["x-callout"].to_str()?.to_string();
+    assert!(v.starts_with("denied:"), "a typed error, not a trap: {v}");
+    assert_eq!(auth.count(), before, "nothing was sent");
+
+    for n in 1..=3 {
+        get(&weir.url("public", "/count")).await?;
+        assert_eq!(up.last().headers["x-count"], n.to_string().as_str(), "the counter is shared across requests");
+    }
+    get(&weir.url("public", "/count-denied")).await?;
+    assert!(up.last().headers["x-count"].to_str()?.starts_with("denied:"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_request_state_never_leaks_between_concurrent_requests() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let filters = tb("state", "{ mode: state }", ", limits: { max_instances: 2 }");
+    let weir = Weir::start(&config(&up, &filters, &route("r", "/", "[state]")))?;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = weir.url("public", &format!("/req/{i}"));
+        tasks.push(tokio::spawn(async move {
+            let delay = (i % 5 * 3).to_string();
+            let got = get_with(&url, &[("x-delay-ms", delay.as_str())]).await?;
+            anyhow::Ok((i, got))
+        }));
+    }
+    for t in tasks {
+        let (i, got) = t.await??;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.header("x-state-path"), Some(format!("/req/{i}").as_str()));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn body_phases_transform_request_and_response_bodies() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let filters = tb("upper", "{ mode: body-upper }", "");
+    let weir = Weir::start(&config(&up, &filters, &route("r", "/", "[upper]")))?;
+    let (tx, body) = channel_body();
+    let client = h1_client();
+    let req = http::Request::post(weir.url("public", "/echo")).body(body)?;
+    let sending = tokio::spawn(async move {
+        for part in ["hello ", "wörld ", "from a streamed body"] {
+            tx.send(bytes::Bytes::from(part)).await?;
+        }
+        anyhow::Ok(())
+    });
+    let got = send(&client, req).await?;
+    sending.await??;
+    // The upstream echoes what it received (uppercased once), and the response is uppercased
+    // again (a no-op on uppercase text); non-ASCII bytes pass untouched.
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "HELLO WöRLD FROM A STREAMED BODY");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_config_the_filter_rejects_is_an_error_at_its_route() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let filters = tb("strict", "{ mode: bad-config }", "");
+    let dir = TempDir::new();
+    let text = config(&up, &filters, &route("r", "/", "[strict]")).replace("{dir}", &dir.0.display().to_string());
+    let cfg = dir.write("weir.yaml", &format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}"));
+    let out = tokio::process::Command::new(weir_bin()).arg("validate").arg(&cfg).output().await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("weir.yaml:8: routes[0].filters[0]: filter \"strict\" rejected its config"), "{err}");
+
+    // A module that is not a component is rejected at its line too.
+    let junk = dir.write("junk.wasm", "not wasm");
+    let text = text.replace(&filter_wasm("weir-testbed").display().to_string(), &junk.display().to_string());
+    let cfg = dir.write("weir.yaml", &format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}"));
+    let out = tokio::process::Command::new(weir_bin()).arg("validate").arg(&cfg).output().await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("routes[0]") || err.contains("filters[0].module"), "{err}");
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn compiled_filters_are_cached_on_disk_by_content_hash() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let cache = TempDir::new();
+    let filters = tb("noop", "{ mode: noop }", "");
+    let yaml = config(&up, &filters, &route("r", "/", "[noop]"))
+        .replace("\"{dir}/cache\"", &format!("\"{}\"", cache.0.display()));
+    let list = || -> Result<Vec<(String, std::time::SystemTime)>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&cache.0)? {
+            let e = e?;
+            v.push((e.file_name().to_string_lossy().into_owned(), e.metadata()?.modified()?));
+        }
+        Ok(v)
+    };
+    let weir = Weir::start(&yaml)?;
+    assert_eq!(get(&weir.url("public", "/")).await?.status, 200);
+    drop(weir);
+    let first = list()?;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0.ends_with(".cwasm") && first[0].0.len() > 64, "named by content hash: {first:?}");
+
+    // A restart with the same module reuses the artifact instead of compiling and rewriting it.
+    let weir = Weir::start(&yaml)?;
+    assert_eq!(get(&weir.url("public", "/")).await?.status, 200);
+    assert_eq!(list()?, first);
+    Ok(())
+}
