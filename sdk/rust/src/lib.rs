@@ -136,7 +136,8 @@
 //!   request, so one request's state cannot reach another.
 //! * An instance handles one phase call at a time, which is why phases take `&self`.
 //! * Host calls return `Result<_, HostError>`; a [`HostError`] is a value, never a trap. A panic
-//!   *is* a trap: the proxy throws the instance away and applies the filter's failure policy.
+//!   *is* a trap: its message and location go to the proxy's log (at error level, through
+//!   [`log`]), then the proxy throws the instance away and applies the filter's failure policy.
 //!
 //! # Host capabilities
 //!
@@ -161,6 +162,11 @@ mod runtime;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+
+// The README's examples are compiled and run as doc tests too, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use action::{Action, LocalResponse, Phases};
 pub use error::{ConfigError, HostError};

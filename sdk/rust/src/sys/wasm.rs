@@ -254,6 +254,24 @@ fn action(a: Action) -> WitAction {
     }
 }
 
+/// Sends panic messages to the proxy's log (through the `log` import) before the trap: the
+/// proxy gives filters no usable stderr, so without this a trap would say only "unreachable".
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.payload_as_str().unwrap_or("(non-string payload)");
+            let line = match info.location() {
+                Some(at) => format!("filter panicked at {at}: {message}"),
+                None => format!("filter panicked: {message}"),
+            };
+            log::write(types::Level::Error, &line);
+            previous(info);
+        }));
+    });
+}
+
 /// One component's filter instance: what `configure` stored, in a `thread_local` the
 /// `export_filter!` expansion declares (a component instance is single-threaded).
 pub struct Slot<F: Filter>(RefCell<Option<Runtime<F>>>);
@@ -272,6 +290,7 @@ impl<F: Filter> Slot<F> {
 
     /// WIT `configure`: replaces the instance (the host calls it once per instance).
     pub fn configure(&self, config: &str) -> Result<WitPhases, WitConfigError> {
+        install_panic_hook();
         let runtime =
             Runtime::<F>::configure(config).map_err(|e| WitConfigError { message: e.message })?;
         let declared = phases(runtime.phases());
