@@ -225,6 +225,12 @@ clusters: [ {{ name: up, endpoints: [ {{ address: 127.0.0.1:{UPSTREAM_PORT} }} ]
     return start([weir, "run", path], 0, env=dict(os.environ, WEIR_LOG="error"))
 
 
+@peer("forwarder")
+def run_forwarder(tmp, weir):
+    exe = os.path.join(os.path.dirname(weir), "bare-forwarder")
+    return start([exe, f"127.0.0.1:{PROXY_PORT}", f"127.0.0.1:{UPSTREAM_PORT}"], 0)
+
+
 def wrk(url, seconds, conns):
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url],
@@ -276,12 +282,12 @@ def main():
     ap.add_argument("--seconds", type=int)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--weir", default=os.path.join(ROOT, "target", "release", "weir"))
-    ap.add_argument("--peers", default="nginx,haproxy,caddy,weir")
+    ap.add_argument("--peers", default="nginx,haproxy,caddy,forwarder,weir")
     args = ap.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
     seconds = args.seconds or (5 if args.quick else 15)
     names = [p for p in args.peers.split(",") if p]
-    for tool in ["taskset", "wrk", "nginx"] + [n for n in names if n != "weir"]:
+    for tool in ["taskset", "wrk", "nginx"] + [n for n in names if n not in ("weir", "forwarder")]:
         if not shutil.which(tool):
             sys.exit(f"missing {tool}: run benches/setup.sh first")
     for port in (PROXY_PORT, UPSTREAM_PORT, ADMIN_PORT):
@@ -362,7 +368,7 @@ def report(results, names, rounds, seconds, args):
         "| proxy | req/s | µs CPU / request | requests per core-second | vs best peer | p50 µs | p99 µs | RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    peers = [n for n in names if n != "weir"]
+    peers = [n for n in names if n not in ("weir", "forwarder")]
     best = max((med(results[n], "req_per_core_s")[0] for n in peers), default=0)
     for n in names:
         rps = med(results[n], "rps")
@@ -372,6 +378,8 @@ def report(results, names, rounds, seconds, args):
         p99 = med(results[n], "p99_us")
         rss = med(results[n], "rss_kb")
         ratio = f"{rcs[0] / best:.2f}x" if best else "-"
+        if n == "forwarder":
+            n = "bare hyper forwarder (floor)"
         lines.append(
             f"| {n} | {rps[0]:.0f} ({rps[1]:.0f}-{rps[2]:.0f}) | {cpu[0]:.1f} ({cpu[1]:.1f}-{cpu[2]:.1f}) | "
             f"{rcs[0]:.0f} ({rcs[1]:.0f}-{rcs[2]:.0f}) | {ratio} | {p50[0]:.0f} | {p99[0]:.0f} | {rss[0] / 1024:.1f} |"

@@ -22,3 +22,8 @@ need_debs() {
   echo "==> installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# Rust filters build for wasm32-wasip2 (rustup downloads the target's std once).
+need_wasm_target() {
+  rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+}

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_rust
+need_wasm_target
 need_debs curl
 step "format" cargo fmt --all -- --check
 step "lint" cargo clippy --locked --workspace --all-targets -- -D warnings
