@@ -67,11 +67,16 @@ async fn header_edits_run_in_order_on_requests_and_in_reverse_on_responses() -> 
 async fn a_filter_can_answer_without_the_upstream_and_later_filters_do_not_run() -> Result<()> {
     let up = Upstream::start("up").await;
     let filters = [tb("deny", "{ mode: respond, status: 403, body: nope }", ""), tb("edit", "{ mode: header-edit }", "")].concat();
-    let weir = Weir::start(&config(&up, &filters, &route("r", "/", "[deny, edit]")))?;
-    let got = get(&weir.url("public", "/x")).await?;
+    let routes = [route("deny-first", "/first", "[deny, edit]"), route("deny-last", "/last", "[edit, deny]")].concat();
+    let weir = Weir::start(&config(&up, &filters, &routes))?;
+    let got = get(&weir.url("public", "/first")).await?;
     assert_eq!((got.status.as_u16(), got.text().as_str()), (403, "nope"));
     assert!(got.header("x-request-id").is_some());
     assert!(got.header("x-chain").is_none(), "the short-circuit skips the rest of the chain");
+    // Filters before the one that answered see its response in their response phase.
+    let got = get(&weir.url("public", "/last")).await?;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (403, "nope"));
+    assert_eq!(got.header("x-chain"), Some("testbed"), "the earlier filter's response phase ran");
     assert_eq!(up.count(), 0);
     Ok(())
 }

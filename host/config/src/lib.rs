@@ -156,12 +156,17 @@ pub struct AdminConfig {
     /// Address to listen on. Default: `127.0.0.1:9901`. Use port 0 to pick a free port.
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
+    /// Bearer token every admin request must carry (`Authorization: Bearer ..`), except
+    /// `/healthz` and `/ready`. Required when `listen` is not a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: defaults::admin_listen(),
+            token: None,
         }
     }
 }

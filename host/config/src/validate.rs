@@ -37,6 +37,15 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         );
     }
 
+    if !c.admin.listen.ip().is_loopback() && c.admin.token.as_deref().is_none_or(str::is_empty) {
+        err(
+            "admin.listen".into(),
+            format!(
+                "the admin listener on {} is reachable beyond this machine: set admin.token",
+                c.admin.listen
+            ),
+        );
+    }
     unique(
         c.listeners.iter().map(|l| l.name.as_str()),
         "listeners",

@@ -16,6 +16,8 @@ struct Entry {
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// When the bucket is full again: from then on it equals a fresh bucket and can be dropped.
+    full_at: Instant,
 }
 
 /// The outcome of a token-bucket take.
@@ -38,7 +40,12 @@ pub struct Kv {
     entries: DashMap<(String, String), Entry>,
     counters: DashMap<(String, String), (i64, Option<Instant>)>,
     buckets: DashMap<(String, String), Bucket>,
+    ops: std::sync::atomic::AtomicU64,
 }
+
+/// Expired state is swept every this many writes, so keys chosen by clients (header or claim
+/// rate-limit keys) cannot grow memory without bound.
+const SWEEP_EVERY: u64 = 4096;
 
 fn key(ns: &str, k: &str) -> (String, String) {
     (ns.to_string(), k.to_string())
@@ -49,6 +56,26 @@ fn expiry(ttl_ms: u64, now: Instant) -> Option<Instant> {
 }
 
 impl Kv {
+    /// Counts a write and sweeps expired entries, counters and full buckets now and then.
+    fn tick(&self, now: Instant) {
+        if self.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return;
+        }
+        self.entries.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        self.counters.retain(|_, c| c.1.is_none_or(|t| t > now));
+        self.buckets.retain(|_, b| b.full_at > now);
+    }
+
+    /// Live keys of every kind (for tests and introspection).
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.counters.len() + self.buckets.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Reads a live entry: (value, version).
     pub fn get(&self, ns: &str, k: &str) -> Option<(Vec<u8>, u64)> {
         let now = Instant::now();
@@ -62,6 +89,7 @@ impl Kv {
     /// Writes unconditionally; returns the new version.
     pub fn set(&self, ns: &str, k: &str, value: Vec<u8>, ttl_ms: u64) -> u64 {
         let now = Instant::now();
+        self.tick(now);
         let mut e = self.entries.entry(key(ns, k)).or_insert(Entry {
             value: Vec::new(),
             version: 0,
@@ -108,6 +136,7 @@ impl Kv {
     /// Adds to a counter; a counter with a TTL restarts from 0 once it expires (fixed window).
     pub fn increment(&self, ns: &str, k: &str, delta: i64, ttl_ms: u64) -> i64 {
         let now = Instant::now();
+        self.tick(now);
         let mut c = self
             .counters
             .entry(key(ns, k))
@@ -143,11 +172,13 @@ impl Kv {
         cost: u64,
         now: Instant,
     ) -> Take {
+        self.tick(now);
         let burst = burst.max(1) as f64;
         let per_ms = rate as f64 / period_ms.max(1) as f64;
         let mut b = self.buckets.entry(key(ns, k)).or_insert(Bucket {
             tokens: burst,
             last: now,
+            full_at: now,
         });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64() * 1e3;
         b.tokens = (b.tokens + elapsed * per_ms).min(burst);
@@ -164,6 +195,7 @@ impl Kv {
                 u64::MAX
             }
         };
+        b.full_at = now + Duration::from_millis(ms_for(burst - b.tokens).min(u64::from(u32::MAX)));
         Take {
             allowed,
             remaining: b.tokens.floor() as u64,
@@ -207,6 +239,29 @@ mod tests {
         assert_eq!(kv.increment("n", "w", 1, 1), 1);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(kv.increment("n", "w", 1, 1), 1, "window restarted");
+    }
+
+    #[test]
+    fn buckets_that_are_not_full_survive_a_sweep() {
+        let kv = Kv::default();
+        // 1 token per hour, burst 1: empty after one take, and must stay empty.
+        assert!(kv.take_tokens("n", "slow", 1, 3_600_000, 1, 1).allowed);
+        for i in 0..SWEEP_EVERY {
+            kv.increment("n", &format!("c{i}"), 1, 1);
+        }
+        assert!(!kv.take_tokens("n", "slow", 1, 3_600_000, 1, 1).allowed, "a sweep must not refill a bucket");
+    }
+
+    #[test]
+    fn full_buckets_and_expired_keys_are_swept() {
+        let kv = Kv::default();
+        for i in 0..SWEEP_EVERY - 1 {
+            kv.take_tokens("n", &format!("client-{i}"), 1000, 1, 10, 1);
+        }
+        assert!(kv.len() >= (SWEEP_EVERY - 1) as usize);
+        std::thread::sleep(Duration::from_millis(5));
+        kv.take_tokens("n", "one-more", 1000, 1, 10, 1);
+        assert!(kv.len() <= 1, "refilled buckets are dropped: {} left", kv.len());
     }
 
     #[test]

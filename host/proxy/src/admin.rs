@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::Shared;
+use crate::{Shared, control};
 
 pub(crate) async fn admin_loop(
     listener: TcpListener,
@@ -32,7 +32,7 @@ pub(crate) async fn admin_loop(
             let _drain = drain;
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req)) }
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http1_only()
@@ -42,14 +42,136 @@ pub(crate) async fn admin_loop(
     }
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is supported here\n",
-        );
+/// Admin request bodies (filter modules included) are capped.
+const MAX_ADMIN_BODY: usize = 64 << 20;
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let public = matches!(path.as_str(), "/healthz" | "/ready");
+    if !public && let Some(token) = shared.snapshot.load().loaded.config.admin.token.clone() {
+        let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required: Authorization: Bearer <admin.token>\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"weir-admin\""));
+            return r;
+        }
     }
-    match req.uri().path() {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, _) => read(shared, &path, req.uri().query()).await,
+        (&Method::PUT, ["filters", name]) => match body(req).await {
+            Ok(bytes) => reply(control::upload(shared, name, bytes.to_vec()).await.map(|(hash, compiled)| {
+                serde_json::json!({ "filter": name, "version": hash, "compiled": compiled })
+            })),
+            Err(r) => r,
+        },
+        (&Method::POST, ["filters", name, "rollback"]) => {
+            reply(control::rollback(shared, name).await.map(|hash| serde_json::json!({ "filter": name, "version": hash })))
+        }
+        (&Method::DELETE, ["filters", name]) => {
+            reply(control::delete_filter(shared, name).await.map(|()| serde_json::json!({ "deleted": name })))
+        }
+        (&Method::PUT, [kind @ ("routes" | "clusters"), name]) => {
+            let bytes = match body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let (kind, name) = (kind.to_string(), name.to_string());
+            let result = if kind == "routes" {
+                put_named(shared, &bytes, &name, |c: &mut weir_config::Config| &mut c.routes, |r: &mut weir_config::RouteConfig| &mut r.name)
+                    .await
+            } else {
+                put_named(shared, &bytes, &name, |c: &mut weir_config::Config| &mut c.clusters, |r: &mut weir_config::ClusterConfig| &mut r.name)
+                    .await
+            };
+            reply(result.map(|()| serde_json::json!({ kind: name })))
+        }
+        (&Method::DELETE, [kind @ ("routes" | "clusters"), name]) => {
+            let n = name.to_string();
+            let routes = *kind == "routes";
+            reply(
+                control::edit(shared, move |c| {
+                    let removed = if routes {
+                        let before = c.routes.len();
+                        c.routes.retain(|r| r.name != n);
+                        before != c.routes.len()
+                    } else {
+                        let before = c.clusters.len();
+                        c.clusters.retain(|r| r.name != n);
+                        before != c.clusters.len()
+                    };
+                    if removed { Ok(()) } else { Err((404, format!("nothing named {n:?}"))) }
+                })
+                .await
+                .map(|()| serde_json::json!({ "deleted": name })),
+            )
+        }
+        (&Method::POST, ["reload"]) => {
+            let file = shared.control.lock().await.loaded.file.clone();
+            let result = match weir_config::LoadedConfig::from_file(&file) {
+                Ok(l) => control::reload_file(shared, l).await.map_err(|e| (400, e.to_string())),
+                Err(e) => Err((400, e.to_string())),
+            };
+            reply(result.map(|()| serde_json::json!({ "reloaded": file })))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: see the admin API in README.md\n"),
+    }
+}
+
+/// `PUT /routes/{name}` and `PUT /clusters/{name}`: replace the item with that name or add it.
+async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
+    shared: &Shared,
+    bytes: &[u8],
+    name: &str,
+    list: fn(&mut weir_config::Config) -> &mut Vec<T>,
+    name_of: fn(&mut T) -> &mut String,
+) -> Result<(), control::Refused> {
+    let mut item: T = serde_json::from_slice(bytes).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
+    let n = name_of(&mut item);
+    if n.is_empty() {
+        *n = name.to_string();
+    } else if n != name {
+        return Err((400, format!("the body names {n:?} but the path names {name:?}")));
+    }
+    let name = name.to_string();
+    control::edit(shared, move |c| {
+        let items = list(c);
+        match items.iter_mut().position(|x| *name_of(x) == name) {
+            Some(i) => items[i] = item,
+            None => items.push(item),
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))),
+    }
+}
+
+fn reply(result: Result<serde_json::Value, control::Refused>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(v) => json(&v),
+        Err((status, msg)) => error(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), &msg),
+    }
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let mut r = json(&serde_json::json!({ "error": msg }));
+    *r.status_mut() = status;
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/ready" => {
             if shared.draining.load(Relaxed) {
@@ -60,25 +182,25 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let body = shared.registry.render(env!("CARGO_PKG_VERSION"));
-            respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            )
+            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
         }
         "/config" => {
             let snap = shared.snapshot.load();
-            json(&serde_json::to_value(&snap.loaded.config).unwrap_or_default())
+            let mut config = snap.loaded.config.clone();
+            if config.admin.token.is_some() {
+                config.admin.token = Some("<redacted>".into());
+            }
+            if query.is_some_and(|q| q.split('&').any(|kv| kv == "format=yaml")) {
+                let yaml = serde_yaml::to_string(&config).unwrap_or_default();
+                respond(StatusCode::OK, "application/yaml", yaml)
+            } else {
+                json(&serde_json::to_value(&config).unwrap_or_default())
+            }
         }
         "/clusters" => json(&shared.snapshot.load().clusters_json()),
-        "/" => text(
-            StatusCode::OK,
-            "weir admin: /healthz /ready /metrics /config /clusters\n",
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz /ready /metrics /config /clusters\n",
-        ),
+        "/filters" => json(&shared.snapshot.load().filters_json()),
+        "/" => text(StatusCode::OK, "weir admin: see the admin API in README.md\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: see the admin API in README.md\n"),
     }
 }
 

@@ -7,6 +7,7 @@ mod admin;
 mod body;
 mod callouts;
 mod connector;
+mod control;
 mod filtering;
 mod listener;
 mod proxy;
@@ -35,6 +36,9 @@ pub(crate) struct Shared {
     /// Created with the first config that uses filters; kept for the life of the process.
     pub runtime: std::sync::Mutex<Option<weir_filters::Runtime>>,
     callouts: Arc<callouts::ProxyCallouts>,
+    /// What the operator asked for: the config (file plus admin API edits) and uploaded filter
+    /// versions. The lock serializes every change; requests never take it.
+    pub control: tokio::sync::Mutex<control::Desired>,
 }
 
 impl Shared {
@@ -89,7 +93,7 @@ impl Server {
         }
         let callouts = callouts::ProxyCallouts::new();
         let runtime = snapshot::filter_runtime(&loaded, Some(callouts.clone()), registry.clone())?;
-        let snap = Snapshot::build(loaded, &registry, runtime.as_ref()).await?;
+        let snap = Snapshot::build(loaded.clone(), &registry, runtime.as_ref(), &snapshot::Uploads::new()).await?;
         let config = snap.loaded.config.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snap),
@@ -97,6 +101,7 @@ impl Server {
             draining: AtomicBool::new(false),
             runtime: std::sync::Mutex::new(runtime),
             callouts,
+            control: tokio::sync::Mutex::new(control::Desired::new(loaded)),
         });
         shared.callouts.attach(&shared);
         let (shutdown, _) = watch::channel(false);
@@ -156,10 +161,16 @@ impl Server {
     /// at once; in-flight requests finish on the old snapshot. Listener addresses and TLS
     /// certificates are bound at start and need a restart to change. On error nothing changes.
     pub async fn reload(&self, loaded: LoadedConfig) -> Result<(), ConfigError> {
-        let runtime = self.shared.runtime_for(&loaded)?;
-        let snap = Snapshot::build(loaded, &self.shared.registry, runtime.as_ref()).await?;
-        self.shared.snapshot.store(Arc::new(snap));
-        Ok(())
+        control::reload_file(&self.shared, loaded).await
+    }
+
+    /// The files the running config reads (the config itself and local filter modules), for
+    /// watching.
+    pub async fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let d = self.shared.control.lock().await;
+        let mut files = vec![d.loaded.file.clone()];
+        files.extend(d.loaded.config.filters.iter().map(|f| d.loaded.resolve(&f.module)));
+        files
     }
 
     /// The config currently served.

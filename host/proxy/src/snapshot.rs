@@ -30,7 +30,20 @@ pub struct Snapshot {
     pub(crate) clusters: Vec<Arc<Cluster>>,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) max_body: Option<u64>,
+    /// Every configured filter's loaded module, in config order.
+    pub(crate) filters: Vec<LoadedFilter>,
 }
+
+/// A filter's module as loaded into a snapshot.
+pub(crate) struct LoadedFilter {
+    pub name: String,
+    pub module: Arc<weir_filters::Module>,
+    /// `file` or `api` (uploaded through the admin API).
+    pub source: &'static str,
+}
+
+/// Filter modules uploaded through the admin API, by filter name (they replace the file).
+pub type Uploads = HashMap<String, Arc<Vec<u8>>>;
 
 pub(crate) struct Route {
     pub name: Arc<str>,
@@ -146,8 +159,9 @@ impl Snapshot {
         loaded: LoadedConfig,
         registry: &Registry,
         runtime: Option<&weir_filters::Runtime>,
+        uploads: &Uploads,
     ) -> Result<Snapshot, ConfigError> {
-        let chains = build_chains(&loaded, registry, runtime).await?;
+        let (chains, filters) = build_chains(&loaded, registry, runtime, uploads).await?;
         let c = &loaded.config;
         let mut clusters = Vec::with_capacity(c.clusters.len());
         for (i, cc) in c.clusters.iter().enumerate() {
@@ -221,6 +235,7 @@ impl Snapshot {
         };
         let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
         Ok(Snapshot {
+            filters,
             router,
             routes,
             clusters,
@@ -228,6 +243,28 @@ impl Snapshot {
             max_body,
             loaded,
         })
+    }
+
+    pub(crate) fn filters_json(&self) -> serde_json::Value {
+        let c = &self.loaded.config;
+        let list = self
+            .filters
+            .iter()
+            .map(|f| {
+                let routes: Vec<&str> =
+                    c.routes.iter().filter(|r| r.filters.iter().any(|x| x.name == f.name)).map(|r| r.name.as_str()).collect();
+                let loaded_at = f.module.loaded_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                serde_json::json!({
+                    "name": f.name,
+                    "version": f.module.hash,
+                    "source": f.source,
+                    "loaded_at": weir_observe::rfc3339(f.module.loaded_at),
+                    "loaded_at_unix_ms": loaded_at.as_millis() as u64,
+                    "routes": routes,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list)
     }
 
     pub(crate) fn clusters_json(&self) -> serde_json::Value {
@@ -349,31 +386,29 @@ async fn build_chains(
     loaded: &LoadedConfig,
     registry: &Registry,
     runtime: Option<&weir_filters::Runtime>,
-) -> Result<Vec<Option<Arc<weir_filters::Chain>>>, ConfigError> {
+    uploads: &Uploads,
+) -> Result<(Vec<Option<Arc<weir_filters::Chain>>>, Vec<LoadedFilter>), ConfigError> {
     let c = &loaded.config;
-    if c.routes.iter().all(|r| r.filters.is_empty()) {
-        return Ok(vec![None; c.routes.len()]);
+    if c.filters.is_empty() {
+        return Ok((vec![None; c.routes.len()], Vec::new()));
     }
     let Some(rt) = runtime else {
         return Err(loaded.error_at("filters", "the filter runtime is not available"));
     };
     let mut modules = HashMap::new();
+    let mut infos = Vec::with_capacity(c.filters.len());
     for (i, f) in c.filters.iter().enumerate() {
-        // Only modules some route uses are loaded: an unused filter costs nothing.
-        if !c
-            .routes
-            .iter()
-            .any(|r| r.filters.iter().any(|x| x.name == f.name))
-        {
-            continue;
-        }
-        let path = loaded.resolve(&f.module);
-        let m = rt.load_file(&f.name, &path).map_err(|e| {
-            loaded.error_at(
-                format!("filters[{i}].module"),
-                format!("{}: {e:#}", path.display()),
-            )
-        })?;
+        let (m, source) = match uploads.get(&f.name) {
+            Some(bytes) => (rt.load(&f.name, bytes).map_err(|e| loaded.error_at(format!("filters[{i}].module"), format!("uploaded module: {e:#}")))?, "api"),
+            None => {
+                let path = loaded.resolve(&f.module);
+                let m = rt
+                    .load_file(&f.name, &path)
+                    .map_err(|e| loaded.error_at(format!("filters[{i}].module"), format!("{}: {e:#}", path.display())))?;
+                (m, "file")
+            }
+        };
+        infos.push(LoadedFilter { name: f.name.clone(), module: m.clone(), source });
         modules.insert(f.name.as_str(), (m, f));
     }
     let mut pairs: HashMap<(String, String), Arc<weir_filters::Pair>> = HashMap::new();
@@ -416,7 +451,7 @@ async fn build_chains(
         }
         chains.push(Some(Arc::new(weir_filters::Chain::new(links))));
     }
-    Ok(chains)
+    Ok((chains, infos))
 }
 
 /// Loads every certificate of an https listener, reporting failures at the config line.
@@ -463,7 +498,7 @@ pub async fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     let runtime = filter_runtime(loaded, None, registry.clone())
         .map_err(|e| loaded.error_at("filters", format!("{e:#}")))?;
-    Snapshot::build(no_log, &registry, runtime.as_ref())
+    Snapshot::build(no_log, &registry, runtime.as_ref(), &Uploads::new())
         .await
         .map(|_| ())
 }
@@ -474,7 +509,7 @@ pub fn filter_runtime(
     callouts: Option<Arc<dyn weir_filters::Callouts>>,
     registry: Registry,
 ) -> anyhow::Result<Option<weir_filters::Runtime>> {
-    if loaded.config.routes.iter().all(|r| r.filters.is_empty()) {
+    if loaded.config.filters.is_empty() {
         return Ok(None);
     }
     let cache_dir = match &loaded.config.filter_cache {

@@ -1,5 +1,6 @@
 //! The `weir` command: run, validate, and try the proxy.
 
+mod admin_client;
 mod build;
 mod demo;
 
@@ -24,6 +25,14 @@ enum Command {
     Run {
         /// The config file.
         config: PathBuf,
+        /// Reload when the config file or a filter module it names changes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Ask a running proxy to re-read its config file (`POST /reload` on the admin API).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Check a config file (schema, names, certificates) without starting anything.
     /// Prints `file:line: field: problem` for each problem and exits 1 if there are any.
@@ -51,8 +60,35 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API of the running proxy.
+    #[arg(long, default_value = "http://127.0.0.1:9901", env = "WEIR_ADMIN")]
+    admin: String,
+    /// The admin token, if the proxy requires one.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN")]
+    token: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum FilterCommand {
+    /// Upload a new version of a filter's module to a running proxy (`PUT /filters/NAME`); it
+    /// is compiled, checked and made live atomically, or refused with the old version serving.
+    Push {
+        /// The filter's name in the config.
+        name: String,
+        /// The `.wasm` component.
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Go back to the previous version of a filter (`POST /filters/NAME/rollback`).
+    Rollback {
+        /// The filter's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Build a filter project (a Rust crate) into a component (`.wasm`) ready to load.
     Build {
         /// The filter's folder (with its Cargo.toml).
@@ -78,8 +114,25 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Run { config } => run(&config, false),
-        Command::Quickstart { config } => run(&config, true),
+        Command::Run { config, watch } => run(&config, false, watch),
+        Command::Reload { admin } => {
+            admin_client::call(&admin.admin, admin.token.as_deref(), http::Method::POST, "/reload", Vec::new()).map(|t| print!("{t}"))
+        }
+        Command::Filter(FilterCommand::Push { name, file, admin }) => std::fs::read(&file)
+            .with_context(|| format!("cannot read {}", file.display()))
+            .and_then(|bytes| {
+                admin_client::call(&admin.admin, admin.token.as_deref(), http::Method::PUT, &format!("/filters/{name}"), bytes)
+            })
+            .map(|t| print!("{t}")),
+        Command::Filter(FilterCommand::Rollback { name, admin }) => admin_client::call(
+            &admin.admin,
+            admin.token.as_deref(),
+            http::Method::POST,
+            &format!("/filters/{name}/rollback"),
+            Vec::new(),
+        )
+        .map(|t| print!("{t}")),
+        Command::Quickstart { config } => run(&config, true, false),
         Command::Filter(FilterCommand::Build {
             path,
             output,
@@ -132,7 +185,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     b.build().context("cannot start the runtime")
 }
 
-fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
+fn run(path: &Path, quickstart: bool, watch: bool) -> anyhow::Result<()> {
     let loaded = LoadedConfig::from_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rt = runtime(loaded.config.workers)?;
     rt.block_on(async move {
@@ -159,7 +212,7 @@ fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
         if quickstart {
             demo::print_tour(&server);
         }
-        wait_for_signals(&server, path).await?;
+        wait_for_signals(&server, path, watch).await?;
         eprintln!("weir: draining (up to {drain:?})");
         let clean = server.shutdown(drain).await;
         eprintln!(
@@ -175,22 +228,46 @@ fn run(path: &Path, quickstart: bool) -> anyhow::Result<()> {
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(server: &Server, path: &Path) -> anyhow::Result<()> {
+async fn wait_for_signals(server: &Server, path: &Path, watch: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut seen = if watch { stamps(&server.watched_files().await) } else { Vec::new() };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => reload(server, path).await,
+            _ = tick.tick(), if watch => {
+                let now = stamps(&server.watched_files().await);
+                if now != seen {
+                    // Debounce: editors write in several steps; wait until the files settle.
+                    let mut settled = now;
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        let again = stamps(&server.watched_files().await);
+                        if again == settled {
+                            break;
+                        }
+                        settled = again;
+                    }
+                    reload(server, path).await;
+                    seen = stamps(&server.watched_files().await);
+                }
+            }
         }
     }
 }
 
+/// Modification time and size of each file (None when missing).
+fn stamps(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
 #[cfg(not(unix))]
-async fn wait_for_signals(_: &Server, _: &Path) -> anyhow::Result<()> {
+async fn wait_for_signals(_: &Server, _: &Path, _: bool) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
