@@ -28,7 +28,9 @@ fn tb(name: &str, config: &str, extra: &str) -> String {
 }
 
 fn route(name: &str, prefix: &str, filters: &str) -> String {
-    format!("  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, cluster: backend, filters: {filters} }}\n")
+    format!(
+        "  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, cluster: backend, filters: {filters} }}\n"
+    )
 }
 
 #[tokio::test]
@@ -40,17 +42,38 @@ async fn header_edits_run_in_order_on_requests_and_in_reverse_on_responses() -> 
         tb("c", "{ mode: header-edit, value: third, tag: c }", ""),
     ]
     .concat();
-    let routes = [route("chain", "/chain", "[a, b, c]"), route("plain", "/", "[]")].concat();
+    let routes = [
+        route("chain", "/chain", "[a, b, c]"),
+        route("plain", "/", "[]"),
+    ]
+    .concat();
     let weir = Weir::start(&config(&up, &filters, &routes))?;
 
     let got = get(&weir.url("public", "/chain")).await?;
     assert_eq!(got.status, 200);
     let seen = up.last();
-    let chain: Vec<&str> = seen.headers.get_all("x-chain").iter().map(|v| v.to_str().unwrap()).collect();
+    let chain: Vec<&str> = seen
+        .headers
+        .get_all("x-chain")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(chain, ["a", "b", "c"], "request phases run in route order");
-    assert_eq!(seen.headers["x-testbed"], "third", "the last filter's set wins upstream");
-    let chain: Vec<&str> = got.headers.get_all("x-chain").iter().map(|v| v.to_str().unwrap()).collect();
-    assert_eq!(chain, ["c", "b", "a"], "response phases run in reverse order");
+    assert_eq!(
+        seen.headers["x-testbed"], "third",
+        "the last filter's set wins upstream"
+    );
+    let chain: Vec<&str> = got
+        .headers
+        .get_all("x-chain")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        chain,
+        ["c", "b", "a"],
+        "response phases run in reverse order"
+    );
     assert_eq!(got.header("x-testbed"), Some("first"));
 
     // A route without filters never reaches the runtime.
@@ -58,25 +81,46 @@ async fn header_edits_run_in_order_on_requests_and_in_reverse_on_responses() -> 
     assert_eq!(got.status, 200);
     assert!(got.header("x-chain").is_none());
     let (_, metrics) = weir.admin_get("/metrics").await?;
-    assert!(metrics.contains("weir_filter_calls_total{filter=\"a\",route=\"chain\"} 2"), "{metrics}");
-    assert!(!metrics.contains("route=\"plain\"}"), "no filter stats for the plain route:\n{metrics}");
+    assert!(
+        metrics.contains("weir_filter_calls_total{filter=\"a\",route=\"chain\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("route=\"plain\"}"),
+        "no filter stats for the plain route:\n{metrics}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn a_filter_can_answer_without_the_upstream_and_later_filters_do_not_run() -> Result<()> {
     let up = Upstream::start("up").await;
-    let filters = [tb("deny", "{ mode: respond, status: 403, body: nope }", ""), tb("edit", "{ mode: header-edit }", "")].concat();
-    let routes = [route("deny-first", "/first", "[deny, edit]"), route("deny-last", "/last", "[edit, deny]")].concat();
+    let filters = [
+        tb("deny", "{ mode: respond, status: 403, body: nope }", ""),
+        tb("edit", "{ mode: header-edit }", ""),
+    ]
+    .concat();
+    let routes = [
+        route("deny-first", "/first", "[deny, edit]"),
+        route("deny-last", "/last", "[edit, deny]"),
+    ]
+    .concat();
     let weir = Weir::start(&config(&up, &filters, &routes))?;
     let got = get(&weir.url("public", "/first")).await?;
     assert_eq!((got.status.as_u16(), got.text().as_str()), (403, "nope"));
     assert!(got.header("x-request-id").is_some());
-    assert!(got.header("x-chain").is_none(), "the short-circuit skips the rest of the chain");
+    assert!(
+        got.header("x-chain").is_none(),
+        "the short-circuit skips the rest of the chain"
+    );
     // Filters before the one that answered see its response in their response phase.
     let got = get(&weir.url("public", "/last")).await?;
     assert_eq!((got.status.as_u16(), got.text().as_str()), (403, "nope"));
-    assert_eq!(got.header("x-chain"), Some("testbed"), "the earlier filter's response phase ran");
+    assert_eq!(
+        got.header("x-chain"),
+        Some("testbed"),
+        "the earlier filter's response phase ran"
+    );
     assert_eq!(up.count(), 0);
     Ok(())
 }
@@ -87,7 +131,11 @@ async fn one_module_serves_routes_with_different_configs() -> Result<()> {
     let filters = tb("edit", "{ mode: header-edit, value: default, tag: t }", "");
     let routes = [
         route("one", "/one", "[edit]"),
-        route("two", "/two", "[ { name: edit, config: { value: overridden } } ]"),
+        route(
+            "two",
+            "/two",
+            "[ { name: edit, config: { value: overridden } } ]",
+        ),
     ]
     .concat();
     let weir = Weir::start(&config(&up, &filters, &routes))?;
@@ -96,7 +144,10 @@ async fn one_module_serves_routes_with_different_configs() -> Result<()> {
     get(&weir.url("public", "/two")).await?;
     let seen = up.last();
     assert_eq!(seen.headers["x-testbed"], "overridden");
-    assert_eq!(seen.headers["x-chain"], "t", "keys not overridden come from the filter's config");
+    assert_eq!(
+        seen.headers["x-chain"], "t",
+        "keys not overridden come from the filter's config"
+    );
     Ok(())
 }
 
@@ -105,19 +156,47 @@ async fn runaway_filters_follow_their_failure_policy_and_the_proxy_keeps_serving
     let up = Upstream::start("up").await;
     let limits = ", limits: { time_per_phase: 20ms, memory: 8MiB }";
     let filters = [
-        tb("loop-closed", "{ mode: loop }", &format!("{limits}, on_error: fail-closed")),
-        tb("loop-open", "{ mode: loop }", &format!("{limits}, on_error: fail-open")),
-        tb("bomb-closed", "{ mode: membomb }", &format!("{limits}, on_error: fail-closed")),
-        tb("bomb-open", "{ mode: membomb }", &format!("{limits}, on_error: fail-open")),
-        tb("panic-closed", "{ mode: panic }", &format!("{limits}, on_error: fail-closed")),
-        tb("panic-open", "{ mode: panic }", &format!("{limits}, on_error: fail-open")),
+        tb(
+            "loop-closed",
+            "{ mode: loop }",
+            &format!("{limits}, on_error: fail-closed"),
+        ),
+        tb(
+            "loop-open",
+            "{ mode: loop }",
+            &format!("{limits}, on_error: fail-open"),
+        ),
+        tb(
+            "bomb-closed",
+            "{ mode: membomb }",
+            &format!("{limits}, on_error: fail-closed"),
+        ),
+        tb(
+            "bomb-open",
+            "{ mode: membomb }",
+            &format!("{limits}, on_error: fail-open"),
+        ),
+        tb(
+            "panic-closed",
+            "{ mode: panic }",
+            &format!("{limits}, on_error: fail-closed"),
+        ),
+        tb(
+            "panic-open",
+            "{ mode: panic }",
+            &format!("{limits}, on_error: fail-open"),
+        ),
         tb("edit", "{ mode: header-edit, tag: after }", ""),
     ]
     .concat();
     let mut routes = String::new();
     for f in ["loop", "bomb", "panic"] {
         for p in ["closed", "open"] {
-            routes += &route(&format!("{f}-{p}"), &format!("/{f}-{p}"), &format!("[{f}-{p}, edit]"));
+            routes += &route(
+                &format!("{f}-{p}"),
+                &format!("/{f}-{p}"),
+                &format!("[{f}-{p}, edit]"),
+            );
         }
     }
     routes += &route("healthy", "/", "[edit]");
@@ -127,27 +206,70 @@ async fn runaway_filters_follow_their_failure_policy_and_the_proxy_keeps_serving
         for round in 0..2 {
             let started = Instant::now();
             let got = get(&weir.url("public", &format!("/{f}-closed"))).await?;
-            assert_eq!(got.status, 503, "{f} fail-closed, round {round}: {}", got.text());
+            assert_eq!(
+                got.status,
+                503,
+                "{f} fail-closed, round {round}: {}",
+                got.text()
+            );
             let id = got.header("x-request-id").unwrap_or_default().to_string();
-            assert!(got.text().contains(&format!("filter \"{f}-closed\" failed (request id {id})")), "{}", got.text());
-            assert!(started.elapsed() < Duration::from_secs(2), "{f}: stopped promptly ({:?})", started.elapsed());
+            assert!(
+                got.text()
+                    .contains(&format!("filter \"{f}-closed\" failed (request id {id})")),
+                "{}",
+                got.text()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{f}: stopped promptly ({:?})",
+                started.elapsed()
+            );
 
             let got = get(&weir.url("public", &format!("/{f}-open"))).await?;
-            assert_eq!(got.status, 200, "{f} fail-open skips the filter, round {round}");
-            assert_eq!(got.header("x-chain"), Some("after"), "the rest of the chain still runs");
+            assert_eq!(
+                got.status, 200,
+                "{f} fail-open skips the filter, round {round}"
+            );
+            assert_eq!(
+                got.header("x-chain"),
+                Some("after"),
+                "the rest of the chain still runs"
+            );
 
             let got = get(&weir.url("public", "/healthy")).await?;
             assert_eq!(got.status, 200, "other routes are unaffected");
         }
     }
     let (_, metrics) = weir.admin_get("/metrics").await?;
-    for (filter, kind) in [("loop-closed", "deadline"), ("loop-open", "deadline"), ("bomb-closed", "memory"), ("panic-open", "panic")] {
-        let line = format!("weir_filter_failures_total{{filter=\"{filter}\",route=\"{filter}\",kind=\"{kind}\"}} 2");
-        assert!(metrics.lines().any(|l| l == line), "missing {line}\n{metrics}");
+    for (filter, kind) in [
+        ("loop-closed", "deadline"),
+        ("loop-open", "deadline"),
+        ("bomb-closed", "memory"),
+        ("panic-open", "panic"),
+    ] {
+        let line = format!(
+            "weir_filter_failures_total{{filter=\"{filter}\",route=\"{filter}\",kind=\"{kind}\"}} 2"
+        );
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line}\n{metrics}"
+        );
     }
-    assert!(metrics.contains("weir_filter_budget_breaches_total{filter=\"loop-closed\",route=\"loop-closed\"} 2"), "{metrics}");
-    assert!(weir.stderr_text().contains("filter failed"), "failures are logged");
-    assert!(!weir.stderr_text().contains("thread '"), "the proxy itself never panics:\n{}", weir.stderr_text());
+    assert!(
+        metrics.contains(
+            "weir_filter_budget_breaches_total{filter=\"loop-closed\",route=\"loop-closed\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        weir.stderr_text().contains("filter failed"),
+        "failures are logged"
+    );
+    assert!(
+        !weir.stderr_text().contains("thread '"),
+        "the proxy itself never panics:\n{}",
+        weir.stderr_text()
+    );
     assert!(weir.child.try_wait()?.is_none(), "weir is still running");
     Ok(())
 }
@@ -157,11 +279,34 @@ async fn capabilities_are_denied_unless_granted() -> Result<()> {
     let up = Upstream::start("up").await;
     let auth = Upstream::start("auth").await;
     let filters = [
-        tb("granted", "{ mode: callout, target: auth, path: /check }", ", grants: { callouts: [ auth ] }"),
-        tb("ungranted", "{ mode: callout, target: auth, path: /check }", ""),
-        tb("direct", &format!("{{ mode: callout, target: \"{}\", path: /direct }}", auth.addr), &format!(", grants: {{ callouts: [ \"{}\" ] }}", auth.addr)),
-        tb("count", "{ mode: kv-counter, ns: hits }", ", grants: { kv: [ hits ] }"),
-        tb("count-denied", "{ mode: kv-counter, ns: hits }", ", grants: { kv: [ other ] }"),
+        tb(
+            "granted",
+            "{ mode: callout, target: auth, path: /check }",
+            ", grants: { callouts: [ auth ] }",
+        ),
+        tb(
+            "ungranted",
+            "{ mode: callout, target: auth, path: /check }",
+            "",
+        ),
+        tb(
+            "direct",
+            &format!(
+                "{{ mode: callout, target: \"{}\", path: /direct }}",
+                auth.addr
+            ),
+            &format!(", grants: {{ callouts: [ \"{}\" ] }}", auth.addr),
+        ),
+        tb(
+            "count",
+            "{ mode: kv-counter, ns: hits }",
+            ", grants: { kv: [ hits ] }",
+        ),
+        tb(
+            "count-denied",
+            "{ mode: kv-counter, ns: hits }",
+            ", grants: { kv: [ other ] }",
+        ),
     ]
     .concat();
     let routes = [
@@ -174,15 +319,26 @@ async fn capabilities_are_denied_unless_granted() -> Result<()> {
     .concat();
     let yaml = config(&up, &filters, &routes).replace(
         "clusters: [",
-        &format!("clusters: [ {{ name: auth, endpoints: [ {{ address: \"{}\" }} ] }},", auth.addr),
+        &format!(
+            "clusters: [ {{ name: auth, endpoints: [ {{ address: \"{}\" }} ] }},",
+            auth.addr
+        ),
     );
     let weir = Weir::start(&yaml)?;
 
     get(&weir.url("public", "/granted")).await?;
-    assert_eq!(up.last().headers["x-callout"], "200", "a granted cluster callout is answered");
+    assert_eq!(
+        up.last().headers["x-callout"],
+        "200",
+        "a granted cluster callout is answered"
+    );
     assert_eq!(auth.last().path, "/check");
     get(&weir.url("public", "/direct")).await?;
-    assert_eq!(up.last().headers["x-callout"], "200", "a granted host:port callout is answered");
+    assert_eq!(
+        up.last().headers["x-callout"],
+        "200",
+        "a granted host:port callout is answered"
+    );
     assert_eq!(auth.last().path, "/direct");
     let before = auth.count();
     get(&weir.url("public", "/ungranted")).await?;
@@ -192,10 +348,18 @@ async fn capabilities_are_denied_unless_granted() -> Result<()> {
 
     for n in 1..=3 {
         get(&weir.url("public", "/count")).await?;
-        assert_eq!(up.last().headers["x-count"], n.to_string().as_str(), "the counter is shared across requests");
+        assert_eq!(
+            up.last().headers["x-count"],
+            n.to_string().as_str(),
+            "the counter is shared across requests"
+        );
     }
     get(&weir.url("public", "/count-denied")).await?;
-    assert!(up.last().headers["x-count"].to_str()?.starts_with("denied:"));
+    assert!(
+        up.last().headers["x-count"]
+            .to_str()?
+            .starts_with("denied:")
+    );
     Ok(())
 }
 
@@ -216,7 +380,10 @@ async fn per_request_state_never_leaks_between_concurrent_requests() -> Result<(
     for t in tasks {
         let (i, got) = t.await??;
         assert_eq!(got.status, 200, "{}", got.text());
-        assert_eq!(got.header("x-state-path"), Some(format!("/req/{i}").as_str()));
+        assert_eq!(
+            got.header("x-state-path"),
+            Some(format!("/req/{i}").as_str())
+        );
     }
     Ok(())
 }
@@ -249,20 +416,44 @@ async fn a_config_the_filter_rejects_is_an_error_at_its_route() -> Result<()> {
     let up = Upstream::start("up").await;
     let filters = tb("strict", "{ mode: bad-config }", "");
     let dir = TempDir::new();
-    let text = config(&up, &filters, &route("r", "/", "[strict]")).replace("{dir}", &dir.0.display().to_string());
-    let cfg = dir.write("weir.yaml", &format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}"));
-    let out = tokio::process::Command::new(weir_bin()).arg("validate").arg(&cfg).output().await?;
+    let text = config(&up, &filters, &route("r", "/", "[strict]"))
+        .replace("{dir}", &dir.0.display().to_string());
+    let cfg = dir.write(
+        "weir.yaml",
+        &format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}"),
+    );
+    let out = tokio::process::Command::new(weir_bin())
+        .arg("validate")
+        .arg(&cfg)
+        .output()
+        .await?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("weir.yaml:8: routes[0].filters[0]: filter \"strict\" rejected its config"), "{err}");
+    assert!(
+        err.contains("weir.yaml:8: routes[0].filters[0]: filter \"strict\" rejected its config"),
+        "{err}"
+    );
 
     // A module that is not a component is rejected at its line too.
     let junk = dir.write("junk.wasm", "not wasm");
-    let text = text.replace(&filter_wasm("weir-testbed").display().to_string(), &junk.display().to_string());
-    let cfg = dir.write("weir.yaml", &format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}"));
-    let out = tokio::process::Command::new(weir_bin()).arg("validate").arg(&cfg).output().await?;
+    let text = text.replace(
+        &filter_wasm("weir-testbed").display().to_string(),
+        &junk.display().to_string(),
+    );
+    let cfg = dir.write(
+        "weir.yaml",
+        &format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}"),
+    );
+    let out = tokio::process::Command::new(weir_bin())
+        .arg("validate")
+        .arg(&cfg)
+        .output()
+        .await?;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("routes[0]") || err.contains("filters[0].module"), "{err}");
+    assert!(
+        err.contains("routes[0]") || err.contains("filters[0].module"),
+        "{err}"
+    );
     assert!(err.contains("not a WebAssembly component"), "{err}");
     Ok(())
 }
@@ -278,7 +469,10 @@ async fn compiled_filters_are_cached_on_disk_by_content_hash() -> Result<()> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&cache.0)? {
             let e = e?;
-            v.push((e.file_name().to_string_lossy().into_owned(), e.metadata()?.modified()?));
+            v.push((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata()?.modified()?,
+            ));
         }
         Ok(v)
     };
@@ -287,7 +481,10 @@ async fn compiled_filters_are_cached_on_disk_by_content_hash() -> Result<()> {
     drop(weir);
     let first = list()?;
     assert_eq!(first.len(), 1, "{first:?}");
-    assert!(first[0].0.ends_with(".cwasm") && first[0].0.len() > 64, "named by content hash: {first:?}");
+    assert!(
+        first[0].0.ends_with(".cwasm") && first[0].0.len() > 64,
+        "named by content hash: {first:?}"
+    );
 
     // A restart with the same module reuses the artifact instead of compiling and rewriting it.
     let weir = Weir::start(&yaml)?;

@@ -81,6 +81,11 @@ impl Weir {
     }
 
     pub fn start_in(dir: TempDir, yaml: &str) -> Result<Weir> {
+        Self::start_with(dir, yaml, &[])
+    }
+
+    /// Like `start_in`, with extra arguments to `weir run`.
+    pub fn start_with(dir: TempDir, yaml: &str, args: &[&str]) -> Result<Weir> {
         let mut text = yaml.replace("{dir}", &dir.0.display().to_string());
         if !text.contains("admin:") {
             text = format!("admin: {{ listen: 127.0.0.1:0 }}\n{text}");
@@ -89,6 +94,7 @@ impl Weir {
         let mut child = Command::new(weir_bin())
             .arg("run")
             .arg(&config)
+            .args(args)
             .env("WEIR_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -204,6 +210,34 @@ impl Weir {
             "timed out waiting for {what}; weir stderr:\n{}",
             self.stderr_text()
         )
+    }
+
+    /// An admin API call with the test token (`secret`).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<(StatusCode, String)> {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin))
+            .header("authorization", "Bearer secret")
+            .body(full(body))?;
+        let res = send(&h1_client(), req).await?;
+        Ok((res.status, res.text()))
+    }
+
+    /// Resident memory of the weir process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String)> {
@@ -497,22 +531,49 @@ pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf,
 /// Builds a filter crate of this workspace into a component, once per test process, and
 /// returns its path. A separate target dir keeps this build off the lock of the running one.
 pub fn filter_wasm(package: &str) -> PathBuf {
+    filter_wasm_with(package, None)
+}
+
+/// Like `filter_wasm`, with a cargo feature enabled (built in its own target dir).
+pub fn filter_wasm_with(package: &str, feature: Option<&str>) -> PathBuf {
     static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let key = format!("{package}+{}", feature.unwrap_or(""));
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(n, _)| n == package) {
+    if let Some((_, p)) = built.iter().find(|(n, _)| *n == key) {
         return p.clone();
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
-    let target_dir = root.join("target").join("wasm-e2e");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
-        .arg(&target_dir)
-        .status()
-        .expect("run cargo to build a test filter");
-    assert!(status.success(), "building filter {package} for wasm32-wasip2 failed");
-    let path = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", package.replace('-', "_")));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
+    let target_dir = root.join("target").join(match feature {
+        None => "wasm-e2e".to_string(),
+        Some(f) => format!("wasm-e2e-{f}"),
+    });
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    if let Some(f) = feature {
+        cmd.args(["--features", f]);
+    }
+    let status = cmd.status().expect("run cargo to build a test filter");
+    assert!(
+        status.success(),
+        "building filter {package} for wasm32-wasip2 failed"
+    );
+    let path = target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
     assert!(path.is_file(), "{} was not produced", path.display());
-    built.push((package.to_string(), path.clone()));
+    built.push((key, path.clone()));
     path
 }

@@ -1,1 +1,326 @@
-//! The jwt-auth filter (being written).
+//! The `jwt-auth` filter: verifies `Authorization: Bearer <jwt>` on every request.
+//!
+//! Algorithms HS256, RS256 and ES256, with keys from the config (`keys`) and/or an inline JWKS
+//! document (`jwks`); checks `exp` / `nbf` (with leeway), `iss` and `aud`; forwards chosen
+//! claims upstream as request headers; answers RFC 6750 401s otherwise. See the crate's
+//! README for the config reference.
+//!
+//! Key selection: a token whose header names a `kid` is checked with the keys of that kid
+//! (whose algorithm must be the token's, or the token is refused); a `kid` no key has, or no
+//! `kid` at all, is checked with every key of the token's algorithm that has no `kid` of its
+//! own (with no `kid` in the token: every key of its algorithm). `alg: none` and algorithms
+//! other than HS256, RS256 and ES256 are always refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use weir_filter::{
+    Action, Filter, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
+};
+
+mod keys;
+mod token;
+
+#[cfg(test)]
+mod tests;
+
+pub use keys::{Alg, Jwks, KeyConfig};
+use keys::{JwkOutcome, Key};
+use token::{Reject, Rules};
+
+/// The filter's config (JSON from the proxy; YAML in the proxy's config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Verification keys. Default: none (then `jwks` must have keys).
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// A JWKS document (`{ "keys": [ JWK, ... ] }`), inline. Default: none.
+    #[serde(default)]
+    pub jwks: Option<Jwks>,
+    /// Required `iss` claim. Default: not checked.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The `aud` claim must contain at least one of these. Default: empty, not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default: 30.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// Whether a token without `exp` is refused. Default: true.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    /// Claim name → request header set from it upstream. Default: none.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Whether the `Authorization` header is removed before the request goes upstream.
+    /// Default: false.
+    #[serde(default)]
+    pub strip_token: bool,
+    /// The realm in `WWW-Authenticate`. Default: `weir`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_leeway_s() -> u64 {
+    30
+}
+fn default_true() -> bool {
+    true
+}
+fn default_realm() -> String {
+    "weir".to_owned()
+}
+
+/// Longest leeway accepted: more than a day is a misconfiguration, not clock skew.
+const MAX_LEEWAY_S: u64 = 86_400;
+
+/// The configured filter.
+pub struct JwtAuth {
+    keys: Vec<Key>,
+    rules: Rules,
+    /// (claim, header), in config order.
+    forward: Vec<(String, String)>,
+    strip_token: bool,
+    /// `Bearer realm="..."`, the challenge without error attributes.
+    challenge: String,
+}
+
+impl Filter for JwtAuth {
+    type Config = Config;
+    type Context = ();
+    const PHASES: Phases = Phases::REQUEST_HEADERS;
+
+    fn new(config: Config) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (i, k) in config.keys.iter().enumerate() {
+            keys.push(keys::from_config(&format!("keys[{i}]"), k)?);
+        }
+        if let Some(jwks) = &config.jwks {
+            for (i, jwk) in jwks.keys.iter().enumerate() {
+                match keys::from_jwk(&format!("jwks.keys[{i}]"), jwk)? {
+                    JwkOutcome::Key(k) => keys.push(k),
+                    JwkOutcome::Skipped(why) => log::warn(&format!("jwt-auth: {why}")),
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(
+                "no usable keys: give `keys` or a `jwks` with at least one HS256, RS256 or ES256 key"
+                    .to_owned(),
+            );
+        }
+        if config.issuer.as_deref() == Some("") {
+            return Err("issuer: must not be empty (leave it out to accept any issuer)".to_owned());
+        }
+        if config.audiences.iter().any(String::is_empty) {
+            return Err("audiences: entries must not be empty".to_owned());
+        }
+        if config.leeway_s > MAX_LEEWAY_S {
+            return Err(format!("leeway_s: at most {MAX_LEEWAY_S} seconds"));
+        }
+        check_realm(&config.realm)?;
+        let mut headers = BTreeSet::new();
+        for (claim, header) in &config.forward_claims {
+            if claim.is_empty() {
+                return Err("forward_claims: claim names must not be empty".to_owned());
+            }
+            if !is_header_name(header) {
+                return Err(format!(
+                    "forward_claims.{claim}: {header:?} is not a valid header name"
+                ));
+            }
+            if header.eq_ignore_ascii_case("authorization") {
+                return Err(format!(
+                    "forward_claims.{claim}: cannot forward into the authorization header"
+                ));
+            }
+            if !headers.insert(header.to_ascii_lowercase()) {
+                return Err(format!(
+                    "forward_claims.{claim}: header {header:?} is already set from another claim"
+                ));
+            }
+        }
+        Ok(JwtAuth {
+            keys,
+            rules: Rules {
+                issuer: config.issuer,
+                audiences: config.audiences,
+                leeway_ms: config.leeway_s * 1000,
+                require_exp: config.require_exp,
+            },
+            forward: config.forward_claims.into_iter().collect(),
+            strip_token: config.strip_token,
+            challenge: format!("Bearer realm=\"{}\"", config.realm),
+        })
+    }
+
+    fn on_request_headers(&self, req: &mut Request, _: &mut ()) -> Action {
+        let Some(token) = bearer_token(req.header("authorization").as_deref()) else {
+            count("denied");
+            let body = serde_json::json!({
+                "error": "missing_token",
+                "error_description": "a bearer token is required",
+            });
+            return LocalResponse::json(401, &body)
+                .header("www-authenticate", self.challenge.clone())
+                .into();
+        };
+        let claims = match self.verify(&token, clock::now_ms()) {
+            Ok(claims) => claims,
+            Err(reject) => {
+                count("denied");
+                log::debug(&format!(
+                    "jwt-auth: token refused: {}",
+                    reject.description()
+                ));
+                return self.invalid_token(reject);
+            }
+        };
+        // Headers set from claims replace whatever the client sent under those names.
+        for (claim, header) in &self.forward {
+            if let Err(e) = req.remove_header(header) {
+                return internal_error(&e);
+            }
+            let Some(value) = claims.get(claim) else {
+                continue;
+            };
+            if let Err(e) = req.set_header(header, &token::claim_header_value(value)) {
+                // A claim no header can carry (control characters): leave the header out.
+                log::warn(&format!(
+                    "jwt-auth: claim {claim:?} not forwarded as {header}: {e}"
+                ));
+            }
+        }
+        if self.strip_token
+            && let Err(e) = req.remove_header("authorization")
+        {
+            return internal_error(&e);
+        }
+        count("allowed");
+        Action::Continue
+    }
+}
+
+export_filter!(JwtAuth);
+
+impl JwtAuth {
+    /// Verifies a compact JWS at `now_ms`: algorithm, key, signature, then claims.
+    fn verify(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
+        let token = token::parse(token)?;
+        let alg = Alg::parse(&token.header.alg).ok_or(Reject::UnsupportedAlg)?;
+        let candidates = self.candidates(alg, token.header.kid.as_deref())?;
+        if !candidates
+            .iter()
+            .any(|k| k.verify(token.signing_input, &token.signature))
+        {
+            return Err(Reject::BadSignature);
+        }
+        token::check_claims(&token.claims, &self.rules, now_ms)?;
+        Ok(token.claims)
+    }
+
+    /// The keys a token with this `alg` and `kid` may be signed with.
+    fn candidates(&self, alg: Alg, kid: Option<&str>) -> Result<Vec<&Key>, Reject> {
+        if let Some(kid) = kid {
+            let named: Vec<&Key> = self
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect();
+            if !named.is_empty() {
+                let fitting: Vec<&Key> = named.into_iter().filter(|k| k.alg() == alg).collect();
+                return if fitting.is_empty() {
+                    // A key's algorithm is fixed: an HS256 token naming an RSA key is the
+                    // classic key-confusion attack.
+                    Err(Reject::AlgKeyMismatch)
+                } else {
+                    Ok(fitting)
+                };
+            }
+            let anonymous: Vec<&Key> = self
+                .keys
+                .iter()
+                .filter(|k| k.kid.is_none() && k.alg() == alg)
+                .collect();
+            return if anonymous.is_empty() {
+                Err(Reject::UnknownKid)
+            } else {
+                Ok(anonymous)
+            };
+        }
+        let same_alg: Vec<&Key> = self.keys.iter().filter(|k| k.alg() == alg).collect();
+        if same_alg.is_empty() {
+            Err(Reject::NoKeyForAlg)
+        } else {
+            Ok(same_alg)
+        }
+    }
+
+    /// A 401 with an RFC 6750 `invalid_token` challenge.
+    fn invalid_token(&self, reject: Reject) -> Action {
+        let description = reject.description();
+        let body = serde_json::json!({
+            "error": "invalid_token",
+            "error_description": description,
+        });
+        LocalResponse::json(401, &body)
+            .header(
+                "www-authenticate",
+                format!(
+                    "{}, error=\"invalid_token\", error_description=\"{description}\"",
+                    self.challenge
+                ),
+            )
+            .into()
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive); `None`
+/// when there is no such header, no token after the scheme, or another scheme (RFC 6750 §3:
+/// then the challenge carries no error).
+fn bearer_token(header: Option<&str>) -> Option<String> {
+    let header = header?.trim();
+    let (scheme, rest) = header.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim().to_owned())
+}
+
+fn count(result: &str) {
+    // Metrics are best effort: a failed counter never changes the decision.
+    let _ = metrics::counter_add("jwt_auth_decisions_total", &[("result", result)], 1);
+}
+
+fn internal_error(e: &weir_filter::HostError) -> Action {
+    log::error(&format!("jwt-auth: {e}"));
+    count("denied");
+    Action::respond(500)
+}
+
+/// A realm goes between double quotes in the challenge: printable ASCII without `"` or `\`.
+fn check_realm(realm: &str) -> Result<(), String> {
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err(format!(
+            "realm: {realm:?} must be non-empty printable ASCII without quotes or backslashes"
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP token (RFC 9110 §5.6.2).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

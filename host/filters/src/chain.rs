@@ -185,14 +185,23 @@ impl Chain {
 
     /// A local response made by filter `i` in the request phase goes back through the response
     /// phase of the filters before it (CORS headers on a 401 or 429, say), like an upstream's.
-    async fn local_back_through(&self, i: usize, cr: &mut ChainRequest, ex: &mut Exchange, r: LocalResponse) -> Verdict {
+    async fn local_back_through(
+        &self,
+        i: usize,
+        cr: &mut ChainRequest,
+        ex: &mut Exchange,
+        r: LocalResponse,
+    ) -> Verdict {
         if !(0..i).any(|j| self.runs(j, cr, Phases::RESPONSE_HEADERS)) {
             return Verdict::Respond(r);
         }
         ex.status = r.status;
         ex.response_headers = http::HeaderMap::new();
         for (k, v) in &r.headers {
-            if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_bytes(v.as_bytes())) {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_bytes(v.as_bytes()),
+            ) {
                 ex.response_headers.append(k, v);
             }
         }
@@ -204,15 +213,29 @@ impl Chain {
             match self.step(j, cr, Phase::ResponseHeaders, ex, false).await {
                 Step::Continue | Step::Buffer => {}
                 Step::Respond(r2) => return Verdict::Respond(r2),
-                Step::Fail(kind) => return Verdict::Fail { filter: self.links[j].pair.spec().filter.clone(), kind },
+                Step::Fail(kind) => {
+                    return Verdict::Fail {
+                        filter: self.links[j].pair.spec().filter.clone(),
+                        kind,
+                    };
+                }
             }
         }
         let headers = std::mem::take(&mut ex.response_headers)
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let body = std::mem::take(&mut body);
-        Verdict::Respond(LocalResponse { status: ex.status, headers, body })
+        Verdict::Respond(LocalResponse {
+            status: ex.status,
+            headers,
+            body,
+        })
     }
 
     /// Response head: filters in reverse order.

@@ -58,10 +58,13 @@ fn expiry(ttl_ms: u64, now: Instant) -> Option<Instant> {
 impl Kv {
     /// Counts a write and sweeps expired entries, counters and full buckets now and then.
     fn tick(&self, now: Instant) {
-        if self.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
+        if self.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY
+            != SWEEP_EVERY - 1
+        {
             return;
         }
-        self.entries.retain(|_, e| e.expires.is_none_or(|t| t > now));
+        self.entries
+            .retain(|_, e| e.expires.is_none_or(|t| t > now));
         self.counters.retain(|_, c| c.1.is_none_or(|t| t > now));
         self.buckets.retain(|_, b| b.full_at > now);
     }
@@ -249,7 +252,10 @@ mod tests {
         for i in 0..SWEEP_EVERY {
             kv.increment("n", &format!("c{i}"), 1, 1);
         }
-        assert!(!kv.take_tokens("n", "slow", 1, 3_600_000, 1, 1).allowed, "a sweep must not refill a bucket");
+        assert!(
+            !kv.take_tokens("n", "slow", 1, 3_600_000, 1, 1).allowed,
+            "a sweep must not refill a bucket"
+        );
     }
 
     #[test]
@@ -261,7 +267,11 @@ mod tests {
         assert!(kv.len() >= (SWEEP_EVERY - 1) as usize);
         std::thread::sleep(Duration::from_millis(5));
         kv.take_tokens("n", "one-more", 1000, 1, 10, 1);
-        assert!(kv.len() <= 1, "refilled buckets are dropped: {} left", kv.len());
+        assert!(
+            kv.len() <= 1,
+            "refilled buckets are dropped: {} left",
+            kv.len()
+        );
     }
 
     #[test]

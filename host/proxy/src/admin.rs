@@ -50,10 +50,20 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     let method = req.method().clone();
     let public = matches!(path.as_str(), "/healthz" | "/ready");
     if !public && let Some(token) = shared.snapshot.load().loaded.config.admin.token.clone() {
-        let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required: Authorization: Bearer <admin.token>\n");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"weir-admin\""));
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "admin token required: Authorization: Bearer <admin.token>\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"weir-admin\""),
+            );
             return r;
         }
     }
@@ -127,13 +137,26 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
     list: fn(&mut weir_config::Config) -> &mut Vec<T>,
     name_of: fn(&mut T) -> &mut String,
 ) -> Result<(), control::Refused> {
-    let mut item: T = serde_json::from_slice(bytes).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
-    let n = name_of(&mut item);
-    if n.is_empty() {
-        *n = name.to_string();
-    } else if n != name {
-        return Err((400, format!("the body names {n:?} but the path names {name:?}")));
+    // The name comes from the path; a body may repeat it, but not contradict it.
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
+    match value.as_object_mut() {
+        Some(obj) => match obj.get("name") {
+            None => {
+                obj.insert("name".into(), serde_json::Value::String(name.to_string()));
+            }
+            Some(n) if n.as_str() == Some(name) => {}
+            Some(n) => {
+                return Err((
+                    400,
+                    format!("the body names {n} but the path names {name:?}"),
+                ));
+            }
+        },
+        None => return Err((400, "the body must be a JSON object".into())),
     }
+    let item: T =
+        serde_json::from_value(value).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
     let name = name.to_string();
     control::edit(shared, move |c| {
         let items = list(c);
@@ -147,16 +170,25 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
 }
 
 async fn body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+    match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"))),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the request body: {e}"),
+        )),
     }
 }
 
 fn reply(result: Result<serde_json::Value, control::Refused>) -> Response<Full<Bytes>> {
     match result {
         Ok(v) => json(&v),
-        Err((status, msg)) => error(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), &msg),
+        Err((status, msg)) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            &msg,
+        ),
     }
 }
 
@@ -182,7 +214,11 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
         }
         "/metrics" => {
             let body = shared.registry.render(env!("CARGO_PKG_VERSION"));
-            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
         }
         "/config" => {
             let snap = shared.snapshot.load();
@@ -199,8 +235,14 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
         }
         "/clusters" => json(&shared.snapshot.load().clusters_json()),
         "/filters" => json(&shared.snapshot.load().filters_json()),
-        "/" => text(StatusCode::OK, "weir admin: see the admin API in README.md\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: see the admin API in README.md\n"),
+        "/" => text(
+            StatusCode::OK,
+            "weir admin: see the admin API in README.md\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: see the admin API in README.md\n",
+        ),
     }
 }
 

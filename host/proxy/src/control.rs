@@ -22,18 +22,28 @@ pub(crate) struct Desired {
 
 impl Desired {
     pub fn new(loaded: LoadedConfig) -> Desired {
-        Desired { loaded, uploads: HashMap::new() }
+        Desired {
+            loaded,
+            uploads: HashMap::new(),
+        }
     }
 
     fn current_uploads(&self) -> Uploads {
-        self.uploads.iter().filter_map(|(k, v)| Some((k.clone(), v.last()?.clone()))).collect()
+        self.uploads
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.last()?.clone())))
+            .collect()
     }
 }
 
 /// Why an admin change was refused: an HTTP status and a message.
 pub(crate) type Refused = (u16, String);
 
-async fn build(shared: &Shared, loaded: LoadedConfig, uploads: &Uploads) -> Result<Snapshot, ConfigError> {
+async fn build(
+    shared: &Shared,
+    loaded: LoadedConfig,
+    uploads: &Uploads,
+) -> Result<Snapshot, ConfigError> {
     let runtime = shared.runtime_for(&loaded)?;
     Snapshot::build(loaded, &shared.registry, runtime.as_ref(), uploads).await
 }
@@ -49,14 +59,20 @@ pub(crate) async fn reload_file(shared: &Shared, loaded: LoadedConfig) -> Result
 }
 
 /// Edits the config (admin API): validated as a whole like a file, then built and swapped.
-pub(crate) async fn edit(shared: &Shared, f: impl FnOnce(&mut Config) -> Result<(), Refused>) -> Result<(), Refused> {
+pub(crate) async fn edit(
+    shared: &Shared,
+    f: impl FnOnce(&mut Config) -> Result<(), Refused>,
+) -> Result<(), Refused> {
     let mut d = shared.control.lock().await;
     let mut config = d.loaded.config.clone();
     f(&mut config)?;
     // Re-render and re-parse: one validation path for files and API edits alike.
     let text = serde_yaml::to_string(&config).map_err(|e| (500, e.to_string()))?;
-    let loaded = LoadedConfig::from_str(&d.loaded.file, &text).map_err(|e| (400, strip_file(&e, &d.loaded)))?;
-    let snap = build(shared, loaded.clone(), &d.current_uploads()).await.map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+    let loaded = LoadedConfig::from_str(&d.loaded.file, &text)
+        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+    let snap = build(shared, loaded.clone(), &d.current_uploads())
+        .await
+        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
     shared.snapshot.store(Arc::new(snap));
     d.loaded = loaded;
     Ok(())
@@ -68,21 +84,40 @@ fn strip_file(e: &ConfigError, loaded: &LoadedConfig) -> String {
     let _ = loaded;
     e.issues()
         .into_iter()
-        .map(|(_, i)| if i.path.is_empty() { i.message } else { format!("{}: {}", i.path, i.message) })
+        .map(|(_, i)| {
+            if i.path.is_empty() {
+                i.message
+            } else {
+                format!("{}: {}", i.path, i.message)
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
 /// A new version of a filter's module. Returns its hash and whether it had to be compiled.
-pub(crate) async fn upload(shared: &Shared, name: &str, bytes: Vec<u8>) -> Result<(String, bool), Refused> {
+pub(crate) async fn upload(
+    shared: &Shared,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<(String, bool), Refused> {
     let mut d = shared.control.lock().await;
     if !d.loaded.config.filters.iter().any(|f| f.name == name) {
-        return Err((404, format!("no filter named {name:?} in the config (add it to `filters:` first)")));
+        return Err((
+            404,
+            format!("no filter named {name:?} in the config (add it to `filters:` first)"),
+        ));
     }
     let mut uploads = d.current_uploads();
     uploads.insert(name.to_string(), Arc::new(bytes));
-    let snap = build(shared, d.loaded.clone(), &uploads).await.map_err(|e| (400, strip_file(&e, &d.loaded)))?;
-    let module = snap.filters.iter().find(|f| f.name == name).map(|f| (f.module.hash.clone(), f.module.compiled));
+    let snap = build(shared, d.loaded.clone(), &uploads)
+        .await
+        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+    let module = snap
+        .filters
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| (f.module.hash.clone(), f.module.compiled));
     let bytes = uploads.remove(name).unwrap_or_default();
     shared.snapshot.store(Arc::new(snap));
     let history = d.uploads.entry(name.to_string()).or_default();
@@ -97,7 +132,10 @@ pub(crate) async fn upload(shared: &Shared, name: &str, bytes: Vec<u8>) -> Resul
 pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refused> {
     let mut d = shared.control.lock().await;
     let Some(history) = d.uploads.get(name).filter(|h| !h.is_empty()) else {
-        return Err((409, format!("filter {name:?} has no uploaded version to roll back from")));
+        return Err((
+            409,
+            format!("filter {name:?} has no uploaded version to roll back from"),
+        ));
     };
     let mut uploads = d.current_uploads();
     match history.len() {
@@ -108,8 +146,15 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
             uploads.insert(name.to_string(), history[n - 2].clone());
         }
     }
-    let snap = build(shared, d.loaded.clone(), &uploads).await.map_err(|e| (400, strip_file(&e, &d.loaded)))?;
-    let hash = snap.filters.iter().find(|f| f.name == name).map(|f| f.module.hash.clone()).unwrap_or_default();
+    let snap = build(shared, d.loaded.clone(), &uploads)
+        .await
+        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+    let hash = snap
+        .filters
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| f.module.hash.clone())
+        .unwrap_or_default();
     shared.snapshot.store(Arc::new(snap));
     if let Some(h) = d.uploads.get_mut(name) {
         h.pop();
@@ -121,17 +166,30 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
 pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), Refused> {
     {
         let d = shared.control.lock().await;
-        let users: Vec<&str> =
-            d.loaded.config.routes.iter().filter(|r| r.filters.iter().any(|f| f.name == name)).map(|r| r.name.as_str()).collect();
+        let users: Vec<&str> = d
+            .loaded
+            .config
+            .routes
+            .iter()
+            .filter(|r| r.filters.iter().any(|f| f.name == name))
+            .map(|r| r.name.as_str())
+            .collect();
         if !users.is_empty() {
-            return Err((409, format!("filter {name:?} is used by routes {users:?}; remove it from them first")));
+            return Err((
+                409,
+                format!("filter {name:?} is used by routes {users:?}; remove it from them first"),
+            ));
         }
     }
     let n = name.to_string();
     edit(shared, move |c| {
         let before = c.filters.len();
         c.filters.retain(|f| f.name != n);
-        if c.filters.len() == before { Err((404, format!("no filter named {n:?}"))) } else { Ok(()) }
+        if c.filters.len() == before {
+            Err((404, format!("no filter named {n:?}")))
+        } else {
+            Ok(())
+        }
     })
     .await?;
     shared.control.lock().await.uploads.remove(name);

@@ -93,7 +93,13 @@ impl Server {
         }
         let callouts = callouts::ProxyCallouts::new();
         let runtime = snapshot::filter_runtime(&loaded, Some(callouts.clone()), registry.clone())?;
-        let snap = Snapshot::build(loaded.clone(), &registry, runtime.as_ref(), &snapshot::Uploads::new()).await?;
+        let snap = Snapshot::build(
+            loaded.clone(),
+            &registry,
+            runtime.as_ref(),
+            &snapshot::Uploads::new(),
+        )
+        .await?;
         let config = snap.loaded.config.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snap),
@@ -169,7 +175,13 @@ impl Server {
     pub async fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let d = self.shared.control.lock().await;
         let mut files = vec![d.loaded.file.clone()];
-        files.extend(d.loaded.config.filters.iter().map(|f| d.loaded.resolve(&f.module)));
+        files.extend(
+            d.loaded
+                .config
+                .filters
+                .iter()
+                .map(|f| d.loaded.resolve(&f.module)),
+        );
         files
     }
 

@@ -63,7 +63,10 @@ impl ConnInfo {
 
     /// Bytes arrived: if the connection was idle, a new request head is starting.
     fn bytes_read(&self) {
-        if self.head_since.load(Relaxed) == 0 && self.in_flight.load(Relaxed) == 0 && !self.h2.load(Relaxed) {
+        if self.head_since.load(Relaxed) == 0
+            && self.in_flight.load(Relaxed) == 0
+            && !self.h2.load(Relaxed)
+        {
             self.head_since.store(self.now_ms() + 1, Relaxed);
         }
     }
@@ -195,7 +198,10 @@ async fn serve<I>(
         let (shared, conn) = (shared.clone(), conn.clone());
         async move { Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await) }
     });
-    let io = Watched { io, conn: info.clone() };
+    let io = Watched {
+        io,
+        conn: info.clone(),
+    };
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(c);
     let idle = limits.idle_timeout;
@@ -275,7 +281,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(

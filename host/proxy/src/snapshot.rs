@@ -251,9 +251,17 @@ impl Snapshot {
             .filters
             .iter()
             .map(|f| {
-                let routes: Vec<&str> =
-                    c.routes.iter().filter(|r| r.filters.iter().any(|x| x.name == f.name)).map(|r| r.name.as_str()).collect();
-                let loaded_at = f.module.loaded_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let routes: Vec<&str> = c
+                    .routes
+                    .iter()
+                    .filter(|r| r.filters.iter().any(|x| x.name == f.name))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                let loaded_at = f
+                    .module
+                    .loaded_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 serde_json::json!({
                     "name": f.name,
                     "version": f.module.hash,
@@ -399,16 +407,31 @@ async fn build_chains(
     let mut infos = Vec::with_capacity(c.filters.len());
     for (i, f) in c.filters.iter().enumerate() {
         let (m, source) = match uploads.get(&f.name) {
-            Some(bytes) => (rt.load(&f.name, bytes).map_err(|e| loaded.error_at(format!("filters[{i}].module"), format!("uploaded module: {e:#}")))?, "api"),
+            Some(bytes) => (
+                rt.load(&f.name, bytes).map_err(|e| {
+                    loaded.error_at(
+                        format!("filters[{i}].module"),
+                        format!("uploaded module: {e:#}"),
+                    )
+                })?,
+                "api",
+            ),
             None => {
                 let path = loaded.resolve(&f.module);
-                let m = rt
-                    .load_file(&f.name, &path)
-                    .map_err(|e| loaded.error_at(format!("filters[{i}].module"), format!("{}: {e:#}", path.display())))?;
+                let m = rt.load_file(&f.name, &path).map_err(|e| {
+                    loaded.error_at(
+                        format!("filters[{i}].module"),
+                        format!("{}: {e:#}", path.display()),
+                    )
+                })?;
                 (m, "file")
             }
         };
-        infos.push(LoadedFilter { name: f.name.clone(), module: m.clone(), source });
+        infos.push(LoadedFilter {
+            name: f.name.clone(),
+            module: m.clone(),
+            source,
+        });
         modules.insert(f.name.as_str(), (m, f));
     }
     let mut pairs: HashMap<(String, String), Arc<weir_filters::Pair>> = HashMap::new();

@@ -115,13 +115,24 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config, watch } => run(&config, false, watch),
-        Command::Reload { admin } => {
-            admin_client::call(&admin.admin, admin.token.as_deref(), http::Method::POST, "/reload", Vec::new()).map(|t| print!("{t}"))
-        }
+        Command::Reload { admin } => admin_client::call(
+            &admin.admin,
+            admin.token.as_deref(),
+            http::Method::POST,
+            "/reload",
+            Vec::new(),
+        )
+        .map(|t| print!("{t}")),
         Command::Filter(FilterCommand::Push { name, file, admin }) => std::fs::read(&file)
             .with_context(|| format!("cannot read {}", file.display()))
             .and_then(|bytes| {
-                admin_client::call(&admin.admin, admin.token.as_deref(), http::Method::PUT, &format!("/filters/{name}"), bytes)
+                admin_client::call(
+                    &admin.admin,
+                    admin.token.as_deref(),
+                    http::Method::PUT,
+                    &format!("/filters/{name}"),
+                    bytes,
+                )
             })
             .map(|t| print!("{t}")),
         Command::Filter(FilterCommand::Rollback { name, admin }) => admin_client::call(
@@ -233,7 +244,11 @@ async fn wait_for_signals(server: &Server, path: &Path, watch: bool) -> anyhow::
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut seen = if watch { stamps(&server.watched_files().await) } else { Vec::new() };
+    let mut seen = if watch {
+        stamps(&server.watched_files().await)
+    } else {
+        Vec::new()
+    };
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -263,7 +278,14 @@ async fn wait_for_signals(server: &Server, path: &Path, watch: bool) -> anyhow::
 
 /// Modification time and size of each file (None when missing).
 fn stamps(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
-    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
 }
 
 #[cfg(not(unix))]

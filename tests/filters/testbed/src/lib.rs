@@ -26,6 +26,10 @@ use weir_filter::{
     export_filter, kv,
 };
 
+/// Which build this is (`x-testbed-build` in header-edit mode): the `v2` feature makes a second,
+/// different module from the same source, for hot-swap tests.
+pub const BUILD: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
+
 /// The testbed's config: `{ "mode": "...", ...mode fields }`.
 ///
 /// Modes without fields are empty struct variants, not unit variants: serde ignores unknown
@@ -251,7 +255,8 @@ impl Filter for Testbed {
             Config::Noop {} | Config::BadConfig { .. } | Config::BodyUpper {} => Action::Continue,
             Config::HeaderEdit { value, tag } => or_fail(
                 req.set_header("x-testbed", value)
-                    .and_then(|()| req.append_header("x-chain", tag)),
+                    .and_then(|()| req.append_header("x-chain", tag))
+                    .and_then(|()| req.set_header("x-testbed-build", BUILD)),
             ),
             Config::Respond { status, body } => LocalResponse::text(*status, body.clone()).into(),
             Config::Loop {} => spin(),
@@ -303,7 +308,8 @@ impl Filter for Testbed {
         match &self.config {
             Config::HeaderEdit { value, tag } => or_fail(
                 res.set_header("x-testbed", value)
-                    .and_then(|()| res.append_header("x-chain", tag)),
+                    .and_then(|()| res.append_header("x-chain", tag))
+                    .and_then(|()| res.set_header("x-testbed-build", BUILD)),
             ),
             Config::State {} => {
                 let path = ctx.path.as_deref().unwrap_or("<none>");

@@ -1,0 +1,147 @@
+//! Password hashes in the config and their verification.
+//!
+//! Two formats:
+//!
+//! * `sha256:<salt>:<hex>` — hex of SHA-256(salt bytes ‖ password bytes); the salt is the
+//!   text between the first and the last colon. Fast: for passwords that are long random
+//!   tokens, or for development.
+//! * `pbkdf2-sha256:<iterations>:<salt_b64>:<hash_b64>` — PBKDF2-HMAC-SHA256 (RFC 8018),
+//!   salt and derived key in standard base64 (padding optional); the derived key length is the
+//!   decoded hash's. Slow on purpose, bounded by the phase time budget.
+
+use base64::Engine;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::{DecodePaddingMode, general_purpose};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Standard base64 that accepts values with or without `=` padding.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Most PBKDF2 iterations accepted at all: far beyond any phase budget already.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+/// Above this, a first verification risks the default 5 ms phase budget (see the README).
+pub const BUDGET_ITERATIONS: u32 = 2_000;
+const MIN_SALT: usize = 8;
+
+/// A parsed `password_hash`.
+#[derive(Debug, Clone)]
+pub enum PasswordHash {
+    Sha256 {
+        salt: Vec<u8>,
+        digest: [u8; 32],
+    },
+    Pbkdf2 {
+        iterations: u32,
+        salt: Vec<u8>,
+        key: Vec<u8>,
+    },
+}
+
+impl PasswordHash {
+    /// Parses a `password_hash` value; the error says what is wrong (not the value itself,
+    /// which is a secret of sorts).
+    pub fn parse(text: &str) -> Result<PasswordHash, String> {
+        if let Some(rest) = text.strip_prefix("sha256:") {
+            let (salt, hex) = rest
+                .rsplit_once(':')
+                .ok_or("expected sha256:<salt>:<hex of sha256(salt + password)>")?;
+            if salt.is_empty() {
+                return Err("sha256: the salt must not be empty".to_owned());
+            }
+            let digest = parse_hex32(hex).ok_or("sha256: expected 64 hex digits after the salt")?;
+            return Ok(PasswordHash::Sha256 {
+                salt: salt.as_bytes().to_vec(),
+                digest,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("pbkdf2-sha256:") {
+            let parts: Vec<&str> = rest.split(':').collect();
+            let [iterations, salt, key] = parts.as_slice() else {
+                return Err("expected pbkdf2-sha256:<iterations>:<salt_b64>:<hash_b64>".to_owned());
+            };
+            let iterations: u32 = iterations
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_ITERATIONS).contains(n))
+                .ok_or_else(|| format!("pbkdf2-sha256: iterations must be 1..={MAX_ITERATIONS}"))?;
+            let salt = B64
+                .decode(salt)
+                .map_err(|_| "pbkdf2-sha256: the salt is not standard base64".to_owned())?;
+            if salt.len() < MIN_SALT {
+                return Err(format!(
+                    "pbkdf2-sha256: the salt must be at least {MIN_SALT} bytes"
+                ));
+            }
+            let key = B64
+                .decode(key)
+                .map_err(|_| "pbkdf2-sha256: the hash is not standard base64".to_owned())?;
+            if !(16..=64).contains(&key.len()) {
+                return Err("pbkdf2-sha256: the hash must be 16 to 64 bytes".to_owned());
+            }
+            return Ok(PasswordHash::Pbkdf2 {
+                iterations,
+                salt,
+                key,
+            });
+        }
+        Err("unknown format: expected sha256:<salt>:<hex> or pbkdf2-sha256:<iterations>:<salt_b64>:<hash_b64>".to_owned())
+    }
+
+    /// Whether `password` matches, compared in constant time.
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            PasswordHash::Sha256 { salt, digest } => {
+                let got = Sha256::new()
+                    .chain_update(salt)
+                    .chain_update(password)
+                    .finalize();
+                got.as_slice().ct_eq(digest).into()
+            }
+            PasswordHash::Pbkdf2 {
+                iterations,
+                salt,
+                key,
+            } => {
+                let mut got = vec![0u8; key.len()];
+                pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, *iterations, &mut got);
+                got.ct_eq(key).into()
+            }
+        }
+    }
+
+    /// Relative cost of one verification (PBKDF2 iterations; 1 for a plain hash).
+    pub fn cost(&self) -> u32 {
+        match self {
+            PasswordHash::Sha256 { .. } => 1,
+            PasswordHash::Pbkdf2 { iterations, .. } => *iterations,
+        }
+    }
+}
+
+/// Standard base64 with padding, for building hashes in tests and docs.
+pub fn b64(bytes: &[u8]) -> String {
+    general_purpose::STANDARD.encode(bytes)
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        *byte = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// Decodes the base64 of a `Basic` credential (padding optional).
+pub fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text).ok()
+}

@@ -1,0 +1,721 @@
+//! Native tests through the SDK harness: tokens are signed here with test-only keys.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::Signer as _;
+use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+use rsa::signature::SignatureEncoding;
+use rsa::traits::PublicKeyParts;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use weir_filter::testing::{Harness, TestRequest};
+use weir_filter::{Action, LocalResponse};
+
+use super::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A 2048-bit RSA key generated for these tests only (it protects nothing).
+const RSA_PRIVATE_PEM: &str = include_str!("../testdata/rsa-2048-test-only.pem");
+/// A 1024-bit RSA public key: too small, must be refused.
+const RSA_1024_PUBLIC_PEM: &str = include_str!("../testdata/rsa-1024-test-only.pub.pem");
+const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+/// The harness clock starts at 2023-11-14T22:13:20Z.
+const NOW: i64 = 1_700_000_000;
+
+enum Signer {
+    Hs(Vec<u8>),
+    Rs(Box<rsa::RsaPrivateKey>),
+    Es(p256::ecdsa::SigningKey),
+}
+
+impl Signer {
+    fn hs() -> Signer {
+        Signer::Hs(SECRET.as_bytes().to_vec())
+    }
+    fn rs() -> Signer {
+        Signer::Rs(Box::new(
+            rsa::RsaPrivateKey::from_pkcs8_pem(RSA_PRIVATE_PEM).expect("test rsa key"),
+        ))
+    }
+    /// A P-256 key from a fixed scalar: reproducible without an RNG.
+    fn es(seed: u8) -> Signer {
+        Signer::Es(p256::ecdsa::SigningKey::from_slice(&[seed; 32]).expect("scalar"))
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            Signer::Hs(_) => "HS256",
+            Signer::Rs(_) => "RS256",
+            Signer::Es(_) => "ES256",
+        }
+    }
+
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Signer::Hs(secret) => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("hmac");
+                mac.update(input);
+                mac.finalize().into_bytes().to_vec()
+            }
+            Signer::Rs(key) => rsa::pkcs1v15::SigningKey::<Sha256>::new((**key).clone())
+                .sign(input)
+                .to_vec(),
+            Signer::Es(key) => {
+                let sig: p256::ecdsa::Signature = key.sign(input);
+                sig.to_bytes().to_vec()
+            }
+        }
+    }
+
+    fn public_pem(&self) -> String {
+        match self {
+            Signer::Hs(_) => unreachable!("no public key"),
+            Signer::Rs(key) => key
+                .to_public_key()
+                .to_public_key_pem(Default::default())
+                .expect("pem"),
+            Signer::Es(key) => key
+                .verifying_key()
+                .to_public_key_pem(Default::default())
+                .expect("pem"),
+        }
+    }
+
+    fn jwk(&self, kid: &str) -> Value {
+        match self {
+            Signer::Hs(secret) => json!({ "kty": "oct", "kid": kid, "k": b64(secret) }),
+            Signer::Rs(key) => json!({
+                "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+                "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be()),
+            }),
+            Signer::Es(key) => {
+                let point = key.verifying_key().to_encoded_point(false);
+                json!({
+                    "kty": "EC", "kid": kid, "crv": "P-256",
+                    "x": b64(point.x().expect("x")), "y": b64(point.y().expect("y")),
+                })
+            }
+        }
+    }
+
+    fn key_config(&self, kid: Option<&str>) -> Value {
+        let mut k = match self {
+            Signer::Hs(secret) => json!({
+                "alg": "HS256", "secret": String::from_utf8(secret.clone()).expect("utf8"),
+            }),
+            _ => json!({ "alg": self.alg(), "public_key_pem": self.public_pem() }),
+        };
+        if let Some(kid) = kid {
+            k["kid"] = json!(kid);
+        }
+        k
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token with this header (as given) and claims, signed by `signer`.
+fn token_with_header(header: &Value, claims: &Value, signer: &Signer) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = signer.sign(input.as_bytes());
+    format!("{input}.{}", b64(&sig))
+}
+
+fn token(signer: &Signer, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = json!({ "alg": signer.alg(), "typ": "JWT" });
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    token_with_header(&header, claims, signer)
+}
+
+fn claims() -> Value {
+    json!({
+        "sub": "alice", "email": "alice@example.com", "iss": "https://issuer.test",
+        "aud": "api", "exp": NOW + 600, "iat": NOW, "roles": ["admin", "dev"],
+    })
+}
+
+fn bearer(token: &str) -> TestRequest {
+    TestRequest::get("/orders").header("authorization", format!("Bearer {token}"))
+}
+
+fn config(keys: Value) -> Value {
+    json!({
+        "keys": keys,
+        "issuer": "https://issuer.test",
+        "audiences": ["api", "admin-api"],
+        "forward_claims": { "sub": "x-user-id", "email": "x-user-email", "roles": "x-roles" },
+    })
+}
+
+/// The 401's `error_description`, checked against the challenge and the JSON body.
+fn refusal(action: &Action) -> Result<String, Box<dyn std::error::Error>> {
+    let r: &LocalResponse = action.local_response().ok_or("expected a local response")?;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header_value("content-type"), Some("application/json"));
+    let body: Value = serde_json::from_slice(&r.body)?;
+    let description = body["error_description"].as_str().ok_or("no description")?;
+    let challenge = r.header_value("www-authenticate").ok_or("no challenge")?;
+    if body["error"] == "invalid_token" {
+        assert_eq!(
+            challenge,
+            format!(
+                "Bearer realm=\"weir\", error=\"invalid_token\", error_description=\"{description}\""
+            )
+        );
+    } else {
+        assert_eq!(body["error"], "missing_token");
+        assert_eq!(challenge, "Bearer realm=\"weir\"");
+    }
+    Ok(description.to_owned())
+}
+
+fn refused(
+    h: &mut Harness<JwtAuth>,
+    req: TestRequest,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut req = req;
+    let action = h.request_headers(&mut req);
+    h.done(&req);
+    refusal(&action)
+}
+
+#[test]
+fn valid_tokens_of_each_algorithm_pass_and_claims_are_forwarded() -> TestResult {
+    for signer in [Signer::hs(), Signer::rs(), Signer::es(7)] {
+        let mut h = Harness::<JwtAuth>::new(config(json!([signer.key_config(None)])))?;
+        let t = token(&signer, None, &claims());
+        let mut req = bearer(&t)
+            .header("x-user-id", "mallory")
+            .header("x-user-id", "eve");
+        assert_eq!(
+            h.request_headers(&mut req),
+            Action::Continue,
+            "{}",
+            signer.alg()
+        );
+        assert_eq!(
+            req.header_values("x-user-id"),
+            ["alice"],
+            "client values are replaced"
+        );
+        assert_eq!(req.header_value("x-user-email"), Some("alice@example.com"));
+        assert_eq!(req.header_value("x-roles"), Some("admin,dev"));
+        let auth = format!("Bearer {t}");
+        assert_eq!(
+            req.header_value("authorization"),
+            Some(auth.as_str()),
+            "kept by default"
+        );
+        h.done(&req);
+        assert_eq!(
+            h.counter("jwt_auth_decisions_total", &[("result", "allowed")]),
+            1
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn missing_or_foreign_credentials_get_a_bare_challenge() -> TestResult {
+    let mut h = Harness::<JwtAuth>::new(config(json!([Signer::hs().key_config(None)])))?;
+    for req in [
+        TestRequest::get("/"),
+        TestRequest::get("/").header("authorization", "Basic YWxpY2U6cHc="),
+        TestRequest::get("/").header("authorization", "Bearer"),
+        TestRequest::get("/").header("authorization", ""),
+    ] {
+        assert_eq!(refused(&mut h, req)?, "a bearer token is required");
+    }
+    assert_eq!(
+        h.counter("jwt_auth_decisions_total", &[("result", "denied")]),
+        4
+    );
+    Ok(())
+}
+
+#[test]
+fn claims_are_checked_with_leeway() -> TestResult {
+    let hs = Signer::hs();
+    let mut h = Harness::<JwtAuth>::new(config(json!([hs.key_config(None)])))?;
+    let with = |patch: Value| {
+        let mut c = claims();
+        for (k, v) in patch.as_object().into_iter().flatten() {
+            if v.is_null() {
+                c.as_object_mut().map(|m| m.remove(k));
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        token(&hs, None, &c)
+    };
+    let cases = [
+        (json!({ "exp": NOW - 31 }), Some("token expired")),
+        (json!({ "exp": NOW - 30 }), Some("token expired")),
+        (json!({ "exp": NOW - 29 }), None),
+        (json!({ "exp": (NOW as f64) - 29.5 }), None),
+        (json!({ "exp": "tomorrow" }), Some("invalid claims")),
+        (json!({ "exp": null }), Some("token has no expiry")),
+        (json!({ "nbf": NOW + 31 }), Some("token not yet valid")),
+        (json!({ "nbf": NOW + 30 }), None),
+        (json!({ "nbf": NOW }), None),
+        (
+            json!({ "iss": "https://evil.test" }),
+            Some("invalid issuer"),
+        ),
+        (json!({ "iss": null }), Some("invalid issuer")),
+        (json!({ "iss": 7 }), Some("invalid issuer")),
+        (json!({ "aud": "other" }), Some("invalid audience")),
+        (json!({ "aud": null }), Some("invalid audience")),
+        (json!({ "aud": ["other", "admin-api"] }), None),
+        (json!({ "aud": ["other", 3] }), Some("invalid audience")),
+    ];
+    for (patch, want) in cases {
+        let mut req = bearer(&with(patch.clone()));
+        let action = h.request_headers(&mut req);
+        h.done(&req);
+        match want {
+            None => assert_eq!(action, Action::Continue, "{patch}"),
+            Some(want) => assert_eq!(refusal(&action)?, want, "{patch}"),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn expiry_follows_the_clock() -> TestResult {
+    let hs = Signer::hs();
+    let mut h = Harness::<JwtAuth>::new(json!({
+        "keys": [hs.key_config(None)], "leeway_s": 0,
+    }))?;
+    let t = token(&hs, None, &json!({ "sub": "a", "exp": NOW + 10 }));
+    let mut req = bearer(&t);
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    h.done(&req);
+    h.advance(std::time::Duration::from_secs(10));
+    assert_eq!(refused(&mut h, bearer(&t))?, "token expired");
+    Ok(())
+}
+
+#[test]
+fn require_exp_can_be_turned_off() -> TestResult {
+    let hs = Signer::hs();
+    let t = token(&hs, None, &json!({ "sub": "svc" }));
+    let mut h = Harness::<JwtAuth>::new(json!({ "keys": [hs.key_config(None)] }))?;
+    assert_eq!(refused(&mut h, bearer(&t))?, "token has no expiry");
+    let mut h = Harness::<JwtAuth>::new(json!({
+        "keys": [hs.key_config(None)], "require_exp": false,
+    }))?;
+    let mut req = bearer(&t);
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    Ok(())
+}
+
+#[test]
+fn forged_and_malformed_tokens_are_refused() -> TestResult {
+    let (hs, rs, es) = (Signer::hs(), Signer::rs(), Signer::es(7));
+    let keys = json!([rs.key_config(Some("rsa-1")), es.key_config(None)]);
+    let mut h = Harness::<JwtAuth>::new(config(keys))?;
+    let good = token(&rs, Some("rsa-1"), &claims());
+
+    // Flip one bit of the signature.
+    let (input, sig) = good.rsplit_once('.').ok_or("dots")?;
+    let mut sig = URL_SAFE_NO_PAD.decode(sig)?;
+    sig[10] ^= 1;
+    let flipped = format!("{input}.{}", b64(&sig));
+    // Same header and signature, other claims.
+    let (header, _) = good.split_once('.').ok_or("dots")?;
+    let evil_claims = b64(
+        json!({ "sub": "root", "exp": NOW + 600, "iss": "https://issuer.test", "aud": "api" })
+            .to_string()
+            .as_bytes(),
+    );
+    let swapped = format!(
+        "{header}.{evil_claims}.{}",
+        good.rsplit_once('.').ok_or("dots")?.1
+    );
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims().to_string().as_bytes())
+    );
+    let none_upper = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"NONE"}"#),
+        b64(claims().to_string().as_bytes())
+    );
+    // The classic key confusion: HS256 with the RSA public key's PEM as the secret.
+    let confused = token(
+        &Signer::Hs(rs.public_pem().into_bytes()),
+        Some("rsa-1"),
+        &claims(),
+    );
+    let confused_no_kid = token(&Signer::Hs(rs.public_pem().into_bytes()), None, &claims());
+    let other_ec_key = token(&Signer::es(9), None, &claims());
+    let hs_no_key = token(&hs, None, &claims());
+    let unknown_kid = token(&rs, Some("rsa-2"), &claims());
+    let crit = token_with_header(
+        &json!({ "alg": "RS256", "kid": "rsa-1", "crit": ["b64"], "b64": false }),
+        &claims(),
+        &rs,
+    );
+    let hs512 = token_with_header(&json!({ "alg": "HS512" }), &claims(), &hs);
+    let array_claims = token_with_header(&json!({ "alg": "ES256" }), &json!([1, 2]), &es);
+
+    let cases: Vec<(String, &str)> = vec![
+        (flipped, "invalid signature"),
+        (swapped, "invalid signature"),
+        (other_ec_key, "invalid signature"),
+        (none, "unsupported algorithm"),
+        (none_upper, "unsupported algorithm"),
+        (hs512, "unsupported algorithm"),
+        (confused, "algorithm does not match the key"),
+        (confused_no_kid, "no key for this algorithm"),
+        (hs_no_key, "no key for this algorithm"),
+        (unknown_kid, "unknown key id"),
+        (crit, "unsupported critical header"),
+        (array_claims, "malformed token"),
+        ("abc".into(), "malformed token"),
+        ("a.b".into(), "malformed token"),
+        ("a.b.c.d".into(), "malformed token"),
+        ("..".into(), "malformed token"),
+        (format!("{good}="), "malformed token"),
+        (format!("{good}.x"), "malformed token"),
+        (good.replacen('.', "!.", 1), "malformed token"),
+        ("e30.e30.e30".into(), "malformed token"),
+        (format!("{}.e30.AAAA", b64(b"not json")), "malformed token"),
+    ];
+    for (t, want) in cases {
+        assert_eq!(refused(&mut h, bearer(&t))?, want, "{t}");
+    }
+    assert_eq!(
+        h.counter("jwt_auth_decisions_total", &[("result", "allowed")]),
+        0
+    );
+    // And the untouched token still passes.
+    let mut req = bearer(&good);
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    Ok(())
+}
+
+#[test]
+fn no_input_makes_the_filter_panic() -> TestResult {
+    let (rs, es) = (Signer::rs(), Signer::es(7));
+    let mut h = Harness::<JwtAuth>::new(config(json!([
+        rs.key_config(None),
+        es.key_config(Some("e")),
+        Signer::hs().key_config(Some("h")),
+    ])))?;
+    let good = token(&es, Some("e"), &claims());
+    // Every truncation and a sweep of single-byte substitutions of a valid token, plus
+    // pseudo-random junk: all must be answered, none may trap (a panic fails the test).
+    let mut inputs: Vec<String> = (0..good.len()).map(|n| good[..n].to_owned()).collect();
+    for (i, c) in good.char_indices().step_by(3) {
+        for sub in ['.', '-', '_', '=', 'A', '/', ' ', 'é'] {
+            let mut s = good.clone();
+            s.replace_range(i..i + c.len_utf8(), &sub.to_string());
+            inputs.push(s);
+        }
+    }
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..300 {
+        let len = (x % 120) as usize;
+        let s: String = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"ab.-_=eyJ0{}\""
+                    .get((x % 14) as usize)
+                    .copied()
+                    .unwrap_or(b'.') as char
+            })
+            .collect();
+        inputs.push(s);
+    }
+    for (i, t) in inputs.iter().enumerate() {
+        let mut req = bearer(t);
+        let action = h.request_headers(&mut req);
+        h.done(&req);
+        if t != &good {
+            assert_eq!(
+                action.local_response().map(|r| r.status),
+                Some(401),
+                "input {i}: {t}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn jwks_keys_are_selected_by_kid() -> TestResult {
+    let (rs, es_a, es_b) = (Signer::rs(), Signer::es(1), Signer::es(2));
+    let mut cfg = config(json!([]));
+    cfg["jwks"] = json!({ "keys": [
+        rs.jwk("r1"),
+        es_a.jwk("a"),
+        es_b.jwk("b"),
+        Signer::hs().jwk("h"),
+        // Not usable here: skipped with a warning, not an error.
+        { "kty": "RSA", "kid": "x", "alg": "RS384", "n": "AQAB", "e": "AQAB" },
+        { "kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
+        { "kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA" },
+        { "kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB" },
+    ]});
+    let mut h = Harness::<JwtAuth>::new(cfg)?;
+    let skipped = h
+        .logs()
+        .iter()
+        .filter(|l| l.message.contains("skipped"))
+        .count();
+    assert_eq!(skipped, 4, "{:?}", h.logs());
+
+    for (signer, kid) in [
+        (&rs, "r1"),
+        (&es_a, "a"),
+        (&es_b, "b"),
+        (&Signer::hs(), "h"),
+    ] {
+        let mut req = bearer(&token(signer, Some(kid), &claims()));
+        assert_eq!(h.request_headers(&mut req), Action::Continue, "kid {kid}");
+        h.done(&req);
+    }
+    // Key b's signature under kid a: the kid picks key a, which does not verify it.
+    assert_eq!(
+        refused(&mut h, bearer(&token(&es_b, Some("a"), &claims())))?,
+        "invalid signature"
+    );
+    assert_eq!(
+        refused(&mut h, bearer(&token(&es_b, Some("zz"), &claims())))?,
+        "unknown key id"
+    );
+    // No kid in the token: every ES256 key is tried.
+    let mut req = bearer(&token(&es_b, None, &claims()));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    Ok(())
+}
+
+#[test]
+fn an_unknown_kid_falls_back_to_keys_without_kid() -> TestResult {
+    let es = Signer::es(3);
+    let mut h = Harness::<JwtAuth>::new(config(json!([es.key_config(None)])))?;
+    let mut req = bearer(&token(&es, Some("rotated-away"), &claims()));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    Ok(())
+}
+
+#[test]
+fn strip_token_removes_the_authorization_header() -> TestResult {
+    let hs = Signer::hs();
+    let mut cfg = config(json!([hs.key_config(None)]));
+    cfg["strip_token"] = json!(true);
+    cfg["realm"] = json!("orders api");
+    let mut h = Harness::<JwtAuth>::new(cfg)?;
+    let mut req = bearer(&token(&hs, None, &claims()));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    assert_eq!(req.header_value("authorization"), None);
+    h.done(&req);
+    let mut req = TestRequest::get("/");
+    let action = h.request_headers(&mut req);
+    let challenge = action
+        .local_response()
+        .and_then(|r| r.header_value("www-authenticate"));
+    assert_eq!(challenge, Some("Bearer realm=\"orders api\""));
+    Ok(())
+}
+
+#[test]
+fn claims_that_cannot_be_headers_are_left_out() -> TestResult {
+    let hs = Signer::hs();
+    let mut h = Harness::<JwtAuth>::new(config(json!([hs.key_config(None)])))?;
+    let mut c = claims();
+    c["email"] = json!("a\r\nx-admin: yes");
+    c["sub"] = json!(42);
+    c.as_object_mut().map(|m| m.remove("roles"));
+    let mut req = bearer(&token(&hs, None, &c)).header("x-roles", "spoofed");
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    assert_eq!(req.header_value("x-user-id"), Some("42"));
+    assert_eq!(req.header_value("x-user-email"), None);
+    assert_eq!(
+        req.header_value("x-roles"),
+        None,
+        "absent claim: spoofed header removed"
+    );
+    assert_eq!(req.header_value("x-admin"), None);
+    Ok(())
+}
+
+#[test]
+fn bad_configs_are_refused_with_a_clear_message() {
+    let rs = Signer::rs();
+    let cases = [
+        (json!({}), "no usable keys"),
+        (json!({ "keys": [] }), "no usable keys"),
+        (
+            json!({ "keys": [{ "alg": "HS512", "secret": SECRET }] }),
+            "keys[0].alg: unknown algorithm \"HS512\"",
+        ),
+        (
+            json!({ "keys": [{ "alg": "none", "secret": SECRET }] }),
+            "keys[0].alg: \"none\" is never accepted",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": "short" }] }),
+            "keys[0].secret: an HS256 secret must be at least 32 bytes",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256" }] }),
+            "keys[0]: alg HS256 needs a secret",
+        ),
+        (
+            json!({ "keys": [{ "alg": "RS256", "secret": SECRET }] }),
+            "keys[0]: alg RS256 needs public_key_pem",
+        ),
+        (
+            json!({ "keys": [{ "alg": "RS256", "secret": SECRET, "public_key_pem": rs.public_pem() }] }),
+            "not both",
+        ),
+        (
+            json!({ "keys": [{ "alg": "RS256", "public_key_pem": RSA_PRIVATE_PEM }] }),
+            "keys[0].public_key_pem: this is a private key",
+        ),
+        (
+            json!({ "keys": [{ "alg": "RS256", "public_key_pem": RSA_1024_PUBLIC_PEM }] }),
+            "at least 2048 bits, this one has 1024",
+        ),
+        (
+            json!({ "keys": [{ "alg": "ES256", "public_key_pem": rs.public_pem() }] }),
+            "keys[0].public_key_pem: not a P-256 public key",
+        ),
+        (
+            json!({ "keys": [{ "alg": "RS256", "public_key_pem": "garbage" }] }),
+            "keys[0].public_key_pem: not an RSA public key",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET, "kid": "" }] }),
+            "keys[0].kid: must not be empty",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET, "kidd": "a" }] }),
+            "unknown field `kidd`",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "RSA", "n": "!!", "e": "AQAB" }] } }),
+            "jwks.keys[0].n: not base64url",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA" }] } }),
+            "jwks.keys[0]: P-256 coordinates",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "EC", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[2; 32]) }] } }),
+            "not a point on P-256",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "RSA", "alg": "ES256", "n": "AQAB", "e": "AQAB" }] } }),
+            "alg ES256 does not fit key type RSA",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "oct", "k": "c2hvcnQ" }] } }),
+            "jwks.keys[0].k: an HS256 secret must be at least 32 bytes",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "alg": "RS256" }] } }),
+            "jwks.keys[0]: missing field `kty`",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "RSA", "kid": "old", "alg": "RS384", "n": "AQAB", "e": "AQAB" }] } }),
+            "no usable keys",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "realm": "a\"b" }),
+            "realm:",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "forward_claims": { "sub": "x user" } }),
+            "forward_claims.sub: \"x user\" is not a valid header name",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "forward_claims": { "sub": "x-u", "uid": "X-U" } }),
+            "already set",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "forward_claims": { "sub": "authorization" } }),
+            "cannot forward into the authorization header",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "issuer": "" }),
+            "issuer: must not be empty",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "leeway_s": 100000 }),
+            "leeway_s: at most",
+        ),
+        (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "audience": "api" }),
+            "unknown field `audience`",
+        ),
+    ];
+    for (cfg, want) in cases {
+        match Harness::<JwtAuth>::new(cfg.clone()) {
+            Ok(_) => panic!("accepted {cfg}"),
+            Err(e) => assert!(
+                e.message.contains(want),
+                "{cfg}\n  got: {}\n want: {want}",
+                e.message
+            ),
+        }
+    }
+}
+
+#[test]
+fn pkcs1_rsa_pem_is_accepted_too() -> TestResult {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    let rs = Signer::rs();
+    let Signer::Rs(key) = &rs else { unreachable!() };
+    let pem = key.to_public_key().to_pkcs1_pem(Default::default())?;
+    assert!(pem.starts_with("-----BEGIN RSA PUBLIC KEY-----"));
+    let mut h = Harness::<JwtAuth>::new(json!({
+        "keys": [{ "alg": "RS256", "public_key_pem": pem }],
+    }))?;
+    let mut req = bearer(&token(&rs, None, &claims()));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    Ok(())
+}
+
+/// The README's quickstart: its config is accepted and its demo token passes.
+#[test]
+fn the_readme_quickstart_works() -> TestResult {
+    let readme = include_str!("../README.md");
+    let yaml = readme
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .ok_or("no yaml block in the README")?;
+    let doc: Value = serde_yaml::from_str(yaml)?;
+    let mut h = Harness::<JwtAuth>::new(doc["filters"][0]["config"].clone())?;
+    let token = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .ok_or("no TOKEN= line in the README")?;
+    let mut req = bearer(token);
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    assert_eq!(req.header_value("x-user-id"), Some("alice"));
+    assert_eq!(req.header_value("x-user-email"), Some("alice@example.com"));
+    h.done(&req);
+    assert_eq!(
+        refused(&mut h, TestRequest::get("/orders"))?,
+        "a bearer token is required"
+    );
+    Ok(())
+}
