@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use weir_filter::validate::{check_realm, is_header_name};
 use weir_filter::{
     Action, Filter, HostError, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
 };
@@ -257,26 +258,4 @@ fn split_credentials(encoded: &str) -> Option<(String, String)> {
 fn count(result: &str) {
     // Metrics are best effort: a failed counter never changes the decision.
     let _ = metrics::counter_add("basic_auth_decisions_total", &[("result", result)], 1);
-}
-
-/// A realm goes between double quotes in the challenge: printable ASCII without `"` or `\`.
-fn check_realm(realm: &str) -> Result<(), String> {
-    if realm.is_empty()
-        || !realm
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        return Err(format!(
-            "realm: {realm:?} must be non-empty printable ASCII without quotes or backslashes"
-        ));
-    }
-    Ok(())
-}
-
-/// An HTTP token (RFC 9110 §5.6.2).
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

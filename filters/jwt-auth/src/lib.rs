@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
+use weir_filter::validate::{check_realm, is_header_name};
 use weir_filter::{
     Action, Filter, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
 };
@@ -301,26 +302,4 @@ fn internal_error(e: &weir_filter::HostError) -> Action {
     log::error(&format!("jwt-auth: {e}"));
     count("denied");
     Action::respond(500)
-}
-
-/// A realm goes between double quotes in the challenge: printable ASCII without `"` or `\`.
-fn check_realm(realm: &str) -> Result<(), String> {
-    if realm.is_empty()
-        || !realm
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        return Err(format!(
-            "realm: {realm:?} must be non-empty printable ASCII without quotes or backslashes"
-        ));
-    }
-    Ok(())
-}
-
-/// An HTTP token (RFC 9110 §5.6.2).
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use weir_filter::validate::{check_realm, is_header_name};
 use weir_filter::{
     Action, Filter, HostError, LocalResponse, Phases, Request, export_filter, log, metrics,
 };
@@ -252,26 +253,4 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
         *byte = (hi * 16 + lo) as u8;
     }
     Some(out)
-}
-
-/// A realm goes between double quotes in the challenge: printable ASCII without `"` or `\`.
-fn check_realm(realm: &str) -> Result<(), String> {
-    if realm.is_empty()
-        || !realm
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        return Err(format!(
-            "realm: {realm:?} must be non-empty printable ASCII without quotes or backslashes"
-        ));
-    }
-    Ok(())
-}
-
-/// An HTTP token (RFC 9110 §5.6.2).
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

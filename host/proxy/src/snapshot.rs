@@ -444,10 +444,13 @@ async fn build_chains(
         let mut links = Vec::with_capacity(r.filters.len());
         for (j, fref) in r.filters.iter().enumerate() {
             let (module, f) = &modules[fref.name.as_str()];
-            let effective = match &fref.config {
+            let mut effective = match &fref.config {
                 Some(over) => weir_config::merge_json(&f.config, over),
                 None => f.config.clone(),
             };
+            // Filters cannot read files; the host inlines the ones their config names.
+            inline_files(&mut effective, loaded)
+                .map_err(|e| loaded.error_at(format!("routes[{i}].filters[{j}]"), e))?;
             let json = effective.to_string();
             let key = (f.name.clone(), json.clone());
             let pair = match pairs.get(&key) {
@@ -475,6 +478,79 @@ async fn build_chains(
         chains.push(Some(Arc::new(weir_filters::Chain::new(links))));
     }
     Ok((chains, infos))
+}
+
+/// Replaces every `{ "$json_file": PATH }` in a filter's config with the parsed contents of PATH
+/// (relative to the config file) — a JWKS document, a key list — and every
+/// `{ "$text_file": PATH }` with the file's text (a PEM key).
+fn inline_files(v: &mut serde_json::Value, loaded: &LoadedConfig) -> Result<(), String> {
+    match v {
+        serde_json::Value::Object(map)
+            if map.len() == 1
+                && (map.contains_key("$json_file") || map.contains_key("$text_file")) =>
+        {
+            let (kind, path) = map
+                .iter()
+                .next()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .unwrap_or_default();
+            let Some(path) = path.as_str() else {
+                return Err(format!("{kind} takes a file path"));
+            };
+            let full = loaded.resolve(Path::new(path));
+            let text = std::fs::read_to_string(&full)
+                .map_err(|e| format!("{kind} {}: {e}", full.display()))?;
+            *v = if kind == "$json_file" {
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{kind} {}: invalid JSON: {e}", full.display()))?
+            } else {
+                serde_json::Value::String(text)
+            };
+            Ok(())
+        }
+        serde_json::Value::Object(map) => {
+            map.values_mut().try_for_each(|x| inline_files(x, loaded))
+        }
+        serde_json::Value::Array(items) => {
+            items.iter_mut().try_for_each(|x| inline_files(x, loaded))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_configs_inline_named_files() {
+        let dir = std::env::temp_dir().join(format!("weir-inline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("jwks.json"), r#"{"keys":[{"kid":"a"}]}"#).unwrap();
+        std::fs::write(dir.join("key.pem"), "PEM").unwrap();
+        let loaded = LoadedConfig::from_str(&dir.join("weir.yaml"), "{}").unwrap();
+        let mut v = serde_json::json!({
+            "jwks": { "$json_file": "jwks.json" },
+            "keys": [ { "public_key_pem": { "$text_file": "key.pem" } } ],
+            "other": { "$json_file": "x", "more": 1 }
+        });
+        inline_files(&mut v, &loaded).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "jwks": { "keys": [ { "kid": "a" } ] },
+                "keys": [ { "public_key_pem": "PEM" } ],
+                "other": { "$json_file": "x", "more": 1 }
+            })
+        );
+        let mut bad = serde_json::json!({ "jwks": { "$json_file": "missing.json" } });
+        assert!(
+            inline_files(&mut bad, &loaded)
+                .unwrap_err()
+                .contains("missing.json")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// Loads every certificate of an https listener, reporting failures at the config line.

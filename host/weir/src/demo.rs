@@ -126,7 +126,23 @@ pub fn print_tour(server: &Server) {
         format!(
             "curl -s -o /dev/null -w '%{{http_code}}\\n' http://{p}/nope -H 'host: other.example.org'   # 404"
         ),
+        format!(
+            "curl -s http://{p}/orders -H \"authorization: Bearer $TOKEN\"   # jwt-auth (TOKEN: see README); without it: 401"
+        ),
+        format!(
+            "curl -s http://{p}/catalog -H 'x-api-key: weir-demo-key-alice'   # key-auth, behind cors and rate-limit"
+        ),
+        format!("curl -s -u alice:wonderland http://{p}/admin                # basic-auth"),
+        format!(
+            "for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' http://{p}/limited; done   # rate-limit: 200 200 429"
+        ),
+        format!(
+            "curl -si http://{p}/legacy/items | grep -i x-transformed     # transform: path rewritten to /v2/items"
+        ),
         format!("curl -s http://{a}/metrics | grep weir_requests_total       # Prometheus metrics"),
+        format!(
+            "curl -s http://{a}/filters                                 # loaded filters and versions"
+        ),
         format!(
             "curl -s http://{a}/clusters                                # endpoints, health, in-flight"
         ),

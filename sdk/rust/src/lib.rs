@@ -162,6 +162,7 @@ mod runtime;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod validate;
 
 // The README's examples are compiled and run as doc tests too, so they cannot rot.
 #[cfg(doctest)]
