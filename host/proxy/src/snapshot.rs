@@ -518,40 +518,6 @@ fn inline_files(v: &mut serde_json::Value, loaded: &LoadedConfig) -> Result<(), 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filter_configs_inline_named_files() {
-        let dir = std::env::temp_dir().join(format!("weir-inline-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("jwks.json"), r#"{"keys":[{"kid":"a"}]}"#).unwrap();
-        std::fs::write(dir.join("key.pem"), "PEM").unwrap();
-        let loaded = LoadedConfig::from_str(&dir.join("weir.yaml"), "{}").unwrap();
-        let mut v = serde_json::json!({
-            "jwks": { "$json_file": "jwks.json" },
-            "keys": [ { "public_key_pem": { "$text_file": "key.pem" } } ],
-            "other": { "$json_file": "x", "more": 1 }
-        });
-        inline_files(&mut v, &loaded).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "jwks": { "keys": [ { "kid": "a" } ] },
-                "keys": [ { "public_key_pem": "PEM" } ],
-                "other": { "$json_file": "x", "more": 1 }
-            })
-        );
-        let mut bad = serde_json::json!({ "jwks": { "$json_file": "missing.json" } });
-        assert!(
-            inline_files(&mut bad, &loaded)
-                .unwrap_err()
-                .contains("missing.json")
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
 
 /// Loads every certificate of an https listener, reporting failures at the config line.
 pub fn listener_tls(
@@ -622,4 +588,39 @@ pub fn filter_runtime(
         ..Default::default()
     })?;
     Ok(Some(rt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_configs_inline_named_files() {
+        let dir = std::env::temp_dir().join(format!("weir-inline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("jwks.json"), r#"{"keys":[{"kid":"a"}]}"#).unwrap();
+        std::fs::write(dir.join("key.pem"), "PEM").unwrap();
+        let loaded = LoadedConfig::from_str(&dir.join("weir.yaml"), "{}").unwrap();
+        let mut v = serde_json::json!({
+            "jwks": { "$json_file": "jwks.json" },
+            "keys": [ { "public_key_pem": { "$text_file": "key.pem" } } ],
+            "other": { "$json_file": "x", "more": 1 }
+        });
+        inline_files(&mut v, &loaded).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "jwks": { "keys": [ { "kid": "a" } ] },
+                "keys": [ { "public_key_pem": "PEM" } ],
+                "other": { "$json_file": "x", "more": 1 }
+            })
+        );
+        let mut bad = serde_json::json!({ "jwks": { "$json_file": "missing.json" } });
+        assert!(
+            inline_files(&mut bad, &loaded)
+                .unwrap_err()
+                .contains("missing.json")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
