@@ -518,7 +518,6 @@ fn inline_files(v: &mut serde_json::Value, loaded: &LoadedConfig) -> Result<(), 
     }
 }
 
-
 /// Loads every certificate of an https listener, reporting failures at the config line.
 pub fn listener_tls(
     loaded: &LoadedConfig,
