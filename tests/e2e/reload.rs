@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use sha2::Digest;
@@ -336,6 +336,5 @@ async fn watch_picks_up_config_and_module_changes() -> Result<()> {
             .is_ok_and(|g| g.header("x-testbed-build") == Some("v2"))
     })
     .await?;
-    let _ = Duration::ZERO;
     Ok(())
 }

@@ -205,7 +205,6 @@ impl Chain {
                 ex.response_headers.append(k, v);
             }
         }
-        let mut body = r.body;
         for j in (0..i).rev() {
             if !self.runs(j, cr, Phases::RESPONSE_HEADERS) {
                 continue;
@@ -230,11 +229,10 @@ impl Chain {
                 )
             })
             .collect();
-        let body = std::mem::take(&mut body);
         Verdict::Respond(LocalResponse {
             status: ex.status,
             headers,
-            body,
+            body: r.body,
         })
     }
 
@@ -273,13 +271,11 @@ impl Chain {
         } else {
             (Phase::RequestBody, Phases::REQUEST_BODY)
         };
-        let order: Vec<usize> = if response {
-            (0..self.links.len()).rev().collect()
-        } else {
-            (0..self.links.len()).collect()
-        };
+        // Request bodies run in route order, response bodies in reverse (no per-chunk allocation).
+        let n = self.links.len();
         let mut data = chunk;
-        for i in order {
+        for k in 0..n {
+            let i = if response { n - 1 - k } else { k };
             if !self.runs(i, cr, flag) {
                 continue;
             }

@@ -68,11 +68,11 @@ pub(crate) async fn edit(
     f(&mut config)?;
     // Re-render and re-parse: one validation path for files and API edits alike.
     let text = serde_yaml::to_string(&config).map_err(|e| (500, e.to_string()))?;
-    let loaded = LoadedConfig::from_str(&d.loaded.file, &text)
-        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+    let loaded =
+        LoadedConfig::from_str(&d.loaded.file, &text).map_err(|e| (400, strip_file(&e)))?;
     let snap = build(shared, loaded.clone(), &d.current_uploads())
         .await
-        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+        .map_err(|e| (400, strip_file(&e)))?;
     shared.snapshot.store(Arc::new(snap));
     d.loaded = loaded;
     Ok(())
@@ -80,8 +80,7 @@ pub(crate) async fn edit(
 
 /// The message without the file and line (they point into a re-rendered config, not the
 /// operator's file): `routes[2].cluster: unknown cluster "x"`.
-fn strip_file(e: &ConfigError, loaded: &LoadedConfig) -> String {
-    let _ = loaded;
+fn strip_file(e: &ConfigError) -> String {
     e.issues()
         .into_iter()
         .map(|(_, i)| {
@@ -112,7 +111,7 @@ pub(crate) async fn upload(
     uploads.insert(name.to_string(), Arc::new(bytes));
     let snap = build(shared, d.loaded.clone(), &uploads)
         .await
-        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+        .map_err(|e| (400, strip_file(&e)))?;
     let module = snap
         .filters
         .iter()
@@ -148,7 +147,7 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
     }
     let snap = build(shared, d.loaded.clone(), &uploads)
         .await
-        .map_err(|e| (400, strip_file(&e, &d.loaded)))?;
+        .map_err(|e| (400, strip_file(&e)))?;
     let hash = snap
         .filters
         .iter()
