@@ -2,7 +2,7 @@
 //! that is running and the capabilities its config grants.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metrics, types};
+use crate::budget::Budget;
 use crate::pair::Shared;
 
 type HostError = types::HostError;
@@ -91,6 +92,8 @@ impl Phase {
 pub(crate) struct MemLimiter {
     pub cap: usize,
     pub breached: bool,
+    /// Linear memory the instance has now (wasm memories only grow).
+    pub size: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemLimiter {
@@ -107,6 +110,7 @@ impl wasmtime::ResourceLimiter for MemLimiter {
                 self.cap
             );
         }
+        self.size = desired;
         Ok(true)
     }
     fn table_growing(
@@ -127,11 +131,8 @@ pub(crate) struct HostState {
     pub ex: Exchange,
     pub phase: Phase,
     pub shared: Arc<Shared>,
-    /// Time budget bookkeeping for the running call.
-    pub call_started: Instant,
-    pub callout_time: Duration,
-    pub budget: Duration,
-    pub deadline_hit: bool,
+    /// Time budget of the running call.
+    pub budget: Budget,
 }
 
 impl WasiView for HostState {
@@ -154,14 +155,12 @@ impl HostState {
             limiter: MemLimiter {
                 cap: shared.spec.memory,
                 breached: false,
+                size: 0,
             },
             ex: Exchange::default(),
             phase: Phase::Configure,
-            budget: shared.spec.time_per_phase,
+            budget: Budget::new(shared.spec.time_per_phase),
             shared,
-            call_started: Instant::now(),
-            callout_time: Duration::ZERO,
-            deadline_hit: false,
         }
     }
 
@@ -596,9 +595,9 @@ impl callout::Host for HostState {
         }
         let timeout = Duration::from_millis(u64::from(timeout_ms.clamp(1, 60_000)));
         // Waiting on the network is not the filter's CPU time: keep it out of the phase budget.
-        let started = Instant::now();
+        self.budget.pause();
         let res = client.send(&target, req, timeout).await;
-        self.callout_time += started.elapsed();
+        self.budget.resume();
         let res = res.map_err(HostError::Failed)?;
         let (parts, body) = res.into_parts();
         Ok(types::CalloutResponse {

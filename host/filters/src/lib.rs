@@ -23,7 +23,9 @@ mod bindings {
     });
 }
 
+mod budget;
 mod chain;
+pub mod componentize;
 mod host;
 mod kv;
 mod module;

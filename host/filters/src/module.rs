@@ -13,6 +13,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use weir_observe::Registry;
 
 use crate::bindings::FilterWorldPre;
+use crate::componentize::{WasmKind, componentize, wasm_kind};
 use crate::host::HostState;
 use crate::{Callouts, Kv};
 
@@ -186,13 +187,16 @@ impl Runtime {
         if let Some(m) = self.inner.modules.get(&hash) {
             return Ok(m.clone());
         }
-        if !wasmparser_is_component(bytes) {
-            bail!(
-                "not a WebAssembly component (core modules from the Go and AssemblyScript SDKs are not accepted yet; \
-                 build a component, e.g. with `weir filter build`)"
-            );
-        }
-        let (component, compiled) = self.compile_cached(&hash, bytes)?;
+        // A core module from the Go or AssemblyScript SDK is made a component here, only when
+        // its compiled form is not cached (the cache key is the hash of the bytes as given).
+        let componentized = || -> anyhow::Result<std::borrow::Cow<'_, [u8]>> {
+            match wasm_kind(bytes) {
+                WasmKind::Component => Ok(bytes.into()),
+                WasmKind::CoreModule => Ok(componentize(bytes)?.into()),
+                WasmKind::NotWasm => bail!("not a WebAssembly component or module"),
+            }
+        };
+        let (component, compiled) = self.compile_cached(&hash, componentized)?;
         let pre = self
             .inner
             .linker
@@ -212,7 +216,11 @@ impl Runtime {
         Ok(m)
     }
 
-    fn compile_cached(&self, hash: &str, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+    fn compile_cached<'b>(
+        &self,
+        hash: &str,
+        bytes: impl FnOnce() -> anyhow::Result<std::borrow::Cow<'b, [u8]>>,
+    ) -> anyhow::Result<(Component, bool)> {
         let engine = &self.inner.engine;
         let file = self
             .inner
@@ -233,7 +241,7 @@ impl Runtime {
                 Err(e) => tracing::warn!("ignoring cached filter {}: {e}", file.display()),
             }
         }
-        let component = Component::new(engine, bytes)
+        let component = Component::new(engine, &bytes()?)
             .map_err(|e| anyhow::anyhow!("invalid component: {e:#}"))?;
         if let Some(file) = &file {
             match component.serialize() {
@@ -262,11 +270,6 @@ impl Runtime {
 fn wasmtime_version() -> &'static str {
     // Bumped with the dependency; a stale artifact would be rejected by wasmtime anyway.
     "48"
-}
-
-/// A component starts with the wasm magic and layer 1 in the version field.
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
 fn hex(b: &[u8]) -> String {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 use weir_config::{FailurePolicy, Grants};
@@ -147,6 +147,17 @@ impl Pair {
         self.created.load(Relaxed).min(self.slots.len())
     }
 
+    /// Linear memory of each idle instance, in bytes (instances in a call are skipped).
+    pub fn instance_memory(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let g = s.live.try_lock().ok()?;
+                g.as_ref().map(|l| l.store.data().limiter.size)
+            })
+            .collect()
+    }
+
     /// Seats a request in an instance: a free one if any, else a new one while under
     /// `max_instances`, else it queues on one.
     pub(crate) async fn bind(&self) -> Result<Binding, Failure> {
@@ -217,10 +228,7 @@ impl Pair {
         let data = live.store.data_mut();
         std::mem::swap(&mut data.ex, ex);
         data.phase = phase.unwrap_or(Phase::Log);
-        data.call_started = Instant::now();
-        data.callout_time = Duration::ZERO;
-        data.budget = self.shared.spec.time_per_phase;
-        data.deadline_hit = false;
+        data.budget.start(self.shared.spec.time_per_phase);
         live.store.set_epoch_deadline(1);
         live.in_call = true;
         let f = live.world.weir_filter_filter();
@@ -270,7 +278,7 @@ fn classify(e: &wasmtime::Error, data: &HostState) -> FailureKind {
         return FailureKind::Memory;
     }
     match e.downcast_ref::<Trap>() {
-        _ if data.deadline_hit => FailureKind::Deadline,
+        _ if data.budget.hit => FailureKind::Deadline,
         Some(Trap::Interrupt) => FailureKind::Deadline,
         Some(Trap::UnreachableCodeReached) => FailureKind::Panic,
         _ => FailureKind::Trap,
@@ -283,19 +291,17 @@ async fn instantiate(shared: &Arc<Shared>, module: &Module) -> Result<(Live, Pha
     let mut store = Store::new(&rt.engine, HostState::new(shared.clone()));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(|mut ctx| {
-        let d = ctx.data_mut();
-        let spent = d.call_started.elapsed().saturating_sub(d.callout_time);
-        if spent > d.budget {
-            d.deadline_hit = true;
-            wasmtime::bail!("time budget of {:?} per phase exceeded", d.budget);
+        let budget = &mut ctx.data_mut().budget;
+        if !budget.tick() {
+            wasmtime::bail!("time budget of {:?} per phase exceeded", budget.limit());
         }
         Ok(UpdateDeadline::Continue(1))
     });
     // Instantiation and configure run guest start-up code (a Go runtime takes milliseconds):
     // give them a larger, still bounded, budget.
     let data = store.data_mut();
-    data.budget = (shared.spec.time_per_phase * 20).max(Duration::from_secs(1));
-    data.call_started = Instant::now();
+    data.budget
+        .start((shared.spec.time_per_phase * 20).max(Duration::from_secs(1)));
     store.set_epoch_deadline(1);
     let world = module
         .pre
