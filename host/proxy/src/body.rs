@@ -29,6 +29,11 @@ enum Kind {
     },
     /// Fed by a task (filter body phases).
     Channel(Frames),
+    /// Frames read ahead, then the rest of a body.
+    Held {
+        held: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+        rest: Box<ProxyBody>,
+    },
 }
 
 /// A body on its way through the proxy.
@@ -71,6 +76,21 @@ impl ProxyBody {
     pub(crate) fn channel(rx: Frames) -> Self {
         ProxyBody {
             kind: Kind::Channel(rx),
+            seen: 0,
+            finish: None,
+        }
+    }
+
+    /// `held` (frames already read from `rest`), then the rest of `rest`.
+    pub(crate) fn held(
+        held: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
+        rest: ProxyBody,
+    ) -> Self {
+        ProxyBody {
+            kind: Kind::Held {
+                held,
+                rest: Box::new(rest),
+            },
             seen: 0,
             finish: None,
         }
@@ -137,6 +157,19 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(next)
             }
+            Kind::Held { held, rest } => {
+                let next = match held.pop_front() {
+                    Some(frame) => Some(frame),
+                    None => ready!(Pin::new(&mut **rest).poll_frame(cx)),
+                };
+                if let Some(Ok(frame)) = &next
+                    && let Some(d) = frame.data_ref()
+                {
+                    let n = d.len() as u64;
+                    this.count(n);
+                }
+                Poll::Ready(next)
+            }
         }
     }
 
@@ -146,6 +179,7 @@ impl Body for ProxyBody {
             Kind::Full(b) => b.is_none(),
             Kind::Stream { body, .. } => body.is_end_stream(),
             Kind::Channel(_) => false,
+            Kind::Held { held, rest } => held.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -154,7 +188,7 @@ impl Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream { body, .. } => body.size_hint(),
-            Kind::Channel(_) => SizeHint::default(),
+            Kind::Channel(_) | Kind::Held { .. } => SizeHint::default(),
         }
     }
 }

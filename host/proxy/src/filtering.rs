@@ -1,7 +1,9 @@
 //! Runs a route's wasm filters around the native request path. Only routes with filters get
 //! here; the rest never touch wasmtime.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -27,11 +29,24 @@ pub(crate) enum Outcome {
     Failed(Arc<str>),
 }
 
+/// Most upstream response bytes read ahead while the request body is still in the filters.
+const HOLD_LIMIT: usize = 1 << 20;
+
+/// What [`FilterRun::settle_request_body`] found.
+pub(crate) enum Settled {
+    /// A request-body phase answered: this replaces the upstream's response.
+    Answer(Outcome),
+    /// The upstream's body (with what was read ahead).
+    Body(ProxyBody),
+}
+
 /// One request's run through a chain. Cheap to clone (shared with body pumps).
 #[derive(Clone)]
 pub(crate) struct FilterRun {
     chain: Arc<Chain>,
     state: Arc<tokio::sync::Mutex<State>>,
+    /// Set when the request body has been through the request-body phases (or stopped).
+    request_body_done: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl FilterRun {
@@ -49,7 +64,54 @@ impl FilterRun {
                 ex,
                 outcome: None,
             })),
+            request_body_done: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// An upstream may answer before the request body has been through the request-body
+    /// phases (one that streams its answer as the body arrives), and such a phase may still
+    /// answer locally: its answer must win. So the response head waits until the request body
+    /// is through (at most `limit`), reading ahead up to [`HOLD_LIMIT`] bytes of the upstream's
+    /// body meanwhile, so an upstream that needs its answer read before it reads more body
+    /// cannot stall the two against each other.
+    pub async fn settle_request_body(&self, mut body: ProxyBody, limit: Duration) -> Settled {
+        let mut done = self.request_body_done.subscribe();
+        let settle = done.wait_for(|done| *done);
+        tokio::pin!(settle);
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        let mut held = VecDeque::new();
+        let mut bytes = 0;
+        let mut ended = false;
+        let settled = loop {
+            if bytes >= HOLD_LIMIT {
+                break false;
+            }
+            tokio::select! {
+                biased;
+                r = &mut settle => break r.is_ok(),
+                () = &mut deadline => break false,
+                frame = body.frame(), if !ended => match frame {
+                    Some(Ok(f)) => {
+                        bytes += f.data_ref().map_or(0, Bytes::len);
+                        held.push_back(Ok(f));
+                    }
+                    Some(Err(e)) => {
+                        held.push_back(Err(e));
+                        ended = true;
+                    }
+                    None => ended = true,
+                },
+            }
+        };
+        if settled && let Some(out) = self.take_outcome().await {
+            return Settled::Answer(out);
+        }
+        Settled::Body(if held.is_empty() {
+            body
+        } else {
+            ProxyBody::held(held, body)
+        })
     }
 
     pub fn phases(&self) -> Phases {
@@ -154,6 +216,9 @@ impl FilterRun {
                 run.body_chunk(&tx, Bytes::new(), true, response).await;
             }
             drop(tx);
+            if !response {
+                run.request_body_done.send_replace(true);
+            }
             if finish_at_end {
                 run.finish().await;
             }

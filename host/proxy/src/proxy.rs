@@ -17,7 +17,7 @@ use weir_observe::AccessRecord;
 use crate::Shared;
 use crate::body::{BodyTooLarge, ProxyBody};
 use crate::connector::ConnectError;
-use crate::filtering::{FilterRun, Outcome, local_response};
+use crate::filtering::{FilterRun, Outcome, Settled, local_response};
 use crate::listener::ConnInfo;
 use crate::snapshot::{Cluster, Route, Snapshot};
 
@@ -308,8 +308,11 @@ async fn forward<'s>(
         Version::HTTP_11
     };
 
+    let filtered_body = filters
+        .as_ref()
+        .is_some_and(|run| run.phases().contains(weir_filters::Phases::REQUEST_BODY));
     let up_body = match &filters {
-        Some(run) if run.phases().contains(weir_filters::Phases::REQUEST_BODY) => {
+        Some(run) if filtered_body => {
             // The filters may change the body's length.
             parts.headers.remove(header::CONTENT_LENGTH);
             run.pipe_body(ProxyBody::stream(body, snap.max_body), false, false)
@@ -333,7 +336,6 @@ async fn forward<'s>(
         Ok(Ok(res)) => res,
     };
     cluster.succeeded(ep_idx);
-
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(down) = upgrade
     {
@@ -356,6 +358,16 @@ async fn forward<'s>(
     }
 
     let (mut parts, body) = res.into_parts();
+    let mut body = ProxyBody::stream(body, None);
+    if filtered_body && let Some(run) = &filters {
+        match run.settle_request_body(body, route.timeout).await {
+            Settled::Answer(out) => {
+                run.finish().await;
+                return filter_outcome(out, request_id, route);
+            }
+            Settled::Body(b) => body = b,
+        }
+    }
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers, parts.version);
     parts
@@ -363,10 +375,7 @@ async fn forward<'s>(
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.version = downstream_version;
     let Some(run) = filters else {
-        return Ok((
-            Response::from_parts(parts, ProxyBody::stream(body, None)),
-            route,
-        ));
+        return Ok((Response::from_parts(parts, body), route));
     };
     if let Some(out) = run
         .response_headers(&mut parts.status, &mut parts.headers)
@@ -377,14 +386,14 @@ async fn forward<'s>(
     }
     let body = if run.phases().contains(weir_filters::Phases::RESPONSE_BODY) {
         parts.headers.remove(header::CONTENT_LENGTH);
-        run.pipe_body(ProxyBody::stream(body, None), true, true)
+        run.pipe_body(body, true, true)
     } else {
         if run.finishes_after_body() {
             finish.filters = Some(run);
         } else {
             run.finish().await;
         }
-        ProxyBody::stream(body, None)
+        body
     };
     Ok((Response::from_parts(parts, body), route))
 }
