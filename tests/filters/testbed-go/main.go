@@ -1,0 +1,362 @@
+// The test filter for Weir's end-to-end tests, in Go: the same config, modes and behaviour as
+// the Rust testbed (tests/filters/testbed), so the same checks run against both.
+//
+// | mode | phases | behaviour |
+// |---|---|---|
+// | noop | request-headers | returns Continue |
+// | header-edit | request-headers, response-headers | sets `x-testbed: <value>` (default on), appends `x-chain: <tag>` (default testbed) and sets `x-testbed-build: v1`, on the request and on the response |
+// | respond | request-headers | answers `status` (default 200) with `body` (default empty), `content-type: text/plain; charset=utf-8` |
+// | loop | request-headers | never returns (the proxy's time budget must end it) |
+// | membomb | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
+// | panic | request-headers | panics (a trap) |
+// | callout | request-headers | `GET path` (default /) to `target`, `timeout_ms` (default 1000); request header `x-callout` gets the status, or `kind: message` of the host error |
+// | body-upper | request-body, response-body | buffers each body to its end and uppercases ASCII |
+// | state | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
+// | kv-counter | request-headers, response-headers | increments counter `key` (default requests) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
+// | bad-config | request-headers | rejects the config unless `"fail": false` (then as noop) |
+//
+// Unknown modes and unknown fields are config errors. A host error the mode does not report
+// in a header becomes a 500 local response with body `testbed: <error>`.
+//
+// Build: GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o testbed-go.wasm .
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	weir "github.com/weir-proxy/weir/sdk/go"
+)
+
+// Config is the testbed's config: {"mode": "...", ...mode fields}. Every mode decodes into
+// its own struct (with a Mode field for the tag), strictly, so a field of another mode is
+// an unknown field.
+type Config struct {
+	Mode string
+
+	Value, Tag string // header-edit
+	Status     int    // respond
+	Body       string // respond
+	LimitMB    *int64 // membomb
+	Target     string // callout
+	Path       string // callout
+	TimeoutMs  uint64 // callout
+	NS, Key    string // kv-counter
+	Fail       bool   // bad-config
+}
+
+type (
+	noFields   struct{ Mode string }
+	headerEdit struct {
+		Mode  string
+		Value *string `json:"value"`
+		Tag   *string `json:"tag"`
+	}
+	respond struct {
+		Mode   string
+		Status *int    `json:"status"`
+		Body   *string `json:"body"`
+	}
+	membomb struct {
+		Mode    string
+		LimitMB *int64 `json:"limit_mb"`
+	}
+	callout struct {
+		Mode      string
+		Target    *string `json:"target"`
+		Path      *string `json:"path"`
+		TimeoutMs *uint64 `json:"timeout_ms"`
+	}
+	kvCounter struct {
+		Mode string
+		NS   *string `json:"ns"`
+		Key  *string `json:"key"`
+	}
+	badConfig struct {
+		Mode string
+		Fail *bool `json:"fail"`
+	}
+)
+
+func or[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// ParseConfig decodes and validates the config.
+func ParseConfig(raw []byte) (Config, error) {
+	var tag struct {
+		Mode *string `json:"mode"`
+	}
+	if err := json.Unmarshal(orEmpty(raw), &tag); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if tag.Mode == nil {
+		return Config{}, errors.New("config: missing field `mode`")
+	}
+	c := Config{Mode: *tag.Mode}
+	var err error
+	switch c.Mode {
+	case "noop", "loop", "panic", "body-upper", "state":
+		err = weir.DecodeConfig(raw, &noFields{})
+	case "header-edit":
+		var m headerEdit
+		err = weir.DecodeConfig(raw, &m)
+		c.Value, c.Tag = or(m.Value, "on"), or(m.Tag, "testbed")
+	case "respond":
+		var m respond
+		err = weir.DecodeConfig(raw, &m)
+		c.Status, c.Body = or(m.Status, 200), or(m.Body, "")
+		if err == nil && (c.Status < 200 || c.Status > 599) {
+			return c, fmt.Errorf("respond: status must be 200-599, got %d", c.Status)
+		}
+	case "membomb":
+		var m membomb
+		err = weir.DecodeConfig(raw, &m)
+		c.LimitMB = m.LimitMB
+	case "callout":
+		var m callout
+		err = weir.DecodeConfig(raw, &m)
+		if err == nil && m.Target == nil {
+			return c, errors.New("config: missing field `target`")
+		}
+		c.Target, c.Path, c.TimeoutMs = or(m.Target, ""), or(m.Path, "/"), or(m.TimeoutMs, 1000)
+		if err == nil && c.Target == "" {
+			return c, errors.New("callout: target must not be empty")
+		}
+		if err == nil && !strings.HasPrefix(c.Path, "/") {
+			return c, fmt.Errorf("callout: path must start with /, got %q", c.Path)
+		}
+	case "kv-counter":
+		var m kvCounter
+		err = weir.DecodeConfig(raw, &m)
+		if err == nil && m.NS == nil {
+			return c, errors.New("config: missing field `ns`")
+		}
+		c.NS, c.Key = or(m.NS, ""), or(m.Key, "requests")
+		if err == nil && c.NS == "" {
+			return c, errors.New("kv-counter: ns must not be empty")
+		}
+	case "bad-config":
+		var m badConfig
+		err = weir.DecodeConfig(raw, &m)
+		c.Fail = or(m.Fail, true)
+		if err == nil && c.Fail {
+			return c, errors.New(`testbed: bad-config mode rejects its config (set "fail": false to accept)`)
+		}
+	default:
+		return c, fmt.Errorf("config: unknown mode %q (expected noop, header-edit, respond, loop, membomb, panic, callout, body-upper, state, kv-counter or bad-config)", c.Mode)
+	}
+	return c, err
+}
+
+func orEmpty(raw []byte) []byte {
+	if strings.TrimSpace(string(raw)) == "" {
+		return []byte("{}")
+	}
+	return raw
+}
+
+// Phases are the phases a mode takes part in.
+func (c Config) Phases() weir.Phases {
+	switch c.Mode {
+	case "header-edit", "state", "kv-counter":
+		return weir.PhaseRequestHeaders | weir.PhaseResponseHeaders
+	case "body-upper":
+		return weir.PhaseRequestBody | weir.PhaseResponseBody
+	}
+	return weir.PhaseRequestHeaders
+}
+
+// Testbed is the filter.
+type Testbed struct {
+	weir.DefaultFilter
+	cfg Config
+}
+
+// reqState is the per-request state.
+type reqState struct {
+	path  *string // state: the path seen at request-headers
+	count *string // kv-counter: what went into the request's x-count
+}
+
+// fail answers a host error as a 500: the testbed never hides one.
+func fail(err error) weir.Action {
+	return weir.Respond(weir.Text(500, "testbed: "+err.Error()))
+}
+
+func orFail(err error) weir.Action {
+	if err != nil {
+		return fail(err)
+	}
+	return weir.Continue
+}
+
+// errorValue is a host error as a header value (control characters become spaces).
+func errorValue(err error) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, err.Error())
+}
+
+type headerSetter interface {
+	SetHeader(name, value string) error
+	AppendHeader(name, value string) error
+}
+
+func (t *Testbed) edit(h headerSetter) weir.Action {
+	if err := h.SetHeader("x-testbed", t.cfg.Value); err != nil {
+		return fail(err)
+	}
+	if err := h.AppendHeader("x-chain", t.cfg.Tag); err != nil {
+		return fail(err)
+	}
+	return orFail(h.SetHeader("x-testbed-build", Build))
+}
+
+// spin never returns; the clock call keeps the loop observable (natively, the emulator's time
+// budget panics at a host call; in the proxy the epoch deadline traps).
+func spin() {
+	for {
+		weir.Clock.MonotonicNs()
+	}
+}
+
+var hoard [][]byte
+
+// bomb allocates and touches 1 MiB chunks, keeping them, until allocation fails (in the
+// proxy: the memory limit traps) or limitMB is reached (a panic).
+func bomb(limitMB *int64) {
+	const chunk = 1 << 20
+	for {
+		held := int64(len(hoard))
+		if limitMB != nil && held >= *limitMB {
+			panic(fmt.Sprintf("testbed: membomb reached limit_mb = %d", held))
+		}
+		b := make([]byte, chunk)
+		// Writing every byte makes the pages real, not just reserved (doubling copies: fast
+		// enough that the memory limit, not the time budget, ends it).
+		b[0] = 0xA5
+		for filled := 1; filled < len(b); filled *= 2 {
+			copy(b[filled:], b[:filled])
+		}
+		hoard = append(hoard, b)
+	}
+}
+
+func upper(body *weir.Body, end bool) weir.Action {
+	if !end {
+		return weir.Buffer
+	}
+	b, err := body.Bytes()
+	if err != nil {
+		return fail(err)
+	}
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return orFail(body.Set(b))
+}
+
+func (t *Testbed) OnRequestHeaders(ctx *weir.Context, req *weir.Request) weir.Action {
+	switch t.cfg.Mode {
+	case "header-edit":
+		return t.edit(req)
+	case "respond":
+		return weir.Respond(weir.Text(t.cfg.Status, t.cfg.Body))
+	case "loop":
+		spin()
+	case "membomb":
+		bomb(t.cfg.LimitMB)
+	case "panic":
+		panic("testbed: panic mode")
+	case "callout":
+		timeout := time.Duration(t.cfg.TimeoutMs) * time.Millisecond
+		if t.cfg.TimeoutMs == 0 {
+			timeout = time.Nanosecond // 0 ms, not the SDK's default
+		}
+		var outcome string
+		res, err := weir.Callout.Send(t.cfg.Target, weir.CalloutRequest{Method: "GET", Path: t.cfg.Path, Timeout: timeout})
+		if err != nil {
+			outcome = errorValue(err)
+		} else {
+			outcome = strconv.Itoa(res.Status)
+		}
+		return orFail(req.SetHeader("x-callout", outcome))
+	case "state":
+		st := weir.State[reqState](ctx)
+		if st.path != nil {
+			return weir.Respond(weir.Text(500, "testbed: context reused (held "+*st.path+")"))
+		}
+		p := req.Path()
+		st.path = &p
+	case "kv-counter":
+		st := weir.State[reqState](ctx)
+		var count string
+		if n, err := weir.KV.Increment(t.cfg.NS, t.cfg.Key, 1, 0); err != nil {
+			count = errorValue(err)
+		} else {
+			count = strconv.FormatInt(n, 10)
+		}
+		a := orFail(req.SetHeader("x-count", count))
+		st.count = &count
+		return a
+	}
+	return weir.Continue
+}
+
+func (t *Testbed) OnRequestBody(ctx *weir.Context, body *weir.Body, end bool) weir.Action {
+	if t.cfg.Mode == "body-upper" {
+		return upper(body, end)
+	}
+	return weir.Continue
+}
+
+func (t *Testbed) OnResponseHeaders(ctx *weir.Context, res *weir.Response) weir.Action {
+	switch t.cfg.Mode {
+	case "header-edit":
+		return t.edit(res)
+	case "state":
+		path := "<none>"
+		if p := weir.State[reqState](ctx).path; p != nil {
+			path = *p
+		}
+		return orFail(res.SetHeader("x-state-path", path))
+	case "kv-counter":
+		if c := weir.State[reqState](ctx).count; c != nil {
+			return orFail(res.SetHeader("x-count", *c))
+		}
+	}
+	return weir.Continue
+}
+
+func (t *Testbed) OnResponseBody(ctx *weir.Context, body *weir.Body, end bool) weir.Action {
+	if t.cfg.Mode == "body-upper" {
+		return upper(body, end)
+	}
+	return weir.Continue
+}
+
+func init() {
+	weir.Register(func(config []byte) (weir.Filter, weir.Phases, error) {
+		cfg, err := ParseConfig(config)
+		if err != nil {
+			return nil, 0, err
+		}
+		return &Testbed{cfg: cfg}, cfg.Phases(), nil
+	})
+}
+
+func main() {}
