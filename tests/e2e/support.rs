@@ -125,7 +125,8 @@ impl Weir {
         }
         let mut listeners = HashMap::new();
         let mut admin = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a first start may compile filters (a Go module takes seconds in a debug build).
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
@@ -576,4 +577,39 @@ pub fn filter_wasm_with(package: &str, feature: Option<&str>) -> PathBuf {
     assert!(path.is_file(), "{} was not produced", path.display());
     built.push((key, path.clone()));
     path
+}
+
+/// Builds a filter project (a Rust crate, Go module or AssemblyScript project; `dir` relative
+/// to the repository) with `weir filter build`, as a user would, once per test process, and
+/// returns the component's path. Go comes from `.tools/bin` (installed by `scripts/lib.sh`
+/// `need_go`), AssemblyScript from the root `node_modules` (`need_node`).
+pub fn project_wasm(dir: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
+        return p.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
+    let out_dir = root.join("target/wasm-e2e/projects");
+    std::fs::create_dir_all(&out_dir).expect("create the output folder");
+    let out = out_dir.join(format!("{}.wasm", dir.replace('/', "_")));
+    let path = std::env::join_paths(std::iter::once(root.join(".tools/bin")).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let status = Command::new(weir_bin())
+        .args(["filter", "build"])
+        .arg(root.join(dir))
+        .arg("-o")
+        .arg(&out)
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", root.join("target/wasm-e2e"))
+        .status()
+        .expect("run weir filter build");
+    assert!(status.success(), "weir filter build {dir} failed");
+    built.push((dir.to_owned(), out.clone()));
+    out
 }

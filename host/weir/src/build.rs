@@ -14,16 +14,193 @@ pub fn build(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<Path
     if dir.join("Cargo.toml").is_file() {
         return build_rust(dir, out, debug);
     }
-    if dir.join("go.mod").is_file() || dir.join("package.json").is_file() {
-        bail!(
-            "{}: Go and AssemblyScript filters are not supported yet (only Rust crates)",
-            dir.display()
-        );
+    if dir.join("go.mod").is_file() {
+        return build_go(dir, out, debug);
+    }
+    if dir.join("package.json").is_file() {
+        return build_assemblyscript(dir, out);
     }
     bail!(
-        "{}: no Cargo.toml here: give the folder of a filter crate",
+        "{}: no Cargo.toml, go.mod or package.json here: give the folder of a filter project",
         dir.display()
     )
+}
+
+/// The languages filters can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Go,
+    #[value(alias = "as")]
+    Assemblyscript,
+}
+
+impl Lang {
+    fn sdk_dir(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Go => "go",
+            Lang::Assemblyscript => "assemblyscript",
+        }
+    }
+}
+
+/// The default output: `NAME.wasm` in the current folder, NAME from the project folder.
+fn default_out(dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = dir
+        .canonicalize()?
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('-', "_"))
+        .context("the project folder has no name")?;
+    Ok(PathBuf::from(format!("{name}.wasm")))
+}
+
+/// Writes a component made of `core`, and says so.
+fn write_component(core: &[u8], out: &Path) -> anyhow::Result<()> {
+    let component = weir_filters::componentize::componentize(core)?;
+    std::fs::write(out, &component).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "weir: built {} ({} KiB)",
+        out.display(),
+        component.len().div_ceil(1024)
+    );
+    Ok(())
+}
+
+/// `weir filter componentize IN -o OUT`.
+pub fn componentize_file(input: &Path, out: &Path) -> anyhow::Result<()> {
+    let core = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    write_component(&core, out).with_context(|| input.display().to_string())
+}
+
+/// Runs a build tool, failing with its name when it is missing or fails.
+fn run_tool(mut cmd: Command, what: &str, missing_hint: &str) -> anyhow::Result<()> {
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => bail!("{what} failed ({s})"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{what}: {:?} not found; {missing_hint}", cmd.get_program())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot run {what}")),
+    }
+}
+
+/// A Go module: `go build` for `GOOS=wasip1` as a reactor, then componentized.
+fn build_go(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<PathBuf> {
+    let out = match out {
+        Some(o) => o.to_path_buf(),
+        None => default_out(dir)?,
+    };
+    let core = std::env::temp_dir().join(format!("weir-go-{}.wasm", std::process::id()));
+    let go = std::env::var_os("WEIR_GO").unwrap_or_else(|| "go".into());
+    let mut cmd = Command::new(go);
+    cmd.current_dir(dir)
+        .args(["build", "-buildmode=c-shared", "-o"])
+        .arg(&core)
+        .env("GOOS", "wasip1")
+        .env("GOARCH", "wasm");
+    if debug {
+        cmd.args(["-gcflags", "all=-N -l"]);
+    } else {
+        cmd.arg("-trimpath");
+    }
+    if std::env::var_os("GOTOOLCHAIN").is_none() {
+        cmd.env("GOTOOLCHAIN", "local");
+    }
+    cmd.arg(".");
+    run_tool(
+        cmd,
+        "go build",
+        "Go >= 1.24 is needed (scripts/lib.sh need_go installs it into .tools/bin; or set WEIR_GO)",
+    )?;
+    let bytes = std::fs::read(&core);
+    let _ = std::fs::remove_file(&core);
+    write_component(&bytes.context("go build wrote no module")?, &out)?;
+    Ok(out)
+}
+
+/// An AssemblyScript project: `npm run build` must write `build/filter.wasm` (the SDK's
+/// template and asc config do), which is then componentized.
+fn build_assemblyscript(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let out = match out {
+        Some(o) => o.to_path_buf(),
+        None => default_out(dir)?,
+    };
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(dir).args(["run", "--silent", "build"]);
+    run_tool(
+        cmd,
+        "npm run build",
+        "Node.js and npm are needed (and `npm install` in the project)",
+    )?;
+    let built = dir.join("build").join("filter.wasm");
+    let core =
+        std::fs::read(&built).with_context(|| format!("{} was not produced", built.display()))?;
+    write_component(&core, &out)?;
+    Ok(out)
+}
+
+/// Where the SDKs are: `--sdk`/`WEIR_SDK`, else the source tree this binary was built from.
+fn sdk_root(sdk: Option<&Path>) -> PathBuf {
+    sdk.map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk"))
+}
+
+/// `weir filter new --lang L NAME`: copies the SDK's template (listed in `template/FILES` as
+/// `template-file -> output-file`), filling in `{{name}}`, `{{crate}}` and `{{sdk}}`.
+pub fn scaffold(name: &str, lang: Lang, sdk: Option<&Path>) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !valid {
+        bail!(
+            "{name:?}: a filter name is lowercase letters, digits, '-' and '_', starting with a letter"
+        );
+    }
+    let dest = PathBuf::from(name);
+    if dest.exists() {
+        bail!("{} already exists", dest.display());
+    }
+    let sdk = sdk_root(sdk)
+        .join(lang.sdk_dir())
+        .canonicalize()
+        .context("cannot find Weir's SDK (give --sdk PATH/TO/weir/sdk)")?;
+    let template = sdk.join("template");
+    let files = std::fs::read_to_string(template.join("FILES"))
+        .with_context(|| format!("cannot read {}", template.join("FILES").display()))?;
+    let fill = |text: &str| {
+        text.replace("{{name}}", name)
+            .replace("{{crate}}", &name.replace('-', "_"))
+            .replace("{{sdk}}", &sdk.to_string_lossy())
+    };
+    for line in files
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (from, to) = line
+            .split_once("->")
+            .with_context(|| format!("bad line in template/FILES: {line:?}"))?;
+        let text = std::fs::read_to_string(template.join(from.trim()))
+            .with_context(|| format!("cannot read template file {}", from.trim()))?;
+        let path = dest.join(to.trim());
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, fill(&text))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let next = match lang {
+        Lang::Rust => "cargo test",
+        Lang::Go => "go test ./...",
+        Lang::Assemblyscript => "npm install && npm test",
+    };
+    println!(
+        "created {name}/ ({lang:?} filter)\n  cd {name} && {next}\n  weir filter build {name} -o {name}.wasm"
+    );
+    Ok(())
 }
 
 fn build_rust(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<PathBuf> {

@@ -38,6 +38,8 @@ async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<By
         "version": format!("{:?}", parts.version),
         "headers": headers,
         "body_bytes": body.len(),
+        // Small bodies are shown, so body filters can be seen at work.
+        "body": (body.len() <= 4096).then(|| String::from_utf8_lossy(&body).into_owned()),
     });
     let mut res = Response::new(Full::new(Bytes::from(
         serde_json::to_string_pretty(&out).unwrap_or_default() + "\n",
@@ -138,6 +140,15 @@ pub fn print_tour(server: &Server) {
         ),
         format!(
             "curl -si http://{p}/legacy/items | grep -i x-transformed     # transform: path rewritten to /v2/items"
+        ),
+        format!(
+            "curl -s http://{p}/ex/go/auth -H 'x-api-key: demo-key'        # header-auth in Go (also /ex/rust/, /ex/as/); no key: 401"
+        ),
+        format!(
+            "for i in 1 2 3; do curl -s -o /dev/null -w '%{{http_code}} ' http://{p}/ex/as/limited; done   # rate-limit in AssemblyScript"
+        ),
+        format!(
+            "curl -s http://{p}/ex/go/json -d '{{\"user\":\"jürgen\",\"password\":\"x\"}}'   # json-transform in Go: see \"body\""
         ),
         format!("curl -s http://{a}/metrics | grep weir_requests_total       # Prometheus metrics"),
         format!(

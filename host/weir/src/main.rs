@@ -89,9 +89,10 @@ enum FilterCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Build a filter project (a Rust crate) into a component (`.wasm`) ready to load.
+    /// Build a filter project (a Rust crate, Go module or AssemblyScript project) into a
+    /// component (`.wasm`) ready to load or push.
     Build {
-        /// The filter's folder (with its Cargo.toml).
+        /// The filter's folder (with its Cargo.toml, go.mod or package.json).
         path: PathBuf,
         /// Where to write the component. Default: NAME.wasm in the current folder.
         #[arg(short, long)]
@@ -99,6 +100,27 @@ enum FilterCommand {
         /// Build without optimizations.
         #[arg(long)]
         debug: bool,
+    },
+    /// Turn a core wasm module built with the Go or AssemblyScript SDK into a component (the
+    /// proxy also does this itself when it loads a core module).
+    Componentize {
+        /// The core module.
+        input: PathBuf,
+        /// Where to write the component.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Create a new filter project that builds and tests as is.
+    New {
+        /// The project's name; the folder of that name is created.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: build::Lang,
+        /// Where Weir's SDKs are (default: the `sdk/` folder of the source tree this binary was
+        /// built from).
+        #[arg(long, env = "WEIR_SDK")]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -149,6 +171,12 @@ fn main() -> std::process::ExitCode {
             output,
             debug,
         }) => build::build(&path, output.as_deref(), debug).map(|_| ()),
+        Command::Filter(FilterCommand::Componentize { input, output }) => {
+            build::componentize_file(&input, &output)
+        }
+        Command::Filter(FilterCommand::New { name, lang, sdk }) => {
+            build::scaffold(&name, lang, sdk.as_deref())
+        }
         Command::DemoUpstream { listen, name } => {
             runtime(None).and_then(|rt| rt.block_on(demo::serve_forever(listen, name)))
         }
