@@ -92,7 +92,8 @@ pub struct FilterConfig {
 pub struct FilterLimits {
     /// Linear memory cap per instance; growing past it traps. Default: `16MiB`, at most `256MiB`.
     pub memory: ByteSize,
-    /// Wall time one phase call may take (callout waits excluded); past it the call traps.
+    /// CPU time one phase call may take (callout waits excluded; time the thread was not
+    /// running is not charged); past it the call traps.
     /// Default: `5ms`.
     #[serde(with = "units::duration")]
     pub time_per_phase: Duration,
