@@ -1,0 +1,1 @@
+"""The benchmark scenarios run by benches/run.py."""
