@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import chart  # noqa: E402
 from scenarios import chains, h2, hotswap, memory, plain, realistic, summary, tls  # noqa: E402
-from scenarios.common import (ADMIN_PORT, DIRECT_CPU0_PORT, PROXY_PORT, PROXY_TLS_PORT, RESULTS, ROOT, UPSTREAM_H2C_PORT,  # noqa: E402
+from scenarios.common import (ADMIN_PORT, DIRECT_CPU0_PORT, PROXY_PORT, PROXY_TLS_PORT, RESULTS, ROOT, RUN_MODE, UPSTREAM_H2C_PORT,  # noqa: E402
                               UPSTREAM_PORT, free, oha_path, pin_self_to_cpu1, raise_nofile, stop, wait_port)
 from scenarios.peers import Ctx, start_upstream  # noqa: E402
 
@@ -86,6 +86,7 @@ def main():
     preflight(args, todo)
     pin_self_to_cpu1()
     raise_nofile()
+    RUN_MODE["mode"] = "quick" if args.quick else "full"
     if not oha_path():
         print("note: oha not installed: no fixed-rate latency (benches/setup.sh installs it into target/tools)")
 

@@ -364,8 +364,12 @@ def now_stamp():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+RUN_MODE = {"mode": "full"}  # set by run.py: "quick" or "full", recorded with each scenario's results
+
+
 def write_result(name, markdown, data):
     """results/<name>.md (for people) and results/<name>.json (for the summary and the chart)."""
+    data = dict(data, mode=RUN_MODE["mode"])
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".md"), "w") as f:
         f.write(markdown)

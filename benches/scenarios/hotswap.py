@@ -15,7 +15,8 @@ def run(ctx):
     subprocess.run([sys.executable, script, "--weir", ctx.weir], check=True)
     with open(os.path.join(RESULTS, "hot-swap.md")) as f:
         text = f.read()
-    data = {"scenario": "hot-swap", "title": "Hot swap of a filter under load", "goals": []}
+    data = {"scenario": "hot-swap", "title": "Hot swap of a filter under load", "goals": [],
+            "mode": "same in quick and full"}
     m = re.search(r"never compiled \| ([\d.]+) ms", text)
     data["uncached_ms"] = float(m.group(1)) if m else None
     m = re.search(r"already compiled \(median of 20; min-max\) \| ([\d.]+) ms", text)

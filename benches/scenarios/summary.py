@@ -15,6 +15,12 @@ def load(name):
         return json.load(f)
 
 
+def link(name):
+    d = load(name)
+    when = f" ({d.get('date', '?')}, {d.get('mode', '?')} run)" if d else ""
+    return f"[{name}.md]({name}.md){when}"
+
+
 def r3(t):
     return t[0] if isinstance(t, list) else t
 
@@ -46,7 +52,7 @@ def write(ctx, elapsed=None, mode=""):
             fw = f" (bare forwarder {f['ratio']:.2f}×)" if f else ""
             L.append(f"| plain HTTP/1.1 keep-alive | µs proxy CPU / request (wrk -c64) | {r3(w['cpu_us_per_req']):.1f} µs | "
                      f"{b} {r3(br['cpu_us_per_req']):.1f} µs | **{w['ratio']:.2f}×** req/core-s{fw} | "
-                     "[plain-http1.md](plain-http1.md) |")
+                     + link("plain-http1") + " |")
         lat = plain.get("latency") or {}
         if lat and w:
             rate = sorted(lat, key=int)[len(lat) // 2]
@@ -57,13 +63,13 @@ def write(ctx, elapsed=None, mode=""):
                 L.append(f"| plain HTTP/1.1, fixed rate | added p50 / p99 over direct at {rate} req/s (oha, open loop) | "
                          f"{wl['added_p50_us']:.0f} / {wl['added_p99_us']:.0f} µs | "
                          f"{bn} {ext[bn]['added_p50_us']:.0f} / {ext[bn]['added_p99_us']:.0f} µs | "
-                         f"**{wl['added_p50_vs_best']:.2f}×** added p50 | [plain-http1.md](plain-http1.md) |")
+                         f"**{wl['added_p50_vs_best']:.2f}×** added p50 | " + link("plain-http1") + " |")
     if h2:
         b, br = best_of(h2)
         w = h2["rows"].get("weir")
         if w:
             L.append(f"| HTTP/2 downstream (h2c) | µs CPU / request (h2load -c8 -m8) | {r3(w['cpu_us_per_req']):.1f} µs | "
-                     f"{b} {r3(br['cpu_us_per_req']):.1f} µs | **{w['ratio']:.2f}×** | [http2.md](http2.md) |")
+                     f"{b} {r3(br['cpu_us_per_req']):.1f} µs | **{w['ratio']:.2f}×** | " + link("http2") + " |")
     if tls:
         for key, what in (("handshake", "µs CPU / new TLS 1.3 connection (+1 request)"),
                           ("keepalive", "µs CPU / request, keep-alive over TLS 1.3")):
@@ -71,15 +77,15 @@ def write(ctx, elapsed=None, mode=""):
             w = tls["rows"].get("weir", {}).get(key)
             if w:
                 L.append(f"| TLS 1.3 {key} | {what} | {r3(w['cpu_us_per_req']):.1f} µs | {b} {r3(br['cpu_us_per_req']):.1f} µs | "
-                         f"**{w['ratio']:.2f}×** | [tls.md](tls.md) |")
+                         f"**{w['ratio']:.2f}×** | " + link("tls") + " |")
     if chains:
         L.append(f"| no-op filter chains 0–8 | µs CPU / request per no-op filter (slope) | **{chains['slope_us']:.2f} µs** "
-                 f"per filter | – | – | [filter-chains.md](filter-chains.md) |")
+                 f"per filter | – | – | " + link("filter-chains") + " |")
     if real:
         w, n = real["rows"]["weir-chain"], real["rows"]["nginx-lua"]
         L.append(f"| JWT + rate limit + transform | µs CPU / request, Weir filters vs nginx + Lua | "
                  f"{r3(w['cpu_us_per_req']):.1f} µs (chain {w['chain_cost_us']:.1f}) | nginx + Lua {r3(n['cpu_us_per_req']):.1f} µs "
-                 f"(chain {n['chain_cost_us']:.1f}) | **{w['ratio']:.2f}×** | [realistic-chain.md](realistic-chain.md) |")
+                 f"(chain {n['chain_cost_us']:.1f}) | **{w['ratio']:.2f}×** | " + link("realistic-chain") + " |")
     if mem:
         rows = mem["rows"]
         if "weir" in rows:
@@ -88,23 +94,23 @@ def write(ctx, elapsed=None, mode=""):
             w = rows["weir"]
             L.append(f"| memory, idle | RSS after warm-up (PSS) | {w['idle_rss_kb'] / 1024:.1f} MiB "
                      f"({w['idle_pss_kb'] / 1024:.1f}) | " + (f"{bn} {others[bn]['idle_rss_kb'] / 1024:.1f} MiB "
-                     f"({others[bn]['idle_pss_kb'] / 1024:.1f})" if bn else "–") + " | – | [memory.md](memory.md) |")
+                     f"({others[bn]['idle_pss_kb'] / 1024:.1f})" if bn else "–") + " | – | " + link("memory") + " |")
             bc = min(others, key=lambda k: others[k]["per_conn_bytes"]) if others else None
             L.append(f"| memory, {mem['conns']:,} idle connections | KiB RSS per idle keep-alive connection | "
                      f"{w['per_conn_bytes'] / 1024:.2f} KiB | " + (f"{bc} {others[bc]['per_conn_bytes'] / 1024:.2f} KiB"
-                     if bc else "–") + " | – | [memory.md](memory.md) |")
+                     if bc else "–") + " | – | " + link("memory") + " |")
         inst = mem.get("instances") or {}
         if inst:
             parts = [f"{k}: {v['per_instance_kib']:.0f} KiB" for k, v in inst.items() if v["n"]]
             L.append(f"| memory per filter instance | RSS per (filter, config) pair | {'; '.join(parts)} | – | – | "
-                     "[memory.md](memory.md) |")
+                     + link("memory") + " |")
     if hot:
         s = hot.get("swapping", {})
         st = hot.get("steady", {})
         L.append(f"| hot swap under load | `PUT /filters/x` → first request on the new module; p99 steady vs "
                  f"swapping every 250 ms | {hot.get('cached_ms')} ms compiled, {hot.get('uncached_ms')} ms never "
                  f"compiled; p99 {st.get('p99_us')} vs {s.get('p99_us')} µs; {s.get('non2xx', '?')} failed of "
-                 f"{s.get('requests', '?')} | – (no peer swaps code under load) | – | [hot-swap.md](hot-swap.md) |")
+                 f"{s.get('requests', '?')} | – (no peer swaps code under load) | – | " + link("hot-swap") + " |")
 
     goals = []
     for d in (plain, chains, real, mem, hot):
