@@ -247,11 +247,14 @@ fn run(path: &Path, quickstart: bool, watch: bool) -> anyhow::Result<()> {
                 l.name, l.addr
             );
         }
+        // Signal handlers and the watched files' stamps are taken before "ready": a SIGHUP or
+        // an edit right after it (a script or test waits for that line) must not be missed.
+        let waiter = Waiter::new(&server, watch).await?;
         eprintln!("weir: ready");
         if quickstart {
             demo::print_tour(&server);
         }
-        wait_for_signals(&server, path, watch).await?;
+        waiter.wait(&server, path).await?;
         eprintln!("weir: draining (up to {drain:?})");
         let clean = server.shutdown(drain).await;
         eprintln!(
@@ -266,38 +269,65 @@ fn run(path: &Path, quickstart: bool, watch: bool) -> anyhow::Result<()> {
     })
 }
 
+/// What the main task waits for: termination and reload signals, and (with `--watch`) changes
+/// to the config file and the filter modules it names.
 #[cfg(unix)]
-async fn wait_for_signals(server: &Server, path: &Path, watch: bool) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut seen = if watch {
-        stamps(&server.watched_files().await)
-    } else {
-        Vec::new()
-    };
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(server, path).await,
-            _ = tick.tick(), if watch => {
-                let now = stamps(&server.watched_files().await);
-                if now != seen {
-                    // Debounce: editors write in several steps; wait until the files settle.
-                    let mut settled = now;
-                    loop {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        let again = stamps(&server.watched_files().await);
-                        if again == settled {
-                            break;
+struct Waiter {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    watch: bool,
+    seen: Vec<Option<(std::time::SystemTime, u64)>>,
+}
+
+#[cfg(unix)]
+impl Waiter {
+    async fn new(server: &Server, watch: bool) -> anyhow::Result<Waiter> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Waiter {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            watch,
+            seen: if watch {
+                stamps(&server.watched_files().await)
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Serves reloads until a termination signal.
+    async fn wait(self, server: &Server, path: &Path) -> anyhow::Result<()> {
+        let Waiter {
+            mut term,
+            mut int,
+            mut hup,
+            watch,
+            mut seen,
+        } = self;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = hup.recv() => reload(server, path).await,
+                _ = tick.tick(), if watch => {
+                    let now = stamps(&server.watched_files().await);
+                    if now != seen {
+                        // Debounce: editors write in several steps; wait until the files settle.
+                        let mut settled = now;
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            let again = stamps(&server.watched_files().await);
+                            if again == settled {
+                                break;
+                            }
+                            settled = again;
                         }
-                        settled = again;
+                        reload(server, path).await;
+                        seen = stamps(&server.watched_files().await);
                     }
-                    reload(server, path).await;
-                    seen = stamps(&server.watched_files().await);
                 }
             }
         }
@@ -317,9 +347,18 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_: &Server, _: &Path, _: bool) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+struct Waiter;
+
+#[cfg(not(unix))]
+impl Waiter {
+    async fn new(_: &Server, _: bool) -> anyhow::Result<Waiter> {
+        Ok(Waiter)
+    }
+
+    async fn wait(self, _: &Server, _: &Path) -> anyhow::Result<()> {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
 }
 
 async fn reload(server: &Server, path: &Path) {
