@@ -10,9 +10,9 @@ from . import peers
 from .common import PROXY_PORT, UPSTREAM_H2C_PORT, fmt_range, fmt_ratio, h2load, header, med, write_result
 from .runner import Entry, failures, run_rounds
 
-# The bare forwarder is left out: it hands the downstream request, version HTTP/2 included, to its
-# HTTP/1.1 client, which refuses it (every request is a 502).
-NAMES = ["nginx", "haproxy", "caddy", "weir"]
+# The bare forwarder is in since it sets HTTP/1.1 on the upstream request (before 2026-12-02 it
+# passed the downstream HTTP/2 version on, and every request was a 502).
+NAMES = ["nginx", "haproxy", "caddy", "forwarder", "weir"]
 
 
 def run(ctx, names=None):
@@ -54,8 +54,7 @@ def run(ctx, names=None):
                  f"{med(d, 'mean_us')[0]:.0f} | – | {failures(d)[0]} |")
     lines += ["", f"Best peer: {peers.LABELS.get(best_name, '–')}. h2load reports no percentiles in this mode; "
               "the mean is closed-loop and only comparable within this table. The direct row shares CPU1 with "
-              "h2load, so it is a weak ceiling. Not measured: the bare hyper forwarder (it passes the request's "
-              "HTTP/2 version to its HTTP/1.1 client, which refuses it: every request is a 502).", ""]
+              "h2load, so it is a weak ceiling. The bare hyper forwarder is the floor (not a peer).", ""]
     text = "\n".join(lines) + "\n"
     write_result("http2", text, {
         "scenario": "http2", "title": "HTTP/2 downstream (h2c)", "best_peer": best_name, "rows": rows,

@@ -42,6 +42,8 @@ fn main() -> anyhow::Result<()> {
                         parts.authority = Some(upstream);
                         parts.path_and_query = req.uri().path_and_query().cloned();
                         *req.uri_mut() = http::Uri::from_parts(parts).expect("uri");
+                        // The upstream side is HTTP/1.1 whatever the client spoke (h2c too).
+                        *req.version_mut() = http::Version::HTTP_11;
                         let res = match client.request(req).await {
                             Ok(res) => res.map(http_body_util::Either::Left),
                             Err(_) => {

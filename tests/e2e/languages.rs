@@ -42,8 +42,7 @@ impl Lang {
 /// The compiled-filter cache is shared by this file's tests (entries are keyed by content hash
 /// and written atomically): a Go module takes seconds to compile in a debug build.
 fn config(up: &Upstream, filters: &str, routes: &str) -> String {
-    let cache =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm-e2e/cache");
+    let cache = repo_root().join("target/wasm-e2e/cache");
     format!(
         "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
 filter_cache: \"{}\"\n\
@@ -500,13 +499,8 @@ fn run_in(dir: &std::path::Path, cmd: &[&str], env: &[(&str, &std::ffi::OsStr)])
 
 #[tokio::test]
 async fn new_projects_test_build_and_serve_in_every_language() -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()?;
-    let path = std::env::join_paths(std::iter::once(root.join(".tools/bin")).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))?;
-    let target = root.join("target/wasm-e2e/scaffold");
+    let path = tools_path();
+    let target = repo_root().join("target/wasm-e2e/scaffold");
     let env = [
         ("PATH", path.as_os_str()),
         ("CARGO_TARGET_DIR", target.as_os_str()),

@@ -529,6 +529,34 @@ pub fn self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf,
     (cert, key, ck.cert.der().to_vec())
 }
 
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// `PATH` with the project's own tools (`.tools/bin`: Go, from `scripts/lib.sh` `need_go`) first.
+pub fn tools_path() -> std::ffi::OsString {
+    std::env::join_paths(std::iter::once(repo_root().join(".tools/bin")).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH")
+}
+
+/// Runs `build` once per test process for `key`, returning its (remembered) output.
+fn built_once(key: String, build: impl FnOnce() -> PathBuf) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let path = build();
+    built.push((key, path.clone()));
+    path
+}
+
 /// Builds a filter crate of this workspace into a component, once per test process, and
 /// returns its path. A separate target dir keeps this build off the lock of the running one.
 pub fn filter_wasm(package: &str) -> PathBuf {
@@ -537,16 +565,12 @@ pub fn filter_wasm(package: &str) -> PathBuf {
 
 /// Like `filter_wasm`, with a cargo feature enabled (built in its own target dir).
 pub fn filter_wasm_with(package: &str, feature: Option<&str>) -> PathBuf {
-    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let key = format!("{package}+{}", feature.unwrap_or(""));
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(n, _)| *n == key) {
-        return p.clone();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root");
+    let key = format!("crate:{package}+{}", feature.unwrap_or(""));
+    built_once(key, || build_crate(package, feature))
+}
+
+fn build_crate(package: &str, feature: Option<&str>) -> PathBuf {
+    let root = repo_root();
     let target_dir = root.join("target").join(match feature {
         None => "wasm-e2e".to_string(),
         Some(f) => format!("wasm-e2e-{f}"),
@@ -575,7 +599,6 @@ pub fn filter_wasm_with(package: &str, feature: Option<&str>) -> PathBuf {
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", package.replace('-', "_")));
     assert!(path.is_file(), "{} was not produced", path.display());
-    built.push((key, path.clone()));
     path
 }
 
@@ -584,32 +607,23 @@ pub fn filter_wasm_with(package: &str, feature: Option<&str>) -> PathBuf {
 /// returns the component's path. Go comes from `.tools/bin` (installed by `scripts/lib.sh`
 /// `need_go`), AssemblyScript from the root `node_modules` (`need_node`).
 pub fn project_wasm(dir: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
-        return p.clone();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root");
+    built_once(format!("project:{dir}"), || build_project(dir))
+}
+
+fn build_project(dir: &str) -> PathBuf {
+    let root = repo_root();
     let out_dir = root.join("target/wasm-e2e/projects");
     std::fs::create_dir_all(&out_dir).expect("create the output folder");
     let out = out_dir.join(format!("{}.wasm", dir.replace('/', "_")));
-    let path = std::env::join_paths(std::iter::once(root.join(".tools/bin")).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))
-    .expect("PATH");
     let status = Command::new(weir_bin())
         .args(["filter", "build"])
         .arg(root.join(dir))
         .arg("-o")
         .arg(&out)
-        .env("PATH", path)
+        .env("PATH", tools_path())
         .env("CARGO_TARGET_DIR", root.join("target/wasm-e2e"))
         .status()
         .expect("run weir filter build");
     assert!(status.success(), "weir filter build {dir} failed");
-    built.push((dir.to_owned(), out.clone()));
     out
 }

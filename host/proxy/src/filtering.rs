@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,9 +45,16 @@ pub(crate) enum Settled {
 #[derive(Clone)]
 pub(crate) struct FilterRun {
     chain: Arc<Chain>,
-    state: Arc<tokio::sync::Mutex<State>>,
-    /// Set when the request body has been through the request-body phases (or stopped).
-    request_body_done: Arc<tokio::sync::watch::Sender<bool>>,
+    shared: Arc<Shared>,
+}
+
+/// What a run's clones share: one allocation per filtered request.
+struct Shared {
+    state: tokio::sync::Mutex<State>,
+    /// Set (and `body_notify` notified) when the request body has been through the
+    /// request-body phases, or was stopped by them.
+    body_done: AtomicBool,
+    body_notify: tokio::sync::Notify,
 }
 
 impl FilterRun {
@@ -59,12 +67,31 @@ impl FilterRun {
         };
         FilterRun {
             chain,
-            state: Arc::new(tokio::sync::Mutex::new(State {
-                cr,
-                ex,
-                outcome: None,
-            })),
-            request_body_done: Arc::new(tokio::sync::watch::Sender::new(false)),
+            shared: Arc::new(Shared {
+                state: tokio::sync::Mutex::new(State {
+                    cr,
+                    ex,
+                    outcome: None,
+                }),
+                body_done: AtomicBool::new(false),
+                body_notify: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> &tokio::sync::Mutex<State> {
+        &self.shared.state
+    }
+
+    /// Returns once the request body has been through the request-body phases.
+    async fn request_body_done(&self) {
+        loop {
+            // Registered before the check, so a notification in between is not lost.
+            let notified = self.shared.body_notify.notified();
+            if self.shared.body_done.load(Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -75,8 +102,7 @@ impl FilterRun {
     /// body meanwhile, so an upstream that needs its answer read before it reads more body
     /// cannot stall the two against each other.
     pub async fn settle_request_body(&self, mut body: ProxyBody, limit: Duration) -> Settled {
-        let mut done = self.request_body_done.subscribe();
-        let settle = done.wait_for(|done| *done);
+        let settle = self.request_body_done();
         tokio::pin!(settle);
         let deadline = tokio::time::sleep(limit);
         tokio::pin!(deadline);
@@ -89,7 +115,7 @@ impl FilterRun {
             }
             tokio::select! {
                 biased;
-                r = &mut settle => break r.is_ok(),
+                () = &mut settle => break true,
                 () = &mut deadline => break false,
                 frame = body.frame(), if !ended => match frame {
                     Some(Ok(f)) => {
@@ -127,7 +153,7 @@ impl FilterRun {
         if !self.phases().contains(Phases::REQUEST_HEADERS) {
             return None;
         }
-        let mut st = self.state.lock().await;
+        let mut st = self.state().lock().await;
         let st = &mut *st;
         st.ex.request_headers = std::mem::take(headers);
         st.ex.path = std::mem::take(path);
@@ -146,7 +172,7 @@ impl FilterRun {
         if !self.phases().contains(Phases::RESPONSE_HEADERS) {
             return None;
         }
-        let mut st = self.state.lock().await;
+        let mut st = self.state().lock().await;
         let st = &mut *st;
         st.ex.status = status.as_u16();
         st.ex.response_headers = std::mem::take(headers);
@@ -158,12 +184,12 @@ impl FilterRun {
 
     /// What a request-body phase decided, if it stopped the request.
     pub async fn take_outcome(&self) -> Option<Outcome> {
-        self.state.lock().await.outcome.take()
+        self.state().lock().await.outcome.take()
     }
 
     /// `on-log` and `context-done`.
     pub async fn finish(&self) {
-        let mut st = self.state.lock().await;
+        let mut st = self.state().lock().await;
         let st = &mut *st;
         self.chain.finish(&mut st.cr, &mut st.ex).await;
     }
@@ -217,7 +243,8 @@ impl FilterRun {
             }
             drop(tx);
             if !response {
-                run.request_body_done.send_replace(true);
+                run.shared.body_done.store(true, Release);
+                run.shared.body_notify.notify_waiters();
             }
             if finish_at_end {
                 run.finish().await;
@@ -234,7 +261,7 @@ impl FilterRun {
         end: bool,
         response: bool,
     ) -> bool {
-        let mut st = self.state.lock().await;
+        let mut st = self.state().lock().await;
         let st = &mut *st;
         match self
             .chain

@@ -8,22 +8,33 @@ use anyhow::{Context as _, bail};
 /// The wasm target Rust filters are built for; it produces components directly.
 const RUST_TARGET: &str = "wasm32-wasip2";
 
+/// What a language's build produced: a component (Rust) or a core module (Go, AssemblyScript),
+/// and the default output name.
+struct Built {
+    wasm: Vec<u8>,
+    name: String,
+}
+
 /// Builds the filter project at `dir` and writes the component to `out` (default: `NAME.wasm`
 /// in the current directory). Returns the output path.
 pub fn build(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<PathBuf> {
-    if dir.join("Cargo.toml").is_file() {
-        return build_rust(dir, out, debug);
-    }
-    if dir.join("go.mod").is_file() {
-        return build_go(dir, out, debug);
-    }
-    if dir.join("package.json").is_file() {
-        return build_assemblyscript(dir, out);
-    }
-    bail!(
-        "{}: no Cargo.toml, go.mod or package.json here: give the folder of a filter project",
-        dir.display()
-    )
+    let built = if dir.join("Cargo.toml").is_file() {
+        build_rust(dir, debug)?
+    } else if dir.join("go.mod").is_file() {
+        build_go(dir, debug)?
+    } else if dir.join("package.json").is_file() {
+        build_assemblyscript(dir)?
+    } else {
+        bail!(
+            "{}: no Cargo.toml, go.mod or package.json here: give the folder of a filter project",
+            dir.display()
+        )
+    };
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", built.name)));
+    write_filter(&built.wasm, &out)?;
+    Ok(out)
 }
 
 /// The languages filters can be written in.
@@ -45,19 +56,22 @@ impl Lang {
     }
 }
 
-/// The default output: `NAME.wasm` in the current folder, NAME from the project folder.
-fn default_out(dir: &Path) -> anyhow::Result<PathBuf> {
-    let name = dir
-        .canonicalize()?
+/// The default output name of a Go or AssemblyScript project: its folder's name.
+fn folder_name(dir: &Path) -> anyhow::Result<String> {
+    dir.canonicalize()?
         .file_name()
         .map(|n| n.to_string_lossy().replace('-', "_"))
-        .context("the project folder has no name")?;
-    Ok(PathBuf::from(format!("{name}.wasm")))
+        .context("the project folder has no name")
 }
 
-/// Writes a component made of `core`, and says so.
-fn write_component(core: &[u8], out: &Path) -> anyhow::Result<()> {
-    let component = weir_filters::componentize::componentize(core)?;
+/// Writes `wasm` as a filter component (a core module is componentized first), and says so.
+fn write_filter(wasm: &[u8], out: &Path) -> anyhow::Result<()> {
+    use weir_filters::componentize::{WasmKind, componentize, wasm_kind};
+    let component = match wasm_kind(wasm) {
+        WasmKind::Component => std::borrow::Cow::Borrowed(wasm),
+        WasmKind::CoreModule => componentize(wasm)?.into(),
+        WasmKind::NotWasm => bail!("the build produced no WebAssembly"),
+    };
     std::fs::write(out, &component).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!(
         "weir: built {} ({} KiB)",
@@ -70,7 +84,9 @@ fn write_component(core: &[u8], out: &Path) -> anyhow::Result<()> {
 /// `weir filter componentize IN -o OUT`.
 pub fn componentize_file(input: &Path, out: &Path) -> anyhow::Result<()> {
     let core = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    write_component(&core, out).with_context(|| input.display().to_string())
+    let component = weir_filters::componentize::componentize(&core)
+        .with_context(|| input.display().to_string())?;
+    write_filter(&component, out)
 }
 
 /// Runs a build tool, failing with its name when it is missing or fails.
@@ -86,11 +102,7 @@ fn run_tool(mut cmd: Command, what: &str, missing_hint: &str) -> anyhow::Result<
 }
 
 /// A Go module: `go build` for `GOOS=wasip1` as a reactor, then componentized.
-fn build_go(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<PathBuf> {
-    let out = match out {
-        Some(o) => o.to_path_buf(),
-        None => default_out(dir)?,
-    };
+fn build_go(dir: &Path, debug: bool) -> anyhow::Result<Built> {
     let core = std::env::temp_dir().join(format!("weir-go-{}.wasm", std::process::id()));
     let go = std::env::var_os("WEIR_GO").unwrap_or_else(|| "go".into());
     let mut cmd = Command::new(go);
@@ -113,19 +125,17 @@ fn build_go(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<PathB
         "go build",
         "Go >= 1.24 is needed (scripts/lib.sh need_go installs it into .tools/bin; or set WEIR_GO)",
     )?;
-    let bytes = std::fs::read(&core);
+    let wasm = std::fs::read(&core);
     let _ = std::fs::remove_file(&core);
-    write_component(&bytes.context("go build wrote no module")?, &out)?;
-    Ok(out)
+    Ok(Built {
+        wasm: wasm.context("go build wrote no module")?,
+        name: folder_name(dir)?,
+    })
 }
 
 /// An AssemblyScript project: `npm run build` must write `build/filter.wasm` (the SDK's
 /// template and asc config do), which is then componentized.
-fn build_assemblyscript(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let out = match out {
-        Some(o) => o.to_path_buf(),
-        None => default_out(dir)?,
-    };
+fn build_assemblyscript(dir: &Path) -> anyhow::Result<Built> {
     let mut cmd = Command::new("npm");
     cmd.current_dir(dir).args(["run", "--silent", "build"]);
     run_tool(
@@ -134,10 +144,12 @@ fn build_assemblyscript(dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBu
         "Node.js and npm are needed (and `npm install` in the project)",
     )?;
     let built = dir.join("build").join("filter.wasm");
-    let core =
+    let wasm =
         std::fs::read(&built).with_context(|| format!("{} was not produced", built.display()))?;
-    write_component(&core, &out)?;
-    Ok(out)
+    Ok(Built {
+        wasm,
+        name: folder_name(dir)?,
+    })
 }
 
 /// Where the SDKs are: `--sdk`/`WEIR_SDK`, else the source tree this binary was built from.
@@ -203,7 +215,7 @@ pub fn scaffold(name: &str, lang: Lang, sdk: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
-fn build_rust(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<PathBuf> {
+fn build_rust(dir: &Path, debug: bool) -> anyhow::Result<Built> {
     let manifest = dir.join("Cargo.toml").canonicalize()?;
     let meta = Command::new("cargo")
         .args([
@@ -251,33 +263,21 @@ fn build_rust(dir: &Path, out: Option<&Path>, debug: bool) -> anyhow::Result<Pat
     if !debug {
         cmd.arg("--release");
     }
-    let status = cmd.status().context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build of {name} failed");
-    }
+    run_tool(cmd, "cargo build", "the Rust toolchain is needed")?;
     let built = target_dir
         .join(RUST_TARGET)
         .join(if debug { "debug" } else { "release" })
         .join(format!("{}.wasm", name.replace('-', "_")));
-    let bytes = std::fs::read(&built).with_context(|| {
+    let wasm = std::fs::read(&built).with_context(|| {
         format!(
             "{} was not produced (is the crate a cdylib?)",
             built.display()
         )
     })?;
-    if bytes.get(4..8) != Some(&[0x0d, 0x00, 0x01, 0x00]) {
-        bail!("{} is a core module, not a component", built.display());
-    }
-    let out = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", name.replace('-', "_"))));
-    std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    eprintln!(
-        "weir: built {} ({} KiB)",
-        out.display(),
-        bytes.len().div_ceil(1024)
-    );
-    Ok(out)
+    Ok(Built {
+        wasm,
+        name: name.replace('-', "_"),
+    })
 }
 
 /// Installs the wasm target with rustup when it is missing.

@@ -124,15 +124,49 @@ function checkHeader(name, value) {
 
 let nextContext = 1;
 
+/** What a test request and a test response share: a head with headers, and the body bytes. */
+class TestMessage {
+  constructor(head) {
+    this.head = head;
+    this.held = Buffer.alloc(0);
+    this.forwarded = Buffer.alloc(0);
+  }
+  /** Adds a header (name stored lowercase). Returns `this`. */
+  header(name, value) {
+    this.head.headers.push([lower(name), String(value)]);
+    return this;
+  }
+  /** All headers, in order, as [name, value]. */
+  get headers() {
+    return this.head.headers;
+  }
+  /** The first value of a header (case-insensitive), or null. */
+  headerValue(name) {
+    return first(this.head.headers, name);
+  }
+  /** Every value of a header, in order. */
+  headerValues(name) {
+    return all(this.head.headers, name);
+  }
+  /** The body bytes forwarded so far (after the filter's changes): upstream for a request,
+   * downstream for a response. */
+  get forwardedBody() {
+    return this.forwarded;
+  }
+  get forwardedText() {
+    return this.forwarded.toString("utf8");
+  }
+}
+
 /**
  * A request as the proxy would present it. Build it, pass it to the harness, then look at what
  * the filter changed. Defaults: authority `localhost`, scheme `http`, client `127.0.0.1:40000`,
  * route `test-route`, cluster `test-cluster`, request id `test-<context id>`.
  */
-export class TestRequest {
+export class TestRequest extends TestMessage {
   constructor(method = "GET", path = "/") {
-    this.contextId = nextContext++;
-    this.head = {
+    const contextId = nextContext++;
+    super({
       method,
       path,
       authority: "localhost",
@@ -140,22 +174,16 @@ export class TestRequest {
       client: "127.0.0.1:40000",
       route: "test-route",
       cluster: "test-cluster",
-      requestId: `test-${this.contextId}`,
+      requestId: `test-${contextId}`,
       headers: [],
-    };
-    this.held = Buffer.alloc(0);
-    this.forwarded = Buffer.alloc(0);
+    });
+    this.contextId = contextId;
   }
   static get(path = "/") {
     return new TestRequest("GET", path);
   }
   static post(path = "/") {
     return new TestRequest("POST", path);
-  }
-  /** Adds a header (name stored lowercase). Returns `this`. */
-  header(name, value) {
-    this.head.headers.push([lower(name), String(value)]);
-    return this;
   }
   authority(v) {
     this.head.authority = v;
@@ -189,57 +217,15 @@ export class TestRequest {
   get path() {
     return this.head.path;
   }
-  /** All headers, in order, as [name, value]. */
-  get headers() {
-    return this.head.headers;
-  }
-  /** The first value of a header (case-insensitive), or null. */
-  headerValue(name) {
-    return first(this.head.headers, name);
-  }
-  /** Every value of a header, in order. */
-  headerValues(name) {
-    return all(this.head.headers, name);
-  }
-  /** The body bytes forwarded upstream so far (after the filter's changes). */
-  get forwardedBody() {
-    return this.forwarded;
-  }
-  get forwardedText() {
-    return this.forwarded.toString("utf8");
-  }
 }
 
 /** A response as the upstream would send it. */
-export class TestResponse {
+export class TestResponse extends TestMessage {
   constructor(status = 200) {
-    this.head = { status, headers: [] };
-    this.held = Buffer.alloc(0);
-    this.forwarded = Buffer.alloc(0);
-  }
-  /** Adds a header (name stored lowercase). Returns `this`. */
-  header(name, value) {
-    this.head.headers.push([lower(name), String(value)]);
-    return this;
+    super({ status, headers: [] });
   }
   get status() {
     return this.head.status;
-  }
-  get headers() {
-    return this.head.headers;
-  }
-  headerValue(name) {
-    return first(this.head.headers, name);
-  }
-  headerValues(name) {
-    return all(this.head.headers, name);
-  }
-  /** The body bytes forwarded downstream so far. */
-  get forwardedBody() {
-    return this.forwarded;
-  }
-  get forwardedText() {
-    return this.forwarded.toString("utf8");
   }
 }
 
