@@ -72,6 +72,11 @@ const (
 	PhaseResponseBody    Phases = 1 << 3
 	PhaseLog             Phases = 1 << 4
 
+	// Stateless is not a phase: the filter keeps no per-request state. The proxy then skips
+	// context-done (one guest call less per request), and every phase call gets a fresh
+	// *Context, so State, Set and Get do not carry over between phases.
+	Stateless Phases = 1 << 5
+
 	// NoPhases declares no phase: the filter only sees context-done.
 	NoPhases Phases = 0
 	// AllPhases declares every phase.
@@ -83,7 +88,7 @@ func (s Phases) Has(p Phases) bool { return s&p == p }
 
 // String lists the phases, e.g. "request-headers|response-headers".
 func (s Phases) String() string {
-	names := []string{"request-headers", "request-body", "response-headers", "response-body", "log"}
+	names := []string{"request-headers", "request-body", "response-headers", "response-body", "log", "stateless"}
 	var parts []string
 	for i, n := range names {
 		if s&(1<<i) != 0 {

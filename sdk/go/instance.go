@@ -23,11 +23,15 @@ func configureInstance(configure ConfigureFunc, config string) (*instance, error
 	if f == nil {
 		return nil, errors.New("the filter's configure function returned a nil Filter without an error")
 	}
-	return &instance{filter: f, phases: phases & AllPhases, contexts: make(map[uint32]*Context)}, nil
+	return &instance{filter: f, phases: phases & (AllPhases | Stateless), contexts: make(map[uint32]*Context)}, nil
 }
 
-// context returns the context of id, created on first use.
+// context returns the context of id, created on first use; a fresh one every call for a
+// stateless filter, which keeps none.
 func (in *instance) context(id uint32) *Context {
+	if in.phases&Stateless != 0 {
+		return &Context{id: id}
+	}
 	c, ok := in.contexts[id]
 	if !ok {
 		c = &Context{id: id}

@@ -117,7 +117,7 @@ func TestConfigErrorsAndPhases(t *testing.T) {
 	var got string
 	h := weirtest.MustNew(t, `{"a":1}`, weirtest.WithFilter(func(c []byte) (weir.Filter, weir.Phases, error) {
 		got = string(c)
-		return &probe{}, weir.PhaseRequestHeaders | 0xe0, nil
+		return &probe{}, weir.PhaseRequestHeaders | 0xc0, nil
 	}))
 	if got != `{"a":1}` || h.Phases() != weir.PhaseRequestHeaders {
 		t.Fatalf("config %q phases %v", got, h.Phases())
@@ -384,6 +384,30 @@ func TestPerRequestState(t *testing.T) {
 	}
 	if h.LiveContexts() != 0 {
 		t.Fatal("contexts leaked")
+	}
+}
+
+func TestStatelessKeepsNoContext(t *testing.T) {
+	h := harness(t, &probe{
+		reqHeaders: func(ctx *weir.Context, req *weir.Request) weir.Action {
+			ctx.Set("path", req.Path())
+			return weir.Continue
+		},
+		resHeaders: func(ctx *weir.Context, res *weir.Response) weir.Action {
+			if ctx.Get("path") != nil {
+				return weir.Respond(weir.Text(500, "state carried over"))
+			}
+			return weir.Continue
+		},
+	}, weir.PhaseRequestHeaders|weir.PhaseResponseHeaders|weir.Stateless)
+	if !h.Phases().Has(weir.Stateless) || h.Phases().String() != "request-headers|response-headers|stateless" {
+		t.Fatal(h.Phases())
+	}
+	if out := h.Serve(weirtest.Get("/a"), nil); out.Local != nil {
+		t.Fatal(string(out.Local.Body))
+	}
+	if h.LiveContexts() != 0 {
+		t.Fatal("a stateless filter kept a context")
 	}
 }
 

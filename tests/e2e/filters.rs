@@ -93,6 +93,45 @@ async fn header_edits_run_in_order_on_requests_and_in_reverse_on_responses() -> 
 }
 
 #[tokio::test]
+async fn context_done_is_called_for_stateful_filters_and_skipped_for_stateless_ones() -> Result<()>
+{
+    let up = Upstream::start("up").await;
+    let filters = [
+        tb("lite", "{ mode: noop }", ""),
+        tb("keeps", "{ mode: state }", ""),
+    ]
+    .concat();
+    let weir = Weir::start(&config(&up, &filters, &route("both", "/", "[lite, keeps]")))?;
+    for _ in 0..3 {
+        assert_eq!(get(&weir.url("public", "/x")).await?.status, 200);
+    }
+    let (status, body) = weir.admin_get("/filters").await?;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body)?;
+    let pair = |name: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|f| f["name"] == name))
+            .map(|f| f["pairs"][0].clone())
+            .unwrap_or_default()
+    };
+    // noop declares itself stateless: one guest call per request, no context-done.
+    assert_eq!(
+        pair("lite")["phases"],
+        serde_json::json!(["request-headers", "stateless"]),
+        "{body}"
+    );
+    assert_eq!(pair("lite")["guest_calls"], 3, "{body}");
+    // state keeps the path per request: both header phases, then context-done.
+    assert_eq!(
+        pair("keeps")["phases"],
+        serde_json::json!(["request-headers", "response-headers"]),
+        "{body}"
+    );
+    assert_eq!(pair("keeps")["guest_calls"], 9, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_filter_can_answer_without_the_upstream_and_later_filters_do_not_run() -> Result<()> {
     let up = Upstream::start("up").await;
     let filters = [

@@ -18,28 +18,29 @@ fn config_error(config: serde_json::Value) -> String {
 
 #[test]
 fn phases_follow_the_config() -> Result<()> {
-    assert_eq!(transform(json!({}))?.phases(), Phases::NONE);
+    // The filter keeps no per-request state (`Context = ()`), so it is always stateless.
+    assert_eq!(transform(json!({}))?.phases(), Phases::STATELESS);
     assert_eq!(
         transform(json!({ "request": { "remove": ["x-a"] } }))?.phases(),
-        Phases::REQUEST_HEADERS
+        Phases::REQUEST_HEADERS | Phases::STATELESS
     );
     assert_eq!(
         transform(json!({ "rewrite_path": { "prefix": { "from": "/a/", "to": "/b/" } } }))?
             .phases(),
-        Phases::REQUEST_HEADERS
+        Phases::REQUEST_HEADERS | Phases::STATELESS
     );
     assert_eq!(
         transform(json!({ "response": { "set": { "x-a": "1" } } }))?.phases(),
-        Phases::RESPONSE_HEADERS
+        Phases::RESPONSE_HEADERS | Phases::STATELESS
     );
     assert_eq!(
         transform(json!({ "body": { "request": [{ "find": "a", "replace": "b" }] } }))?.phases(),
-        Phases::REQUEST_BODY
+        Phases::REQUEST_BODY | Phases::STATELESS
     );
     // Response body rules also take the request head, to ask for an uncompressed response.
     assert_eq!(
         transform(json!({ "body": { "response": [{ "find": "a", "replace": "b" }] } }))?.phases(),
-        Phases::REQUEST_HEADERS | Phases::RESPONSE_BODY
+        Phases::REQUEST_HEADERS | Phases::RESPONSE_BODY | Phases::STATELESS
     );
     Ok(())
 }

@@ -325,7 +325,7 @@ impl Chain {
     }
 
     /// The end of the request: `on-log` for filters that declared it, then `context-done` for
-    /// every instance the request was seated in.
+    /// every instance the request was seated in, unless its filter declared itself stateless.
     pub async fn finish(&self, cr: &mut ChainRequest, ex: &mut Exchange) {
         for i in 0..self.links.len() {
             if self.runs(i, cr, Phases::LOG) {
@@ -334,6 +334,7 @@ impl Chain {
         }
         for i in 0..self.links.len() {
             if let Some(b) = cr.bound[i].take()
+                && !self.links[i].pair.phases().contains(Phases::STATELESS)
                 && let Err((kind, detail)) = self.links[i].pair.call(b, None, ex, true).await
             {
                 self.links[i].stats.fail(kind.as_str(), kind.is_budget());

@@ -65,6 +65,8 @@ impl Phases {
     pub const RESPONSE_BODY: Phases = Phases(8);
     /// `on-log`.
     pub const LOG: Phases = Phases(16);
+    /// Not a phase: the filter keeps no per-request state, so `context-done` is skipped.
+    pub const STATELESS: Phases = Phases(32);
 
     /// Whether every phase of `other` is in `self`.
     pub fn contains(self, other: Phases) -> bool {
@@ -84,6 +86,7 @@ impl Phases {
             (Self::RESPONSE_HEADERS, "response-headers"),
             (Self::RESPONSE_BODY, "response-body"),
             (Self::LOG, "log"),
+            (Self::STATELESS, "stateless"),
         ]
         .into_iter()
         .filter(|(p, _)| self.contains(*p))
@@ -102,6 +105,7 @@ impl From<bindings::weir::filter::types::Phases> for Phases {
             (W::RESPONSE_HEADERS, Phases::RESPONSE_HEADERS),
             (W::RESPONSE_BODY, Phases::RESPONSE_BODY),
             (W::LOG, Phases::LOG),
+            (W::STATELESS, Phases::STATELESS),
         ] {
             if p.contains(w) {
                 out = out.union(ours);

@@ -81,6 +81,8 @@ pub struct Pair {
     slots: Box<[Slot]>,
     created: AtomicUsize,
     next: AtomicUsize,
+    /// Guest calls made (phases and `context-done`; not `configure`).
+    guest_calls: AtomicU64,
 }
 
 impl std::fmt::Debug for Pair {
@@ -124,6 +126,7 @@ impl Pair {
             slots,
             created: AtomicUsize::new(1),
             next: AtomicUsize::new(0),
+            guest_calls: AtomicU64::new(0),
         }))
     }
 
@@ -145,6 +148,11 @@ impl Pair {
     /// Instances created so far.
     pub fn instances(&self) -> usize {
         self.created.load(Relaxed).min(self.slots.len())
+    }
+
+    /// Guest calls made so far: phase calls and `context-done` (not `configure`).
+    pub fn guest_calls(&self) -> u64 {
+        self.guest_calls.load(Relaxed)
     }
 
     /// Linear memory of each idle instance, in bytes (instances in a call are skipped).
@@ -215,7 +223,12 @@ impl Pair {
         ex: &mut Exchange,
         end: bool,
     ) -> Result<Called, Failure> {
-        let mut guard = self.slots[b.slot].live.lock().await;
+        // Uncontended (the usual case): no acquire future, no waiter node.
+        let slot = &self.slots[b.slot].live;
+        let mut guard = match slot.try_lock() {
+            Ok(g) => g,
+            Err(_) => slot.lock().await,
+        };
         let live = match guard.as_mut() {
             Some(l) if l.generation == b.generation && !l.in_call => l,
             _ => {
@@ -225,6 +238,7 @@ impl Pair {
                 ));
             }
         };
+        self.guest_calls.fetch_add(1, Relaxed);
         let data = live.store.data_mut();
         std::mem::swap(&mut data.ex, ex);
         data.phase = phase.unwrap_or(Phase::Log);

@@ -83,6 +83,15 @@ impl FilterRun {
         &self.shared.state
     }
 
+    /// The run's state. Uncontended unless a body pump runs beside a header phase, so the
+    /// cheap try comes first.
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, State> {
+        match self.state().try_lock() {
+            Ok(g) => g,
+            Err(_) => self.state().lock().await,
+        }
+    }
+
     /// Returns once the request body has been through the request-body phases.
     async fn request_body_done(&self) {
         loop {
@@ -153,7 +162,7 @@ impl FilterRun {
         if !self.phases().contains(Phases::REQUEST_HEADERS) {
             return None;
         }
-        let mut st = self.state().lock().await;
+        let mut st = self.lock().await;
         let st = &mut *st;
         st.ex.request_headers = std::mem::take(headers);
         st.ex.path = std::mem::take(path);
@@ -172,7 +181,7 @@ impl FilterRun {
         if !self.phases().contains(Phases::RESPONSE_HEADERS) {
             return None;
         }
-        let mut st = self.state().lock().await;
+        let mut st = self.lock().await;
         let st = &mut *st;
         st.ex.status = status.as_u16();
         st.ex.response_headers = std::mem::take(headers);
@@ -184,12 +193,12 @@ impl FilterRun {
 
     /// What a request-body phase decided, if it stopped the request.
     pub async fn take_outcome(&self) -> Option<Outcome> {
-        self.state().lock().await.outcome.take()
+        self.lock().await.outcome.take()
     }
 
     /// `on-log` and `context-done`.
     pub async fn finish(&self) {
-        let mut st = self.state().lock().await;
+        let mut st = self.lock().await;
         let st = &mut *st;
         self.chain.finish(&mut st.cr, &mut st.ex).await;
     }
@@ -261,7 +270,7 @@ impl FilterRun {
         end: bool,
         response: bool,
     ) -> bool {
-        let mut st = self.state().lock().await;
+        let mut st = self.lock().await;
         let st = &mut *st;
         match self
             .chain

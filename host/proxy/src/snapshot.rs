@@ -262,6 +262,30 @@ impl Snapshot {
                     .loaded_at
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
+                // One pool per distinct config of this filter.
+                let mut pairs: Vec<&Arc<weir_filters::Pair>> = Vec::new();
+                for pair in self
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.chain.as_ref())
+                    .flat_map(|c| c.pairs())
+                {
+                    if *pair.spec().filter == *f.name.as_str()
+                        && !pairs.iter().any(|p| Arc::ptr_eq(p, pair))
+                    {
+                        pairs.push(pair);
+                    }
+                }
+                let pairs: Vec<serde_json::Value> = pairs
+                    .into_iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "phases": p.phases().names(),
+                            "instances": p.instances(),
+                            "guest_calls": p.guest_calls(),
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
                     "name": f.name,
                     "version": f.module.hash,
@@ -269,6 +293,7 @@ impl Snapshot {
                     "loaded_at": weir_observe::rfc3339(f.module.loaded_at),
                     "loaded_at_unix_ms": loaded_at.as_millis() as u64,
                     "routes": routes,
+                    "pairs": pairs,
                 })
             })
             .collect();

@@ -21,6 +21,12 @@ export enum Phases {
   RESPONSE_BODY = 8,
   /** `onLog`. */
   LOG = 16,
+  /**
+   * Not a phase: the filter keeps no per-request state. The proxy then skips `context-done` (one
+   * guest call less per request) and every phase call gets a fresh context. The SDK adds it by
+   * itself for a filter whose context is `NoContext`.
+   */
+  STATELESS = 32,
   /** Every phase. */
   ALL = 31,
 }
@@ -152,7 +158,7 @@ export class ConfigResult {
 
   /** Accepts the config and declares these phases (`Phases.A | Phases.B`). */
   static accept(phases: Phases): ConfigResult {
-    return new ConfigResult(phases & Phases.ALL, null);
+    return new ConfigResult(phases & (Phases.ALL | Phases.STATELESS), null);
   }
 
   /** Rejects the config: lowercase, no trailing period, say what to fix. */

@@ -1,6 +1,6 @@
 // The Filter base class and its registration.
 
-import { Action, ConfigResult } from "./action";
+import { Action, ConfigResult, Phases } from "./action";
 import {
   Body,
   LOG_VIEW,
@@ -67,6 +67,7 @@ export class FilterBase {
  */
 export class Filter<C = NoContext> extends FilterBase {
   private __contexts: Map<u32, C> = new Map<u32, C>();
+  private __stateless: bool = false;
 
   /**
    * Called once per instance, before any phase, with the filter's config as JSON text (the
@@ -119,8 +120,12 @@ export class Filter<C = NoContext> extends FilterBase {
     return this.__contexts.size;
   }
 
-  /** @internal The context of request `id`, created on first use. */
+  /**
+   * @internal The context of request `id`, created on first use; a fresh one every call for a
+   * stateless filter, which keeps none.
+   */
   private __context(id: u32): C {
+    if (this.__stateless) return instantiate<C>();
     if (this.__contexts.has(id)) return this.__contexts.get(id);
     const ctx = instantiate<C>();
     this.__contexts.set(id, ctx);
@@ -129,7 +134,13 @@ export class Filter<C = NoContext> extends FilterBase {
 
   /** @internal */
   __configure(config: string): ConfigResult {
-    return this.configure(config);
+    let result = this.configure(config);
+    // A filter without per-request state needs no contexts and no `context-done`.
+    if (result.error === null && idof<C>() == idof<NoContext>()) {
+      result = ConfigResult.accept(result.phases | Phases.STATELESS);
+    }
+    this.__stateless = (result.phases & Phases.STATELESS) != 0;
+    return result;
   }
   /** @internal */
   __requestHeaders(id: u32): Action {

@@ -28,6 +28,7 @@ export const Phases = Object.freeze({
   RESPONSE_HEADERS: 4,
   RESPONSE_BODY: 8,
   LOG: 16,
+  STATELESS: 32,
   ALL: 31,
 });
 
@@ -1131,7 +1132,7 @@ export class Harness {
     let error = null;
     if (tag === 0) {
       const bits = dv.getUint8(ret + 4);
-      if (bits & ~31) throw new AbiError(`configure: invalid phases flags ${bits}`);
+      if (bits & ~63) throw new AbiError(`configure: invalid phases flags ${bits}`);
       this.phases = bits;
     } else if (tag === 1) {
       error = this.readString(dv.getUint32(ret + 4, true), dv.getUint32(ret + 8, true), "config-error message");

@@ -293,6 +293,17 @@ test("per-request state lives from the first phase to context-done", () => {
   assert.equal(last.headerValue("x-live"), "1");
 });
 
+test("a stateless filter keeps no context and gets a fresh one every call", () => {
+  const h = probe("stateless");
+  assert.equal(h.phases, Phases.REQUEST_HEADERS | Phases.RESPONSE_HEADERS | Phases.STATELESS);
+  const a = TestRequest.get("/a");
+  assert.equal(h.requestHeaders(a).kind, "continue");
+  const ra = new TestResponse(200);
+  h.responseHeaders(a, ra);
+  assert.equal(ra.headerValue("x-state-path"), "");
+  assert.equal(ra.headerValue("x-live"), "0");
+});
+
 test("local responses keep header order, repeats and non-ASCII", () => {
   const h = probe("respond", { value: "grüße ✓ 😀" });
   const out = h.exchange(TestRequest.get("/"));

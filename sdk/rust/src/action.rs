@@ -32,6 +32,12 @@ impl Phases {
     pub const RESPONSE_BODY: Self = Self(1 << 3);
     /// [`Filter::on_log`](crate::Filter::on_log).
     pub const LOG: Self = Self(1 << 4);
+    /// Not a phase: the filter keeps no per-request state, so the proxy skips `context-done`
+    /// (one guest call less per request) and every phase call gets a fresh
+    /// `Default` context. The SDK adds it by itself when [`Filter::Context`](crate::Filter::Context)
+    /// is a zero-sized type such as `()`; declare it for a filter whose context type is used by
+    /// some configs only.
+    pub const STATELESS: Self = Self(1 << 5);
     /// Every phase.
     pub const ALL: Self = Self(0b1_1111);
     /// No phase (the filter only sees `context-done`).
@@ -53,14 +59,15 @@ impl Phases {
         self.0 == 0
     }
 
-    /// The raw bits, in WIT flag order (bit 0 = `request-headers` ... bit 4 = `log`).
+    /// The raw bits, in WIT flag order (bit 0 = `request-headers` ... bit 4 = `log`, bit 5 =
+    /// `stateless`).
     pub const fn bits(self) -> u8 {
         self.0
     }
 
     /// The set with these raw bits; unknown bits are dropped.
     pub const fn from_bits_truncate(bits: u8) -> Self {
-        Self(bits & Self::ALL.0)
+        Self(bits & (Self::ALL.0 | Self::STATELESS.0))
     }
 }
 
@@ -79,12 +86,13 @@ impl BitOrAssign for Phases {
 
 impl fmt::Debug for Phases {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(Phases, &str); 5] = [
+        const NAMES: [(Phases, &str); 6] = [
             (Phases::REQUEST_HEADERS, "REQUEST_HEADERS"),
             (Phases::REQUEST_BODY, "REQUEST_BODY"),
             (Phases::RESPONSE_HEADERS, "RESPONSE_HEADERS"),
             (Phases::RESPONSE_BODY, "RESPONSE_BODY"),
             (Phases::LOG, "LOG"),
+            (Phases::STATELESS, "STATELESS"),
         ];
         f.write_str("Phases(")?;
         let mut first = true;

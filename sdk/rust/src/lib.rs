@@ -133,7 +133,9 @@
 //!   [`Filter::phases`]. Any error becomes a config error and the proxy refuses the config.
 //! * Each request has a context id. The first phase call for an id creates a
 //!   [`Filter::Context`] with `Default`; `context-done` drops it. Contexts never outlive their
-//!   request, so one request's state cannot reach another.
+//!   request, so one request's state cannot reach another. A filter whose context is
+//!   zero-sized (`()`) is declared [`Phases::STATELESS`]: the proxy then skips `context-done`,
+//!   one guest call less per request.
 //! * An instance handles one phase call at a time, which is why phases take `&self`.
 //! * Host calls return `Result<_, HostError>`; a [`HostError`] is a value, never a trap. A panic
 //!   *is* a trap: its message and location go to the proxy's log (at error level, through
@@ -189,7 +191,8 @@ pub trait Filter: Sized + 'static {
     type Config: serde::de::DeserializeOwned;
 
     /// Per-request state, created with `Default` at the first phase of a request and dropped
-    /// when the request is over. Use `()` for none.
+    /// when the request is over. Use `()` for none: the filter is then declared
+    /// [`Phases::STATELESS`] and costs the proxy one call less per request.
     type Context: Default;
 
     /// The phases this filter takes part in. The proxy calls no other phase and copies no body

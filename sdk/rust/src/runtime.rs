@@ -27,7 +27,11 @@ impl<F: Filter> Runtime<F> {
         let config: F::Config =
             serde_json::from_str(json).map_err(|e| ConfigError::new(format!("config: {e}")))?;
         let filter = F::new(config).map_err(ConfigError::new)?;
-        let phases = filter.phases();
+        let mut phases = filter.phases();
+        // A context type that holds nothing needs no per-request storage and no `context-done`.
+        if size_of::<F::Context>() == 0 && !std::mem::needs_drop::<F::Context>() {
+            phases |= Phases::STATELESS;
+        }
         Ok(Self {
             filter,
             phases,
@@ -49,34 +53,41 @@ impl<F: Filter> Runtime<F> {
         self.contexts.len()
     }
 
-    /// The context of `id`, created on first use.
-    fn parts(&mut self, id: u32) -> (&F, &mut F::Context) {
-        (&self.filter, self.contexts.entry(id).or_default())
+    /// Runs `f` with the filter and the context of `id`: the stored one (created on first use),
+    /// or a fresh one for a stateless filter, which keeps none.
+    fn with<R>(&mut self, id: u32, f: impl FnOnce(&F, &mut F::Context) -> R) -> R {
+        if self.phases.contains(Phases::STATELESS) {
+            return f(&self.filter, &mut F::Context::default());
+        }
+        f(&self.filter, self.contexts.entry(id).or_default())
     }
 
     pub(crate) fn on_request_headers(&mut self, id: u32) -> Action {
-        let (filter, ctx) = self.parts(id);
-        filter.on_request_headers(&mut Request::current(), ctx)
+        self.with(id, |filter, ctx| {
+            filter.on_request_headers(&mut Request::current(), ctx)
+        })
     }
 
     pub(crate) fn on_request_body(&mut self, id: u32, end: bool) -> Action {
-        let (filter, ctx) = self.parts(id);
-        filter.on_request_body(&mut Body::current(BodyKind::Request), end, ctx)
+        self.with(id, |filter, ctx| {
+            filter.on_request_body(&mut Body::current(BodyKind::Request), end, ctx)
+        })
     }
 
     pub(crate) fn on_response_headers(&mut self, id: u32) -> Action {
-        let (filter, ctx) = self.parts(id);
-        filter.on_response_headers(&mut Response::current(), ctx)
+        self.with(id, |filter, ctx| {
+            filter.on_response_headers(&mut Response::current(), ctx)
+        })
     }
 
     pub(crate) fn on_response_body(&mut self, id: u32, end: bool) -> Action {
-        let (filter, ctx) = self.parts(id);
-        filter.on_response_body(&mut Body::current(BodyKind::Response), end, ctx)
+        self.with(id, |filter, ctx| {
+            filter.on_response_body(&mut Body::current(BodyKind::Response), end, ctx)
+        })
     }
 
     pub(crate) fn on_log(&mut self, id: u32) {
-        let (filter, ctx) = self.parts(id);
-        filter.on_log(&LogView::current(), ctx);
+        self.with(id, |filter, ctx| filter.on_log(&LogView::current(), ctx));
     }
 
     /// WIT `context-done`: drops the request's context (if a phase ever created it).

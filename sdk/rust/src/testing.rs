@@ -735,7 +735,7 @@ impl<F: Filter> Harness<F> {
     }
 
     /// `context-done`: the request is over and its context is dropped. The proxy calls it once
-    /// per request, whatever the phases.
+    /// per request, whatever the phases, unless the filter is [`Phases::STATELESS`].
     pub fn done(&mut self, req: &TestRequest) {
         let id = req.context;
         self.run(None, Scope::default(), |r| r.context_done(id));

@@ -164,15 +164,18 @@ func orEmpty(raw []byte) []byte {
 	return raw
 }
 
-// Phases are the phases a mode takes part in.
+// Phases are the phases a mode takes part in; only state and kv-counter keep something per
+// request, the other modes are stateless.
 func (c Config) Phases() weir.Phases {
 	switch c.Mode {
-	case "header-edit", "state", "kv-counter":
+	case "state", "kv-counter":
 		return weir.PhaseRequestHeaders | weir.PhaseResponseHeaders
+	case "header-edit":
+		return weir.PhaseRequestHeaders | weir.PhaseResponseHeaders | weir.Stateless
 	case "body-upper":
-		return weir.PhaseRequestBody | weir.PhaseResponseBody
+		return weir.PhaseRequestBody | weir.PhaseResponseBody | weir.Stateless
 	}
-	return weir.PhaseRequestHeaders
+	return weir.PhaseRequestHeaders | weir.Stateless
 }
 
 // Testbed is the filter.

@@ -31,7 +31,7 @@ func configError(t *testing.T, config string) string {
 
 func TestNoopContinuesAndChangesNothing(t *testing.T) {
 	h := testbed(t, `{"mode":"noop"}`)
-	if h.Phases() != weir.PhaseRequestHeaders {
+	if h.Phases() != weir.PhaseRequestHeaders|weir.Stateless {
 		t.Fatal(h.Phases())
 	}
 	req := weirtest.Get("/a?b=1").WithHeader("x-in", "1")
@@ -52,7 +52,7 @@ func TestHeaderEditSetsAndAppendsInChainOrder(t *testing.T) {
 	host.Quiet()
 	first := testbed(t, `{"mode":"header-edit","value":"Jürgen grüße ✓","tag":"a"}`, weirtest.WithHost(host))
 	second := testbed(t, `{"mode":"header-edit","value":"two","tag":"b"}`, weirtest.WithHost(host))
-	if first.Phases() != weir.PhaseRequestHeaders|weir.PhaseResponseHeaders {
+	if first.Phases() != weir.PhaseRequestHeaders|weir.PhaseResponseHeaders|weir.Stateless {
 		t.Fatal(first.Phases())
 	}
 	req := weirtest.Get("/").WithHeader("x-testbed", "client").WithHeader("x-chain", "client")
@@ -187,7 +187,7 @@ func TestCalloutReportsStatusOrHostError(t *testing.T) {
 
 func TestBodyUpperBuffersThenUppercasesBothBodies(t *testing.T) {
 	h := testbed(t, `{"mode":"body-upper"}`)
-	if h.Phases() != weir.PhaseRequestBody|weir.PhaseResponseBody {
+	if h.Phases() != weir.PhaseRequestBody|weir.PhaseResponseBody|weir.Stateless {
 		t.Fatal(h.Phases())
 	}
 	req := weirtest.Post("/echo")

@@ -8,7 +8,7 @@ const load = (config = { keys: { "k-1": "Jürgen", "k-2": "grüße ✓ 😀" } }
 
 test("a known key names the client and is removed", () => {
   const h = load();
-  assert.equal(h.phases, Phases.REQUEST_HEADERS);
+  assert.equal(h.phases, Phases.REQUEST_HEADERS | Phases.STATELESS);
   for (const [key, client] of [
     ["k-1", "Jürgen"],
     ["k-2", "grüße ✓ 😀"],

@@ -60,6 +60,9 @@ class Probe extends Filter<State> {
       return ConfigResult.accept(Phases.REQUEST_BODY | Phases.RESPONSE_BODY);
     }
     if (this.scenario == "none") return ConfigResult.accept(Phases.NONE);
+    if (this.scenario == "stateless") {
+      return ConfigResult.accept(Phases.REQUEST_HEADERS | Phases.RESPONSE_HEADERS | Phases.STATELESS);
+    }
     return ConfigResult.accept(Phases.ALL);
   }
 
@@ -186,7 +189,7 @@ class Probe extends Filter<State> {
       }
       return json(o);
     }
-    if (s == "state") {
+    if (s == "state" || s == "stateless") {
       if (ctx.path != "") return LocalResponse.text(500, "context reused: " + ctx.path).action();
       ctx.path = req.path();
       return Action.CONTINUE;
@@ -257,7 +260,7 @@ class Probe extends Filter<State> {
       if (e1 || e2 || e3) return LocalResponse.text(500, "edit failed").action();
       return Action.CONTINUE;
     }
-    if (s == "state") {
+    if (s == "state" || s == "stateless") {
       res.headers.set("x-state-path", ctx.path);
       res.headers.set("x-live", this.liveContexts().toString());
       return Action.CONTINUE;

@@ -234,6 +234,7 @@ fn phases(p: Phases) -> WitPhases {
         (Phases::RESPONSE_HEADERS, WitPhases::RESPONSE_HEADERS),
         (Phases::RESPONSE_BODY, WitPhases::RESPONSE_BODY),
         (Phases::LOG, WitPhases::LOG),
+        (Phases::STATELESS, WitPhases::STATELESS),
     ] {
         if p.contains(sdk) {
             out |= wit;

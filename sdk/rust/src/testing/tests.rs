@@ -51,6 +51,7 @@ impl Filter for Probe {
                 "response-headers" => Phases::RESPONSE_HEADERS,
                 "response-body" => Phases::RESPONSE_BODY,
                 "log" => Phases::LOG,
+                "stateless" => Phases::STATELESS,
                 other => return Err(format!("phases: unknown phase {other:?}")),
             };
         }
@@ -137,6 +138,46 @@ fn config_errors_come_from_serde_and_new() -> Result<()> {
     // The proxy may pass no config at all: that reads as `{}`.
     let h = Harness::<Probe>::from_config_str("  ")?;
     assert_eq!(h.phases(), Phases::NONE);
+    Ok(())
+}
+
+/// Keeps nothing per request.
+struct Stateless;
+
+impl Filter for Stateless {
+    type Config = serde::de::IgnoredAny;
+    type Context = ();
+    const PHASES: Phases = Phases::REQUEST_HEADERS;
+    fn new(_: Self::Config) -> Result<Self, String> {
+        Ok(Stateless)
+    }
+}
+
+#[test]
+fn a_filter_without_context_is_declared_stateless_and_stores_none() -> Result<()> {
+    let mut h = Harness::<Stateless>::new(serde_json::json!({}))?;
+    assert_eq!(h.phases(), Phases::REQUEST_HEADERS | Phases::STATELESS);
+    h.request_headers(&mut TestRequest::get("/a"));
+    assert_eq!(h.live_contexts(), 0);
+    // A context type with data stays stateful unless the filter says otherwise.
+    let mut p = probe(&["request-headers"])?;
+    assert!(!p.phases().contains(Phases::STATELESS));
+    p.request_headers(&mut TestRequest::get("/a"));
+    assert_eq!(p.live_contexts(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_declared_stateless_filter_gets_a_fresh_context_every_call() -> Result<()> {
+    let mut h = probe(&["request-headers", "response-headers", "stateless"])?;
+    let mut a = TestRequest::get("/a");
+    h.request_headers(&mut a);
+    h.response_headers(&mut a, &mut TestResponse::new(200));
+    assert_eq!(h.live_contexts(), 0);
+    assert_eq!(
+        messages(&h),
+        ["request-headers /a #1", "response-headers 200 #1"]
+    );
     Ok(())
 }
 

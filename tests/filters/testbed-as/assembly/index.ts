@@ -193,6 +193,8 @@ class Testbed extends Filter<Context> {
       }
     }
     if (mode == "kv-counter" && this.ns.length == 0) return ConfigResult.reject("kv-counter: ns must not be empty");
+    // Only state and kv-counter keep something per request.
+    if (mode != "state" && mode != "kv-counter") phases |= Phases.STATELESS;
     return ConfigResult.accept(phases);
   }
 

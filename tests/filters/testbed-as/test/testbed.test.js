@@ -12,7 +12,7 @@ const testbed = (config, host) => Harness.load(WASM, config, { host });
 
 test("noop continues and changes nothing", () => {
   const h = testbed({ mode: "noop" });
-  assert.equal(h.phases, Phases.REQUEST_HEADERS);
+  assert.equal(h.phases, Phases.REQUEST_HEADERS | Phases.STATELESS);
   const req = TestRequest.get("/a?b=1").header("x-in", "1");
   assert.equal(h.requestHeaders(req).kind, "continue");
   assert.equal(req.path, "/a?b=1");
@@ -24,7 +24,7 @@ test("header-edit sets and appends in chain order, and names its build", () => {
   const host = new Emulator();
   const first = testbed({ mode: "header-edit", value: "one", tag: "a" }, host);
   const second = testbed({ mode: "header-edit", value: "two", tag: "b" }, host);
-  assert.equal(first.phases, Phases.REQUEST_HEADERS | Phases.RESPONSE_HEADERS);
+  assert.equal(first.phases, Phases.REQUEST_HEADERS | Phases.RESPONSE_HEADERS | Phases.STATELESS);
   const req = TestRequest.get("/").header("x-testbed", "client").header("x-chain", "client");
   assert.equal(first.requestHeaders(req).kind, "continue");
   assert.equal(second.requestHeaders(req).kind, "continue");
@@ -139,7 +139,7 @@ test("callout reports the status or the host error", () => {
 
 test("body-upper buffers then uppercases both bodies", () => {
   const h = testbed({ mode: "body-upper" });
-  assert.equal(h.phases, Phases.REQUEST_BODY | Phases.RESPONSE_BODY);
+  assert.equal(h.phases, Phases.REQUEST_BODY | Phases.RESPONSE_BODY | Phases.STATELESS);
   const req = TestRequest.post("/echo");
   assert.equal(h.requestHeaders(req).kind, "continue");
   assert.equal(h.requestBody(req, "hello, ", false).kind, "buffer");

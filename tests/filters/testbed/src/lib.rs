@@ -234,19 +234,25 @@ impl Filter for Testbed {
         Ok(Self { config })
     }
 
+    /// Only `state` and `kv-counter` keep something per request; the other modes are stateless.
     fn phases(&self) -> Phases {
         match self.config {
-            Config::HeaderEdit { .. } | Config::State {} | Config::KvCounter { .. } => {
+            Config::State {} | Config::KvCounter { .. } => {
                 Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
             }
-            Config::BodyUpper {} => Phases::REQUEST_BODY | Phases::RESPONSE_BODY,
+            Config::HeaderEdit { .. } => {
+                Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS | Phases::STATELESS
+            }
+            Config::BodyUpper {} => {
+                Phases::REQUEST_BODY | Phases::RESPONSE_BODY | Phases::STATELESS
+            }
             Config::Noop {}
             | Config::Respond { .. }
             | Config::Loop {}
             | Config::Membomb { .. }
             | Config::Panic {}
             | Config::Callout { .. }
-            | Config::BadConfig { .. } => Phases::REQUEST_HEADERS,
+            | Config::BadConfig { .. } => Phases::REQUEST_HEADERS | Phases::STATELESS,
         }
     }
 

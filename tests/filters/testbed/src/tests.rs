@@ -22,7 +22,7 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 #[test]
 fn noop_continues_and_changes_nothing() -> Result<()> {
     let mut h = testbed(json!({ "mode": "noop" }))?;
-    assert_eq!(h.phases(), Phases::REQUEST_HEADERS);
+    assert_eq!(h.phases(), Phases::REQUEST_HEADERS | Phases::STATELESS);
     let mut req = TestRequest::get("/a?b=1").header("x-in", "1");
     assert_eq!(h.request_headers(&mut req), Action::Continue);
     assert_eq!((req.path(), req.headers().len()), ("/a?b=1", 1));
@@ -44,7 +44,7 @@ fn header_edit_sets_and_appends_in_chain_order() -> Result<()> {
     )?;
     assert_eq!(
         first.phases(),
-        Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
+        Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS | Phases::STATELESS
     );
 
     let mut req = TestRequest::get("/")
@@ -185,7 +185,10 @@ fn callout_reports_status_or_host_error() -> Result<()> {
 #[test]
 fn body_upper_buffers_then_uppercases_both_bodies() -> Result<()> {
     let mut h = testbed(json!({ "mode": "body-upper" }))?;
-    assert_eq!(h.phases(), Phases::REQUEST_BODY | Phases::RESPONSE_BODY);
+    assert_eq!(
+        h.phases(),
+        Phases::REQUEST_BODY | Phases::RESPONSE_BODY | Phases::STATELESS
+    );
     let mut req = TestRequest::post("/echo");
     assert_eq!(h.request_headers(&mut req), Action::Continue);
     assert_eq!(h.request_body(&mut req, b"hello, ", false), Action::Buffer);
