@@ -42,6 +42,9 @@ pub struct ProxyBody {
     seen: u64,
     /// Runs (on drop) when the response has been sent or abandoned: access log, in-flight counts.
     finish: Option<Finish>,
+    /// The upstream connection this body comes from, back to its pool on drop (after `kind`,
+    /// so the body is gone first).
+    _lease: Option<crate::pool::Lease>,
 }
 
 impl ProxyBody {
@@ -51,6 +54,7 @@ impl ProxyBody {
             kind: Kind::Empty,
             seen: 0,
             finish: None,
+            _lease: None,
         }
     }
 
@@ -60,6 +64,7 @@ impl ProxyBody {
             kind: Kind::Full(Some(b.into())),
             seen: 0,
             finish: None,
+            _lease: None,
         }
     }
 
@@ -69,6 +74,16 @@ impl ProxyBody {
             kind: Kind::Stream { body, limit },
             seen: 0,
             finish: None,
+            _lease: None,
+        }
+    }
+
+    /// An upstream response body; `lease` returns its connection to the pool once the body is
+    /// dropped.
+    pub(crate) fn upstream(body: Incoming, lease: Option<crate::pool::Lease>) -> Self {
+        ProxyBody {
+            _lease: lease,
+            ..ProxyBody::stream(body, None)
         }
     }
 
@@ -78,6 +93,7 @@ impl ProxyBody {
             kind: Kind::Channel(rx),
             seen: 0,
             finish: None,
+            _lease: None,
         }
     }
 
@@ -93,6 +109,7 @@ impl ProxyBody {
             },
             seen: 0,
             finish: None,
+            _lease: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod connector;
 mod control;
 mod filtering;
 mod listener;
+mod pool;
 mod proxy;
 mod snapshot;
 mod tls;
