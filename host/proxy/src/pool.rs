@@ -68,13 +68,35 @@ impl H1Pool {
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Arc<H1Pool> {
-        Arc::new(H1Pool {
+        let pool = Arc::new(H1Pool {
             connector,
             target,
             idle: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
-        })
+        });
+        // Closes connections idle for longer than `idle_timeout` even when no request comes to
+        // take them out; ends with the pool.
+        let weak = Arc::downgrade(&pool);
+        let every = (idle_timeout / 2).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+        pool
+    }
+
+    /// Drops closed and expired idle connections.
+    fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|e| !e.tx.is_closed() && e.since.elapsed() < self.idle_timeout);
     }
 
     /// Sends `req` (origin-form URI, Host set) on an idle connection, or a new one. The lease
@@ -207,13 +229,29 @@ mod tests {
     }
 
     fn pool(target: &Uri, max_idle: usize) -> Arc<H1Pool> {
+        pool_with_timeout(target, max_idle, Duration::from_secs(60))
+    }
+
+    fn pool_with_timeout(target: &Uri, max_idle: usize, idle_timeout: Duration) -> Arc<H1Pool> {
         let connector = Connector {
             timeout: Duration::from_secs(2),
             tls: None,
             stats: Arc::new(HashMap::new()),
             fixed: None,
         };
-        H1Pool::new(connector, target.clone(), max_idle, Duration::from_secs(60))
+        H1Pool::new(connector, target.clone(), max_idle, idle_timeout)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout_without_traffic() {
+        let (target, accepted) = upstream(false).await;
+        let p = pool_with_timeout(&target, 8, Duration::from_millis(100));
+        exchange(&p, &target).await.unwrap();
+        assert_eq!(p.idle_len(), 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(p.idle_len(), 0, "swept without a checkout");
+        exchange(&p, &target).await.unwrap();
+        assert_eq!(accepted.load(SeqCst), 2, "a fresh connection after expiry");
     }
 
     fn get(target: &Uri) -> Request<ProxyBody> {
