@@ -45,7 +45,8 @@ pub struct UpstreamTls {
     pub sni: Option<ServerName<'static>>,
 }
 
-/// A hyper-util connector for one cluster.
+/// The connector of one cluster: used by its endpoints' HTTP/1.1 pools and by hyper-util's client
+/// (HTTP/2 clusters, callouts).
 #[derive(Clone)]
 pub struct Connector {
     pub(crate) timeout: Duration,

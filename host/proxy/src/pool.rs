@@ -4,7 +4,8 @@
 //! (SipHash) under a shared lock, and spawns a task that waits for the connection to become
 //! idle before it returns to the pool. Here a pool belongs to one endpoint, so there is no key;
 //! a connection goes back when the response body it carried is dropped (the body holds its
-//! [`Lease`]); and only connections that say they are ready are taken out again.
+//! [`Lease`]), at once if its connection task has finished the exchange, else from a small task
+//! that waits for that; only connections that say they are ready are taken out again.
 //!
 //! A pooled connection the upstream closed while it sat idle fails before the request is
 //! written; the request then comes back and is sent on another connection.
@@ -141,17 +142,32 @@ impl H1Pool {
                 found = Some(e.tx);
                 break;
             }
-            // Still finishing its last exchange: keep it for later.
+            // Not ready after all (the upstream is closing it, say): keep it for the sweeper.
             busy.push(e);
         }
         idle.extend(busy.into_iter().rev());
         found
     }
 
-    fn release(&self, tx: http1::SendRequest<ProxyBody>) {
+    fn release(self: &Arc<Self>, mut tx: http1::SendRequest<ProxyBody>) {
         if tx.is_closed() || self.max_idle == 0 {
             return;
         }
+        if !tx.is_ready() {
+            // The connection task has not finished the exchange yet (it runs after the body's
+            // last frame, or the request body is still going up): pool it once it is ready.
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok() {
+                    pool.push(tx);
+                }
+            });
+            return;
+        }
+        self.push(tx);
+    }
+
+    fn push(&self, tx: http1::SendRequest<ProxyBody>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= self.max_idle {
             // Full: the oldest goes (dropping it closes the connection).
@@ -267,6 +283,7 @@ mod tests {
         let (res, lease) = p.send(get(target)).await?;
         let body = res.into_body().collect().await?.to_bytes();
         drop(lease);
+        settle().await;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -293,6 +310,7 @@ mod tests {
             res.into_body().collect().await.unwrap();
             drop(lease);
         }
+        settle().await;
         assert_eq!(p.idle_len(), 2);
     }
 
@@ -315,11 +333,17 @@ mod tests {
         let held: Vec<_> = futures_join(&p, &target, 3).await;
         assert_eq!(accepted.load(SeqCst), 3);
         drop(held);
+        settle().await;
         assert_eq!(p.idle_len(), 1);
 
         let none = pool(&target, 0);
         exchange(&none, &target).await.unwrap();
         assert_eq!(none.idle_len(), 0);
+    }
+
+    /// Lets a connection that was not ready at release reach the pool.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     /// `n` exchanges in flight at once (bodies read, leases held).
