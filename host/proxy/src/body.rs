@@ -42,9 +42,6 @@ pub struct ProxyBody {
     seen: u64,
     /// Runs (on drop) when the response has been sent or abandoned: access log, in-flight counts.
     finish: Option<Finish>,
-    /// The upstream connection this body comes from, back to its pool on drop (after `kind`,
-    /// so the body is gone first).
-    _lease: Option<crate::pool::Lease>,
 }
 
 impl ProxyBody {
@@ -54,7 +51,6 @@ impl ProxyBody {
             kind: Kind::Empty,
             seen: 0,
             finish: None,
-            _lease: None,
         }
     }
 
@@ -64,7 +60,6 @@ impl ProxyBody {
             kind: Kind::Full(Some(b.into())),
             seen: 0,
             finish: None,
-            _lease: None,
         }
     }
 
@@ -74,16 +69,6 @@ impl ProxyBody {
             kind: Kind::Stream { body, limit },
             seen: 0,
             finish: None,
-            _lease: None,
-        }
-    }
-
-    /// An upstream response body; `lease` returns its connection to the pool once the body is
-    /// dropped.
-    pub(crate) fn upstream(body: Incoming, lease: Option<crate::pool::Lease>) -> Self {
-        ProxyBody {
-            _lease: lease,
-            ..ProxyBody::stream(body, None)
         }
     }
 
@@ -93,7 +78,6 @@ impl ProxyBody {
             kind: Kind::Channel(rx),
             seen: 0,
             finish: None,
-            _lease: None,
         }
     }
 
@@ -109,7 +93,6 @@ impl ProxyBody {
             },
             seen: 0,
             finish: None,
-            _lease: None,
         }
     }
 

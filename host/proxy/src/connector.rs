@@ -45,8 +45,7 @@ pub struct UpstreamTls {
     pub sni: Option<ServerName<'static>>,
 }
 
-/// The connector of one cluster: used by its endpoints' HTTP/1.1 pools and by hyper-util's client
-/// (HTTP/2 clusters, callouts).
+/// A hyper-util connector for one cluster.
 #[derive(Clone)]
 pub struct Connector {
     pub(crate) timeout: Duration,

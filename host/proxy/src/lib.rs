@@ -10,7 +10,6 @@ mod connector;
 mod control;
 mod filtering;
 mod listener;
-mod pool;
 mod proxy;
 mod snapshot;
 mod tls;

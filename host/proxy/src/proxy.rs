@@ -15,7 +15,7 @@ use weir_balance::InFlight;
 use weir_observe::AccessRecord;
 
 use crate::Shared;
-use crate::body::{BodyTooLarge, BoxError, ProxyBody};
+use crate::body::{BodyTooLarge, ProxyBody};
 use crate::connector::ConnectError;
 use crate::filtering::{FilterRun, Outcome, Settled, local_response};
 use crate::listener::ConnInfo;
@@ -164,9 +164,6 @@ pub(crate) async fn handle(
     Response::from_parts(parts, body.with_finish(finish))
 }
 
-/// An upstream's response, and the pooled connection it came on (HTTP/1.1).
-type Upstream = (Response<Incoming>, Option<crate::pool::Lease>);
-
 type Forwarded<'s> = Result<(Response<ProxyBody>, &'s Route), (Fail, Option<&'s Route>)>;
 
 async fn forward<'s>(
@@ -298,11 +295,8 @@ async fn forward<'s>(
         _ => endpoint.authority.clone(),
     };
     let mut uri = http::uri::Parts::default();
-    if endpoint.h1.is_none() {
-        uri.scheme = Some(cluster.scheme.clone());
-        uri.authority = Some(authority);
-    }
-    // The endpoint's own HTTP/1.1 pool sends the origin form (`/path?query`).
+    uri.scheme = Some(cluster.scheme.clone());
+    uri.authority = Some(authority);
     uri.path_and_query = Some(path_and_query);
     parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
@@ -326,18 +320,9 @@ async fn forward<'s>(
         _ => ProxyBody::stream(body, snap.max_body),
     };
     let up_req = Request::from_parts(parts, up_body);
-    let sent: Result<Result<Upstream, BoxError>, _> = match &endpoint.h1 {
-        Some(pool) => tokio::time::timeout(route.timeout, pool.send(up_req))
-            .await
-            .map(|r| r.map(|(res, lease)| (res, Some(lease))).map_err(Box::from)),
-        None => {
-            let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
-            tokio::time::timeout(route.timeout, client.request(up_req))
-                .await
-                .map(|r| r.map(|res| (res, None)).map_err(Box::from))
-        }
-    };
-    let (mut res, lease) = match sent {
+    let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
+    let sent = tokio::time::timeout(route.timeout, client.request(up_req)).await;
+    let mut res = match sent {
         Err(_) => return Err((Fail::UpstreamTimeout, Some(route))),
         Ok(Err(e)) => {
             if let Some(run) = &filters
@@ -346,7 +331,7 @@ async fn forward<'s>(
                 run.finish().await;
                 return filter_outcome(out, request_id, route);
             }
-            return Err((classify(cluster, ep_idx, &*e), Some(route)));
+            return Err((classify(cluster, ep_idx, &e), Some(route)));
         }
         Ok(Ok(res)) => res,
     };
@@ -373,7 +358,7 @@ async fn forward<'s>(
     }
 
     let (mut parts, body) = res.into_parts();
-    let mut body = ProxyBody::upstream(body, lease);
+    let mut body = ProxyBody::stream(body, None);
     if filtered_body && let Some(run) = &filters {
         match run.settle_request_body(body, route.timeout).await {
             Settled::Answer(out) => {
@@ -421,8 +406,8 @@ fn filter_outcome<'s>(out: Outcome, request_id: &HeaderValue, route: &'s Route) 
 }
 
 /// Maps a client error to a failure, feeding passive health checks on connect failures.
-fn classify(cluster: &Cluster, ep: usize, e: &(dyn std::error::Error + 'static)) -> Fail {
-    let mut src = Some(e);
+fn classify(cluster: &Cluster, ep: usize, e: &hyper_util::client::legacy::Error) -> Fail {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             cluster.connect_failed(ep);

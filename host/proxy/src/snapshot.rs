@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use http::Uri;
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -72,8 +71,6 @@ pub(crate) struct Cluster {
 pub(crate) struct Endpoint {
     /// HTTP/2 clusters: this endpoint's own client (see `Connector::fixed`).
     pub h2_client: Option<Client<Connector, ProxyBody>>,
-    /// HTTP/1.1 clusters: this endpoint's connection pool.
-    pub h1: Option<Arc<crate::pool::H1Pool>>,
     pub address: String,
     pub authority: Authority,
     pub weight: u32,
@@ -346,7 +343,6 @@ fn build_cluster(
         stats.insert(authority.as_str().to_string(), s.clone());
         endpoints.push(Endpoint {
             h2_client: None,
-            h1: None,
             address: e.address.clone(),
             authority,
             weight: e.weight,
@@ -399,21 +395,6 @@ fn build_cluster(
                 ..connector.clone()
             };
             ep.h2_client = Some(builder.build(fixed));
-        }
-    } else {
-        for ep in &mut endpoints {
-            let target = Uri::builder()
-                .scheme(scheme.clone())
-                .authority(ep.authority.clone())
-                .path_and_query("/")
-                .build()
-                .map_err(|e| loaded.error_at(at("endpoints"), format!("invalid address: {e}")))?;
-            ep.h1 = Some(crate::pool::H1Pool::new(
-                connector.clone(),
-                target,
-                cc.max_idle_per_endpoint,
-                cc.timeouts.idle,
-            ));
         }
     }
     let client = builder.build(connector);
