@@ -79,7 +79,20 @@ fn router(c: &mut Criterion) {
         })
     });
     g.bench_function("normalize_clean_path", |b| {
-        b.iter(|| weir_router::normalize_path(black_box("/v1/users/42/profile")))
+        b.iter(|| {
+            weir_router::normalize_path(
+                black_box("/v1/users/42/profile"),
+                weir_router::PathOptions::default(),
+            )
+        })
+    });
+    g.bench_function("normalize_encoded_path", |b| {
+        b.iter(|| {
+            weir_router::normalize_path(
+                black_box("/v1/users/%34%32/./profile%3Fx"),
+                weir_router::PathOptions::default(),
+            )
+        })
     });
     g.finish();
 }

@@ -233,6 +233,138 @@ pub struct ListenerConfig {
     /// Certificates for `https`; required there, refused for `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+    /// How request paths are normalized before routing (and forwarded).
+    #[serde(default, skip_serializing_if = "PathPolicy::is_default")]
+    pub paths: PathPolicy,
+    /// Peers (`10.0.0.0/8`, `::1/128`, or a bare address) whose forwarding headers
+    /// (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are believed and appended to. From every other
+    /// peer they are replaced. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// A listener's path normalization options (see the README's "Security model").
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathPolicy {
+    /// `%2F` and `%5C` in a path: `reject` (400, the default), `keep` (forwarded encoded, not a
+    /// separator for routing) or `decode` (to `/`, before `..` is resolved).
+    pub escaped_slashes: EscapedSlashesAction,
+    /// `;` in a path: `reject` (400, the default), `strip` (`;...` removed from each segment
+    /// before `..` is resolved) or `keep` (an ordinary character).
+    pub parameters: PathParametersAction,
+}
+
+impl PathPolicy {
+    fn is_default(&self) -> bool {
+        *self == PathPolicy::default()
+    }
+}
+
+/// See [`PathPolicy::escaped_slashes`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesAction {
+    /// 400.
+    #[default]
+    Reject,
+    /// Forwarded as `%2F` / `%5C`.
+    Keep,
+    /// Decoded to `/`.
+    Decode,
+}
+
+/// See [`PathPolicy::parameters`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParametersAction {
+    /// 400.
+    #[default]
+    Reject,
+    /// Removed from every segment.
+    Strip,
+    /// Kept as ordinary characters.
+    Keep,
+}
+
+/// An IP network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address (a single host).
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong: not an address, a prefix longer than the address, or
+    /// host bits set beyond the prefix.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR (like 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
+        };
+        let cidr = Cidr { addr, prefix };
+        if cidr.network() != addr {
+            return Err(format!(
+                "{s:?} has host bits set beyond /{prefix} (did you mean {}/{prefix}?)",
+                cidr.network()
+            ));
+        }
+        Ok(cidr)
+    }
+
+    fn bits(addr: std::net::IpAddr) -> u128 {
+        match addr {
+            std::net::IpAddr::V4(a) => u128::from(u32::from(a)),
+            std::net::IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    fn mask(&self) -> u128 {
+        let width = if self.addr.is_ipv4() { 32 } else { 128 };
+        let host_bits = u32::from(width - self.prefix);
+        let all = if width == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        all.checked_shl(host_bits).map_or(0, |m| m & all)
+    }
+
+    fn network(&self) -> std::net::IpAddr {
+        let n = Self::bits(self.addr) & self.mask();
+        match self.addr {
+            std::net::IpAddr::V4(_) => std::net::IpAddr::V4((n as u32).into()),
+            std::net::IpAddr::V6(_) => std::net::IpAddr::V6(n.into()),
+        }
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts
+    /// as its IPv4 address.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.addr.is_ipv4() && Self::bits(ip) & self.mask() == Self::bits(self.addr)
+    }
 }
 
 /// Downstream protocol of a listener.
@@ -292,7 +424,7 @@ pub struct RouteConfig {
 }
 
 /// The conditions a request must meet, all of them, to take a route.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// `api.example.com` (exact, case-insensitive) or `*.example.com` (any subdomain).
@@ -307,6 +439,10 @@ pub struct RouteMatch {
     /// A regular expression the whole path must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_regex: Option<String>,
+    /// `false`: `path`, `path_prefix` and `path_regex` ignore ASCII case (for upstreams that
+    /// serve `/ADMIN` as `/admin`). Default: `true`.
+    #[serde(default = "defaults::yes", skip_serializing_if = "defaults::is_true")]
+    pub case_sensitive: bool,
     /// Allowed methods; empty means any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
@@ -316,6 +452,21 @@ pub struct RouteMatch {
     /// Query parameter name → value rule; all must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, ValueRule>,
+}
+
+impl Default for RouteMatch {
+    fn default() -> Self {
+        RouteMatch {
+            host: None,
+            path: None,
+            path_prefix: None,
+            path_regex: None,
+            case_sensitive: true,
+            methods: Vec::new(),
+            headers: BTreeMap::new(),
+            query: BTreeMap::new(),
+        }
+    }
 }
 
 /// How a header or query value is matched: a plain string is an exact match; otherwise one of
@@ -506,6 +657,12 @@ mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn is_true(b: &bool) -> bool {
+        *b
     }
     pub fn max_idle_per_endpoint() -> usize {
         64

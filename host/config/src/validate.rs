@@ -88,6 +88,11 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             ),
             _ => {}
         }
+        for (j, t) in l.trusted_proxies.iter().enumerate() {
+            if let Err(e) = crate::Cidr::parse(t) {
+                err(format!("{p}.trusted_proxies[{j}]"), e);
+            }
+        }
     }
 
     unique(

@@ -81,9 +81,11 @@ enum Step {
 impl Chain {
     /// A chain of pairs, each with its stats for this route.
     pub fn new(links: Vec<(Arc<Pair>, Arc<FilterStats>)>) -> Chain {
+        // `stateless` is a property of one filter, not of the chain.
         let phases = links
             .iter()
-            .fold(Phases::default(), |p, (pair, _)| p.union(pair.phases()));
+            .fold(Phases::default(), |p, (pair, _)| p.union(pair.phases()))
+            .without(Phases::STATELESS);
         Chain {
             links: links
                 .into_iter()

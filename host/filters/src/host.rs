@@ -216,6 +216,18 @@ fn header_name(name: &str) -> Result<HeaderName, HostError> {
         .map_err(|_| HostError::Invalid(format!("invalid header name {name:?}")))
 }
 
+/// A header name a filter may change: valid, and not one of [`crate::FRAMING_HEADERS`].
+fn writable_header(name: &str) -> Result<HeaderName, HostError> {
+    let n = header_name(name)?;
+    if crate::FRAMING_HEADERS.contains(&n.as_str()) {
+        return Err(HostError::Invalid(format!(
+            "{} is a framing or hop-by-hop header: the proxy sets it",
+            n.as_str()
+        )));
+    }
+    Ok(n)
+}
+
 fn header_value(value: &str) -> Result<HeaderValue, HostError> {
     HeaderValue::from_bytes(value.as_bytes())
         .map_err(|_| HostError::Invalid(format!("invalid header value {value:?}")))
@@ -305,7 +317,7 @@ impl whttp::Host for HostState {
         value: String,
     ) -> wasmtime::Result<Result<(), HostError>> {
         Ok((|| {
-            let (n, v) = (header_name(&name)?, header_value(&value)?);
+            let (n, v) = (writable_header(&name)?, header_value(&value)?);
             self.map(map, true)?.insert(n, v);
             Ok(())
         })())
@@ -317,7 +329,7 @@ impl whttp::Host for HostState {
         value: String,
     ) -> wasmtime::Result<Result<(), HostError>> {
         Ok((|| {
-            let (n, v) = (header_name(&name)?, header_value(&value)?);
+            let (n, v) = (writable_header(&name)?, header_value(&value)?);
             self.map(map, true)?.append(n, v);
             Ok(())
         })())
@@ -328,7 +340,7 @@ impl whttp::Host for HostState {
         name: String,
     ) -> wasmtime::Result<Result<(), HostError>> {
         Ok((|| {
-            let n = header_name(&name)?;
+            let n = writable_header(&name)?;
             self.map(map, true)?.remove(n);
             Ok(())
         })())

@@ -50,6 +50,21 @@ pub trait Callouts: Send + Sync + 'static {
     >;
 }
 
+/// Headers that frame a message or belong to one connection (lowercase). Only the proxy sets
+/// them: a filter's `set-header`, `append-header` and `remove-header` on one of these answer
+/// `invalid`, and a local response's are dropped, because a wrong `Content-Length` would
+/// desynchronize a keep-alive connection for the requests after it.
+pub const FRAMING_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
 /// Phases a filter declared (mirrors the WIT `phases` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Phases(u8);
@@ -76,6 +91,11 @@ impl Phases {
     /// Union.
     pub fn union(self, other: Phases) -> Phases {
         Phases(self.0 | other.0)
+    }
+
+    /// `self` without the flags of `other`.
+    pub fn without(self, other: Phases) -> Phases {
+        Phases(self.0 & !other.0)
     }
 
     /// Names, for admin output.

@@ -13,6 +13,12 @@ use crate::proxy::Finish;
 /// Errors across body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client sent a body that does not parse (bad chunk framing, a short body): its request
+/// is refused with 400, not blamed on the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// A request body grew past `limits.max_request_body_bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body is larger than the limit of {0} bytes")]
@@ -26,6 +32,8 @@ enum Kind {
     Stream {
         body: Incoming,
         limit: Option<u64>,
+        /// A request body: its errors are the client's ([`ClientBodyError`]).
+        from_client: bool,
     },
     /// Fed by a task (filter body phases).
     Channel(Frames),
@@ -63,10 +71,27 @@ impl ProxyBody {
         }
     }
 
-    /// A streamed body, optionally capped at `limit` bytes.
-    pub fn stream(body: Incoming, limit: Option<u64>) -> Self {
+    /// A streamed response body.
+    pub fn stream(body: Incoming) -> Self {
         ProxyBody {
-            kind: Kind::Stream { body, limit },
+            kind: Kind::Stream {
+                body,
+                limit: None,
+                from_client: false,
+            },
+            seen: 0,
+            finish: None,
+        }
+    }
+
+    /// A streamed request body, optionally capped at `limit` bytes.
+    pub fn request(body: Incoming, limit: Option<u64>) -> Self {
+        ProxyBody {
+            kind: Kind::Stream {
+                body,
+                limit,
+                from_client: true,
+            },
             seen: 0,
             finish: None,
         }
@@ -128,7 +153,11 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
             }
-            Kind::Stream { body, limit } => {
+            Kind::Stream {
+                body,
+                limit,
+                from_client,
+            } => {
                 let limit = *limit;
                 match ready!(Pin::new(body).poll_frame(cx)) {
                     Some(Ok(frame)) => {
@@ -142,6 +171,9 @@ impl Body for ProxyBody {
                             }
                         }
                         Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) if *from_client => {
+                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
                     }
                     Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
                     None => Poll::Ready(None),

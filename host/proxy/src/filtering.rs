@@ -79,16 +79,13 @@ impl FilterRun {
         }
     }
 
-    fn state(&self) -> &tokio::sync::Mutex<State> {
-        &self.shared.state
-    }
-
     /// The run's state. Uncontended unless a body pump runs beside a header phase, so the
     /// cheap try comes first.
     async fn lock(&self) -> tokio::sync::MutexGuard<'_, State> {
-        match self.state().try_lock() {
+        let state = &self.shared.state;
+        match state.try_lock() {
             Ok(g) => g,
-            Err(_) => self.state().lock().await,
+            Err(_) => state.lock().await,
         }
     }
 
@@ -313,7 +310,12 @@ fn outcome(v: Verdict) -> Option<Outcome> {
 pub(crate) fn local_response(r: LocalResponse, request_id: &HeaderValue) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(r.body));
     *res.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (k, v) in r.headers {
+    // The body decides the framing; a filter's Content-Length could only be wrong.
+    for (k, v) in r
+        .headers
+        .into_iter()
+        .filter(|(k, _)| !crate::head::is_framing(k))
+    {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_bytes(v.as_bytes()),

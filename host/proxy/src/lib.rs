@@ -9,6 +9,7 @@ mod callouts;
 mod connector;
 mod control;
 mod filtering;
+mod head;
 mod listener;
 mod proxy;
 mod snapshot;

@@ -15,16 +15,14 @@ use weir_balance::InFlight;
 use weir_observe::AccessRecord;
 
 use crate::Shared;
-use crate::body::{BodyTooLarge, ProxyBody};
+use crate::body::{BodyTooLarge, ClientBodyError, ProxyBody};
 use crate::connector::ConnectError;
 use crate::filtering::{FilterRun, Outcome, Settled, local_response};
+use crate::head;
 use crate::listener::ConnInfo;
 use crate::snapshot::{Cluster, Route, Snapshot};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -58,6 +56,8 @@ impl Drop for Finish {
 /// Why a request was answered by the proxy itself.
 enum Fail {
     BadRequest(&'static str),
+    /// An `Expect` other than `100-continue` (RFC 9110 §10.1.1).
+    Expectation,
     NoRoute,
     TooLarge,
     UpstreamTimeout,
@@ -70,6 +70,7 @@ impl Fail {
     fn status(&self) -> StatusCode {
         match self {
             Fail::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Fail::Expectation => StatusCode::EXPECTATION_FAILED,
             Fail::NoRoute => StatusCode::NOT_FOUND,
             Fail::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Fail::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -81,6 +82,7 @@ impl Fail {
     fn response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
         let what = match self {
             Fail::BadRequest(why) => why,
+            Fail::Expectation => "only the expectation 100-continue is supported",
             Fail::NoRoute => "no route matches this request",
             Fail::TooLarge => "request body too large",
             Fail::UpstreamTimeout => "upstream timed out",
@@ -173,16 +175,36 @@ async fn forward<'s>(
     request_id: &HeaderValue,
     finish: &mut Finish,
 ) -> Forwarded<'s> {
-    let host = request_host(&req);
+    // One host and one path, decided here, for routing, filters, the log and the upstream.
+    let site = head::site(&req).map_err(|e| (Fail::BadRequest(e.message()), None))?;
+    if !head::expectation_met(req.headers()) {
+        return Err((Fail::Expectation, None));
+    }
+    let policy = snap.policy(&conn.listener);
     // Cheap (shared bytes); frees `req` to be taken apart while the path is borrowed.
     let uri = req.uri().clone();
-    let path = match weir_router::normalize_path(uri.path()) {
+    let path = match weir_router::normalize_path(uri.path(), policy.paths) {
         Ok(p) => p,
-        Err(_) => return Err((Fail::BadRequest("invalid request path"), None)),
+        Err(e) => {
+            tracing::debug!(path = uri.path(), "refused: {e}");
+            return Err((Fail::BadRequest("invalid request path"), None));
+        }
     };
+    if let Some(log) = &mut finish.log {
+        // The log shows what was routed: the request's one host and its normalized path.
+        if let Some(site) = &site {
+            log.0.host = site.to_str().unwrap_or_default().to_owned();
+        }
+        if path.len() != uri.path().len() || path != uri.path() {
+            log.0.path = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+        }
+    }
     let Some(idx) = snap.router.find(
         req.method(),
-        host.as_deref(),
+        site.as_ref().map(head::host_of),
         &path,
         uri.query(),
         req.headers(),
@@ -199,9 +221,8 @@ async fn forward<'s>(
     }
 
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let original_host = host_header(&req);
     let (mut parts, body) = req.into_parts();
-    let site = route.host_rewrite.as_ref().or(original_host.as_ref());
+    let upstream_site = route.host_rewrite.as_ref().or(site.as_ref());
 
     let downstream_version = parts.version;
     let h = &mut parts.headers;
@@ -210,26 +231,22 @@ async fn forward<'s>(
     } else {
         None
     };
+    head::drop_stale_length(h);
     strip_hop_by_hop(h);
+    // This hop met the expectation (hyper sends `100 Continue` when the body is first read).
+    h.remove(header::EXPECT);
     if let Some(proto) = &upgrade_proto {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, proto.clone());
     }
     // For HTTP/2 upstreams Host is kept identical to `:authority` (RFC 9113 §8.3.1 allows that
     // when converting from HTTP/1.1, and some frameworks read only Host).
-    if let Some(site) = site {
-        h.insert(header::HOST, site.clone());
-    }
-    if let Some(orig) = &original_host
-        && !h.contains_key(&X_FORWARDED_HOST)
-    {
-        h.insert(X_FORWARDED_HOST.clone(), orig.clone());
-    }
-    append_forwarded_for(h, conn.client);
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
+    match upstream_site {
+        Some(s) => h.insert(header::HOST, s.clone()),
+        None => h.remove(header::HOST),
+    };
+    let peer = conn.client.ip();
+    head::set_forwarding(h, peer, policy.trusts(peer), site.as_ref(), conn.tls);
     append_via(h, downstream_version);
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
 
@@ -247,7 +264,7 @@ async fn forward<'s>(
         None => None,
         Some(chain) => {
             let props = weir_filters::Props {
-                authority: original_host
+                authority: site
                     .as_ref()
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or_default()
@@ -282,11 +299,17 @@ async fn forward<'s>(
     if let Some(log) = &mut finish.log {
         log.0.upstream = endpoint.address.clone();
     }
+    // HTTP/1.0 without Host goes upstream as HTTP/1.1, which needs one: name the endpoint.
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
 
     // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and Host
     // carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries the site and
     // the endpoint's own client knows where to connect.
-    let authority = match (&endpoint.h2_client, site) {
+    let authority = match (&endpoint.h2_client, upstream_site) {
         (Some(_), Some(site)) => site
             .to_str()
             .ok()
@@ -315,9 +338,9 @@ async fn forward<'s>(
         Some(run) if filtered_body => {
             // The filters may change the body's length.
             parts.headers.remove(header::CONTENT_LENGTH);
-            run.pipe_body(ProxyBody::stream(body, snap.max_body), false, false)
+            run.pipe_body(ProxyBody::request(body, snap.max_body), false, false)
         }
-        _ => ProxyBody::stream(body, snap.max_body),
+        _ => ProxyBody::request(body, snap.max_body),
     };
     let up_req = Request::from_parts(parts, up_body);
     let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
@@ -358,7 +381,8 @@ async fn forward<'s>(
     }
 
     let (mut parts, body) = res.into_parts();
-    let mut body = ProxyBody::stream(body, None);
+    head::drop_stale_length(&mut parts.headers);
+    let mut body = ProxyBody::stream(body);
     if filtered_body && let Some(run) = &filters {
         match run.settle_request_body(body, route.timeout).await {
             Settled::Answer(out) => {
@@ -419,51 +443,28 @@ fn classify(cluster: &Cluster, ep: usize, e: &hyper_util::client::legacy::Error)
         if s.downcast_ref::<BodyTooLarge>().is_some() {
             return Fail::TooLarge;
         }
+        if s.downcast_ref::<ClientBodyError>().is_some() {
+            return Fail::BadRequest("malformed request body");
+        }
         src = s.source();
     }
     Fail::Upstream(format!("{e:?}"))
-}
-
-/// The host the client asked for: the URI authority (HTTP/2, absolute-form) or the Host header,
-/// without port and without a trailing dot.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            strip_port(h)
-        }
-    };
-    Some(raw.trim_end_matches('.').to_string())
-}
-
-fn strip_port(h: &str) -> &str {
-    if let Some(rest) = h.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match h.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => h,
-    }
-}
-
-/// The value to send upstream as Host (with port, as the client wrote it).
-fn host_header(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if let Some(h) = req.headers().get(header::HOST) {
-        return Some(h.clone());
-    }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// A WebSocket upgrade (RFC 6455), the one protocol switch passed through. Any other `Upgrade`
+/// (h2c above all, which would turn the upstream connection into an unrouted HTTP/2 tunnel) is
+/// dropped with the other hop-by-hop headers and the request is forwarded as plain HTTP/1.1.
 fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && upgrade
+            .next()
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && upgrade.next().is_none()
         && req
             .headers()
             .get_all(header::CONNECTION)
@@ -505,39 +506,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Every line of a list-valued header joined with ", " (RFC 9110 §5.3), or None if absent.
-fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut out = String::new();
-    for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-        if v.trim().is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(", ");
-        }
-        out.push_str(v);
-    }
-    (!out.is_empty()).then_some(out)
-}
-
-fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip();
-    let value = match joined(h, &X_FORWARDED_FOR) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
 fn append_via(h: &mut HeaderMap, v: Version) {
     let ours = match v {
         Version::HTTP_2 => "2 weir",
         Version::HTTP_10 => "1.0 weir",
         _ => "1.1 weir",
     };
-    let value = match joined(h, &header::VIA) {
+    let value = match head::joined(h, &header::VIA) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {ours}")).ok(),
         None => Some(HeaderValue::from_static(ours)),
     };
@@ -558,7 +533,11 @@ fn rewrite_path(
         None if normalized != raw_path => ("", ""),
         None => return None,
     };
-    let rest = normalized.strip_prefix(from).unwrap_or(normalized);
+    // The route matched, so the path starts with `from` (ignoring case, if the route does).
+    let rest = match normalized.get(..from.len()) {
+        Some(head) if head.eq_ignore_ascii_case(from) => &normalized[from.len()..],
+        _ => normalized,
+    };
     let mut s = String::with_capacity(to.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
     s.push_str(to);
     s.push_str(rest);
@@ -624,9 +603,8 @@ fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue
         client: conn.client.to_string(),
         listener: conn.listener.to_string(),
         method: req.method().to_string(),
-        host: host_header(req)
-            .and_then(|h| h.to_str().ok().map(str::to_owned))
-            .unwrap_or_default(),
+        // Set to the request's site once it is known to be valid.
+        host: String::new(),
         path: req
             .uri()
             .path_and_query()
@@ -678,11 +656,8 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_and_via_append() {
+    fn via_appends() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1:5".parse().unwrap());
-        append_forwarded_for(&mut h, "[::1]:5".parse().unwrap());
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, ::1");
         append_via(&mut h, Version::HTTP_11);
         append_via(&mut h, Version::HTTP_2);
         assert_eq!(h.get(header::VIA).unwrap(), "1.1 weir, 2 weir");
@@ -698,14 +673,6 @@ mod tests {
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
         assert_eq!(s.matches('-').count(), 4);
-    }
-
-    #[test]
-    fn ports_are_stripped_from_hosts() {
-        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
-        assert_eq!(strip_port("a.example.com"), "a.example.com");
-        assert_eq!(strip_port("[::1]:80"), "::1");
-        assert_eq!(strip_port("[::1]"), "::1");
     }
 
     #[test]

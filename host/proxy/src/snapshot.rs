@@ -16,7 +16,9 @@ use weir_config::{
     ClusterConfig, ConfigError, HashOn, LbPolicy, LoadedConfig, PassiveHealth, ValueRule,
 };
 use weir_observe::{AccessLog, EndpointStats, Registry, RouteStats};
-use weir_router::{PathMatch, RouteSpec, Router, ValueMatch};
+use weir_router::{
+    EscapedSlashes, PathMatch, PathOptions, PathParameters, RouteSpec, Router, ValueMatch,
+};
 
 use crate::body::ProxyBody;
 use crate::connector::{Connector, UpstreamTls};
@@ -30,6 +32,8 @@ pub struct Snapshot {
     pub(crate) clusters: Vec<Arc<Cluster>>,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) max_body: Option<u64>,
+    /// Each listener's request policy, by listener name.
+    pub(crate) listeners: Vec<(Arc<str>, RequestPolicy)>,
     /// Every configured filter's loaded module, in config order.
     pub(crate) filters: Vec<LoadedFilter>,
 }
@@ -152,7 +156,87 @@ impl Cluster {
     }
 }
 
+/// What a listener accepts and trusts in a request (`listeners[].paths`, `trusted_proxies`).
+#[derive(Debug)]
+pub(crate) struct RequestPolicy {
+    pub paths: PathOptions,
+    pub trusted_proxies: Vec<weir_config::Cidr>,
+}
+
+/// The defaults, for a listener a reload removed while its connections still serve.
+static DEFAULT_POLICY: RequestPolicy = RequestPolicy {
+    paths: PathOptions {
+        escaped_slashes: EscapedSlashes::Reject,
+        parameters: PathParameters::Reject,
+    },
+    trusted_proxies: Vec::new(),
+};
+
+impl RequestPolicy {
+    fn new(l: &weir_config::ListenerConfig) -> RequestPolicy {
+        use weir_config::{EscapedSlashesAction as E, PathParametersAction as P};
+        RequestPolicy {
+            paths: PathOptions {
+                escaped_slashes: match l.paths.escaped_slashes {
+                    E::Reject => EscapedSlashes::Reject,
+                    E::Keep => EscapedSlashes::Keep,
+                    E::Decode => EscapedSlashes::Decode,
+                },
+                parameters: match l.paths.parameters {
+                    P::Reject => PathParameters::Reject,
+                    P::Strip => PathParameters::Strip,
+                    P::Keep => PathParameters::Keep,
+                },
+            },
+            // Validation parsed each one already.
+            trusted_proxies: l
+                .trusted_proxies
+                .iter()
+                .filter_map(|t| weir_config::Cidr::parse(t).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether forwarding headers from `peer` are believed.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+}
+
+/// A route's exact path or prefix must be in the form requests are normalized to, or it could
+/// never match (`/caf%c3%a9` never sees a request: they arrive as `/caf%C3%A9`).
+fn check_route_path(
+    loaded: &LoadedConfig,
+    route: usize,
+    field: &str,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let lenient = PathOptions {
+        escaped_slashes: EscapedSlashes::Keep,
+        parameters: PathParameters::Keep,
+    };
+    let at = format!("routes[{route}].match.{field}");
+    match weir_router::normalize_path(path, lenient) {
+        Ok(n) if n == path => Ok(()),
+        // A prefix may end inside a segment: `/v1/.` is unusual but `/a/b.` is a fine prefix.
+        Ok(n) => Err(loaded.error_at(
+            at,
+            format!("{path:?} never matches: requests are normalized first; write {n:?}"),
+        )),
+        Err(_) if !path.starts_with('/') => Ok(()), // the router reports this one
+        Err(e) => Err(loaded.error_at(at, format!("{path:?} never matches: {e}"))),
+    }
+}
+
 impl Snapshot {
+    /// The request policy of the listener named `name` (defaults if a reload removed it).
+    pub(crate) fn policy(&self, name: &str) -> &RequestPolicy {
+        self.listeners
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map_or(&DEFAULT_POLICY, |(_, p)| p)
+    }
+
     /// Compiles a validated config. Fails (with file:line) on what only shows when loading:
     /// certificates, CA files, routes the router rejects.
     pub async fn build(
@@ -185,9 +269,16 @@ impl Snapshot {
                 ValueRule::Regex(s) => ValueMatch::Regex(s.clone()),
                 ValueRule::Present(_) => ValueMatch::Present,
             };
+            if let Some((field, p)) = [("path", &m.path), ("path_prefix", &m.path_prefix)]
+                .into_iter()
+                .find_map(|(f, p)| Some((f, p.as_deref()?)))
+            {
+                check_route_path(&loaded, routes.len(), field, p)?;
+            }
             specs.push(RouteSpec {
                 host: m.host.clone(),
                 path,
+                path_ignore_case: !m.case_sensitive,
                 // Validation has checked names and methods; unparsable ones cannot reach here.
                 methods: m
                     .methods
@@ -234,7 +325,13 @@ impl Snapshot {
             None => None,
         };
         let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
+        let listeners = c
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str().into(), RequestPolicy::new(l)))
+            .collect();
         Ok(Snapshot {
+            listeners,
             filters,
             router,
             routes,

@@ -19,7 +19,7 @@ use std::fmt;
 
 use http::{HeaderName, Method};
 
-pub use normalize::{PathError, normalize_path};
+pub use normalize::{EscapedSlashes, PathError, PathOptions, PathParameters, normalize_path};
 pub use router::Router;
 
 /// How a route matches the request path (the path excludes the query string).
@@ -28,7 +28,7 @@ pub enum PathMatch {
     /// Any path.
     #[default]
     Any,
-    /// The path must equal this string exactly (case-sensitive).
+    /// The path must equal this string exactly.
     Exact(String),
     /// The path must start with this string. This is a plain string prefix, as
     /// in Envoy: `/v1` also matches `/v1x`, so write `/v1/` to match a segment.
@@ -60,16 +60,22 @@ pub struct RouteSpec {
     pub host: Option<String>,
     /// The path constraint.
     pub path: PathMatch,
+    /// Whether exact and prefix paths compare ASCII case-insensitively (a regex gets `(?i)`).
+    /// Default `false`: paths are case-sensitive, as RFC 3986 says; set it when an upstream
+    /// (IIS, a case-insensitive file system) serves `/ADMIN` as `/admin`.
+    pub path_ignore_case: bool,
     /// Allowed methods; empty means any method.
     pub methods: Vec<Method>,
     /// Header constraints, all of which must hold. A header with several
-    /// values (several field lines) matches if any one of them matches; values
-    /// are not split on commas.
+    /// values (several field lines) matches only if every one of them matches,
+    /// so a second line can never satisfy a rule the first fails (upstreams
+    /// differ in which line they read); values are not split on commas.
     pub headers: Vec<(HeaderName, ValueMatch)>,
-    /// Query parameter constraints, all of which must hold. Names are compared
-    /// exactly as they appear in the query string (case-sensitive, not
-    /// decoded); values are percent-decoded (`+` is a space) before comparing.
-    /// A parameter that occurs several times matches if any occurrence does.
+    /// Query parameter constraints, all of which must hold. Names and values
+    /// are percent-decoded (`+` is a space) before comparing; names are
+    /// case-sensitive. A parameter that occurs several times matches only if
+    /// every occurrence does (upstream frameworks differ in whether they read
+    /// the first, the last or all of them).
     pub query: Vec<(String, ValueMatch)>,
 }
 

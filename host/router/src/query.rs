@@ -1,11 +1,12 @@
 //! Allocation-free query string helpers.
 
 /// Raw (still encoded) values of every occurrence of `name` in `query`, in
-/// order. A parameter without `=` has the empty value.
+/// order; a key matches when it decodes to `name` (`%61=1` is `a=1`). A
+/// parameter without `=` has the empty value.
 pub(crate) fn values<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = &'q str> {
     query.split('&').filter_map(move |pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
+        (key == name || decode(key).eq(name.bytes())).then_some(value)
     })
 }
 
@@ -98,5 +99,14 @@ mod tests {
         assert_eq!(values(q, "b").collect::<Vec<_>>(), [""]);
         assert_eq!(values(q, "c").collect::<Vec<_>>(), ["x=y"]);
         assert_eq!(values(q, "d").count(), 0);
+        // Names are compared decoded.
+        assert_eq!(
+            values("%61=1&a+b=2&a%20b=3", "a").collect::<Vec<_>>(),
+            ["1"]
+        );
+        assert_eq!(
+            values("%61=1&a+b=2&a%20b=3", "a b").collect::<Vec<_>>(),
+            ["2", "3"]
+        );
     }
 }

@@ -50,7 +50,11 @@ enum PathRule {
     Any,
     /// Already checked by the bucket's map lookup.
     Exact,
+    /// A case-insensitive exact path (lowercase); not in the map.
+    ExactIgnoreCase(String),
     Prefix(String),
+    /// A case-insensitive prefix (lowercase).
+    PrefixIgnoreCase(String),
     Regex(Regex),
 }
 
@@ -85,7 +89,7 @@ impl Router {
 
         for (index, spec) in routes.into_iter().enumerate() {
             let host = parse_host(index, spec.host.as_deref())?;
-            let (exact_path, path) = compile_path(index, spec.path)?;
+            let (exact_path, path) = compile_path(index, spec.path, spec.path_ignore_case)?;
             let candidate = Candidate {
                 index,
                 path,
@@ -257,27 +261,38 @@ impl Candidate {
     fn matches_besides_path(&self, request: &Request<'_>) -> bool {
         (self.methods.is_empty() || self.methods.contains(request.method))
             && self.headers.iter().all(|(name, rule)| {
-                request
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .any(|value| rule.matches_bytes(value.as_bytes()))
+                every_nonempty(request.headers.get_all(name).iter(), |value| {
+                    rule.matches_bytes(value.as_bytes())
+                })
             })
             && self.query.iter().all(|(name, rule)| {
                 request.query.is_some_and(|query| {
-                    query::values(query, name).any(|raw| rule.matches_encoded(raw))
+                    every_nonempty(query::values(query, name), |raw| rule.matches_encoded(raw))
                 })
             })
     }
+}
+
+/// At least one item, and every item satisfies `f`: a repeated header or parameter matches
+/// only if no occurrence disagrees.
+fn every_nonempty<T>(items: impl IntoIterator<Item = T>, mut f: impl FnMut(T) -> bool) -> bool {
+    let mut any = false;
+    for item in items {
+        if !f(item) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 impl PathRule {
     /// Sort key among non-exact paths: regex > longer prefix > shorter > any.
     fn rank(&self) -> (u8, usize) {
         match self {
-            PathRule::Exact => (3, 0),
+            PathRule::Exact | PathRule::ExactIgnoreCase(_) => (3, 0),
             PathRule::Regex(_) => (2, 0),
-            PathRule::Prefix(prefix) => (1, prefix.len()),
+            PathRule::Prefix(prefix) | PathRule::PrefixIgnoreCase(prefix) => (1, prefix.len()),
             PathRule::Any => (0, 0),
         }
     }
@@ -286,6 +301,11 @@ impl PathRule {
         match self {
             PathRule::Any | PathRule::Exact => true,
             PathRule::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathRule::ExactIgnoreCase(want) => path.eq_ignore_ascii_case(want),
+            PathRule::PrefixIgnoreCase(prefix) => path
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
             PathRule::Regex(re) => re.is_match(path),
         }
     }
@@ -346,7 +366,11 @@ fn parse_host(route: usize, pattern: Option<&str>) -> Result<HostRule, RouterErr
 }
 
 /// Returns the exact path (stored as a map key, not in the rule) or the rule.
-fn compile_path(route: usize, path: PathMatch) -> Result<(Option<String>, PathRule), RouterError> {
+fn compile_path(
+    route: usize,
+    path: PathMatch,
+    ignore_case: bool,
+) -> Result<(Option<String>, PathRule), RouterError> {
     let must_be_absolute = |path: &String| {
         if path.starts_with('/') {
             Ok(())
@@ -362,14 +386,30 @@ fn compile_path(route: usize, path: PathMatch) -> Result<(Option<String>, PathRu
         PathMatch::Any => (None, PathRule::Any),
         PathMatch::Exact(path) => {
             must_be_absolute(&path)?;
-            (Some(path), PathRule::Exact)
+            if ignore_case {
+                (None, PathRule::ExactIgnoreCase(path.to_ascii_lowercase()))
+            } else {
+                (Some(path), PathRule::Exact)
+            }
         }
         PathMatch::Prefix(prefix) => {
             must_be_absolute(&prefix)?;
-            (None, PathRule::Prefix(prefix))
+            if ignore_case {
+                (
+                    None,
+                    PathRule::PrefixIgnoreCase(prefix.to_ascii_lowercase()),
+                )
+            } else {
+                (None, PathRule::Prefix(prefix))
+            }
         }
         PathMatch::Regex(pattern) => {
-            let re = compile_anchored(route, RegexSite::Path, pattern, Regex::new)?;
+            let compile = |p: &str| {
+                regex::RegexBuilder::new(p)
+                    .case_insensitive(ignore_case)
+                    .build()
+            };
+            let re = compile_anchored(route, RegexSite::Path, pattern, compile)?;
             (None, PathRule::Regex(re))
         }
     })

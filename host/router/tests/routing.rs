@@ -14,6 +14,7 @@ trait Build {
     fn methods(self, methods: &[Method]) -> Self;
     fn header(self, name: &str, rule: ValueMatch) -> Self;
     fn query(self, name: &str, rule: ValueMatch) -> Self;
+    fn ignore_case(self) -> Self;
 }
 
 impl Build for RouteSpec {
@@ -36,6 +37,10 @@ impl Build for RouteSpec {
     }
     fn query(mut self, name: &str, rule: ValueMatch) -> Self {
         self.query.push((name.to_owned(), rule));
+        self
+    }
+    fn ignore_case(mut self) -> Self {
+        self.path_ignore_case = true;
         self
     }
 }
@@ -167,6 +172,14 @@ fn table() {
         ("longer prefix beats shorter", paths()[..3].to_vec(), get("/a/b/d"), Some(2)),
         ("shorter prefix", paths()[..3].to_vec(), get("/a/x"), Some(1)),
         ("any path", paths(), get("/z"), Some(0)),
+        ("paths are case-sensitive", vec![spec().path(prefix("/admin"))], get("/ADMIN"), None),
+        ("ignore-case prefix", vec![spec().path(prefix("/Admin")).ignore_case()], get("/aDMIN/x"), Some(0)),
+        ("ignore-case exact", vec![spec().path(exact("/Admin")).ignore_case()], get("/ADMIN"), Some(0)),
+        ("ignore-case exact is still exact", vec![spec().path(exact("/admin")).ignore_case()], get("/admin/"), None),
+        ("ignore-case regex", vec![spec().path(regex("/adm[a-z]n")).ignore_case()], get("/ADMIN"), Some(0)),
+        ("ignore-case exact outranks a prefix",
+            vec![spec().path(prefix("/")), spec().path(exact("/admin")).ignore_case()], get("/ADMIN"), Some(1)),
+        ("ignore-case prefix, multibyte path", vec![spec().path(prefix("/ab")).ignore_case()], get("/é"), None),
         ("prefix is a plain string prefix", vec![spec().path(prefix("/v1"))], get("/v1x"), Some(0)),
         ("regex is anchored at the end", vec![spec().path(regex("/a"))], get("/a/b"), None),
         ("regex is anchored at the start", vec![spec().path(regex("a"))], get("/a"), None),
@@ -209,9 +222,12 @@ fn table() {
         ("header present, empty value", vec![spec().header("x-env", Present)], get("/").header("x-env", ""), Some(0)),
         ("header regex", vec![spec().header("x-v", re("[0-9]+"))], get("/").header("x-v", "12"), Some(0)),
         ("header regex is anchored", vec![spec().header("x-v", re("[0-9]+"))], get("/").header("x-v", "12a"), None),
-        ("header any of several values",
+        ("header: a second line cannot satisfy a rule the first fails",
             vec![spec().header("x-env", is("prod"))],
-            get("/").header("x-env", "dev").header("x-env", "prod"), Some(0)),
+            get("/").header("x-env", "dev").header("x-env", "prod"), None),
+        ("header: every line matches",
+            vec![spec().header("x-env", is("prod"))],
+            get("/").header("x-env", "prod").header("x-env", "prod"), Some(0)),
         ("header values are not comma-split", vec![spec().header("x-env", is("prod"))], get("/").header("x-env", "dev, prod"), None),
         ("all header rules must match",
             vec![spec().header("x-a", Present).header("x-b", is("1"))],
@@ -231,8 +247,11 @@ fn table() {
         ("query absent", vec![spec().query("q", Present)], get("/").query("qq=1"), None),
         ("no query string", vec![spec().query("q", Present)], get("/"), None),
         ("query names are case-sensitive", vec![spec().query("q", Present)], get("/").query("Q=1"), None),
-        ("query names are not decoded", vec![spec().query("a b", Present)], get("/").query("a+b=1"), None),
-        ("query any occurrence", vec![spec().query("q", is("2"))], get("/").query("q=1&q=2"), Some(0)),
+        ("query names are decoded", vec![spec().query("a b", Present)], get("/").query("a+b=1"), Some(0)),
+        ("query encoded name", vec![spec().query("role", is("x"))], get("/").query("%72ole=x"), Some(0)),
+        ("query: a repeated value cannot satisfy a rule", vec![spec().query("q", is("2"))], get("/").query("q=1&q=2"), None),
+        ("query: a repeated value cannot satisfy a rule, either order", vec![spec().query("q", is("2"))], get("/").query("q=2&%71=1"), None),
+        ("query: every occurrence matches", vec![spec().query("q", is("2"))], get("/").query("q=2&q=2"), Some(0)),
         ("all query rules must match",
             vec![spec().query("q", Present).query("r", is("1"))],
             get("/").query("q&r=2"), None),
@@ -376,25 +395,24 @@ fn reference_key(route: &RouteSpec, req: &Req) -> Option<Key> {
         return None;
     }
     for (name, rule) in &route.headers {
-        if !req
-            .headers
-            .get_all(name)
-            .iter()
-            .any(|v| value_ok(rule, v.as_bytes()))
-        {
+        let values: Vec<_> = req.headers.get_all(name).iter().collect();
+        if values.is_empty() || !values.iter().all(|v| value_ok(rule, v.as_bytes())) {
             return None;
         }
     }
     for (name, rule) in &route.query {
         let query = req.query.as_deref()?;
-        let found = query.split('&').any(|pair| {
-            let (k, v) = match pair.find('=') {
-                Some(at) => (&pair[..at], &pair[at + 1..]),
-                None => (pair, ""),
-            };
-            k == name && value_ok(rule, &form_decode(v))
-        });
-        if !found {
+        let values: Vec<&str> = query
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = match pair.find('=') {
+                    Some(at) => (&pair[..at], &pair[at + 1..]),
+                    None => (pair, ""),
+                };
+                (form_decode(k) == name.as_bytes()).then_some(v)
+            })
+            .collect();
+        if values.is_empty() || !values.iter().all(|v| value_ok(rule, &form_decode(v))) {
             return None;
         }
     }

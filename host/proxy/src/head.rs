@@ -1,0 +1,313 @@
+//! Request integrity: the one host and the framing rules a request is routed, filtered, logged
+//! and forwarded with. Decided once per request, here, so no later step can disagree.
+//!
+//! - **Host.** The URI authority (HTTP/2 `:authority`, an HTTP/1.1 absolute-form target) wins
+//!   over the `Host` header and replaces it upstream (RFC 9112 §3.2.2); otherwise `Host` is the
+//!   host. HTTP/1.1 without `Host`, more than one `Host`, a malformed host or port, userinfo in
+//!   the authority, or a scheme other than http/https are refused with 400.
+//! - **Forwarding headers** from a peer outside the listener's `trusted_proxies` are replaced,
+//!   never appended to.
+//! - **Framing** (`Content-Length`, `Transfer-Encoding`) is never taken from a message that also
+//!   carries the other: a message with `Transfer-Encoding` loses its `Content-Length`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Why a request head is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadHead {
+    MissingHost,
+    DuplicateHost,
+    BadHost,
+    Userinfo,
+    Scheme,
+}
+
+impl BadHead {
+    pub fn message(self) -> &'static str {
+        match self {
+            BadHead::MissingHost => "missing Host header",
+            BadHead::DuplicateHost => "more than one Host header",
+            BadHead::BadHost => "invalid host",
+            BadHead::Userinfo => "userinfo is not allowed in the request target",
+            BadHead::Scheme => "the request target's scheme must be http or https",
+        }
+    }
+}
+
+/// The request's site: the authority it is for, as the client wrote it (`host[:port]`), valid
+/// and ready to be sent as `Host`. `None` only for HTTP/1.0 without `Host`.
+pub(crate) fn site<B>(req: &Request<B>) -> Result<Option<HeaderValue>, BadHead> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadHead::DuplicateHost);
+    }
+    if let Some(authority) = req.uri().authority() {
+        if let Some(scheme) = req.uri().scheme_str()
+            && !scheme.eq_ignore_ascii_case("http")
+            && !scheme.eq_ignore_ascii_case("https")
+        {
+            return Err(BadHead::Scheme);
+        }
+        if authority.as_str().contains('@') {
+            return Err(BadHead::Userinfo);
+        }
+        let a = authority.as_str();
+        check_authority(a.as_bytes())?;
+        return HeaderValue::from_str(a)
+            .map(Some)
+            .map_err(|_| BadHead::BadHost);
+    }
+    match host {
+        Some(h) => {
+            check_authority(h.as_bytes())?;
+            Ok(Some(h.clone()))
+        }
+        None if req.version() == Version::HTTP_10 || req.version() == Version::HTTP_09 => Ok(None),
+        None => Err(BadHead::MissingHost),
+    }
+}
+
+/// The host part of a checked authority, without port and brackets (for routing).
+pub(crate) fn host_of(site: &HeaderValue) -> &str {
+    // Checked by `check_authority`: ASCII only.
+    let s = site.to_str().unwrap_or_default();
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    s.rsplit_once(':').map_or(s, |(host, _)| host)
+}
+
+/// `host [":" port]` where host is a DNS-style name (letters, digits, `-`, `.`, `_`) or an
+/// IPv4 address, or `[` IPv6 `]`; port is 1–5 digits. Anything else (spaces, `/`, `\`, `@`,
+/// `%`, `,`, an empty host) is refused: it could mean something else to the upstream.
+fn check_authority(a: &[u8]) -> Result<(), BadHead> {
+    let (host, port) = if a.first() == Some(&b'[') {
+        let close = a.iter().position(|&b| b == b']').ok_or(BadHead::BadHost)?;
+        let inner = std::str::from_utf8(&a[1..close]).map_err(|_| BadHead::BadHost)?;
+        inner
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| BadHead::BadHost)?;
+        match &a[close + 1..] {
+            [] => (&a[..0], None),
+            [b':', port @ ..] => (&a[..0], Some(port)),
+            _ => return Err(BadHead::BadHost),
+        }
+    } else {
+        match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        }
+    };
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit))
+    {
+        return Err(BadHead::BadHost);
+    }
+    if a.first() != Some(&b'[')
+        && (host.is_empty()
+            || host.len() > 255
+            || !host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')))
+    {
+        return Err(BadHead::BadHost);
+    }
+    Ok(())
+}
+
+/// Forwarding headers a client could forge: from an untrusted peer, all are removed before the
+/// proxy sets its own.
+static FORWARDING: [HeaderName; 14] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+];
+static X_FORWARDED_FOR: &HeaderName = &FORWARDING[0];
+static X_FORWARDED_HOST: &HeaderName = &FORWARDING[1];
+static X_FORWARDED_PROTO: &HeaderName = &FORWARDING[3];
+
+/// Sets `X-Forwarded-For`, `-Host` and `-Proto`. From a trusted peer, its values are kept and
+/// the peer is appended to `X-Forwarded-For`; from any other peer, every forwarding header it
+/// sent is dropped first, so the upstream only ever sees what this proxy saw.
+pub(crate) fn set_forwarding(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    site: Option<&HeaderValue>,
+    tls: bool,
+) {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    // One pass over the (few) request headers first: most requests carry none of these, and
+    // fourteen map removals would cost more than the rest of this function.
+    let forwarding = |k: &HeaderName| {
+        let s = k.as_str();
+        (s.starts_with("x-") || s == "forwarded") && FORWARDING.contains(k)
+    };
+    if !trusted && h.keys().any(forwarding) {
+        for name in &FORWARDING {
+            h.remove(name);
+        }
+    }
+    let xff = match joined(h, X_FORWARDED_FOR) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}")).ok(),
+        None => HeaderValue::from_str(&peer.to_string()).ok(),
+    };
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Some(site) = site
+        && !h.contains_key(X_FORWARDED_HOST)
+    {
+        h.insert(X_FORWARDED_HOST.clone(), site.clone());
+    }
+    if !h.contains_key(X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), proto);
+    }
+}
+
+/// Every line of a list-valued header joined with ", " (RFC 9110 §5.3), or None if absent.
+pub(crate) fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        if v.trim().is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Headers that frame a message or belong to one hop: only the proxy sets them. Filters may
+/// not (`set-header` and friends answer `invalid`), and they are dropped from local responses.
+pub(crate) fn is_framing(name: &str) -> bool {
+    weir_filters::FRAMING_HEADERS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// Whether every `Expect` is `100-continue` (which hyper answers itself, once the body is
+/// read); any other expectation is answered 417. `Expect` is then not forwarded: this hop
+/// handled it.
+pub(crate) fn expectation_met(h: &HeaderMap) -> bool {
+    h.get_all(header::EXPECT)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// A message that arrived with `Transfer-Encoding` was framed by it; its `Content-Length` (if
+/// any) is stale and must not frame the message on the next hop (RFC 9112 §6.3).
+pub(crate) fn drop_stale_length(h: &mut HeaderMap) {
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        h.remove(header::CONTENT_LENGTH);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut r = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            r = r.header(header::HOST, *h);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_authority_wins_and_host_is_checked() {
+        let v11 = Version::HTTP_11;
+        let ok = |r: Request<()>| site(&r).map(|s| s.map(|v| v.to_str().unwrap().to_owned()));
+        let s = |x: &str| Ok(Some(x.to_owned()));
+        assert_eq!(ok(req(v11, "/", &["a.test"])), s("a.test"));
+        assert_eq!(ok(req(v11, "/", &["a.test:8080"])), s("a.test:8080"));
+        assert_eq!(ok(req(v11, "/", &["[::1]:80"])), s("[::1]:80"));
+        assert_eq!(
+            ok(req(v11, "http://pub.test/", &["int.test"])),
+            s("pub.test")
+        );
+        assert_eq!(
+            ok(req(Version::HTTP_2, "http://pub.test/", &["int.test"])),
+            s("pub.test")
+        );
+        assert_eq!(ok(req(Version::HTTP_10, "/", &[])), Ok(None));
+        let bad = |r: Request<()>| site(&r).unwrap_err();
+        assert_eq!(bad(req(v11, "/", &[])), BadHead::MissingHost);
+        assert_eq!(bad(req(Version::HTTP_2, "/", &[])), BadHead::MissingHost);
+        assert_eq!(bad(req(v11, "/", &["a", "b"])), BadHead::DuplicateHost);
+        assert_eq!(bad(req(v11, "http://u@a.test/", &[])), BadHead::Userinfo);
+        assert_eq!(bad(req(v11, "ftp://a.test/", &[])), BadHead::Scheme);
+        for h in [
+            "", "a b", "a/b", "a\\b", "a@b", "a%41", "a,b", "a:", "a:x", "a:123456", ":80", "[::1",
+            "[zz]", "[::1]x", "é.test",
+        ] {
+            let mut r = req(v11, "/", &[]);
+            let Ok(v) = HeaderValue::from_bytes(h.as_bytes()) else {
+                continue;
+            };
+            r.headers_mut().insert(header::HOST, v);
+            assert_eq!(site(&r), Err(BadHead::BadHost), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        let h = |s: &'static str| host_of(&HeaderValue::from_static(s)).to_owned();
+        assert_eq!(h("a.example.com:8080"), "a.example.com");
+        assert_eq!(h("a.example.com"), "a.example.com");
+        assert_eq!(h("[::1]:80"), "::1");
+        assert_eq!(h("[::1]"), "::1");
+    }
+
+    #[test]
+    fn forwarding_headers_are_replaced_unless_trusted() {
+        let forged = || {
+            let mut h = HeaderMap::new();
+            for (k, v) in [
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-host", "evil.test"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=1.2.3.4"),
+                ("x-real-ip", "1.2.3.4"),
+                ("x-original-url", "/admin"),
+            ] {
+                h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            h
+        };
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let site = HeaderValue::from_static("pub.test");
+        let mut h = forged();
+        set_forwarding(&mut h, peer, false, Some(&site), false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "pub.test");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        for k in ["forwarded", "x-real-ip", "x-original-url"] {
+            assert!(!h.contains_key(k), "{k}");
+        }
+        let mut h = forged();
+        set_forwarding(&mut h, peer, true, Some(&site), false);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "evil.test");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=1.2.3.4");
+    }
+}
