@@ -7,7 +7,7 @@ export { HostError, HostErrorKind, Result } from "./assembly/errors";
 export { Filter, FilterBase, NoContext, registerFilter } from "./assembly/filter";
 export { BucketResult, CalloutResponse, KvEntry, Level, callout, clock, kv, log, metrics } from "./assembly/host";
 export { Body, BodyKind, Headers, LogView, Request, Response } from "./assembly/http";
-export { debugQuote, isHeaderName } from "./assembly/validate";
+export { debugQuote, isFramingHeader, isHeaderName } from "./assembly/validate";
 export { JSON, JsonKind, JsonMember, JsonParseResult, JsonValue, TextBuffer } from "./assembly/json";
 
 // Linked in for the asc options in asconfig.json (`--use abort=...`) and the transform's exports.

@@ -80,7 +80,8 @@ type Header struct {
 type LocalResponse struct {
 	// Status is the HTTP status, 200–599 (the proxy answers 500 for anything else).
 	Status int
-	// Headers to send, in order (repeat a name to send several values).
+	// Headers to send, in order (repeat a name to send several values). The proxy drops
+	// framing and hop-by-hop headers ([IsFramingHeader]) and frames the body itself.
 	Headers []Header
 	// Body is the body.
 	Body []byte

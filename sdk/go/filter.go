@@ -73,8 +73,9 @@ const (
 	PhaseLog             Phases = 1 << 4
 
 	// Stateless is not a phase: the filter keeps no per-request state. The proxy then skips
-	// context-done (one guest call less per request), and every phase call gets a fresh
-	// *Context, so State, Set and Get do not carry over between phases.
+	// context-done (one guest call less per request), and every phase call gets an empty
+	// *Context (valid during that call only), so State, Set and Get do not carry over
+	// between phases.
 	Stateless Phases = 1 << 5
 
 	// NoPhases declares no phase: the filter only sees context-done.

@@ -124,7 +124,9 @@ func (*Request) HeaderValues(name string) []string {
 func (*Request) Headers() []Header { return sysHeaders(requestMap) }
 
 // SetHeader replaces all values of a request header with one value. Errors: Invalid for a bad
-// name or value, Unavailable when the request can no longer change (response phases).
+// name or value or for a framing or hop-by-hop header only the proxy sets ([IsFramingHeader]:
+// Content-Length, Connection...), Unavailable when the request can no longer change (response
+// phases).
 func (*Request) SetHeader(name, value string) error {
 	return sysSetHeader(requestMap, utf8String(name), utf8String(value))
 }
@@ -168,7 +170,8 @@ func (*Response) HeaderValues(name string) []string {
 func (*Response) Headers() []Header { return sysHeaders(responseMap) }
 
 // SetHeader replaces all values of a response header with one value. OnResponseHeaders only
-// (elsewhere Unavailable); Invalid for a bad name or value.
+// (elsewhere Unavailable); Invalid for a bad name or value or for a framing or hop-by-hop
+// header only the proxy sets ([IsFramingHeader]).
 func (*Response) SetHeader(name, value string) error {
 	return sysSetHeader(responseMap, utf8String(name), utf8String(value))
 }
@@ -220,6 +223,52 @@ func IsHeaderName(name string) bool {
 		c := name[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
 			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// framingHeaders frame a message or belong to one connection (lowercase): only the proxy sets
+// them.
+var framingHeaders = [...]string{
+	"content-length",
+	"transfer-encoding",
+	"connection",
+	"keep-alive",
+	"proxy-connection",
+	"te",
+	"trailer",
+	"upgrade",
+}
+
+// IsFramingHeader reports whether name (any case) is a framing or hop-by-hop header:
+// Content-Length, Transfer-Encoding, Connection, Keep-Alive, Proxy-Connection, TE, Trailer or
+// Upgrade. The proxy sets these itself, because a wrong Content-Length would desynchronize a
+// keep-alive connection: SetHeader, AppendHeader and RemoveHeader return Invalid for them (on
+// the request and the response, in every phase), and a [LocalResponse] loses them. Use it to
+// refuse a config that names one for writing.
+func IsFramingHeader(name string) bool {
+	for _, f := range framingHeaders {
+		if asciiEqualFold(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// asciiEqualFold reports whether s equals lower up to ASCII case (lower is lowercase). Unlike
+// strings.EqualFold it does not fold non-ASCII letters (the Kelvin sign is not a k).
+func asciiEqualFold(s, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
 			return false
 		}
 	}

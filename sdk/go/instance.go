@@ -8,6 +8,8 @@ type instance struct {
 	filter   Filter
 	phases   Phases
 	contexts map[uint32]*Context
+	// scratch is a stateless filter's context, emptied for every call (no allocation per call).
+	scratch Context
 }
 
 // configureInstance runs WIT configure: the ConfigureFunc builds the filter and declares its
@@ -26,11 +28,12 @@ func configureInstance(configure ConfigureFunc, config string) (*instance, error
 	return &instance{filter: f, phases: phases & (AllPhases | Stateless), contexts: make(map[uint32]*Context)}, nil
 }
 
-// context returns the context of id, created on first use; a fresh one every call for a
+// context returns the context of id, created on first use; an empty one every call for a
 // stateless filter, which keeps none.
 func (in *instance) context(id uint32) *Context {
 	if in.phases&Stateless != 0 {
-		return &Context{id: id}
+		in.scratch = Context{id: id}
+		return &in.scratch
 	}
 	c, ok := in.contexts[id]
 	if !ok {

@@ -337,6 +337,117 @@ func TestLocalResponses(t *testing.T) {
 	}
 }
 
+// framing lists the proxy's framing and hop-by-hop headers in assorted cases, apart from the
+// SDK's own list so a name dropped there fails here.
+var framing = []string{"content-length", "Transfer-Encoding", "CONNECTION", "keep-alive",
+	"Proxy-Connection", "TE", "trailer", "Upgrade"}
+
+// refusesFraming checks, in the running phase, that no framing header can be written on
+// either map, with the proxy's error.
+func refusesFraming(t *testing.T, phase string) {
+	t.Helper()
+	req, res := &weir.Request{}, &weir.Response{}
+	for _, name := range framing {
+		want := strings.ToLower(name) + " is a framing or hop-by-hop header: the proxy sets it"
+		for i, err := range []error{
+			req.SetHeader(name, "0"), req.AppendHeader(name, "0"), req.RemoveHeader(name),
+			res.SetHeader(name, "0"), res.AppendHeader(name, "0"), res.RemoveHeader(name),
+		} {
+			var he *weir.HostError
+			if !errors.As(err, &he) || he.Kind != weir.Invalid || he.Message != want {
+				t.Errorf("%s: call %d on %s: got %v, want invalid: %s", phase, i, name, err, want)
+			}
+		}
+	}
+}
+
+func TestFramingHeadersAreTheProxys(t *testing.T) {
+	for _, name := range framing {
+		if !weir.IsFramingHeader(name) {
+			t.Errorf("IsFramingHeader(%q) = false", name)
+		}
+	}
+	for _, name := range []string{"x-content-length", "upgrade-insecure-requests", "tea", "\u212aeep-alive", ""} {
+		if weir.IsFramingHeader(name) {
+			t.Errorf("IsFramingHeader(%q) = true", name)
+		}
+	}
+
+	var phases []string
+	h := harness(t, &probe{
+		reqHeaders: func(ctx *weir.Context, req *weir.Request) weir.Action {
+			phases = append(phases, "request-headers")
+			refusesFraming(t, "request-headers")
+			// Reading them stays allowed.
+			if v, ok := req.Header("Content-Length"); !ok || v != "4" {
+				t.Errorf("content-length unreadable: %q", v)
+			}
+			return weir.Continue
+		},
+		reqBody: func(ctx *weir.Context, body *weir.Body, end bool) weir.Action {
+			phases = append(phases, "request-body")
+			refusesFraming(t, "request-body")
+			return weir.Continue
+		},
+		resHeaders: func(ctx *weir.Context, res *weir.Response) weir.Action {
+			phases = append(phases, "response-headers")
+			refusesFraming(t, "response-headers")
+			if v, ok := res.Header("transfer-encoding"); !ok || v != "chunked" {
+				t.Errorf("transfer-encoding unreadable: %q", v)
+			}
+			return weir.Continue
+		},
+		resBody: func(ctx *weir.Context, body *weir.Body, end bool) weir.Action {
+			phases = append(phases, "response-body")
+			refusesFraming(t, "response-body")
+			return weir.Continue
+		},
+		log: func(ctx *weir.Context, view *weir.LogView) {
+			phases = append(phases, "log")
+			refusesFraming(t, "log")
+		},
+	}, weir.AllPhases)
+	req := weirtest.Post("/").WithHeader("content-length", "4").WithBody([]byte("ping"))
+	out := h.Serve(req, weirtest.NewResponse(200).WithHeader("Transfer-Encoding", "chunked").WithBody([]byte("pong")))
+	if strings.Join(phases, ",") != "request-headers,request-body,response-headers,response-body,log" {
+		t.Fatal(phases)
+	}
+	if v, _ := out.Upstream.Header("content-length"); v != "4" {
+		t.Fatalf("upstream content-length %q", v)
+	}
+	// Outside a phase the name is checked first, as in the proxy.
+	exit := h.Enter()
+	refusesFraming(t, "outside a phase")
+	exit()
+}
+
+func TestLocalResponsesLoseFramingHeaders(t *testing.T) {
+	var logged []weir.Header
+	h := harness(t, &probe{
+		reqHeaders: func(ctx *weir.Context, req *weir.Request) weir.Action {
+			return weir.Respond(weir.Text(403, "no").
+				WithHeader("Content-Length", "999").WithHeader("connection", "close").
+				WithHeader("x-reason", "policy").WithHeader("transfer-encoding", "chunked"))
+		},
+		log: func(ctx *weir.Context, view *weir.LogView) { logged = view.Response().Headers() },
+	}, weir.PhaseRequestHeaders|weir.PhaseLog)
+	out := h.Serve(weirtest.Get("/"), nil)
+	want := []weir.Header{
+		{Name: "content-type", Value: "text/plain; charset=utf-8"},
+		{Name: "x-reason", Value: "policy"},
+	}
+	if fmt.Sprint(out.Headers) != fmt.Sprint(want) || fmt.Sprint(logged) != fmt.Sprint(want) {
+		t.Fatalf("client got %v, log saw %v, want %v", out.Headers, logged, want)
+	}
+	if string(out.Body) != "no" || out.Status != 403 {
+		t.Fatalf("%d %q", out.Status, out.Body)
+	}
+	// The filter's own response is kept as it built it.
+	if v, _ := out.Local.Header("content-length"); v != "999" {
+		t.Fatalf("local %v", out.Local.Headers)
+	}
+}
+
 type calls struct{ n int }
 
 func TestPerRequestState(t *testing.T) {

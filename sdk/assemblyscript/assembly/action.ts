@@ -49,7 +49,10 @@ export class Header {
  * ```
  */
 export class LocalResponse {
-  /** Headers to send, in order (names are case-insensitive). */
+  /**
+   * Headers to send, in order (names are case-insensitive). The proxy drops framing and
+   * hop-by-hop headers (`isFramingHeader`) and frames the body itself.
+   */
   headers: Array<Header> = [];
   /** The body. */
   body: Uint8Array = new Uint8Array(0);

@@ -68,6 +68,8 @@ export class FilterBase {
 export class Filter<C = NoContext> extends FilterBase {
   private __contexts: Map<u32, C> = new Map<u32, C>();
   private __stateless: bool = false;
+  /** The one context of a `NoContext` filter: nothing to store, so nothing to allocate per call. */
+  private __none: C | null = null;
 
   /**
    * Called once per instance, before any phase, with the filter's config as JSON text (the
@@ -125,7 +127,11 @@ export class Filter<C = NoContext> extends FilterBase {
    * stateless filter, which keeps none.
    */
   private __context(id: u32): C {
-    if (this.__stateless) return instantiate<C>();
+    if (this.__stateless) {
+      if (idof<C>() != idof<NoContext>()) return instantiate<C>();
+      if (this.__none === null) this.__none = instantiate<C>();
+      return this.__none!;
+    }
     if (this.__contexts.has(id)) return this.__contexts.get(id);
     const ctx = instantiate<C>();
     this.__contexts.set(id, ctx);

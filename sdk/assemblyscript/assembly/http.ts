@@ -93,7 +93,8 @@ export class Headers {
 
   /**
    * Replaces all values of a header with one value. `null` on success; `invalid` for a bad name
-   * or value, `unavailable` when these headers can no longer change.
+   * or value or for a framing or hop-by-hop header only the proxy sets (`isFramingHeader`:
+   * `content-length`, `connection`...), `unavailable` when these headers can no longer change.
    */
   set(name: string, value: string): HostError | null {
     http_set_header(this.map, strPtr(name), strLen(name), strPtr(value), strLen(value), IMPORT_RET);

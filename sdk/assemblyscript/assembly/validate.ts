@@ -15,6 +15,44 @@ export function isHeaderName(name: string): bool {
   return true;
 }
 
+// Headers that frame a message or belong to one connection (lowercase): only the proxy sets them.
+const FRAMING_HEADERS: StaticArray<string> = [
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "upgrade",
+];
+
+/**
+ * Whether `name` (any case) is a framing or hop-by-hop header: `content-length`,
+ * `transfer-encoding`, `connection`, `keep-alive`, `proxy-connection`, `te`, `trailer` or
+ * `upgrade`. Only the proxy sets these, because a wrong `Content-Length` would desynchronize a
+ * keep-alive connection: `Headers.set`, `append` and `remove` answer `invalid` for them (on the
+ * request and the response, in every phase) and a `LocalResponse` loses them. Use it to refuse a
+ * config that names one for writing.
+ */
+export function isFramingHeader(name: string): bool {
+  for (let i = 0; i < FRAMING_HEADERS.length; i++) {
+    const f = unchecked(FRAMING_HEADERS[i]);
+    if (f.length != name.length) continue;
+    let same = true;
+    for (let j = 0; j < f.length; j++) {
+      let c = name.charCodeAt(j);
+      if (c >= 0x41 && c <= 0x5a) c += 0x20; // ASCII only: no other letter folds into these names
+      if (c != f.charCodeAt(j)) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return true;
+  }
+  return false;
+}
+
 /** `s` quoted and escaped as Rust's `{:?}` shows a string (for messages shared with Rust filters). */
 export function debugQuote(s: string): string {
   let out = '"';

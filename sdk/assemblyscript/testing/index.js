@@ -120,6 +120,34 @@ function checkHeader(name, value) {
   }
 }
 
+/**
+ * Headers that frame a message or belong to one connection (lowercase). Only the proxy sets
+ * them: set-header, append-header and remove-header answer `invalid` for these, and a local
+ * response loses them, because a wrong Content-Length would desynchronize a keep-alive
+ * connection.
+ */
+const FRAMING_HEADERS = Object.freeze([
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "upgrade",
+]);
+
+function isFramingHeader(name) {
+  return FRAMING_HEADERS.includes(lower(name));
+}
+
+/** Checks a header a filter changes as the proxy does, in its order: name, framing, value. */
+function checkWritable(name, value) {
+  checkHeader(name);
+  if (isFramingHeader(name)) throw HostError.invalid(`${lower(name)} is a framing or hop-by-hop header: the proxy sets it`);
+  checkHeader(name, value);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Requests and responses as a test builds them
 
@@ -905,7 +933,7 @@ export class Harness {
           const name = str(np, nl, "set-header name");
           const value = str(vp, vl, "set-header value");
           unit(ret, "set-header", () => {
-            checkHeader(name, value);
+            checkWritable(name, value);
             const headers = mutableHeaders(map, "set-header");
             const n = lower(name);
             const kept = headers.filter(([k]) => lower(k) !== n);
@@ -918,7 +946,7 @@ export class Harness {
           const name = str(np, nl, "append-header name");
           const value = str(vp, vl, "append-header value");
           unit(ret, "append-header", () => {
-            checkHeader(name, value);
+            checkWritable(name, value);
             mutableHeaders(map, "append-header").push([lower(name), value]);
           });
         },
@@ -926,7 +954,7 @@ export class Harness {
           enter("remove-header");
           const name = str(np, nl, "remove-header name");
           unit(ret, "remove-header", () => {
-            checkHeader(name);
+            checkWritable(name);
             const headers = mutableHeaders(map, "remove-header");
             const n = lower(name);
             const kept = headers.filter(([k]) => lower(k) !== n);
@@ -1247,7 +1275,9 @@ export class Harness {
    * Drives a whole request through every phase, as the proxy does for a route with this one
    * filter: request headers, request body chunks (with buffering), the upstream, response
    * headers, response body chunks, log, context-done. A local response stops the request
-   * phases and replaces the upstream's response.
+   * phases and replaces the upstream's response; as in the proxy, its framing and hop-by-hop
+   * headers (`content-length`, `connection`...) are dropped (the action a phase method returns
+   * keeps them, as the filter built it).
    *
    * @param {TestRequest} req
    * @param {object} [options]
@@ -1279,7 +1309,8 @@ export class Harness {
       out.respondedBy = phase;
       const r = action.response;
       const res = new TestResponse(r.status);
-      res.head.headers = r.headers.map(([n, v]) => [lower(n), v]);
+      // The proxy frames a local response itself: the filter's framing headers are dropped.
+      res.head.headers = r.headers.filter(([n]) => !isFramingHeader(n)).map(([n, v]) => [lower(n), v]);
       res.forwarded = r.body;
       this.log(req, res);
       this.done(req);

@@ -322,6 +322,55 @@ test("local responses keep header order, repeats and non-ASCII", () => {
   assert.equal(s.response.body.length, 0);
 });
 
+test("framing and hop-by-hop headers are the proxy's: writes are invalid in every phase, on both maps", () => {
+  // Apart from the emulator's own list, in assorted cases, so a name dropped there fails here.
+  const names = ["Content-Length", "transfer-encoding", "CONNECTION", "keep-alive", "Proxy-Connection", "TE", "trailer", "Upgrade"];
+  const h = probe("framing", { value: names.join(",") });
+  const req = TestRequest.post("/").header("content-length", "4");
+  const upstream = new TestResponse(200).header("Transfer-Encoding", "chunked");
+  const out = h.exchange(req, { body: "ping", response: upstream, responseBody: "pong" });
+  const expected = [];
+  for (const phase of ["on-request-headers", "on-request-body", "on-response-headers", "on-response-body", "on-log"]) {
+    // Reading them stays allowed.
+    if (phase === "on-request-headers") expected.push("on-request-headers read content-length=4");
+    if (phase === "on-response-headers") expected.push("on-response-headers read transfer-encoding=chunked");
+    for (const map of [0, 1]) {
+      for (const name of names) {
+        const refused = `invalid: ${name.toLowerCase()} is a framing or hop-by-hop header: the proxy sets it`;
+        for (const op of ["set", "append", "remove"]) expected.push(`${phase} ${map} ${op} ${name}: ${refused}`);
+      }
+    }
+  }
+  assert.deepEqual(
+    h.logs().map((l) => l.message),
+    expected,
+  );
+  assert.deepEqual(out.upstream.headers, [["content-length", "4"]]);
+  assert.deepEqual(out.headers, [["transfer-encoding", "chunked"]]);
+  assert.equal(out.text, "pong");
+});
+
+test("a local response loses its framing and hop-by-hop headers, as in the proxy", () => {
+  const h = probe("framing-respond");
+  const out = h.exchange(TestRequest.get("/"));
+  assert.equal(out.status, 403);
+  assert.deepEqual(out.headers, [
+    ["content-type", "text/plain; charset=utf-8"],
+    ["x-reason", "policy"],
+  ]);
+  assert.equal(out.text, "no");
+  assert.deepEqual(
+    h.logs().map((l) => l.message),
+    ["on-log response headers: content-type,x-reason"],
+  );
+  // The action itself is the filter's, as it built it.
+  const a = probe("framing-respond").requestHeaders(TestRequest.get("/"));
+  assert.deepEqual(
+    a.response.headers.map(([n]) => n),
+    ["content-type", "Content-Length", "connection", "x-reason", "Transfer-Encoding"],
+  );
+});
+
 test("on-log sees the finished exchange, read-only", () => {
   const h = probe("state");
   h.exchange(TestRequest.post("/logged"), { response: new TestResponse(503) });

@@ -356,11 +356,12 @@ type Result struct {
 	// Upstream is the request as it went upstream (path, headers, ForwardedBody), nil if the
 	// filter answered before the request reached the upstream.
 	Upstream *Request
-	// Local is the filter's local response, if it answered; RespondedIn names the phase
-	// ("request-headers", "request-body", "response-headers", "response-body").
+	// Local is the filter's local response as it built it, if it answered; RespondedIn names
+	// the phase ("request-headers", "request-body", "response-headers", "response-body").
 	Local       *weir.LocalResponse
 	RespondedIn string
-	// Status, Headers and Body are the response as the client receives it.
+	// Status, Headers and Body are the response as the client receives it (from a local
+	// response, its headers without the framing ones the proxy drops: see weir.IsFramingHeader).
 	Status  int
 	Headers []weir.Header
 	Body    []byte
@@ -371,6 +372,18 @@ func (r *Result) Header(name string) (string, bool) { return first(r.Headers, na
 
 // HeaderValues returns every value of a response header the client receives.
 func (r *Result) HeaderValues(name string) []string { return all(r.Headers, name) }
+
+// sent is a local response's headers as the proxy sends them: without framing and hop-by-hop
+// headers, which the proxy sets itself from the body.
+func sent(headers []weir.Header) []weir.Header {
+	out := []weir.Header{}
+	for _, x := range headers {
+		if !weir.IsFramingHeader(x.Name) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
 
 func chunksOrEnd(chunks [][]byte) [][]byte {
 	if len(chunks) == 0 {
@@ -390,9 +403,9 @@ func (h *Harness) Serve(req *Request, upstream *Response) *Result {
 	local := func(a weir.Action, in string) *Result {
 		lr := a.Response()
 		res.Local, res.RespondedIn = lr, in
-		res.Status, res.Headers, res.Body = lr.Status, append([]weir.Header{}, lr.Headers...), lr.Body
+		res.Status, res.Headers, res.Body = lr.Status, sent(lr.Headers), lr.Body
 		logRes := NewResponse(lr.Status)
-		logRes.head.headers = append(logRes.head.headers, lr.Headers...)
+		logRes.head.headers = sent(lr.Headers)
 		h.Log(req, logRes)
 		return res
 	}

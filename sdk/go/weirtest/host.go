@@ -531,6 +531,18 @@ func checkHeader(name string, value *string) *bridge.Err {
 	return nil
 }
 
+// checkWritable checks a header a filter changes as the proxy does, in the same order: a
+// valid name, not a framing or hop-by-hop header, then a valid value.
+func checkWritable(name string, value *string) *bridge.Err {
+	if err := checkHeader(name, nil); err != nil {
+		return err
+	}
+	if weir.IsFramingHeader(name) {
+		return errf(weir.Invalid, "%s is a framing or hop-by-hop header: the proxy sets it", strings.ToLower(name))
+	}
+	return checkHeader(name, value)
+}
+
 func (h *Host) headers(m uint8) *[]weir.Header {
 	if m == 0 && h.scope.request != nil {
 		return &h.scope.request.headers
@@ -588,7 +600,7 @@ func without(hs []weir.Header, name string) []weir.Header {
 func (e emulated) SetHeader(m uint8, name, value string) *bridge.Err {
 	h := e.lock()
 	defer h.mu.Unlock()
-	if err := checkHeader(name, &value); err != nil {
+	if err := checkWritable(name, &value); err != nil {
 		return err
 	}
 	hs, err := h.headersMut(m, "set-header")
@@ -602,7 +614,7 @@ func (e emulated) SetHeader(m uint8, name, value string) *bridge.Err {
 func (e emulated) AppendHeader(m uint8, name, value string) *bridge.Err {
 	h := e.lock()
 	defer h.mu.Unlock()
-	if err := checkHeader(name, &value); err != nil {
+	if err := checkWritable(name, &value); err != nil {
 		return err
 	}
 	hs, err := h.headersMut(m, "append-header")
@@ -616,7 +628,7 @@ func (e emulated) AppendHeader(m uint8, name, value string) *bridge.Err {
 func (e emulated) RemoveHeader(m uint8, name string) *bridge.Err {
 	h := e.lock()
 	defer h.mu.Unlock()
-	if err := checkHeader(name, nil); err != nil {
+	if err := checkWritable(name, nil); err != nil {
 		return err
 	}
 	hs, err := h.headersMut(m, "remove-header")

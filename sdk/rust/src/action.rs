@@ -170,7 +170,8 @@ impl From<LocalResponse> for Action {
 pub struct LocalResponse {
     /// HTTP status, 200–599.
     pub status: u16,
-    /// Headers to send, in order (names are case-insensitive).
+    /// Headers to send, in order (names are case-insensitive). The proxy drops the
+    /// [`FRAMING_HEADERS`](crate::validate::FRAMING_HEADERS) and frames the body itself.
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,

@@ -43,7 +43,9 @@ macro_rules! header_methods {
 
         #[doc = concat!("Replaces all values of a ", $which, " header with one value.")]
         ///
-        /// Errors with [`HostError::Invalid`] for a bad name or value and
+        /// Errors with [`HostError::Invalid`] for a bad name or value, or for a framing or
+        /// hop-by-hop header only the proxy sets (`content-length`, `connection`...: see
+        /// [`validate::FRAMING_HEADERS`](crate::validate::FRAMING_HEADERS)), and
         /// [`HostError::Unavailable`] when the headers can no longer change.
         pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
             Backend::set_header($map, name, value)
@@ -58,7 +60,8 @@ macro_rules! header_methods {
 
         #[doc = concat!("Removes every value of a ", $which, " header.")]
         ///
-        /// Errors with [`HostError::Unavailable`] when the headers can no longer change.
+        /// Errors as [`set_header`](Self::set_header): a framing or hop-by-hop header cannot
+        /// be removed either.
         pub fn remove_header(&mut self, name: &str) -> Result<(), HostError> {
             Backend::remove_header($map, name)
         }

@@ -52,6 +52,9 @@
 //!   calls, as the proxy discards a trapped instance. The time budget
 //!   ([`Emulator::set_time_budget`]) is checked at host calls only, so a loop that never calls
 //!   the host cannot be stopped natively; memory is not capped.
+//! * A phase's [`Action::Respond`] comes back as the filter built it: the harness does not
+//!   send it anywhere. The proxy drops its [`FRAMING_HEADERS`](crate::validate::FRAMING_HEADERS)
+//!   and frames the body itself (header setters refuse those names here as in the proxy).
 //! * KV counters and token buckets live beside values under the same keys without sharing
 //!   them: `get` does not see a counter. [`kv::delete`](crate::kv::delete) removes all three.
 

@@ -13,6 +13,34 @@ pub fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Headers that frame a message or belong to one connection (lowercase). Only the proxy sets
+/// them: [`Request::set_header`](crate::Request::set_header), `append_header` and
+/// `remove_header` (on either map, in every phase) answer
+/// [`HostError::Invalid`](crate::HostError::Invalid) for these, and a
+/// [`LocalResponse`](crate::LocalResponse) loses them, because a wrong `Content-Length` would
+/// desynchronize a keep-alive connection for the requests after it.
+pub const FRAMING_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Whether `name` is one of the [`FRAMING_HEADERS`] (case-insensitive): a header a filter
+/// cannot set or remove, so a config that names one for writing should be refused.
+///
+/// ```
+/// assert!(weir_filter::validate::is_framing_header("Content-Length"));
+/// assert!(!weir_filter::validate::is_framing_header("x-user-id"));
+/// ```
+pub fn is_framing_header(name: &str) -> bool {
+    FRAMING_HEADERS.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
 /// Checks a realm for an authentication challenge (`WWW-Authenticate: Basic realm="..."`): it
 /// goes between double quotes, so it must be non-empty printable ASCII without `"` or `\`.
 ///

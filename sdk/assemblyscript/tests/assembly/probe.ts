@@ -41,6 +41,30 @@ function err(e: HostError | null): JsonValue {
   return e === null ? JsonValue.newNull() : JsonValue.newString(e.toString());
 }
 
+function errText(e: HostError | null): string {
+  return e === null ? "ok" : e.toString();
+}
+
+/**
+ * Tries to write each header in `names` (comma-separated) on both maps, logging every outcome
+ * as `<phase> <map> <op> <name>: <error or ok>`.
+ */
+function tryWrites(phase: string, names: string): void {
+  const req = new Request();
+  const maps = [req.headers, new Response(req).headers];
+  const list = names.split(",");
+  for (let m = 0; m < maps.length; m++) {
+    const h = maps[m];
+    for (let i = 0; i < list.length; i++) {
+      const n = list[i];
+      const at = phase + " " + m.toString() + " ";
+      log.info(at + "set " + n + ": " + errText(h.set(n, "0")));
+      log.info(at + "append " + n + ": " + errText(h.append(n, "0")));
+      log.info(at + "remove " + n + ": " + errText(h.remove(n)));
+    }
+  }
+}
+
 function json(v: JsonValue): Action {
   return LocalResponse.json(200, v.toString()).action();
 }
@@ -194,6 +218,20 @@ class Probe extends Filter<State> {
       ctx.path = req.path();
       return Action.CONTINUE;
     }
+    if (s == "framing") {
+      const cl = req.headers.get("Content-Length");
+      log.info("on-request-headers read content-length=" + (cl === null ? "none" : cl));
+      tryWrites("on-request-headers", this.value);
+      return Action.CONTINUE;
+    }
+    if (s == "framing-respond") {
+      return LocalResponse.text(403, "no")
+        .header("Content-Length", "999")
+        .header("connection", "close")
+        .header("x-reason", "policy")
+        .header("Transfer-Encoding", "chunked")
+        .action();
+    }
     if (s == "respond") {
       return new LocalResponse(418)
         .header("x-a", "1")
@@ -231,6 +269,7 @@ class Probe extends Filter<State> {
   onRequestBody(body: Body, end: bool, ctx: State): Action {
     if (!end) return Action.BUFFER;
     const s = this.scenario;
+    if (s == "framing") tryWrites("on-request-body", this.value);
     if (s == "body") {
       const text = body.text();
       if (!text.ok) return LocalResponse.text(400, text.error!.toString()).action();
@@ -251,6 +290,12 @@ class Probe extends Filter<State> {
 
   onResponseHeaders(res: Response, ctx: State): Action {
     const s = this.scenario;
+    if (s == "framing") {
+      const te = res.headers.get("transfer-encoding");
+      log.info("on-response-headers read transfer-encoding=" + (te === null ? "none" : te));
+      tryWrites("on-response-headers", this.value);
+      return Action.CONTINUE;
+    }
     if (s == "edit") {
       const e1 = res.setStatus(201);
       const e2 = res.headers.set("x-path", ctx.path);
@@ -270,6 +315,7 @@ class Probe extends Filter<State> {
 
   onResponseBody(body: Body, end: bool, ctx: State): Action {
     if (!end) return Action.BUFFER;
+    if (this.scenario == "framing") tryWrites("on-response-body", this.value);
     if (this.scenario == "body") {
       const bytes = body.bytes().value;
       // Uppercase ASCII, leave the rest alone.
@@ -283,6 +329,17 @@ class Probe extends Filter<State> {
   }
 
   onLog(view: LogView, ctx: State): void {
+    if (this.scenario == "framing") {
+      tryWrites("on-log", this.value);
+      return;
+    }
+    if (this.scenario == "framing-respond") {
+      const hs = view.response.headers.list();
+      const names = new Array<string>();
+      for (let i = 0; i < hs.length; i++) names.push(hs[i].name);
+      log.info("on-log response headers: " + names.join(","));
+      return;
+    }
     log.info(
       "probe log: " + view.request.method() + " " + view.request.path() + " -> " + view.response.status().toString() +
         " seen=" + ctx.seen.toString(),

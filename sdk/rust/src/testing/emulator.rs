@@ -234,6 +234,19 @@ fn check_header(name: &str, value: Option<&str>) -> Result<(), HostError> {
     Ok(())
 }
 
+/// A header a filter may change: a valid name that is not one of the proxy's framing headers,
+/// and a valid value. Checked in this order, before the phase, as the proxy does.
+fn check_writable(name: &str, value: Option<&str>) -> Result<(), HostError> {
+    check_header(name, None)?;
+    if crate::validate::is_framing_header(name) {
+        return Err(HostError::Invalid(format!(
+            "{} is a framing or hop-by-hop header: the proxy sets it",
+            name.to_ascii_lowercase()
+        )));
+    }
+    check_header(name, value)
+}
+
 fn header_first(headers: &[(String, String)], name: &str) -> Option<String> {
     headers
         .iter()
@@ -531,7 +544,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                check_header(name, Some(value))?;
+                check_writable(name, Some(value))?;
                 let headers = s.headers_mut(map, "set-header")?;
                 headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
                 headers.push((name.to_ascii_lowercase(), value.to_owned()));
@@ -543,7 +556,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                check_header(name, Some(value))?;
+                check_writable(name, Some(value))?;
                 let headers = s.headers_mut(map, "append-header")?;
                 headers.push((name.to_ascii_lowercase(), value.to_owned()));
                 Ok(())
@@ -554,7 +567,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                check_header(name, None)?;
+                check_writable(name, None)?;
                 let headers = s.headers_mut(map, "remove-header")?;
                 headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
                 Ok(())

@@ -316,6 +316,70 @@ fn response_head_changes_only_in_response_headers() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn framing_headers_are_the_proxys_in_every_phase_and_map() -> Result<()> {
+    let phases = [
+        None,
+        Some(Phase::RequestHeaders),
+        Some(Phase::RequestBody),
+        Some(Phase::ResponseHeaders),
+        Some(Phase::ResponseBody),
+        Some(Phase::Log),
+    ];
+    for phase in phases {
+        let mut scope = response_scope();
+        if let Some(r) = scope.request.as_mut() {
+            r.headers.push(("content-length".into(), "5".into()));
+        }
+        if let Some(r) = scope.response.as_mut() {
+            r.headers
+                .push(("transfer-encoding".into(), "chunked".into()));
+        }
+        let before = (scope.request.clone(), scope.response.clone());
+        let ((), after) = in_phase(phase, scope, || {
+            for map in [HeaderMap::Request, HeaderMap::Response] {
+                for name in crate::validate::FRAMING_HEADERS {
+                    // The proxy's message, with the name lowercased whatever the filter sent.
+                    let refused = Err(HostError::Invalid(format!(
+                        "{name} is a framing or hop-by-hop header: the proxy sets it"
+                    )));
+                    let shouted = name.to_ascii_uppercase();
+                    let why = format!("{phase:?} {map:?} {name}");
+                    assert_eq!(Backend::set_header(map, &shouted, "0"), refused, "{why}");
+                    assert_eq!(Backend::append_header(map, name, "0"), refused, "{why}");
+                    assert_eq!(Backend::remove_header(map, &shouted), refused, "{why}");
+                }
+            }
+            // Reading them stays allowed.
+            assert_eq!(
+                Backend::get_header(HeaderMap::Request, "Content-Length"),
+                Some("5".into())
+            );
+            assert_eq!(
+                Backend::get_header_all(HeaderMap::Response, "transfer-encoding"),
+                ["chunked"]
+            );
+        })?;
+        ensure!(
+            (after.request, after.response) == before,
+            "{phase:?}: a refused call changed a head"
+        );
+    }
+    // Names that only contain a framing header's name are ordinary headers.
+    in_phase(Some(Phase::RequestHeaders), request_scope(), || {
+        assert_eq!(
+            Backend::set_header(HeaderMap::Request, "x-content-length", "5"),
+            Ok(())
+        );
+        assert_eq!(
+            Backend::set_header(HeaderMap::Request, "upgrade-insecure-requests", "1"),
+            Ok(())
+        );
+        assert_eq!(Backend::remove_header(HeaderMap::Request, "tea"), Ok(()));
+    })?;
+    Ok(())
+}
+
 /// Buffers a body until its end, then replaces it with its length.
 struct Length;
 impl Filter for Length {
