@@ -531,3 +531,117 @@ async fn compiled_filters_are_cached_on_disk_by_content_hash() -> Result<()> {
     assert_eq!(list()?, first);
     Ok(())
 }
+
+/// Sends `GET path` twice on one keep-alive connection and returns both responses' (status,
+/// headers, body), each framed by its own Content-Length, failing on a desync or a stall.
+async fn twice_on_one_connection(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<Vec<(u16, String, Vec<u8>)>> {
+    use anyhow::Context as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .context("a length-framed response")?
+                    .trim()
+                    .parse()?;
+                if buf.len() >= end + 4 + len {
+                    let status = head[9..12].parse()?;
+                    let body = buf[end + 4..end + 4 + len].to_vec();
+                    buf.drain(..end + 4 + len);
+                    out.push((status, head, body));
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                .await
+                .context("response stalled: framing does not match the body")??;
+            anyhow::ensure!(n > 0, "connection closed mid-response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    anyhow::ensure!(buf.is_empty(), "bytes after the responses: {buf:?}");
+    Ok(out)
+}
+
+#[tokio::test]
+async fn framing_and_hop_by_hop_headers_belong_to_the_proxy() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let names = [
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    let mut filters = String::new();
+    let mut routes = String::new();
+    for (i, name) in names.iter().enumerate() {
+        filters += &tb(
+            &format!("set{i}"),
+            &format!("{{ mode: set-header, name: {name}, value: \"1\" }}"),
+            "",
+        );
+        routes += &route(
+            &format!("set{i}"),
+            &format!("/set{i}/"),
+            &format!("[set{i}]"),
+        );
+    }
+    // A local response that claims a length its body does not have.
+    filters += &tb(
+        "liar",
+        "{ mode: respond, body: hello, headers: [ [content-length, \"999\"], [transfer-encoding, chunked], [connection, close], [x-kept, yes] ] }",
+        "",
+    );
+    routes += &route("liar", "/liar", "[liar]");
+    let weir = Weir::start(&config(&up, &filters, &routes))?;
+    let addr = weir.addr("public");
+
+    for (i, name) in names.iter().enumerate() {
+        let got = twice_on_one_connection(addr, &format!("/set{i}/x")).await?;
+        for (status, head, body) in &got {
+            assert_eq!(*status, 200, "{name}: {head}");
+            assert!(body.is_empty(), "{name}: {head}");
+            assert!(head.contains("x-upstream: up"), "{name}: {head}");
+            let lower = name.to_ascii_lowercase();
+            assert!(
+                head.contains(&format!(
+                    "x-set-error: invalid: {lower} is a framing or hop-by-hop header"
+                )),
+                "{name}: the host refuses the change: {head}"
+            );
+        }
+        let seen = up.last();
+        assert_ne!(
+            seen.headers.get(*name).map(|v| v.as_bytes()),
+            Some(&b"1"[..]),
+            "{name} did not reach the upstream as the filter set it"
+        );
+    }
+
+    let got = twice_on_one_connection(addr, "/liar").await?;
+    for (status, head, body) in &got {
+        assert_eq!(*status, 200);
+        assert_eq!(body, b"hello", "the body frames the response: {head}");
+        assert!(head.contains("content-length: 5"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(head.contains("x-kept: yes"), "{head}");
+    }
+    Ok(())
+}

@@ -285,6 +285,26 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
             "listeners: [ { name: a, listen: 127.0.0.1:0 }\n",
             "bad.yaml:2:",
         ),
+        (
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    trusted_proxies: [ 10.0.0.0/8, 10.0.0.1/8 ]\n",
+            "bad.yaml:4: listeners[0].trusted_proxies[1]: \"10.0.0.1/8\" has host bits set beyond /8 (did you mean 10.0.0.0/8?)",
+        ),
+        (
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    trusted_proxies: [ localhost ]\n",
+            "bad.yaml:4: listeners[0].trusted_proxies[0]: \"localhost\" is not an IP address",
+        ),
+        (
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    paths: { escaped_slashes: decod }\n",
+            "bad.yaml:4: listeners[0].paths.escaped_slashes: unknown variant \"decod\" (did you mean \"decode\"?)",
+        ),
+        (
+            "routes:\n  - name: r\n    match: { path_prefix: /caf%c3%a9/ }\n    cluster: c\nclusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]\n",
+            "bad.yaml:3: routes[0].match.path_prefix: \"/caf%c3%a9/\" never matches: requests are normalized first; write \"/caf%C3%A9/\"",
+        ),
+        (
+            "routes:\n  - name: r\n    match: { path: \"/a/../b\" }\n    cluster: c\nclusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]\n",
+            "routes[0].match.path: \"/a/../b\" never matches",
+        ),
     ];
     for (text, want) in cases {
         let bad = dir.write("bad.yaml", text);
@@ -330,5 +350,45 @@ async fn run_fails_clearly_when_the_port_is_taken() -> Result<()> {
         err.contains("listener \"public\": cannot listen on"),
         "{err}"
     );
+    Ok(())
+}
+
+/// The quickstart is an example of safe layout: a route's auth filter protects an upstream only
+/// if no route without it reaches the same cluster (`Host: localhost` once reached `/admin`
+/// through the catch-all route, past basic-auth).
+#[test]
+fn the_quickstart_never_routes_around_its_auth_filters() -> Result<()> {
+    let file = repo_root().join("examples/quickstart.yaml");
+    let loaded = weir_config::LoadedConfig::from_file(&file)?;
+    let c = &loaded.config;
+    let auth = |name: &str| {
+        c.filters.iter().any(|f| {
+            f.name == name && {
+                let m = f.module.to_string_lossy();
+                m.contains("auth")
+            }
+        })
+    };
+    let mut protected = 0;
+    for cluster in &c.clusters {
+        let routes: Vec<_> = c
+            .routes
+            .iter()
+            .filter(|r| r.cluster == cluster.name)
+            .collect();
+        let guarded = |r: &&weir_config::RouteConfig| r.filters.iter().any(|f| auth(&f.name));
+        if routes.iter().any(guarded) {
+            protected += 1;
+            for r in &routes {
+                assert!(
+                    guarded(r),
+                    "route {:?} reaches cluster {:?}, which auth filters protect, without one",
+                    r.name,
+                    cluster.name
+                );
+            }
+        }
+    }
+    assert!(protected >= 2, "the quickstart shows protected clusters");
     Ok(())
 }

@@ -1043,13 +1043,56 @@ async fn hop_by_hop_headers_are_removed_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// `trusted` is a listener behind a trusted load balancer (the test client, 127.0.0.1);
+/// `public` trusts nobody.
+fn trusting_config(up: &Upstream) -> String {
+    simple_config(up, "").replace(
+        "listeners: [ { name: public, listen: 127.0.0.1:0 } ]",
+        "listeners: [ { name: public, listen: 127.0.0.1:0 }, { name: trusted, listen: 127.0.0.1:0, trusted_proxies: [ 10.0.0.0/8, 127.0.0.0/8 ] } ]",
+    )
+}
+
 #[tokio::test]
-async fn forwarding_headers_are_set_and_appended() -> Result<()> {
+async fn forwarding_headers_are_set_and_appended_only_for_trusted_peers() -> Result<()> {
     let up = Upstream::start("fwd").await;
-    let weir = Weir::start(&simple_config(&up, ""))?;
+    let weir = Weir::start(&trusting_config(&up))?;
+    let forged = [
+        ("host", "www.example.test"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-host", "evil.test"),
+        ("x-forwarded-port", "443"),
+        ("forwarded", "for=1.2.3.4;host=evil.test"),
+        ("x-real-ip", "1.2.3.4"),
+        ("x-original-url", "/admin"),
+    ];
+
+    // From an untrusted peer, every forwarding header is the proxy's own.
+    let got = get_with(&weir.url("public", "/fwd"), &forged).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(header(&seen.headers, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(
+        header(&seen.headers, "x-forwarded-host"),
+        Some("www.example.test")
+    );
+    for name in [
+        "x-forwarded-port",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+    ] {
+        assert_eq!(header(&seen.headers, name), None, "{name} was forwarded");
+    }
+
+    // From a trusted peer, its values stand and the peer is appended.
+    let got = get_with(&weir.url("trusted", "/fwd"), &forged).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let seen = up.last();
+    assert_eq!(header(&seen.headers, "x-forwarded-host"), Some("evil.test"));
+    assert_eq!(header(&seen.headers, "x-real-ip"), Some("1.2.3.4"));
 
     let got = get_with(
-        &weir.url("public", "/fwd"),
+        &weir.url("trusted", "/fwd"),
         &[("host", "www.example.test"), ("x-forwarded-for", "1.2.3.4")],
     )
     .await?;
@@ -1068,8 +1111,8 @@ async fn forwarding_headers_are_set_and_appended() -> Result<()> {
     assert_eq!(header(&seen.headers, "via"), Some("1.1 weir"));
     assert_eq!(got.header("via"), Some("1.1 weir"));
 
-    // Without an incoming X-Forwarded-For, the client's address alone; a client's own
-    // X-Forwarded-Proto is overwritten, not trusted.
+    // Without an incoming X-Forwarded-For, the client's address alone; an untrusted client's
+    // own X-Forwarded-Proto is overwritten.
     let got = get_with(
         &weir.url("public", "/fwd2"),
         &[("host", "www.example.test"), ("x-forwarded-proto", "https")],
@@ -1100,9 +1143,9 @@ async fn forwarded_for_and_via_keep_every_incoming_line() -> Result<()> {
             .unwrap()
     })
     .await;
-    let weir = Weir::start(&simple_config(&up, ""))?;
+    let weir = Weir::start(&trusting_config(&up))?;
     let got = get_with(
-        &weir.url("public", "/lines"),
+        &weir.url("trusted", "/lines"),
         &[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-for", "5.6.7.8"),

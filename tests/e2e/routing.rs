@@ -208,3 +208,180 @@ clusters:\n\
     assert_eq!(out, "400");
     Ok(())
 }
+
+/// An `/admin` route (upstream `admin`) and a catch-all (upstream `public`), like an auth-filtered
+/// path beside an open one.
+async fn acl_proxy(listener_extra: &str) -> Result<(Weir, Upstream, Upstream)> {
+    let admin = Upstream::start("admin").await;
+    let public = Upstream::start("public").await;
+    let yaml = format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0{listener_extra} }} ]\n\
+routes:\n\
+  - {{ name: admin, match: {{ path_prefix: /admin, case_sensitive: false }}, cluster: admin }}\n\
+  - {{ name: internal, match: {{ host: internal.test }}, cluster: admin }}\n\
+  - {{ name: public, match: {{}}, cluster: public }}\n\
+clusters:\n\
+  - {{ name: admin, endpoints: [ {{ address: \"{}\" }} ] }}\n\
+  - {{ name: public, endpoints: [ {{ address: \"{}\" }} ] }}\n",
+        admin.addr, public.addr
+    );
+    Ok((Weir::start(&yaml)?, admin, public))
+}
+
+/// Writes `raw` on a fresh connection and returns the status of the first response (0 when the
+/// proxy closed without one).
+async fn raw_status(addr: std::net::SocketAddr, raw: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(raw.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut chunk)).await??;
+        if n == 0 {
+            return Ok(0);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf[9..12]).parse()?)
+}
+
+/// Finding 1 of issue #10: the URI authority (absolute-form, HTTP/2 `:authority`) routed the
+/// request, but the upstream got the client's `Host`.
+#[tokio::test]
+async fn the_authority_routes_and_is_the_host_the_upstream_gets() -> Result<()> {
+    let (weir, admin, public) = acl_proxy("").await?;
+    let addr = weir.addr("public");
+    let status = raw_status(
+        addr,
+        "GET http://public.test/x HTTP/1.1\r\nHost: internal.test\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        admin.count(),
+        0,
+        "routed as public.test, served as internal.test"
+    );
+    assert_eq!(public.last().headers["host"], "public.test");
+
+    let status = raw_status(
+        addr,
+        "GET http://internal.test/y HTTP/1.1\r\nHost: public.test\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(admin.last().headers["host"], "internal.test");
+
+    // HTTP/2: `:authority` (the proxy's address here) wins over a `host` header the same way.
+    let req = http::Request::get(format!("http://{addr}/h2"))
+        .header("host", "internal.test")
+        .body(full(""))?;
+    let got = send(&h2c_client(), req).await?;
+    assert_eq!(got.status, 200);
+    let seen = public
+        .seen()
+        .into_iter()
+        .chain(admin.seen())
+        .find(|s| s.path == "/h2");
+    let seen = seen.expect("the h2 request reached an upstream");
+    assert_eq!(
+        seen.headers["host"],
+        addr.to_string(),
+        "the upstream's Host is the :authority the request was routed by"
+    );
+    Ok(())
+}
+
+/// Finding 2: HTTP/1.1 without Host was forwarded (RFC 9112 §3.2: 400). HTTP/1.0 may omit it.
+#[tokio::test]
+async fn http11_without_host_is_refused() -> Result<()> {
+    let (weir, admin, public) = acl_proxy("").await?;
+    let addr = weir.addr("public");
+    assert_eq!(raw_status(addr, "GET /x HTTP/1.1\r\n\r\n").await?, 400);
+    assert_eq!(
+        raw_status(
+            addr,
+            "GET /x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"
+        )
+        .await?,
+        400
+    );
+    assert_eq!(
+        raw_status(addr, "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n").await?,
+        400
+    );
+    assert_eq!(admin.count() + public.count(), 0);
+    assert_eq!(raw_status(addr, "GET /x HTTP/1.0\r\n\r\n").await?, 200);
+    assert!(!public.last().headers.contains_key("host"));
+    Ok(())
+}
+
+/// Finding 3: encoded paths missed the `/admin` route and reached the catch-all. Each one now
+/// either reaches `admin` (decoded to `/admin`) or is refused with 400; none reaches `public`.
+#[tokio::test]
+async fn encoded_paths_cannot_route_around_a_path_rule() -> Result<()> {
+    let (weir, admin, public) = acl_proxy("").await?;
+    let addr = weir.addr("public");
+    let cases = [
+        ("/%61dmin", 200),
+        ("/ADMIN", 200),
+        ("/public/%2e%2e/admin", 200),
+        ("/public/%2E%2e%2fadmin", 400),
+        ("/public/..%2fadmin", 400),
+        ("/public/%252e%252e/admin", 400),
+        ("/public/%25%32%65%25%32%65/admin", 400),
+        ("/public\\..\\admin", 400),
+        ("/admin;x", 400),
+        ("/public/..;/admin", 400),
+        ("/%c0%ae%c0%ae/admin", 400),
+        ("/public/%2e%2e%5cadmin", 400),
+        ("/adm%69n/x", 200),
+    ];
+    let mut wrong = Vec::new();
+    for (path, want) in cases {
+        let before = admin.count();
+        let status = raw_status(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+        )
+        .await?;
+        let reached_admin = admin.count() > before;
+        if status != want || (want == 200 && !reached_admin) {
+            wrong.push(format!(
+                "{path}: want {want}, got {status} (admin reached: {reached_admin})"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(
+        public.count(),
+        0,
+        "a path reached the catch-all: {:?}",
+        public.seen()
+    );
+    for seen in admin.seen() {
+        assert!(
+            seen.path.starts_with("/admin") || seen.path.starts_with("/ADMIN"),
+            "{}",
+            seen.path
+        );
+    }
+
+    // The documented alternatives: `decode` folds `%2F` into a separator, `strip` drops `;x`.
+    let (weir, admin, public) =
+        acl_proxy(", paths: { escaped_slashes: decode, parameters: strip }").await?;
+    let addr = weir.addr("public");
+    for path in ["/public/..%2fadmin", "/admin;x", "/public/..;/admin"] {
+        let status = raw_status(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+        )
+        .await?;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(admin.last().path, "/admin", "{path}");
+    }
+    assert_eq!(public.count(), 0);
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `noop` | request-headers | returns `Continue` |
 //! | `header-edit` | request-headers, response-headers | sets `x-testbed: <value>` and appends `x-chain: <tag>`, on the request and on the response |
-//! | `respond` | request-headers | answers `status` (default 200) with `body` (default empty), `content-type: text/plain; charset=utf-8` |
+//! | `respond` | request-headers | answers `status` (default 200) with `body` (default empty), `content-type: text/plain; charset=utf-8` and the extra `headers` (name, value pairs) |
+//! | `set-header` | request-headers, response-headers | sets `name: value` on the request and on the response (set, append and remove in turn, so `value` ends up set); a host error goes to response header `x-set-error` |
 //! | `loop` | request-headers | never returns (the proxy's time budget must end it) |
 //! | `membomb` | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
 //! | `panic` | request-headers | panics (a trap) |
@@ -56,6 +57,16 @@ pub enum Config {
         /// Body text. Default: empty.
         #[serde(default)]
         body: String,
+        /// Extra headers. Default: none.
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
+    /// Sets a header on both messages, reporting a refusal.
+    SetHeader {
+        /// Header name.
+        name: String,
+        /// Header value.
+        value: String,
     },
     /// Loops forever.
     Loop {},
@@ -133,6 +144,21 @@ pub struct Context {
     path: Option<String>,
     /// `kv-counter`: what went into the request's `x-count`.
     count: Option<String>,
+    /// `set-header`: the host's refusal on the request side.
+    set_error: Option<String>,
+}
+
+/// Sets, appends, removes and sets again `name` on a request or response; the first host
+/// error, if any.
+macro_rules! set_append_remove {
+    ($m:expr, $name:expr, $value:expr) => {
+        $m.set_header($name, $value)
+            .and_then(|()| $m.append_header($name, $value))
+            .and_then(|()| $m.remove_header($name))
+            .and_then(|()| $m.set_header($name, $value))
+            .err()
+            .map(|e| error_value(&e))
+    };
 }
 
 /// A host error as a 500 local response: the testbed never hides one.
@@ -237,7 +263,7 @@ impl Filter for Testbed {
     /// Only `state` and `kv-counter` keep something per request; the other modes are stateless.
     fn phases(&self) -> Phases {
         match self.config {
-            Config::State {} | Config::KvCounter { .. } => {
+            Config::State {} | Config::KvCounter { .. } | Config::SetHeader { .. } => {
                 Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
             }
             Config::HeaderEdit { .. } => {
@@ -264,7 +290,20 @@ impl Filter for Testbed {
                     .and_then(|()| req.append_header("x-chain", tag))
                     .and_then(|()| req.set_header("x-testbed-build", BUILD)),
             ),
-            Config::Respond { status, body } => LocalResponse::text(*status, body.clone()).into(),
+            Config::Respond {
+                status,
+                body,
+                headers,
+            } => headers
+                .iter()
+                .fold(LocalResponse::text(*status, body.clone()), |r, (k, v)| {
+                    r.header(k, v)
+                })
+                .into(),
+            Config::SetHeader { name, value } => {
+                ctx.set_error = set_append_remove!(req, name, value);
+                Action::Continue
+            }
             Config::Loop {} => spin(),
             Config::Membomb { limit_mb } => membomb(*limit_mb),
             Config::Panic {} => panic!("testbed: panic mode"),
@@ -325,6 +364,13 @@ impl Filter for Testbed {
                 Some(count) => or_fail(res.set_header("x-count", count)),
                 None => Action::Continue,
             },
+            Config::SetHeader { name, value } => {
+                let error = set_append_remove!(res, name, value);
+                match ctx.set_error.take().or(error) {
+                    Some(e) => or_fail(res.set_header("x-set-error", &e)),
+                    None => Action::Continue,
+                }
+            }
             _ => Action::Continue,
         }
     }
