@@ -39,6 +39,10 @@ func New(raw []byte) (weir.Filter, weir.Phases, error) {
 	if !weir.IsHeaderName(cfg.Header) {
 		return nil, 0, fmt.Errorf("header %q is not a header name", cfg.Header)
 	}
+	// The key is removed once checked, and the proxy owns framing headers.
+	if weir.IsFramingHeader(cfg.Header) {
+		return nil, 0, fmt.Errorf("header %q is one the proxy sets", cfg.Header)
+	}
 	return &HeaderAuth{header: cfg.Header, keys: cfg.Keys}, weir.PhaseRequestHeaders, nil
 }
 

@@ -55,7 +55,7 @@ func TestACustomHeader(t *testing.T) {
 }
 
 func TestBadConfigs(t *testing.T) {
-	for _, c := range []string{`{"keys": {}}`, `{}`, `{"keys": {"a": "b"}, "header": "bad name"}`, `{"keys": {"a": "b"}, "hdr": "x"}`} {
+	for _, c := range []string{`{"keys": {}}`, `{}`, `{"keys": {"a": "b"}, "header": "bad name"}`, `{"keys": {"a": "b"}, "header": "Connection"}`, `{"keys": {"a": "b"}, "hdr": "x"}`} {
 		if _, err := weirtest.New(c); err == nil {
 			t.Errorf("%s accepted", c)
 		}

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weir_filter::validate::{check_realm, is_header_name};
+use weir_filter::validate::{check_header_name, check_realm};
 use weir_filter::{
     Action, Filter, HostError, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
 };
@@ -123,12 +123,7 @@ impl Filter for BasicAuth {
                 return Err(format!("users[{i}].username: {name:?} appears twice"));
             }
         }
-        if !is_header_name(&config.user_header) {
-            return Err(format!(
-                "user_header: {:?} is not a valid header name",
-                config.user_header
-            ));
-        }
+        check_header_name("user_header", &config.user_header)?;
         if config.user_header.eq_ignore_ascii_case("authorization") {
             return Err("user_header: must not be authorization".to_owned());
         }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
-use weir_filter::validate::{check_realm, is_header_name};
+use weir_filter::validate::{check_header_name, check_realm};
 use weir_filter::{
     Action, Filter, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
 };
@@ -126,11 +126,7 @@ impl Filter for JwtAuth {
             if claim.is_empty() {
                 return Err("forward_claims: claim names must not be empty".to_owned());
             }
-            if !is_header_name(header) {
-                return Err(format!(
-                    "forward_claims.{claim}: {header:?} is not a valid header name"
-                ));
-            }
+            check_header_name(&format!("forward_claims.{claim}"), header)?;
             if header.eq_ignore_ascii_case("authorization") {
                 return Err(format!(
                     "forward_claims.{claim}: cannot forward into the authorization header"

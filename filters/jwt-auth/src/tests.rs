@@ -646,6 +646,10 @@ fn bad_configs_are_refused_with_a_clear_message() {
             "forward_claims.sub: \"x user\" is not a valid header name",
         ),
         (
+            json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "forward_claims": { "sub": "Content-Length" } }),
+            "forward_claims.sub: content-length is a framing or hop-by-hop header: the proxy sets it",
+        ),
+        (
             json!({ "keys": [{ "alg": "HS256", "secret": SECRET }], "forward_claims": { "sub": "x-u", "uid": "X-U" } }),
             "already set",
         ),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use weir_filter::validate::{check_realm, is_header_name};
+use weir_filter::validate::{check_header_name, check_realm};
 use weir_filter::{
     Action, Filter, HostError, LocalResponse, Phases, Request, export_filter, log, metrics,
 };
@@ -93,12 +93,10 @@ impl Filter for KeyAuth {
         if config.keys.is_empty() {
             return Err("keys: at least one key is required".to_owned());
         }
-        let header = match config.header {
-            Some(h) if !is_header_name(&h) => {
-                return Err(format!("header: {h:?} is not a valid header name"));
-            }
-            other => other,
-        };
+        if let Some(h) = &config.header {
+            check_header_name("header", h)?;
+        }
+        let header = config.header;
         if let Some(q) = &config.query
             && q.is_empty()
         {
@@ -112,12 +110,7 @@ impl Filter for KeyAuth {
                     .to_owned(),
             );
         }
-        if !is_header_name(&config.consumer_header) {
-            return Err(format!(
-                "consumer_header: {:?} is not a valid header name",
-                config.consumer_header
-            ));
-        }
+        check_header_name("consumer_header", &config.consumer_header)?;
         if header
             .as_deref()
             .is_some_and(|h| h.eq_ignore_ascii_case(&config.consumer_header))

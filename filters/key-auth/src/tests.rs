@@ -242,6 +242,10 @@ fn bad_configs_are_refused_with_a_clear_message() {
             "header: \"x key\" is not a valid header name",
         ),
         (
+            json!({ "keys": [{ "consumer": "a", "sha256": good }], "consumer_header": "connection" }),
+            "consumer_header: connection is a framing or hop-by-hop header: the proxy sets it",
+        ),
+        (
             json!({ "keys": [{ "consumer": "a", "sha256": good }], "query": "" }),
             "query: must not be empty",
         ),

@@ -233,25 +233,10 @@ fn ip_of(address: &str) -> String {
     }
 }
 
-/// Whether `s` is an HTTP token (a valid header name).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// A header name from the config: a token, not one the proxy owns. Lowercased.
 fn header_name(at: &str, name: &str) -> Result<String, String> {
-    if !is_token(name) {
-        return Err(format!("{at}: {name:?} is not a valid header name"));
-    }
-    let name = name.to_ascii_lowercase();
-    if name == "content-length" || name == "transfer-encoding" {
-        return Err(format!(
-            "{at}: {name} is managed by the proxy (it follows the body); it cannot be edited"
-        ));
-    }
-    Ok(name)
+    weir_filter::validate::check_header_name(at, name)?;
+    Ok(name.to_ascii_lowercase())
 }
 
 /// Compiled header edits.

@@ -306,7 +306,7 @@ fn configs_are_validated_with_clear_messages() {
     );
     assert_eq!(
         config_error(json!({ "response": { "remove": ["Content-Length"] } })),
-        "response.remove: content-length is managed by the proxy (it follows the body); it cannot be edited"
+        "response.remove: content-length is a framing or hop-by-hop header: the proxy sets it"
     );
     assert_eq!(
         config_error(json!({ "request": { "add": { "x-a": { "nested": 1 } } } })),

@@ -13,6 +13,35 @@ pub fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Checks a header name a filter's config names for the filter to set or remove: a valid field
+/// name, and not one of [`FRAMING_HEADERS`] (which the host refuses at request time). `field`
+/// names the config field in the message.
+///
+/// ```
+/// use weir_filter::validate::check_header_name;
+/// assert!(check_header_name("user_header", "x-user").is_ok());
+/// assert_eq!(
+///     check_header_name("user_header", "x user").unwrap_err(),
+///     "user_header: \"x user\" is not a valid header name"
+/// );
+/// assert_eq!(
+///     check_header_name("user_header", "Content-Length").unwrap_err(),
+///     "user_header: content-length is a framing or hop-by-hop header: the proxy sets it"
+/// );
+/// ```
+pub fn check_header_name(field: &str, name: &str) -> Result<(), String> {
+    if !is_header_name(name) {
+        return Err(format!("{field}: {name:?} is not a valid header name"));
+    }
+    if is_framing_header(name) {
+        return Err(format!(
+            "{field}: {} is a framing or hop-by-hop header: the proxy sets it",
+            name.to_ascii_lowercase()
+        ));
+    }
+    Ok(())
+}
+
 /// Headers that frame a message or belong to one connection (lowercase). Only the proxy sets
 /// them: [`Request::set_header`](crate::Request::set_header), `append_header` and
 /// `remove_header` (on either map, in every phase) answer

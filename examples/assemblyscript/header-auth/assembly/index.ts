@@ -12,6 +12,7 @@ import {
   NoContext,
   Request,
   debugQuote,
+  isFramingHeader,
   isHeaderName,
   registerFilter,
 } from "@weir/filter";
@@ -31,6 +32,10 @@ class HeaderAuth extends Filter {
     if (keys.length == 0) return ConfigResult.reject("keys must hold at least one entry");
     if (!isHeaderName(this.header)) {
       return ConfigResult.reject("header " + debugQuote(this.header) + " is not a header name");
+    }
+    // The key is removed once checked, and the proxy owns framing headers.
+    if (isFramingHeader(this.header)) {
+      return ConfigResult.reject("header " + debugQuote(this.header) + " is one the proxy sets");
     }
     for (let i = 0; i < keys.length; i++) this.keys.set(keys[i].name, keys[i].value);
     return ConfigResult.accept(Phases.REQUEST_HEADERS);

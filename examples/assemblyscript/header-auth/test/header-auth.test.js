@@ -51,5 +51,6 @@ test("config errors", () => {
   assert.throws(() => load(""), /missing field `keys`/);
   assert.throws(() => load({ keys: { a: 1 } }), /keys\.a: expected a string/);
   assert.throws(() => load({ keys: { a: "b" }, header: "bad name" }), /header "bad name" is not a header name/);
+  assert.throws(() => load({ keys: { a: "b" }, header: "Connection" }), /header "Connection" is one the proxy sets/);
   assert.throws(() => load({ keys: { a: "b" }, extra: 1 }), /unknown field `extra`/);
 });

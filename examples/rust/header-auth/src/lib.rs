@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::json;
-use weir_filter::validate::is_header_name;
+use weir_filter::validate::{is_framing_header, is_header_name};
 use weir_filter::{Action, Filter, LocalResponse, Phases, Request, export_filter};
 
 /// `{ "header": "x-api-key", "keys": { "<key>": "<client name>" } }`.
@@ -37,6 +37,10 @@ impl Filter for HeaderAuth {
         }
         if !is_header_name(&config.header) {
             return Err(format!("header {:?} is not a header name", config.header));
+        }
+        // The key is removed once checked, and the proxy owns framing headers.
+        if is_framing_header(&config.header) {
+            return Err(format!("header {:?} is one the proxy sets", config.header));
         }
         Ok(Self {
             header: config.header,
@@ -106,5 +110,13 @@ mod tests {
     #[test]
     fn an_empty_key_table_is_a_config_error() {
         assert!(Harness::<HeaderAuth>::new(json!({ "keys": {} })).is_err());
+    }
+
+    #[test]
+    fn a_header_the_proxy_sets_is_a_config_error() {
+        let err =
+            Harness::<HeaderAuth>::new(json!({ "keys": { "a": "b" }, "header": "Connection" }))
+                .unwrap_err();
+        assert!(err.to_string().contains("is one the proxy sets"), "{err}");
     }
 }
