@@ -10,8 +10,6 @@
 //! - **Framing** (`Content-Length`, `Transfer-Encoding`) is never taken from a message that also
 //!   carries the other: a message with `Transfer-Encoding` loses its `Content-Length`.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
@@ -142,33 +140,43 @@ static X_FORWARDED_HOST: &HeaderName = &FORWARDING[1];
 static X_FORWARDED_PROTO: &HeaderName = &FORWARDING[3];
 
 /// Sets `X-Forwarded-For`, `-Host` and `-Proto`. From a trusted peer, its values are kept and
-/// the peer is appended to `X-Forwarded-For`; from any other peer, every forwarding header it
-/// sent is dropped first, so the upstream only ever sees what this proxy saw.
+/// the peer (`peer_ip`, its address as a header value) is appended to `X-Forwarded-For`; from any
+/// other peer, every forwarding header it sent is dropped first, so the upstream only ever sees
+/// what this proxy saw.
 pub(crate) fn set_forwarding(
     h: &mut HeaderMap,
-    peer: IpAddr,
+    peer_ip: &HeaderValue,
     trusted: bool,
     site: Option<&HeaderValue>,
     tls: bool,
 ) {
-    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    // One pass over the (few) request headers first: most requests carry none of these, and
-    // fourteen map removals would cost more than the rest of this function.
-    let forwarding = |k: &HeaderName| {
-        let s = k.as_str();
-        (s.starts_with("x-") || s == "forwarded") && FORWARDING.contains(k)
-    };
-    if !trusted && h.keys().any(forwarding) {
-        for name in &FORWARDING {
-            h.remove(name);
+    if trusted {
+        let xff = match joined(h, X_FORWARDED_FOR) {
+            Some(prev) => {
+                let ip = peer_ip.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{prev}, {ip}")).unwrap_or_else(|_| peer_ip.clone())
+            }
+            None => peer_ip.clone(),
+        };
+        h.insert(X_FORWARDED_FOR.clone(), xff);
+    } else {
+        // One pass over the (few) request headers: most requests carry none of these, and only
+        // the ones present are removed.
+        let mut present = 0u16;
+        for k in h.keys() {
+            let s = k.as_str();
+            if (s.starts_with("x-") || s == "forwarded")
+                && let Some(i) = FORWARDING.iter().position(|f| f == k)
+            {
+                present |= 1 << i;
+            }
         }
-    }
-    let xff = match joined(h, X_FORWARDED_FOR) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}")).ok(),
-        None => HeaderValue::from_str(&peer.to_string()).ok(),
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+        for (i, name) in FORWARDING.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                h.remove(name);
+            }
+        }
+        h.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
     }
     if let Some(site) = site
         && !h.contains_key(X_FORWARDED_HOST)
@@ -176,6 +184,7 @@ pub(crate) fn set_forwarding(
         h.insert(X_FORWARDED_HOST.clone(), site.clone());
     }
     if !h.contains_key(X_FORWARDED_PROTO) {
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         h.insert(X_FORWARDED_PROTO.clone(), proto);
     }
 }
@@ -293,10 +302,10 @@ mod tests {
             }
             h
         };
-        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let peer = HeaderValue::from_static("10.0.0.9");
         let site = HeaderValue::from_static("pub.test");
         let mut h = forged();
-        set_forwarding(&mut h, peer, false, Some(&site), false);
+        set_forwarding(&mut h, &peer, false, Some(&site), false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "pub.test");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -304,7 +313,7 @@ mod tests {
             assert!(!h.contains_key(k), "{k}");
         }
         let mut h = forged();
-        set_forwarding(&mut h, peer, true, Some(&site), false);
+        set_forwarding(&mut h, &peer, true, Some(&site), false);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "evil.test");
         assert_eq!(h["x-forwarded-proto"], "https");

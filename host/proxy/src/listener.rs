@@ -21,6 +21,8 @@ use crate::Shared;
 /// What a request knows about its downstream connection.
 pub(crate) struct ConnInfo {
     pub client: SocketAddr,
+    /// The client's IP as a header value (`X-Forwarded-For`), formatted once per connection.
+    pub client_ip: http::HeaderValue,
     pub listener: Arc<str>,
     pub tls: bool,
     in_flight: AtomicUsize,
@@ -38,6 +40,8 @@ impl ConnInfo {
     fn new(client: SocketAddr, listener: Arc<str>, tls: bool) -> ConnInfo {
         ConnInfo {
             client,
+            client_ip: http::HeaderValue::from_str(&client.ip().to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             listener,
             tls,
             in_flight: AtomicUsize::new(0),

@@ -245,8 +245,8 @@ async fn forward<'s>(
         Some(s) => h.insert(header::HOST, s.clone()),
         None => h.remove(header::HOST),
     };
-    let peer = conn.client.ip();
-    head::set_forwarding(h, peer, policy.trusts(peer), site.as_ref(), conn.tls);
+    let trusted = policy.trusts(conn.client.ip());
+    head::set_forwarding(h, &conn.client_ip, trusted, site.as_ref(), conn.tls);
     append_via(h, downstream_version);
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
 

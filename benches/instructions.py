@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
+
+Usage: benches/instructions.py WEIR [WEIR ...] [--xff]
+
+For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
+upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
+keep-alive GETs on one connection, and reports (I(N2) - I(N1)) / (N2 - N1): the instructions
+one more request costs, with start-up and shutdown cancelled out. --xff adds a client-sent
+X-Forwarded-For (an untrusted peer's, which the proxy replaces). Compare binaries measured in
+the same invocation; a wall-clock ratio still needs benches/run.sh.
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+N1, N2 = 500, 2500
+BODY = b"0" * 64
+PROXY_PORT, UPSTREAM_PORT = 18380, 18381
+
+
+def upstream():
+    srv = socket.create_server(("127.0.0.1", UPSTREAM_PORT), reuse_port=True)
+
+    def serve(c):
+        buf = b""
+        while True:
+            data = c.recv(65536)
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY))
+
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
+def client(n, xff):
+    req = (b"GET /v1/users/42/profile?x=1 HTTP/1.1\r\nHost: api.example.com\r\n"
+           b"User-Agent: bench/1.0\r\nAccept: */*\r\n"
+           + (b"X-Forwarded-For: 10.1.2.3\r\n" if xff else b"") + b"\r\n")
+    s = socket.create_connection(("127.0.0.1", PROXY_PORT))
+    buf = b""
+    for _ in range(n):
+        s.sendall(req)
+        while True:
+            h = buf.find(b"\r\n\r\n")
+            if h >= 0:
+                head = buf[:h].decode().lower()
+                assert head.startswith("http/1.1 200"), head
+                cl = int(re.search(r"content-length: *(\d+)", head).group(1))
+                if len(buf) >= h + 4 + cl:
+                    buf = buf[h + 4 + cl:]
+                    break
+            buf += s.recv(65536)
+    s.close()
+
+
+def collected(weir, n, xff, tmp):
+    cfg = os.path.join(tmp, "weir.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""workers: 1
+admin: {{ listen: 127.0.0.1:0 }}
+listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT} }} ]
+routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
+clusters: [ {{ name: api, endpoints: [ {{ address: 127.0.0.1:{UPSTREAM_PORT} }} ] }} ]
+""")
+    err = open(os.path.join(tmp, "err.txt"), "w+")
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
+                          weir, "run", cfg], stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        err.seek(0)
+        if "weir: ready" in err.read():
+            break
+        time.sleep(0.2)
+    else:
+        p.kill()
+        sys.exit(f"{weir} did not become ready under valgrind")
+    client(n, xff)
+    p.terminate()
+    p.wait()
+    err.seek(0)
+    m = re.findall(r"Collected : (\d+)", err.read())
+    return int(m[-1])
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    xff = "--xff" in sys.argv
+    if not args:
+        sys.exit(__doc__)
+    threading.Thread(target=upstream, daemon=True).start()
+    with tempfile.TemporaryDirectory() as tmp:
+        for weir in args:
+            a, b = collected(weir, N1, xff, tmp), collected(weir, N2, xff, tmp)
+            print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
+                  f" ({'with' if xff else 'without'} a client X-Forwarded-For)")
+
+
+if __name__ == "__main__":
+    main()
