@@ -127,6 +127,21 @@ async fn admin_api_swaps_filters_and_edits_routes_and_clusters_refusing_bad_chan
         .await?;
     assert_eq!(status, 400);
     assert!(body.contains("unknown field `matches`"), "{body}");
+    // The API cannot make the proxy read a file (issue #11: a filter's config error echoed it).
+    let secret = weir.dir.write("secret.txt", "TOP-SECRET-CONTENT");
+    for reference in ["$text_file", "$json_file"] {
+        let route = format!(
+            r#"{{"match": {{"path_prefix": "/f"}}, "cluster": "backend", "filters": [{{"name": "edit", "config": {{"value": {{"{reference}": "{}"}}}}}}]}}"#,
+            secret.display()
+        );
+        let (status, body) = weir.admin("PUT", "/routes/file", route).await?;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("only read from the config file, not from admin API edits"),
+            "{body}"
+        );
+        assert!(!body.contains("TOP-SECRET"), "{body}");
+    }
     assert_eq!(weir.admin("DELETE", "/routes/two", "").await?.0, 200);
     assert_eq!(get(&weir.url("public", "/two")).await?.status, 404);
 

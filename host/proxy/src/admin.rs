@@ -155,6 +155,15 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
         },
         None => return Err((400, "the body must be a JSON object".into())),
     }
+    // Files are named by whoever writes the config file, never through the API: a filter's
+    // config error could otherwise echo any file the proxy can read.
+    if crate::snapshot::names_a_file(&value) {
+        return Err((
+            400,
+            "$json_file and $text_file are only read from the config file, not from admin API edits"
+                .into(),
+        ));
+    }
     let item: T =
         serde_json::from_value(value).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
     let name = name.to_string();

@@ -619,7 +619,8 @@ fn inline_files(v: &mut serde_json::Value, loaded: &LoadedConfig) -> Result<(), 
             let Some(path) = path.as_str() else {
                 return Err(format!("{kind} takes a file path"));
             };
-            let full = loaded.resolve(Path::new(path));
+            let full =
+                confined(loaded, Path::new(path)).map_err(|e| format!("{kind} {path:?}: {e}"))?;
             let text = std::fs::read_to_string(&full)
                 .map_err(|e| format!("{kind} {}: {e}", full.display()))?;
             *v = if kind == "$json_file" {
@@ -637,6 +638,43 @@ fn inline_files(v: &mut serde_json::Value, loaded: &LoadedConfig) -> Result<(), 
             items.iter_mut().try_for_each(|x| inline_files(x, loaded))
         }
         _ => Ok(()),
+    }
+}
+
+/// A `$json_file` / `$text_file` path, resolved against the config file's folder, which it must
+/// not leave (after symlinks): the config names files beside it, not anywhere on the host.
+fn confined(loaded: &LoadedConfig, path: &Path) -> Result<std::path::PathBuf, String> {
+    let dir = loaded
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("the config's folder: {e}"))?;
+    let full = loaded
+        .resolve(path)
+        .canonicalize()
+        .map_err(|e| e.to_string())?;
+    if !full.starts_with(&dir) {
+        return Err(format!(
+            "must name a file in the config file's folder ({})",
+            dir.display()
+        ));
+    }
+    Ok(full)
+}
+
+/// Whether a JSON value holds a `$json_file` or `$text_file` reference anywhere.
+pub(crate) fn names_a_file(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.contains_key("$json_file")
+                || map.contains_key("$text_file")
+                || map.values().any(names_a_file)
+        }
+        serde_json::Value::Array(items) => items.iter().any(names_a_file),
+        _ => false,
     }
 }
 
@@ -743,5 +781,40 @@ mod tests {
                 .contains("missing.json")
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn inlined_files_stay_in_the_config_folder() {
+        let root = std::env::temp_dir().join(format!("weir-confine-{}", std::process::id()));
+        let dir = root.join("conf");
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        std::fs::write(root.join("secret.txt"), "TOP-SECRET").unwrap();
+        std::fs::write(dir.join("keys/key.pem"), "PEM").unwrap();
+        let loaded = LoadedConfig::from_str(&dir.join("weir.yaml"), "{}").unwrap();
+        let mut ok = serde_json::json!({ "k": { "$text_file": "keys/key.pem" } });
+        inline_files(&mut ok, &loaded).unwrap();
+        assert_eq!(ok, serde_json::json!({ "k": "PEM" }));
+        let outside = root.join("secret.txt").display().to_string();
+        for path in ["../secret.txt", "keys/../../secret.txt", outside.as_str()] {
+            let mut v = serde_json::json!({ "k": { "$text_file": path } });
+            let err = inline_files(&mut v, &loaded).unwrap_err();
+            assert!(
+                err.contains("must name a file in the config file's folder"),
+                "{path}: {err}"
+            );
+            assert!(!err.contains("TOP-SECRET"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn file_references_are_found_at_any_depth() {
+        assert!(names_a_file(
+            &serde_json::json!({ "a": [ { "b": { "$text_file": "x" } } ] })
+        ));
+        assert!(names_a_file(&serde_json::json!({ "$json_file": "x" })));
+        assert!(!names_a_file(
+            &serde_json::json!({ "a": [ "$text_file" ], "b": { "c": 1 } })
+        ));
     }
 }
