@@ -645,3 +645,38 @@ async fn framing_and_hop_by_hop_headers_belong_to_the_proxy() -> Result<()> {
     }
     Ok(())
 }
+
+/// Issue #11 (bounds 7): `histogram_observe(NaN)` panicked the host. A non-finite value is now
+/// `invalid` to the filter, and the proxy keeps serving.
+#[tokio::test]
+async fn non_finite_metric_values_are_invalid_not_a_host_panic() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let mut filters = String::new();
+    let mut routes = String::new();
+    for (i, value) in ["NaN", "inf", "-inf", "0.25"].iter().enumerate() {
+        filters += &tb(
+            &format!("obs{i}"),
+            &format!("{{ mode: observe, value: \"{value}\" }}"),
+            "",
+        );
+        routes += &route(
+            &format!("obs{i}"),
+            &format!("/obs{i}/"),
+            &format!("[obs{i}]"),
+        );
+    }
+    let weir = Weir::start(&config(&up, &filters, &routes))?;
+    for (i, want) in ["invalid:", "invalid:", "invalid:", "ok"]
+        .iter()
+        .enumerate()
+    {
+        let got = get(&weir.url("public", &format!("/obs{i}/x"))).await?;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let seen = up.last();
+        let outcome = seen.headers["x-observe"].to_str()?;
+        assert!(outcome.starts_with(want), "obs{i}: {outcome}");
+    }
+    let (_, metrics) = weir.admin_get("/metrics").await?;
+    assert!(metrics.contains("testbed_seconds"), "{metrics}");
+    Ok(())
+}

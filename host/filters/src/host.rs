@@ -414,8 +414,10 @@ impl clock::Host for HostState {
         Ok(self.shared.runtime.epoch_start.elapsed().as_nanos() as u64)
     }
     fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
-        let len = len.min(1 << 16) as usize;
-        Ok((0..len).map(|_| fastrand::u8(..)).collect())
+        let mut buf = vec![0u8; len.min(1 << 16) as usize];
+        // The OS CSPRNG; failing to read it is a host fault, never predictable bytes.
+        getrandom::fill(&mut buf).map_err(|e| wasmtime::Error::msg(format!("getrandom: {e}")))?;
+        Ok(buf)
     }
 }
 
@@ -471,6 +473,11 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> wasmtime::Result<Result<(), HostError>> {
+        if !value.is_finite() {
+            return Ok(Err(HostError::Invalid(format!(
+                "histogram {name:?}: observation must be finite, got {value}"
+            ))));
+        }
         Ok(metric_name_ok(&name).map(|()| {
             self.shared.runtime.registry.filter_histogram_observe(
                 &self.shared.spec.filter,

@@ -6,6 +6,7 @@
 //! | `noop` | request-headers | returns `Continue` |
 //! | `header-edit` | request-headers, response-headers | sets `x-testbed: <value>` and appends `x-chain: <tag>`, on the request and on the response |
 //! | `respond` | request-headers | answers `status` (default 200) with `body` (default empty), `content-type: text/plain; charset=utf-8` and the extra `headers` (name, value pairs) |
+//! | `observe` | request-headers | records `value` (a number as text: `"0.5"`, `"NaN"`, `"inf"`) in histogram `testbed_seconds`; request header `x-observe` gets `ok` or `kind: message` of the host error |
 //! | `set-header` | request-headers, response-headers | sets `name: value` on the request and on the response (set, append and remove in turn, so `value` ends up set); a host error goes to response header `x-set-error` |
 //! | `loop` | request-headers | never returns (the proxy's time budget must end it) |
 //! | `membomb` | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
@@ -60,6 +61,11 @@ pub enum Config {
         /// Extra headers. Default: none.
         #[serde(default)]
         headers: Vec<(String, String)>,
+    },
+    /// Records a histogram observation.
+    Observe {
+        /// The value, parsed as an f64 (so it can be NaN or infinite).
+        value: String,
     },
     /// Sets a header on both messages, reporting a refusal.
     SetHeader {
@@ -278,6 +284,7 @@ impl Filter for Testbed {
             | Config::Membomb { .. }
             | Config::Panic {}
             | Config::Callout { .. }
+            | Config::Observe { .. }
             | Config::BadConfig { .. } => Phases::REQUEST_HEADERS | Phases::STATELESS,
         }
     }
@@ -303,6 +310,15 @@ impl Filter for Testbed {
             Config::SetHeader { name, value } => {
                 ctx.set_error = set_append_remove!(req, name, value);
                 Action::Continue
+            }
+            Config::Observe { value } => {
+                let v: f64 = value.parse().unwrap_or(f64::NAN);
+                let outcome =
+                    match weir_filter::metrics::histogram_observe("testbed_seconds", &[], v) {
+                        Ok(()) => "ok".to_owned(),
+                        Err(e) => error_value(&e),
+                    };
+                or_fail(req.set_header("x-observe", &outcome))
             }
             Config::Loop {} => spin(),
             Config::Membomb { limit_mb } => membomb(*limit_mb),
