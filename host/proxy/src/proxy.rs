@@ -195,7 +195,8 @@ async fn forward<'s>(
         if let Some(site) = &site {
             log.0.host = site.to_str().unwrap_or_default().to_owned();
         }
-        if path.len() != uri.path().len() || path != uri.path() {
+        // `normalize_path` borrows exactly when the path was already normal.
+        if let std::borrow::Cow::Owned(path) = &path {
             log.0.path = match uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),

@@ -218,7 +218,6 @@ fn check_route_path(
     let at = format!("routes[{route}].match.{field}");
     match weir_router::normalize_path(path, lenient) {
         Ok(n) if n == path => Ok(()),
-        // A prefix may end inside a segment: `/v1/.` is unusual but `/a/b.` is a fine prefix.
         Ok(n) => Err(loaded.error_at(
             at,
             format!("{path:?} never matches: requests are normalized first; write {n:?}"),
