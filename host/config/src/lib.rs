@@ -94,7 +94,7 @@ pub struct FilterLimits {
     pub memory: ByteSize,
     /// CPU time one phase call may take (callout waits excluded; time the thread was not
     /// running is not charged); past it the call traps.
-    /// Default: `5ms`.
+    /// Default: `5ms`, at most `60s` ([`MAX_TIME_PER_PHASE`]).
     #[serde(with = "units::duration")]
     pub time_per_phase: Duration,
     /// Most body bytes the filter may hold with `buffer`. Default: `1MiB`.
@@ -103,6 +103,10 @@ pub struct FilterLimits {
     /// Default: `16`.
     pub max_instances: usize,
 }
+
+/// Largest `limits.time_per_phase`. Instantiation gets a multiple of it, and a filter that needs
+/// more than a minute of CPU per request is a bug, not a budget.
+pub const MAX_TIME_PER_PHASE: Duration = Duration::from_secs(60);
 
 impl Default for FilterLimits {
     fn default() -> Self {
@@ -203,6 +207,22 @@ pub struct Limits {
     /// Largest request body accepted; larger gets 413. Default: unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_body_bytes: Option<ByteSize>,
+    /// Longest wait for the next piece of a request body; expiry answers 408 (or cuts the
+    /// request, if the upstream already answered). Default: `60s`.
+    #[serde(with = "units::duration")]
+    pub request_body_timeout: Duration,
+    /// Longest a response write may stay blocked on a client that does not read; expiry closes
+    /// the connection. Default: `60s`.
+    #[serde(with = "units::duration")]
+    pub send_timeout: Duration,
+    /// `Upgrade` protocols passed through to the upstream (compared ignoring case). `h2c` is
+    /// refused: it would turn the upstream connection into an unrouted tunnel.
+    /// Default: `[websocket]`.
+    pub upgrade_protocols: Vec<String>,
+    /// An upgraded connection (a WebSocket, say) with no bytes moving either way is closed
+    /// after this long. Default: `5m`.
+    #[serde(with = "units::duration")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -215,6 +235,10 @@ impl Default for Limits {
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
             max_request_body_bytes: None,
+            request_body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            upgrade_protocols: vec!["websocket".into()],
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -610,6 +634,10 @@ pub struct Timeouts {
     /// From sending the request to receiving the response head. Expiry → 504. Default: `15s`.
     #[serde(with = "units::duration")]
     pub request: Duration,
+    /// Longest wait for the next piece of the response body once the head is in; expiry cuts
+    /// the response (the client sees it end early). Default: `60s`.
+    #[serde(with = "units::duration")]
+    pub body: Duration,
     /// Idle pooled upstream connections are closed after this long. Default: `60s`.
     #[serde(with = "units::duration")]
     pub idle: Duration,
@@ -620,6 +648,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(1),
             request: Duration::from_secs(15),
+            body: Duration::from_secs(60),
             idle: Duration::from_secs(60),
         }
     }

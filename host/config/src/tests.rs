@@ -155,6 +155,35 @@ fn bad_values_are_rejected_with_their_field() {
 }
 
 #[test]
+fn time_per_phase_is_bounded() {
+    let filter = |t: &str| {
+        format!(
+            "filters:\n  - name: f\n    module: f.wasm\n    limits: {{ time_per_phase: {t} }}\n"
+        )
+    };
+    let want =
+        "weir.yaml:4: filters[0].limits.time_per_phase: must be greater than 0 and at most 60s";
+    // Instantiation is given 20 times the budget: none of these may reach it (nor overflow it).
+    for t in [
+        "0s",
+        "60001ms",
+        "61s",
+        "1h",
+        "10000000y",
+        "18446744073709551615s",
+    ] {
+        let e = err(&filter(t));
+        assert!(e.starts_with(want), "{t}: {e}");
+    }
+    for t in ["1ms", "5ms", "60s"] {
+        let c = load(&filter(t))
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+            .config;
+        assert!(c.filters[0].limits.time_per_phase <= MAX_TIME_PER_PHASE);
+    }
+}
+
+#[test]
 fn sizes_and_durations() {
     let c = load("limits: { max_request_header_bytes: 16KiB, idle_timeout: 1m30s }\n")
         .unwrap()
@@ -199,4 +228,66 @@ proptest::proptest! {
     fn arbitrary_text_never_panics(s in "\\PC*") {
         let _ = load(&s);
     }
+}
+
+#[test]
+fn every_deadline_after_the_head_has_a_nonzero_default_and_refuses_zero() {
+    let c = load("{}\n").unwrap().config;
+    let l = &c.limits;
+    for d in [
+        l.request_body_timeout,
+        l.send_timeout,
+        l.tunnel_idle_timeout,
+        l.request_head_timeout,
+        l.idle_timeout,
+    ] {
+        assert!(!d.is_zero());
+    }
+    assert_eq!(l.upgrade_protocols, vec!["websocket".to_string()]);
+    for field in [
+        "request_body_timeout",
+        "send_timeout",
+        "tunnel_idle_timeout",
+        "request_head_timeout",
+        "idle_timeout",
+    ] {
+        let e = err(&format!("limits:\n  {field}: 0s\n"));
+        assert!(
+            e.contains(&format!(
+                "weir.yaml:2: limits.{field}: must be greater than 0"
+            )),
+            "{field}: {e}"
+        );
+    }
+    let e = err(
+        "clusters:\n  - name: c\n    endpoints: [ { address: \"127.0.0.1:1\" } ]\n    timeouts: { body: 0s }\n",
+    );
+    assert!(
+        e.contains("clusters[0].timeouts.body: must be greater than 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn h2c_and_non_tokens_are_refused_as_upgrade_protocols() {
+    for (p, want) in [
+        ("h2c", "h2c is refused"),
+        ("H2C", "h2c is refused"),
+        ("h2c/1", "h2c is refused"),
+        ("\"\"", "is not a protocol token"),
+        ("\"web socket\"", "is not a protocol token"),
+        ("\"a,b\"", "is not a protocol token"),
+    ] {
+        let e = err(&format!(
+            "limits:\n  upgrade_protocols: [ websocket, {p} ]\n"
+        ));
+        assert!(
+            e.contains("limits.upgrade_protocols[1]") && e.contains(want),
+            "{p}: {e}"
+        );
+    }
+    let c = load("limits: { upgrade_protocols: [ websocket, x-custom/2 ] }\n")
+        .unwrap()
+        .config;
+    assert_eq!(c.limits.upgrade_protocols.len(), 2);
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::{Config, Issue, ListenerProtocol, ValueRule, did_you_mean};
+use crate::{Config, Issue, ListenerProtocol, MAX_TIME_PER_PHASE, ValueRule, did_you_mean};
 
 pub(crate) fn validate(c: &Config) -> Vec<Issue> {
     let mut out = Vec::new();
@@ -35,6 +35,35 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             "limits.h2_max_concurrent_streams".into(),
             "must be at least 1".into(),
         );
+    }
+    for (name, d) in [
+        ("request_body_timeout", c.limits.request_body_timeout),
+        ("send_timeout", c.limits.send_timeout),
+        ("tunnel_idle_timeout", c.limits.tunnel_idle_timeout),
+        ("request_head_timeout", c.limits.request_head_timeout),
+        ("idle_timeout", c.limits.idle_timeout),
+    ] {
+        if d.is_zero() {
+            err(format!("limits.{name}"), "must be greater than 0".into());
+        }
+    }
+    for (i, p) in c.limits.upgrade_protocols.iter().enumerate() {
+        let token = !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+        if !token {
+            err(
+                format!("limits.upgrade_protocols[{i}]"),
+                format!("{p:?} is not a protocol token (RFC 9110 §7.8), like websocket"),
+            );
+        } else if p.eq_ignore_ascii_case("h2c") || p.to_ascii_lowercase().starts_with("h2c/") {
+            err(
+                format!("limits.upgrade_protocols[{i}]"),
+                "h2c is refused: it would turn the upstream connection into an HTTP/2 tunnel \
+                 that bypasses routing; use protocol: h2 on the cluster instead"
+                    .into(),
+            );
+        }
     }
 
     if !c.admin.listen.ip().is_loopback() && c.admin.token.as_deref().is_none_or(str::is_empty) {
@@ -113,10 +142,13 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 "must be between 1MiB and 256MiB".into(),
             );
         }
-        if f.limits.time_per_phase.is_zero() {
+        if f.limits.time_per_phase.is_zero() || f.limits.time_per_phase > MAX_TIME_PER_PHASE {
             err(
                 format!("{p}.limits.time_per_phase"),
-                "must be greater than 0".into(),
+                format!(
+                    "must be greater than 0 and at most {}s (a phase is a few milliseconds of CPU)",
+                    MAX_TIME_PER_PHASE.as_secs()
+                ),
             );
         }
         if f.limits.max_instances == 0 || f.limits.max_instances > 1024 {
@@ -280,6 +312,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         for (k, d) in [
             ("connect", cl.timeouts.connect),
             ("request", cl.timeouts.request),
+            ("body", cl.timeouts.body),
             ("idle", cl.timeouts.idle),
         ] {
             if d.is_zero() {

@@ -63,8 +63,8 @@ impl std::fmt::Debug for Chain {
     }
 }
 
-/// A request's progress through a chain.
-#[derive(Debug)]
+/// A request's progress through a chain. The default is a request that entered no filter.
+#[derive(Debug, Default)]
 pub struct ChainRequest {
     bound: Vec<Option<Binding>>,
     skipped: Vec<bool>,
@@ -125,14 +125,13 @@ impl Chain {
     ) -> Step {
         let link = &self.links[i];
         let started = Instant::now();
-        let binding = match cr.bound[i] {
-            Some(b) => Ok(b),
-            None => link.pair.bind().await.inspect(|b| cr.bound[i] = Some(*b)),
-        };
-        let result = match binding {
-            Ok(b) => link.pair.call(b, Some(phase), ex, end).await,
-            Err(f) => Err(f),
-        };
+        let mut result = self.bound_call(i, cr, phase, ex, end).await;
+        if let Err((FailureKind::InstanceLost, _)) = &result {
+            // Another request's trap discarded the instance this one was seated in: that is not
+            // this request's failure. Once more, on a fresh instance (its context starts over).
+            cr.bound[i] = None;
+            result = self.bound_call(i, cr, phase, ex, end).await;
+        }
         link.stats.call(started.elapsed());
         match result {
             Ok(Called::Action(types::Action::Continue)) | Ok(Called::Done) => Step::Continue,
@@ -157,6 +156,26 @@ impl Chain {
                     }
                     FailurePolicy::FailClosed => Step::Fail(kind),
                 }
+            }
+        }
+    }
+
+    /// Seats the request in an instance of filter `i` if it is not yet, and runs `phase`.
+    async fn bound_call(
+        &self,
+        i: usize,
+        cr: &mut ChainRequest,
+        phase: Phase,
+        ex: &mut Exchange,
+        end: bool,
+    ) -> Result<Called, crate::pair::Failure> {
+        let pair = &self.links[i].pair;
+        match cr.bound[i] {
+            Some(b) => pair.call(b, Some(phase), ex, end).await,
+            None => {
+                let (b, mut seated) = pair.bind(ex.deadline).await?;
+                cr.bound[i] = Some(b);
+                pair.call_seated(&mut seated, b, Some(phase), ex, end).await
             }
         }
     }

@@ -11,7 +11,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metrics, types};
 use crate::budget::Budget;
+use crate::kv::KvError;
 use crate::pair::Shared;
+use crate::series::Kind;
 
 type HostError = types::HostError;
 
@@ -52,6 +54,9 @@ pub struct Exchange {
     pub body: Vec<u8>,
     /// Read-only facts.
     pub props: Arc<Props>,
+    /// The request's deadline: binding an instance, and callouts, end by then (a callout's own
+    /// timeout is cut to what is left).
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A response made by a filter.
@@ -133,7 +138,13 @@ pub(crate) struct HostState {
     pub shared: Arc<Shared>,
     /// Time budget of the running call.
     pub budget: Budget,
+    /// Callouts made by the running call (at most [`MAX_CALLOUTS_PER_CALL`]).
+    pub callouts: u32,
 }
+
+/// Most callouts one phase call may make: each holds the instance (and the request) while it
+/// waits.
+pub(crate) const MAX_CALLOUTS_PER_CALL: u32 = 8;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -160,6 +171,7 @@ impl HostState {
             ex: Exchange::default(),
             phase: Phase::Configure,
             budget: Budget::new(shared.spec.time_per_phase),
+            callouts: 0,
             shared,
         }
     }
@@ -231,6 +243,62 @@ fn writable_header(name: &str) -> Result<HeaderName, HostError> {
 fn header_value(value: &str) -> Result<HeaderValue, HostError> {
     HeaderValue::from_bytes(value.as_bytes())
         .map_err(|_| HostError::Invalid(format!("invalid header value {value:?}")))
+}
+
+/// Most headers in the list of one host call (a callout's request headers).
+pub const MAX_CALL_HEADERS: usize = 256;
+/// Most header lines a filter may grow a header map to with `set-header` and `append-header`
+/// (a map that arrived larger may still be changed, just not grown).
+pub const MAX_MAP_HEADERS: usize = 1024;
+/// Most bytes of names and values a filter may grow a header map (or a callout's headers) to.
+pub const MAX_HEADER_BYTES: usize = 256 << 10;
+
+/// A header bound a call would break: (limit label, message).
+type Bound = (&'static str, String);
+
+fn header_bytes<'a>(h: impl Iterator<Item = (&'a str, usize)>) -> (usize, usize) {
+    h.fold((0, 0), |(lines, bytes), (n, v)| {
+        (lines + 1, bytes + n.len() + v)
+    })
+}
+
+/// Refuses `name: value` added to `m` (replacing the values of `name` when `replace`) if it
+/// grows the map past [`MAX_MAP_HEADERS`] lines or [`MAX_HEADER_BYTES`] bytes.
+fn grows_within(
+    m: &HeaderMap,
+    replace: bool,
+    name: &HeaderName,
+    value: &HeaderValue,
+) -> Result<(), Bound> {
+    let (lines, bytes) = header_bytes(m.iter().map(|(n, v)| (n.as_str(), v.len())));
+    let (gone_lines, gone_bytes) = if replace {
+        header_bytes(m.get_all(name).iter().map(|v| (name.as_str(), v.len())))
+    } else {
+        (0, 0)
+    };
+    let new_lines = lines - gone_lines + 1;
+    let new_bytes = bytes - gone_bytes + name.as_str().len() + value.len();
+    if new_lines > MAX_MAP_HEADERS && new_lines > lines {
+        return Err((
+            "header_lines",
+            format!("a header map may hold at most {MAX_MAP_HEADERS} lines"),
+        ));
+    }
+    if new_bytes > MAX_HEADER_BYTES && new_bytes > bytes {
+        return Err((
+            "header_bytes",
+            format!("a header map may hold at most {MAX_HEADER_BYTES} bytes of names and values"),
+        ));
+    }
+    Ok(())
+}
+
+impl HostState {
+    /// A header bound as the filter sees it (`invalid`), counted on `/metrics`.
+    fn header_refused(&self, (limit, message): Bound) -> HostError {
+        (self.shared.runtime.registry).filter_limit_hit(&self.shared.spec.filter, limit);
+        HostError::Invalid(message)
+    }
 }
 
 impl types::Host for HostState {}
@@ -318,7 +386,11 @@ impl whttp::Host for HostState {
     ) -> wasmtime::Result<Result<(), HostError>> {
         Ok((|| {
             let (n, v) = (writable_header(&name)?, header_value(&value)?);
-            self.map(map, true)?.insert(n, v);
+            let m = self.map(map, true)?;
+            if let Err(b) = grows_within(m, true, &n, &v) {
+                return Err(self.header_refused(b));
+            }
+            m.insert(n, v);
             Ok(())
         })())
     }
@@ -330,7 +402,11 @@ impl whttp::Host for HostState {
     ) -> wasmtime::Result<Result<(), HostError>> {
         Ok((|| {
             let (n, v) = (writable_header(&name)?, header_value(&value)?);
-            self.map(map, true)?.append(n, v);
+            let m = self.map(map, true)?;
+            if let Err(b) = grows_within(m, false, &n, &v) {
+                return Err(self.header_refused(b));
+            }
+            m.append(n, v);
             Ok(())
         })())
     }
@@ -421,18 +497,23 @@ impl clock::Host for HostState {
     }
 }
 
-fn metric_name_ok(name: &str) -> Result<(), HostError> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(HostError::Invalid(format!(
-            "metric name {name:?} must match [a-z_][a-z0-9_]*"
-        )))
+impl HostState {
+    /// Checks a metrics call and admits its series (see [`crate::series`]); a refusal past a
+    /// bound is counted on `/metrics`.
+    fn admit_series(
+        &self,
+        name: &str,
+        kind: Kind,
+        labels: &[(String, String)],
+    ) -> Result<(), HostError> {
+        let filter = &*self.shared.spec.filter;
+        let rt = &self.shared.runtime;
+        rt.series.admit(filter, name, kind, labels).map_err(|r| {
+            if let Some(limit) = r.limit {
+                rt.registry.filter_limit_hit(filter, limit);
+            }
+            HostError::Invalid(r.message)
+        })
     }
 }
 
@@ -443,7 +524,7 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         delta: u64,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(metric_name_ok(&name).map(|()| {
+        Ok(self.admit_series(&name, Kind::Counter, &labels).map(|()| {
             self.shared.runtime.registry.filter_counter_add(
                 &self.shared.spec.filter,
                 &name,
@@ -458,7 +539,7 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         value: i64,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(metric_name_ok(&name).map(|()| {
+        Ok(self.admit_series(&name, Kind::Gauge, &labels).map(|()| {
             self.shared.runtime.registry.filter_gauge_set(
                 &self.shared.spec.filter,
                 &name,
@@ -478,14 +559,32 @@ impl metrics::Host for HostState {
                 "histogram {name:?}: observation must be finite, got {value}"
             ))));
         }
-        Ok(metric_name_ok(&name).map(|()| {
-            self.shared.runtime.registry.filter_histogram_observe(
-                &self.shared.spec.filter,
-                &name,
-                &labels,
-                value,
-            )
-        }))
+        Ok(self
+            .admit_series(&name, Kind::Histogram, &labels)
+            .map(|()| {
+                self.shared.runtime.registry.filter_histogram_observe(
+                    &self.shared.spec.filter,
+                    &name,
+                    &labels,
+                    value,
+                )
+            }))
+    }
+}
+
+impl HostState {
+    /// A KV refusal as the filter sees it (`invalid` for an oversized key or value, `failed`
+    /// for a full namespace: the same call may work once keys expire), counted on `/metrics`.
+    fn kv_refused(&self, e: KvError) -> HostError {
+        self.shared
+            .runtime
+            .registry
+            .filter_limit_hit(&self.shared.spec.filter, e.limit());
+        if e.is_invalid_argument() {
+            HostError::Invalid(e.to_string())
+        } else {
+            HostError::Failed(e.to_string())
+        }
     }
 }
 
@@ -510,9 +609,11 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<u64, HostError>> {
-        Ok(self
-            .granted_kv(&namespace)
-            .map(|()| self.shared.runtime.kv.set(&namespace, &key, value, ttl_ms)))
+        Ok(self.granted_kv(&namespace).and_then(|()| {
+            (self.shared.runtime.kv)
+                .set(&namespace, &key, value, ttl_ms)
+                .map_err(|e| self.kv_refused(e))
+        }))
     }
     fn compare_and_swap(
         &mut self,
@@ -522,11 +623,10 @@ impl kv::Host for HostState {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<Option<u64>, HostError>> {
-        Ok(self.granted_kv(&namespace).map(|()| {
-            self.shared
-                .runtime
-                .kv
+        Ok(self.granted_kv(&namespace).and_then(|()| {
+            (self.shared.runtime.kv)
                 .compare_and_swap(&namespace, &key, expected, value, ttl_ms)
+                .map_err(|e| self.kv_refused(e))
         }))
     }
     fn delete(
@@ -545,11 +645,10 @@ impl kv::Host for HostState {
         delta: i64,
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<i64, HostError>> {
-        Ok(self.granted_kv(&namespace).map(|()| {
-            self.shared
-                .runtime
-                .kv
+        Ok(self.granted_kv(&namespace).and_then(|()| {
+            (self.shared.runtime.kv)
                 .increment(&namespace, &key, delta, ttl_ms)
+                .map_err(|e| self.kv_refused(e))
         }))
     }
     fn take_tokens(
@@ -569,11 +668,12 @@ impl kv::Host for HostState {
                 "rate, period-ms and burst must be greater than 0".into(),
             )));
         }
-        let t = self
-            .shared
-            .runtime
-            .kv
-            .take_tokens(&namespace, &key, rate, period_ms, burst, cost);
+        let t = match (self.shared.runtime.kv)
+            .take_tokens(&namespace, &key, rate, period_ms, burst, cost)
+        {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(self.kv_refused(e))),
+        };
         Ok(Ok(kv::BucketResult {
             allowed: t.allowed,
             remaining: t.remaining,
@@ -599,6 +699,24 @@ impl callout::Host for HostState {
                 self.shared.spec.filter
             )));
         }
+        if headers.len() > MAX_CALL_HEADERS {
+            return Err(self.header_refused((
+                "headers_per_call",
+                format!(
+                    "a callout may carry at most {MAX_CALL_HEADERS} headers, not {}",
+                    headers.len()
+                ),
+            )));
+        }
+        let (_, bytes) = header_bytes(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
+        if bytes > MAX_HEADER_BYTES {
+            return Err(self.header_refused((
+                "header_bytes",
+                format!(
+                    "a callout may carry at most {MAX_HEADER_BYTES} bytes of header names and values"
+                ),
+            )));
+        }
         let Some(client) = self.shared.runtime.callouts.clone() else {
             return Err(HostError::Unavailable(
                 "callouts are not available in this process".into(),
@@ -612,7 +730,23 @@ impl callout::Host for HostState {
         for (k, v) in &headers {
             req.headers_mut().append(header_name(k)?, header_value(v)?);
         }
-        let timeout = Duration::from_millis(u64::from(timeout_ms.clamp(1, 60_000)));
+        if self.callouts >= MAX_CALLOUTS_PER_CALL {
+            return Err(HostError::Unavailable(format!(
+                "at most {MAX_CALLOUTS_PER_CALL} callouts per phase"
+            )));
+        }
+        self.callouts += 1;
+        let mut timeout = Duration::from_millis(u64::from(timeout_ms.clamp(1, 60_000)));
+        // A callout ends by the request's deadline: past it, nobody waits for the answer.
+        if let Some(deadline) = self.ex.deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(HostError::Failed(
+                    "the request's deadline has passed".into(),
+                ));
+            }
+            timeout = timeout.min(left);
+        }
         // Waiting on the network is not the filter's CPU time: keep it out of the phase budget.
         self.budget.pause();
         let res = client.send(&target, req, timeout).await;
@@ -630,3 +764,6 @@ impl callout::Host for HostState {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,10 +30,11 @@ mod host;
 mod kv;
 mod module;
 mod pair;
+mod series;
 
 pub use chain::{BodyVerdict, Chain, ChainRequest, Verdict};
 pub use host::{Exchange, LocalResponse, Props};
-pub use kv::Kv;
+pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};
 pub use pair::{Pair, PairSpec};
 

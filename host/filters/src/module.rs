@@ -15,7 +15,7 @@ use weir_observe::Registry;
 use crate::bindings::FilterWorldPre;
 use crate::componentize::{WasmKind, componentize, wasm_kind};
 use crate::host::HostState;
-use crate::{Callouts, Kv};
+use crate::{Callouts, Kv, KvLimits};
 
 /// How often the epoch advances: the granularity of `time_per_phase`.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -33,6 +33,8 @@ pub struct RuntimeOptions {
     pub registry: Registry,
     /// Most live filter instances in the whole process (pooling allocator slots).
     pub max_instances: u32,
+    /// Bounds on the shared key-value store.
+    pub kv_limits: KvLimits,
 }
 
 impl Default for RuntimeOptions {
@@ -42,6 +44,7 @@ impl Default for RuntimeOptions {
             callouts: None,
             registry: Registry::new(),
             max_instances: 1000,
+            kv_limits: KvLimits::default(),
         }
     }
 }
@@ -57,7 +60,11 @@ pub(crate) struct RuntimeInner {
     pub linker: Linker<HostState>,
     modules: DashMap<String, Arc<Module>>,
     cache_dir: Option<PathBuf>,
+    /// Names the engine configuration in cache file names (see [`engine_tag`]).
+    engine_tag: String,
     pub kv: Kv,
+    /// The series filter metrics have created, to bound them.
+    pub series: crate::series::Series,
     pub callouts: Option<Arc<dyn Callouts>>,
     pub registry: Registry,
     pub epoch_start: Instant,
@@ -94,7 +101,20 @@ impl std::fmt::Debug for Module {
 
 impl Runtime {
     /// Creates the engine (pooling allocator, epoch interruption) and starts the epoch ticker.
+    ///
+    /// The compiled-filter cache is used only if its directory is private: it is created with
+    /// mode 0700, and one that is writable by group or others, or owned by another user, is
+    /// not used (a warning is logged and filters are compiled at every start), because loading
+    /// native code from it would run whatever another user put there.
     pub fn new(opts: RuntimeOptions) -> anyhow::Result<Runtime> {
+        Runtime::with_engine_config(opts, |_| {})
+    }
+
+    /// [`Runtime::new`], with a last say on the engine's configuration (tests).
+    pub(crate) fn with_engine_config(
+        opts: RuntimeOptions,
+        tweak: impl FnOnce(&mut wasmtime::Config),
+    ) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
         let n = opts.max_instances.max(16);
         pool.total_component_instances(n)
@@ -122,6 +142,7 @@ impl Runtime {
             .max_wasm_stack(512 << 10)
             .async_stack_size(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        tweak(&mut cfg);
         let engine = Engine::new(&cfg)
             .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
 
@@ -146,17 +167,26 @@ impl Runtime {
                     }
                 })?;
         }
-        if let Some(dir) = &opts.cache_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the filter cache {}", dir.display()))?;
-        }
+        let cache_dir = opts.cache_dir.filter(|dir| match open_private_dir(dir) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    "not using the filter cache {}: {why}; filters are compiled at every start",
+                    dir.display()
+                );
+                false
+            }
+        });
+        let engine_tag = engine_tag(&engine);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
                 modules: DashMap::new(),
-                cache_dir: opts.cache_dir,
-                kv: Kv::default(),
+                cache_dir,
+                engine_tag,
+                kv: Kv::new(opts.kv_limits),
+                series: Default::default(),
                 callouts: opts.callouts,
                 registry: opts.registry,
                 epoch_start: Instant::now(),
@@ -212,6 +242,7 @@ impl Runtime {
             compiled,
             pre,
         });
+        self.prune_modules();
         self.inner.modules.insert(hash, m.clone());
         Ok(m)
     }
@@ -222,28 +253,38 @@ impl Runtime {
         bytes: impl FnOnce() -> anyhow::Result<std::borrow::Cow<'b, [u8]>>,
     ) -> anyhow::Result<(Component, bool)> {
         let engine = &self.inner.engine;
-        let file = self
-            .inner
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{hash}-wasmtime{}.cwasm", wasmtime_version())));
+        // Checked again at every load: the directory may have changed since the start.
+        let dir = self.inner.cache_dir.as_deref().filter(|dir| {
+            private(dir)
+                .inspect_err(|why| {
+                    tracing::warn!("not using the filter cache {}: {why}", dir.display())
+                })
+                .is_ok()
+        });
+        let file = dir.map(|d| d.join(format!("{hash}-{}.cwasm", self.inner.engine_tag)));
         if let Some(file) = &file
             && file.exists()
         {
-            // SAFETY: the file is one this runtime serialized from bytes with this very hash,
-            // in a cache directory it owns, for this wasmtime version; wasmtime also checks the
-            // engine configuration on load and rejects an incompatible artifact (we then
-            // recompile below).
-            #[allow(unsafe_code)]
-            let loaded = unsafe { Component::deserialize_file(engine, file) };
-            match loaded {
-                Ok(c) => return Ok((c, false)),
-                Err(e) => tracing::warn!("ignoring cached filter {}: {e}", file.display()),
+            match private(file) {
+                Ok(()) => {
+                    // SAFETY: the file was written by this user into a directory only this
+                    // user can write to, serialized from bytes with this very hash by an engine
+                    // with this compatibility hash; wasmtime also checks the engine
+                    // configuration on load and rejects an incompatible artifact (we then
+                    // recompile below).
+                    #[allow(unsafe_code)]
+                    let loaded = unsafe { Component::deserialize_file(engine, file) };
+                    match loaded {
+                        Ok(c) => return Ok((c, false)),
+                        Err(e) => tracing::warn!("ignoring cached filter {}: {e}", file.display()),
+                    }
+                }
+                Err(why) => tracing::warn!("ignoring cached filter {}: {why}", file.display()),
             }
         }
         let component = Component::new(engine, &bytes()?)
             .map_err(|e| anyhow::anyhow!("invalid component: {e:#}"))?;
-        if let Some(file) = &file {
+        if let (Some(dir), Some(file)) = (dir, &file) {
             match component.serialize() {
                 Ok(bytes) => {
                     // Write then rename: a concurrent reader never sees half a file.
@@ -254,11 +295,33 @@ impl Runtime {
                     {
                         let _ = std::fs::remove_file(&tmp);
                     }
+                    prune_cache(dir);
                 }
                 Err(e) => tracing::warn!("cannot serialize compiled filter: {e}"),
             }
         }
         Ok((component, true))
+    }
+
+    /// Drops compiled modules no snapshot uses any more, keeping the [`KEEP_UNUSED`] newest
+    /// (a rollback finds them here; older ones are recompiled or read from the disk cache).
+    fn prune_modules(&self) {
+        let mut unused: Vec<(SystemTime, String)> = (self.inner.modules.iter())
+            .filter(|m| Arc::strong_count(m.value()) == 1)
+            .map(|m| (m.loaded_at, m.key().clone()))
+            .collect();
+        if unused.len() <= KEEP_UNUSED {
+            return;
+        }
+        unused.sort();
+        for (_, hash) in &unused[..unused.len() - KEEP_UNUSED] {
+            (self.inner.modules).remove_if(hash, |_, m| Arc::strong_count(m) == 1);
+        }
+    }
+
+    /// Compiled modules held in memory (for tests and introspection).
+    pub fn modules_in_memory(&self) -> usize {
+        self.inner.modules.len()
     }
 
     /// The shared key-value store.
@@ -267,11 +330,93 @@ impl Runtime {
     }
 }
 
-fn wasmtime_version() -> &'static str {
-    // Bumped with the dependency; a stale artifact would be rejected by wasmtime anyway.
-    "48"
+/// Compiled modules no snapshot uses that stay in memory.
+const KEEP_UNUSED: usize = 8;
+
+/// Most compiled filters kept in the disk cache; the least recently written go first.
+const KEEP_CACHED_FILES: usize = 128;
+
+/// A short name for the engine's compatibility hash: artifacts of engines with different
+/// settings, targets or wasmtime versions get different file names, so they neither load nor
+/// overwrite each other.
+fn engine_tag(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl std::hash::Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut h = Sha(Sha256::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+    hex(&h.0.finalize()[..8])
+}
+
+/// Creates `dir` (mode 0700) if it does not exist, then checks that it is private.
+fn open_private_dir(dir: &Path) -> Result<(), String> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    private(dir)
+}
+
+/// Whether `path` can only have been written by this user: owned by the effective uid and not
+/// writable by group or others.
+#[cfg(unix)]
+fn private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot inspect it: {e}"))?;
+    ownership_problem(meta.uid(), meta.mode(), rustix::process::geteuid().as_raw())
+}
+
+#[cfg(not(unix))]
+fn private(_: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+fn ownership_problem(uid: u32, mode: u32, euid: u32) -> Result<(), String> {
+    if uid != euid {
+        return Err(format!(
+            "it is owned by uid {uid}, not by this process's uid {euid} (chown it)"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "group or others may write to it (mode {:o}; chmod go-w it)",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps the disk cache to [`KEEP_CACHED_FILES`] compiled filters.
+fn prune_cache(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if files.len() <= KEEP_CACHED_FILES {
+        return;
+    }
+    files.sort();
+    for (_, p) in &files[..files.len() - KEEP_CACHED_FILES] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,7 +39,7 @@ pub(crate) struct Shared {
     pub runtime: Arc<RuntimeInner>,
 }
 
-struct Live {
+pub(crate) struct Live {
     store: Store<HostState>,
     world: FilterWorld,
     generation: u64,
@@ -62,6 +62,9 @@ pub(crate) struct Binding {
     pub ctx: u32,
 }
 
+/// A locked instance slot.
+pub(crate) type Seated<'a> = tokio::sync::MutexGuard<'a, Option<Live>>;
+
 /// A failed call: what kind, and the details for the log.
 pub(crate) type Failure = (FailureKind, String);
 
@@ -83,6 +86,8 @@ pub struct Pair {
     next: AtomicUsize,
     /// Guest calls made (phases and `context-done`; not `configure`).
     guest_calls: AtomicU64,
+    /// Requests waiting for an instance.
+    queue: Arc<weir_observe::QueueStats>,
 }
 
 impl std::fmt::Debug for Pair {
@@ -116,6 +121,7 @@ impl Pair {
                         k.as_str()
                     ),
                 })?;
+        let queue = runtime.inner.registry.filter_queue(&shared.spec.filter);
         let n = shared.spec.max_instances.max(1);
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
         *slots[0].live.try_lock().expect("fresh slot") = Some(live);
@@ -127,6 +133,7 @@ impl Pair {
             created: AtomicUsize::new(1),
             next: AtomicUsize::new(0),
             guest_calls: AtomicU64::new(0),
+            queue,
         }))
     }
 
@@ -167,8 +174,15 @@ impl Pair {
     }
 
     /// Seats a request in an instance: a free one if any, else a new one while under
-    /// `max_instances`, else it queues on one.
-    pub(crate) async fn bind(&self) -> Result<Binding, Failure> {
+    /// `max_instances`, else it queues on one — until `deadline`, when it gives up (a
+    /// `deadline` failure, under the filter's failure policy).
+    ///
+    /// The instance stays locked (the guard) so the request's first call runs in it before
+    /// anyone else's: a neighbour's trap cannot discard it in between.
+    pub(crate) async fn bind(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(Binding, Seated<'_>), Failure> {
         let created = self.created.load(Relaxed).min(self.slots.len());
         let start = self.next.fetch_add(1, Relaxed);
         for k in 0..created {
@@ -176,22 +190,39 @@ impl Pair {
             if let Ok(mut g) = self.slots[i].live.try_lock()
                 && let Some(b) = self.seat(i, &mut g).await?
             {
-                return Ok(b);
+                return Ok((b, g));
             }
         }
-        // All busy: grow the pool if allowed.
-        let i = self.created.fetch_add(1, Relaxed);
-        if i < self.slots.len() {
+        let waiting = self.queue.enter();
+        let slow = async {
+            // All busy: grow the pool if allowed.
+            let i = self.created.fetch_add(1, Relaxed);
+            if i < self.slots.len() {
+                let mut g = self.slots[i].live.lock().await;
+                if let Some(b) = self.seat(i, &mut g).await? {
+                    return Ok((b, g));
+                }
+            }
+            let i = start % self.slots.len().min(created.max(1));
             let mut g = self.slots[i].live.lock().await;
-            if let Some(b) = self.seat(i, &mut g).await? {
-                return Ok(b);
+            match self.seat(i, &mut g).await? {
+                Some(b) => Ok((b, g)),
+                None => Err((FailureKind::Instantiate, "no instance available".into())),
             }
+        };
+        match deadline {
+            None => slow.await,
+            Some(d) => tokio::time::timeout_at(d, slow).await.unwrap_or_else(|_| {
+                Err((
+                    FailureKind::Deadline,
+                    format!(
+                        "no instance of {:?} was free within the request's deadline (waited {:?})",
+                        self.shared.spec.filter,
+                        waiting.waited()
+                    ),
+                ))
+            }),
         }
-        let i = start % self.slots.len().min(created.max(1));
-        let mut g = self.slots[i].live.lock().await;
-        self.seat(i, &mut g)
-            .await?
-            .ok_or_else(|| (FailureKind::Instantiate, "no instance available".into()))
     }
 
     /// Seats in slot `i` (already locked), creating or replacing its instance when needed.
@@ -200,8 +231,7 @@ impl Pair {
             *live = None;
         }
         if live.is_none() {
-            let (l, _) = instantiate(&self.shared, &self.module).await?;
-            *live = Some(l);
+            *live = Some(instantiate_off_worker(&self.shared, &self.module).await?);
         }
         let Some(l) = live.as_mut() else {
             return Ok(None);
@@ -229,6 +259,18 @@ impl Pair {
             Ok(g) => g,
             Err(_) => slot.lock().await,
         };
+        self.call_seated(&mut guard, b, phase, ex, end).await
+    }
+
+    /// [`call`](Self::call) in an instance already locked (by [`bind`](Self::bind)).
+    pub(crate) async fn call_seated(
+        &self,
+        guard: &mut Seated<'_>,
+        b: Binding,
+        phase: Option<Phase>,
+        ex: &mut Exchange,
+        end: bool,
+    ) -> Result<Called, Failure> {
         let live = match guard.as_mut() {
             Some(l) if l.generation == b.generation && !l.in_call => l,
             _ => {
@@ -242,6 +284,7 @@ impl Pair {
         let data = live.store.data_mut();
         std::mem::swap(&mut data.ex, ex);
         data.phase = phase.unwrap_or(Phase::Log);
+        data.callouts = 0;
         data.budget.start(self.shared.spec.time_per_phase);
         live.store.set_epoch_deadline(1);
         live.in_call = true;
@@ -280,7 +323,7 @@ impl Pair {
             Ok(r) => Ok(r),
             Err(e) => {
                 let kind = classify(&e, data);
-                *guard = None;
+                **guard = None;
                 Err((kind, format!("{e:?}")))
             }
         }
@@ -299,6 +342,25 @@ fn classify(e: &wasmtime::Error, data: &HostState) -> FailureKind {
     }
 }
 
+/// A new configured instance, made on a blocking-pool thread: guest start-up code (a Go
+/// runtime's) runs for milliseconds, which must not stall a worker thread's other requests.
+async fn instantiate_off_worker(
+    shared: &Arc<Shared>,
+    module: &Arc<Module>,
+) -> Result<Live, Failure> {
+    let (shared, module) = (shared.clone(), module.clone());
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || rt.block_on(instantiate(&shared, &module)))
+        .await
+        .map_err(|e| {
+            (
+                FailureKind::Instantiate,
+                format!("instantiation task failed: {e}"),
+            )
+        })?
+        .map(|(live, _)| live)
+}
+
 /// A new configured instance.
 async fn instantiate(shared: &Arc<Shared>, module: &Module) -> Result<(Live, Phases), Failure> {
     let rt = &shared.runtime;
@@ -314,8 +376,13 @@ async fn instantiate(shared: &Arc<Shared>, module: &Module) -> Result<(Live, Pha
     // Instantiation and configure run guest start-up code (a Go runtime takes milliseconds):
     // give them a larger, still bounded, budget.
     let data = store.data_mut();
-    data.budget
-        .start((shared.spec.time_per_phase * 20).max(Duration::from_secs(1)));
+    data.budget.start(
+        shared
+            .spec
+            .time_per_phase
+            .saturating_mul(20)
+            .max(Duration::from_secs(1)),
+    );
     store.set_epoch_deadline(1);
     let world = module
         .pre

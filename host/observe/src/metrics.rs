@@ -58,7 +58,7 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut acc = 0;
         for (i, b) in self.bounds.iter().enumerate() {
             acc += self.buckets[i].load(Relaxed);
@@ -222,12 +222,42 @@ struct Inner {
     filters: DashMap<(String, String), Arc<FilterStats>>,
     /// (filter, metric name, rendered labels) → value.
     custom: DashMap<(String, String, String), Custom>,
+    /// (filter, limit) → host calls refused for going past that bound.
+    filter_limits: DashMap<(String, &'static str), AtomicU64>,
+    timeouts: Timeouts,
+    /// Requests waiting for an instance, by filter.
+    queues: DashMap<String, Arc<crate::QueueStats>>,
+}
+
+/// The registry's timeout counters, `'static` so every body and connection can hold them for
+/// free. One small allocation per registry (one per server) is never freed.
+#[derive(Debug)]
+struct Timeouts(&'static crate::TimeoutStats);
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts(Box::leak(Box::default()))
+    }
 }
 
 impl Registry {
     /// A new, empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// The queue in front of a filter's instances (`weir_filter_queue_*`).
+    pub fn filter_queue(&self, filter: &str) -> Arc<crate::QueueStats> {
+        self.inner
+            .queues
+            .entry(filter.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Counters of deadlines that fired (`weir_timeouts_total`).
+    pub fn timeouts(&self) -> &'static crate::TimeoutStats {
+        self.inner.timeouts.0
     }
 
     /// Stats for a route (and the cluster it points at); created on first use, kept across reloads.
@@ -351,6 +381,24 @@ impl Registry {
         }
     }
 
+    /// Counts a host call refused because a filter went past a bound (`limit`: `kv_key_bytes`,
+    /// `metric_series`, ...), as `weir_filter_limit_rejections_total{filter,limit}`.
+    pub fn filter_limit_hit(&self, filter: &str, limit: &'static str) {
+        self.inner
+            .filter_limits
+            .entry((filter.to_string(), limit))
+            .or_default()
+            .fetch_add(1, Relaxed);
+    }
+
+    /// Host calls of `filter` refused for going past `limit` so far.
+    pub fn filter_limit_hits(&self, filter: &str, limit: &'static str) -> u64 {
+        self.inner
+            .filter_limits
+            .get(&(filter.to_string(), limit))
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
     /// Counts a request that matched no route (rare: a map lookup is fine here).
     pub fn record_unrouted(&self, status: u16) {
         self.inner
@@ -464,6 +512,8 @@ impl Registry {
         }
 
         self.render_filters(&mut out);
+        self.inner.timeouts.0.render(&mut out);
+        self.render_queues(&mut out);
 
         let mut ls: Vec<(String, Arc<ListenerStats>)> = self
             .inner
@@ -497,6 +547,27 @@ impl Registry {
 }
 
 impl Registry {
+    fn render_queues(&self, out: &mut String) {
+        let mut qs: Vec<(String, Arc<crate::QueueStats>)> = self
+            .inner
+            .queues
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        if qs.is_empty() {
+            return;
+        }
+        qs.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP weir_filter_queue_waiting Requests waiting for a free filter instance.\n# TYPE weir_filter_queue_waiting gauge\n");
+        for (f, q) in &qs {
+            q.render(out, f, crate::queues::Part::Waiting);
+        }
+        out.push_str("# HELP weir_filter_queue_wait_seconds How long requests waited for a filter instance.\n# TYPE weir_filter_queue_wait_seconds histogram\n");
+        for (f, q) in &qs {
+            q.render(out, f, crate::queues::Part::Wait);
+        }
+    }
+
     fn render_filters(&self, out: &mut String) {
         let mut fs: Vec<Arc<FilterStats>> = self
             .inner
@@ -554,6 +625,23 @@ impl Registry {
                 );
             }
         }
+        let mut hits: Vec<((String, &'static str), u64)> = self
+            .inner
+            .filter_limits
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Relaxed)))
+            .collect();
+        if !hits.is_empty() {
+            hits.sort();
+            out.push_str("# HELP weir_filter_limit_rejections_total Host calls refused because a filter went past a bound, by limit.\n# TYPE weir_filter_limit_rejections_total counter\n");
+            for ((filter, limit), n) in hits {
+                let _ = writeln!(
+                    out,
+                    "weir_filter_limit_rejections_total{{filter=\"{}\",limit=\"{limit}\"}} {n}",
+                    escape(&filter)
+                );
+            }
+        }
         let mut cs: Vec<_> = self.inner.custom.iter().map(|e| e.key().clone()).collect();
         cs.sort();
         let mut last_name = String::new();
@@ -585,7 +673,7 @@ impl Registry {
 }
 
 /// Escapes a Prometheus label value.
-fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains(['\\', '"', '\n']) {
         s.replace('\\', "\\\\")
             .replace('"', "\\\"")

@@ -1,12 +1,15 @@
 //! The one body type of the data path: streams bodies through without buffering them, counts
 //! bytes, enforces the request body limit, and runs the request's completion hook when done.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use weir_observe::{TimeoutKind, TimeoutStats};
 
 use crate::proxy::Finish;
 
@@ -18,6 +21,50 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 #[error("malformed request body: {0}")]
 pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// A body stalled: no frame arrived within its idle limit.
+#[derive(Debug, thiserror::Error)]
+#[error("{} stalled for {limit:?}", if *from_client { "the request body" } else { "the upstream's response body" })]
+pub struct BodyStalled {
+    pub limit: Duration,
+    pub from_client: bool,
+}
+
+/// The deadline between two frames of a streamed body. The timer is armed only when the body
+/// has nothing ready (bodies that arrive at once never touch the timer wheel) and only counts
+/// time the peer sent nothing: it fires when the inner body is still pending past the deadline.
+pub(crate) struct Idle {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+    stats: &'static TimeoutStats,
+}
+
+impl Idle {
+    pub fn new(limit: Duration, stats: &'static TimeoutStats) -> Idle {
+        Idle {
+            limit,
+            sleep: None,
+            waiting: false,
+            stats,
+        }
+    }
+
+    /// The body is pending: arm the timer if this wait just began; true once it has expired.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let at = tokio::time::Instant::now() + self.limit;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
 
 /// A request body grew past `limits.max_request_body_bytes`.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +81,7 @@ enum Kind {
         limit: Option<u64>,
         /// A request body: its errors are the client's ([`ClientBodyError`]).
         from_client: bool,
+        idle: Idle,
     },
     /// Fed by a task (filter body phases).
     Channel(Frames),
@@ -71,26 +119,29 @@ impl ProxyBody {
         }
     }
 
-    /// A streamed response body.
-    pub fn stream(body: Incoming) -> Self {
+    /// A streamed response body, cut when it stalls for longer than `idle`.
+    pub(crate) fn stream(body: Incoming, idle: Idle) -> Self {
         ProxyBody {
             kind: Kind::Stream {
                 body,
                 limit: None,
                 from_client: false,
+                idle,
             },
             seen: 0,
             finish: None,
         }
     }
 
-    /// A streamed request body, optionally capped at `limit` bytes.
-    pub fn request(body: Incoming, limit: Option<u64>) -> Self {
+    /// A streamed request body, optionally capped at `limit` bytes, failed when it stalls for
+    /// longer than `idle`.
+    pub(crate) fn request(body: Incoming, limit: Option<u64>, idle: Idle) -> Self {
         ProxyBody {
             kind: Kind::Stream {
                 body,
                 limit,
                 from_client: true,
+                idle,
             },
             seen: 0,
             finish: None,
@@ -157,9 +208,26 @@ impl Body for ProxyBody {
                 body,
                 limit,
                 from_client,
+                idle,
             } => {
                 let limit = *limit;
-                match ready!(Pin::new(body).poll_frame(cx)) {
+                let Poll::Ready(next) = Pin::new(body).poll_frame(cx) else {
+                    if idle.expired(cx) {
+                        idle.stats.fired(if *from_client {
+                            TimeoutKind::RequestBody
+                        } else {
+                            TimeoutKind::UpstreamBody
+                        });
+                        tracing::debug!(limit = ?idle.limit, from_client, "body stalled");
+                        return Poll::Ready(Some(Err(Box::new(BodyStalled {
+                            limit: idle.limit,
+                            from_client: *from_client,
+                        }))));
+                    }
+                    return Poll::Pending;
+                };
+                idle.waiting = false;
+                match next {
                     Some(Ok(frame)) => {
                         if let Some(d) = frame.data_ref() {
                             let n = d.len() as u64;

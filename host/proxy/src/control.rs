@@ -53,7 +53,7 @@ async fn build(
 pub(crate) async fn reload_file(shared: &Shared, loaded: LoadedConfig) -> Result<(), ConfigError> {
     let mut d = shared.control.lock().await;
     let snap = build(shared, loaded.clone(), &d.current_uploads()).await?;
-    shared.snapshot.store(Arc::new(snap));
+    shared.publish(snap);
     d.loaded = loaded;
     Ok(())
 }
@@ -73,7 +73,7 @@ pub(crate) async fn edit(
     let snap = build(shared, loaded.clone(), &d.current_uploads())
         .await
         .map_err(|e| (400, strip_file(&e)))?;
-    shared.snapshot.store(Arc::new(snap));
+    shared.publish(snap);
     d.loaded = loaded;
     Ok(())
 }
@@ -118,7 +118,7 @@ pub(crate) async fn upload(
         .find(|f| f.name == name)
         .map(|f| (f.module.hash.clone(), f.module.compiled));
     let bytes = uploads.remove(name).unwrap_or_default();
-    shared.snapshot.store(Arc::new(snap));
+    shared.publish(snap);
     let history = d.uploads.entry(name.to_string()).or_default();
     history.push(bytes);
     if history.len() > HISTORY {
@@ -154,7 +154,7 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
         .find(|f| f.name == name)
         .map(|f| f.module.hash.clone())
         .unwrap_or_default();
-    shared.snapshot.store(Arc::new(snap));
+    shared.publish(snap);
     if let Some(h) = d.uploads.get_mut(name) {
         h.pop();
     }

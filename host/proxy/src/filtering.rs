@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::{
+    AtomicBool, AtomicU16, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +24,8 @@ struct State {
     ex: Exchange,
     /// What a body phase decided when it could not answer directly.
     outcome: Option<Outcome>,
+    /// `on-log` and `context-done` have run.
+    finished: bool,
 }
 
 /// A decision of the filters that replaces the upstream's response.
@@ -41,40 +45,64 @@ pub(crate) enum Settled {
     Body(ProxyBody),
 }
 
-/// One request's run through a chain. Cheap to clone (shared with body pumps).
+/// One request's run through a chain. Cheap to clone (shared with body pumps and the
+/// response's completion hook).
+///
+/// Every request that entered the chain gets exactly one `on-log` and one `context-done`: the
+/// happy paths call [`FilterRun::finish`]; every other way out (an upstream timeout, a 502, a
+/// client that goes away, a pump that stops) ends in the last clone's drop, which runs them on
+/// a task. Without this, stateful filters leaked a context per failed request until their memory
+/// cap trapped.
 #[derive(Clone)]
 pub(crate) struct FilterRun {
-    chain: Arc<Chain>,
     shared: Arc<Shared>,
 }
 
 /// What a run's clones share: one allocation per filtered request.
 struct Shared {
+    chain: Arc<Chain>,
     state: tokio::sync::Mutex<State>,
+    /// The status the client got, when the proxy answered (for `on-log`); 0 when unknown.
+    status: AtomicU16,
     /// Set (and `body_notify` notified) when the request body has been through the
     /// request-body phases, or was stopped by them.
     body_done: AtomicBool,
     body_notify: tokio::sync::Notify,
+    /// Set (and `verdict_notify` notified) once nothing waits for a request-body phase's
+    /// verdict any more: the response is decided.
+    verdict_over: AtomicBool,
+    verdict_notify: tokio::sync::Notify,
 }
 
 impl FilterRun {
-    pub fn new(chain: Arc<Chain>, props: Props, method: http::Method) -> FilterRun {
+    /// A run whose request phases (binding an instance, callouts) end by `deadline`.
+    pub fn new(
+        chain: Arc<Chain>,
+        props: Props,
+        method: http::Method,
+        deadline: tokio::time::Instant,
+    ) -> FilterRun {
         let cr = chain.start();
         let ex = Exchange {
             method,
             props: Arc::new(props),
+            deadline: Some(deadline),
             ..Exchange::default()
         };
         FilterRun {
-            chain,
             shared: Arc::new(Shared {
+                chain,
+                status: AtomicU16::new(0),
                 state: tokio::sync::Mutex::new(State {
                     cr,
                     ex,
                     outcome: None,
+                    finished: false,
                 }),
                 body_done: AtomicBool::new(false),
                 body_notify: tokio::sync::Notify::new(),
+                verdict_over: AtomicBool::new(false),
+                verdict_notify: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -95,6 +123,24 @@ impl FilterRun {
             // Registered before the check, so a notification in between is not lost.
             let notified = self.shared.body_notify.notified();
             if self.shared.body_done.load(Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The response is decided: a request body whose upstream stopped reading it need not be
+    /// filtered any further.
+    pub fn verdict_over(&self) {
+        self.shared.verdict_over.store(true, Release);
+        self.shared.verdict_notify.notify_waiters();
+    }
+
+    /// Returns once [`verdict_over`](Self::verdict_over) has been called.
+    async fn verdict_is_over(&self) {
+        loop {
+            let notified = self.shared.verdict_notify.notified();
+            if self.shared.verdict_over.load(Acquire) {
                 return;
             }
             notified.await;
@@ -147,7 +193,12 @@ impl FilterRun {
     }
 
     pub fn phases(&self) -> Phases {
-        self.chain.phases()
+        self.shared.chain.phases()
+    }
+
+    /// The status the client got, for `on-log` when the proxy (not the upstream) answered.
+    pub fn set_status(&self, status: StatusCode) {
+        self.shared.status.store(status.as_u16(), Relaxed);
     }
 
     /// Request-headers phase over `headers` and `path` (changed in place).
@@ -163,26 +214,37 @@ impl FilterRun {
         let st = &mut *st;
         st.ex.request_headers = std::mem::take(headers);
         st.ex.path = std::mem::take(path);
-        let v = self.chain.request_headers(&mut st.cr, &mut st.ex).await;
+        let v = self
+            .shared
+            .chain
+            .request_headers(&mut st.cr, &mut st.ex)
+            .await;
         *headers = std::mem::take(&mut st.ex.request_headers);
         *path = std::mem::take(&mut st.ex.path);
         outcome(v)
     }
 
-    /// Response-headers phase over the upstream's status and headers (changed in place).
+    /// Response-headers phase over the upstream's status and headers (changed in place); its
+    /// callouts end by `deadline`.
     pub async fn response_headers(
         &self,
         status: &mut StatusCode,
         headers: &mut http::HeaderMap,
+        deadline: tokio::time::Instant,
     ) -> Option<Outcome> {
         if !self.phases().contains(Phases::RESPONSE_HEADERS) {
             return None;
         }
         let mut st = self.lock().await;
         let st = &mut *st;
+        st.ex.deadline = Some(deadline);
         st.ex.status = status.as_u16();
         st.ex.response_headers = std::mem::take(headers);
-        let v = self.chain.response_headers(&mut st.cr, &mut st.ex).await;
+        let v = self
+            .shared
+            .chain
+            .response_headers(&mut st.cr, &mut st.ex)
+            .await;
         *headers = std::mem::take(&mut st.ex.response_headers);
         *status = StatusCode::from_u16(st.ex.status).unwrap_or(*status);
         outcome(v)
@@ -193,11 +255,14 @@ impl FilterRun {
         self.lock().await.outcome.take()
     }
 
-    /// `on-log` and `context-done`.
+    /// `on-log` and `context-done`, once.
     pub async fn finish(&self) {
         let mut st = self.lock().await;
         let st = &mut *st;
-        self.chain.finish(&mut st.cr, &mut st.ex).await;
+        if !std::mem::replace(&mut st.finished, true) {
+            self.shared.note_status(&mut st.ex);
+            self.shared.chain.finish(&mut st.cr, &mut st.ex).await;
+        }
     }
 
     /// Whether the run must wait for the response body to end before `finish`.
@@ -218,33 +283,59 @@ impl FilterRun {
         let run = self.clone();
         tokio::spawn(async move {
             let mut ended = false;
-            while let Some(frame) = source.frame().await {
+            // A filter answered or failed, or nothing needs the rest: stop reading.
+            let mut stopped = false;
+            // The reader is gone but a request-body phase may still answer the request (the
+            // upstream answered early without reading the body): keep filtering, discarding
+            // the output, until the response is decided.
+            let mut discarding = false;
+            let mut gone = false;
+            while !stopped {
+                let frame = tokio::select! {
+                    biased;
+                    () = tx.closed(), if !discarding => {
+                        if response || run.shared.verdict_over.load(Acquire) {
+                            gone = true;
+                            break;
+                        }
+                        discarding = true;
+                        continue;
+                    }
+                    () = run.verdict_is_over(), if discarding => {
+                        gone = true;
+                        break;
+                    }
+                    f = source.frame() => f,
+                };
+                let Some(frame) = frame else { break };
                 let frame = match frame {
                     Ok(f) => f,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
-                        break;
-                    }
-                };
-                let data = match frame.into_data() {
-                    Ok(d) => d,
-                    Err(frame) => {
-                        // Trailers: the body is over; flush filters first.
-                        if !ended && !run.body_chunk(&tx, Bytes::new(), true, response).await {
-                            break;
-                        }
-                        ended = true;
-                        let _ = tx.send(Ok(frame)).await;
+                        stopped = true;
                         continue;
                     }
                 };
-                let end = source.is_end_stream();
-                if !run.body_chunk(&tx, data, end, response).await {
-                    break;
-                }
-                ended |= end;
+                stopped = match frame.into_data() {
+                    Ok(data) => {
+                        let end = source.is_end_stream();
+                        ended |= end;
+                        !run.body_chunk(&tx, data, end, response).await
+                    }
+                    // Trailers: the body is over; flush filters first.
+                    Err(trailers) if !ended => {
+                        ended = true;
+                        let go_on = run.body_chunk(&tx, Bytes::new(), true, response).await;
+                        let _ = tx.send(Ok(trailers)).await;
+                        !go_on
+                    }
+                    Err(trailers) => {
+                        let _ = tx.send(Ok(trailers)).await;
+                        false
+                    }
+                };
             }
-            if !ended {
+            if !ended && !stopped && !gone {
                 run.body_chunk(&tx, Bytes::new(), true, response).await;
             }
             drop(tx);
@@ -252,14 +343,15 @@ impl FilterRun {
                 run.shared.body_done.store(true, Release);
                 run.shared.body_notify.notify_waiters();
             }
-            if finish_at_end {
+            // When the reader went away, the last clone's drop finishes the run.
+            if finish_at_end && !gone {
                 run.finish().await;
             }
         });
         ProxyBody::channel(rx)
     }
 
-    /// Runs one chunk; false when the body must stop (a filter answered or failed).
+    /// Runs one chunk; false when a filter answered or failed (the body stops there).
     async fn body_chunk(
         &self,
         tx: &tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>,
@@ -270,11 +362,13 @@ impl FilterRun {
         let mut st = self.lock().await;
         let st = &mut *st;
         match self
+            .shared
             .chain
             .body(&mut st.cr, response, data, end, &mut st.ex)
             .await
         {
             BodyVerdict::Data(d) => {
+                // A reader that is gone is the pump loop's business (see `pipe_body`).
                 if !d.is_empty() {
                     let _ = tx.send(Ok(http_body::Frame::data(d))).await;
                 }
@@ -295,6 +389,39 @@ impl FilterRun {
                 false
             }
         }
+    }
+}
+
+impl Shared {
+    /// When the proxy answered, `on-log` sees the status the client got.
+    fn note_status(&self, ex: &mut Exchange) {
+        let status = self.status.load(Relaxed);
+        if status != 0 {
+            ex.status = status;
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The last clone is gone without `finish`: run it on a task (the request is over; nothing
+    /// waits for it).
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if st.finished {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        st.finished = true;
+        let status = *self.status.get_mut();
+        if status != 0 {
+            st.ex.status = status;
+        }
+        let mut cr = std::mem::take(&mut st.cr);
+        let mut ex = std::mem::take(&mut st.ex);
+        let chain = self.chain.clone();
+        rt.spawn(async move { chain.finish(&mut cr, &mut ex).await });
     }
 }
 

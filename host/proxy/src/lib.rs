@@ -14,6 +14,7 @@ mod listener;
 mod proxy;
 mod snapshot;
 mod tls;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,9 +41,17 @@ pub(crate) struct Shared {
     /// What the operator asked for: the config (file plus admin API edits) and uploaded filter
     /// versions. The lock serializes every change; requests never take it.
     pub control: tokio::sync::Mutex<control::Desired>,
+    /// Notified when a new snapshot is published (accept loops re-read their limits).
+    pub published: tokio::sync::Notify,
 }
 
 impl Shared {
+    /// Makes `snap` the config every new request sees.
+    pub fn publish(&self, snap: Snapshot) {
+        self.snapshot.store(Arc::new(snap));
+        self.published.notify_waiters();
+    }
+
     /// The filter runtime for a config, creating it on first need.
     fn runtime_for(
         &self,
@@ -109,6 +118,7 @@ impl Server {
             runtime: std::sync::Mutex::new(runtime),
             callouts,
             control: tokio::sync::Mutex::new(control::Desired::new(loaded)),
+            published: tokio::sync::Notify::new(),
         });
         shared.callouts.attach(&shared);
         let (shutdown, _) = watch::channel(false);
@@ -142,7 +152,6 @@ impl Server {
             let rt = Arc::new(listener::ListenerRuntime {
                 name: l.name.as_str().into(),
                 tls: tls.map(tokio_rustls::TlsAcceptor::from),
-                limits: config.limits.clone(),
                 stats: shared.registry.listener(&l.name),
             });
             tokio::spawn(listener::accept_loop(
@@ -164,8 +173,8 @@ impl Server {
         })
     }
 
-    /// Swaps in a new config. Routes, clusters, limits of new requests, and the access log change
-    /// at once; in-flight requests finish on the old snapshot. Listener addresses and TLS
+    /// Swaps in a new config. Routes, clusters, the access log, and the limits of connections
+    /// opened from now on change at once; in-flight requests finish on the old snapshot. Listener addresses and TLS
     /// certificates are bound at start and need a restart to change. On error nothing changes.
     pub async fn reload(&self, loaded: LoadedConfig) -> Result<(), ConfigError> {
         control::reload_file(&self.shared, loaded).await

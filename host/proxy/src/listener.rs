@@ -12,9 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use weir_config::Limits;
-use weir_observe::ListenerStats;
+use weir_observe::{ListenerStats, TimeoutKind};
 
 use crate::Shared;
 
@@ -33,6 +33,13 @@ pub(crate) struct ConnInfo {
     head_since: AtomicU64,
     /// HTTP/2: after the first request, frames between requests are not request heads.
     h2: AtomicBool,
+    /// 1 + milliseconds since `born` when a write to the client started blocking (it stopped
+    /// reading); 0 while writes go through. Drives `send_timeout`.
+    write_blocked_since: AtomicU64,
+    /// Notified when a write starts blocking.
+    write_blocked: Notify,
+    /// An upgrade the proxy accepted: run on this connection once hyper hands it over.
+    pub tunnel: std::sync::Mutex<Option<crate::tunnel::Tunnel>>,
     born: Instant,
 }
 
@@ -49,6 +56,9 @@ impl ConnInfo {
             // The head timer runs from accept: a connection that sends nothing is cut too.
             head_since: AtomicU64::new(1),
             h2: AtomicBool::new(false),
+            write_blocked_since: AtomicU64::new(0),
+            write_blocked: Notify::new(),
+            tunnel: std::sync::Mutex::new(None),
             born: Instant::now(),
         }
     }
@@ -83,6 +93,25 @@ impl ConnInfo {
         }
     }
 
+    /// A write returned `Pending` (`blocked`) or moved bytes.
+    fn wrote(&self, blocked: bool) {
+        let since = self.write_blocked_since.load(Relaxed);
+        if blocked && since == 0 {
+            self.write_blocked_since.store(self.now_ms() + 1, Relaxed);
+            self.write_blocked.notify_one();
+        } else if !blocked && since != 0 {
+            self.write_blocked_since.store(0, Relaxed);
+        }
+    }
+
+    /// How long writes to the client have been blocked.
+    fn write_blocked_for(&self) -> Option<Duration> {
+        match self.write_blocked_since.load(Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis(self.now_ms().saturating_sub(t - 1))),
+        }
+    }
+
     pub fn request_done(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
         self.last_active
@@ -102,7 +131,6 @@ impl ConnInfo {
 pub(crate) struct ListenerRuntime {
     pub name: Arc<str>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub limits: Limits,
     pub stats: Arc<ListenerStats>,
 }
 
@@ -126,6 +154,81 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The limits a new connection gets: the current snapshot's, with the hyper builder made from
+/// them (rebuilt only when a reload changed them).
+struct Current {
+    limits: Arc<Limits>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Current {
+    fn new(limits: Arc<Limits>) -> Current {
+        let builder = Arc::new(http_builder(&limits));
+        Current { limits, builder }
+    }
+
+    fn refresh(&mut self, shared: &Shared) {
+        let limits = &shared.snapshot.load().limits;
+        if !Arc::ptr_eq(&self.limits, limits) {
+            if **limits == *self.limits {
+                self.limits = limits.clone();
+            } else {
+                *self = Current::new(limits.clone());
+            }
+        }
+    }
+}
+
+/// Open connections of one listener against `limits.max_connections`, which a reload may
+/// change (a semaphore's size could only grow).
+#[derive(Default)]
+struct Slots {
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+/// One open connection's place; frees it on drop.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.freed.notify_one();
+    }
+}
+
+impl Slots {
+    /// Waits until fewer than `limits.max_connections` are open (as the current config says:
+    /// a reload that raises it lets waiting connections in), and takes a place.
+    async fn take(self: &Arc<Self>, current: &mut Current, shared: &Shared) -> Slot {
+        loop {
+            // Registered before the checks, so a close or a reload in between is not missed.
+            let freed = self.freed.notified();
+            let published = shared.published.notified();
+            tokio::pin!(freed, published);
+            freed.as_mut().enable();
+            published.as_mut().enable();
+            current.refresh(shared);
+            let max = current.limits.max_connections;
+            let open = self.open.load(Relaxed);
+            if open < max {
+                if self
+                    .open
+                    .compare_exchange(open, open + 1, Relaxed, Relaxed)
+                    .is_ok()
+                {
+                    return Slot(self.clone());
+                }
+                continue;
+            }
+            tokio::select! {
+                () = freed => {}
+                () = published => {}
+            }
+        }
+    }
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     rt: Arc<ListenerRuntime>,
@@ -133,11 +236,11 @@ pub(crate) async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 ) {
-    let builder = Arc::new(http_builder(&rt.limits));
-    let slots = Arc::new(Semaphore::new(rt.limits.max_connections));
+    let mut current = Current::new(shared.snapshot.load().limits.clone());
+    let slots = Arc::new(Slots::default());
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        let slot = tokio::select! {
+            s = slots.take(&mut current, &shared) => s,
             _ = shutdown.changed() => break,
         };
         let (stream, client) = tokio::select! {
@@ -153,32 +256,28 @@ pub(crate) async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (rt, shared, builder, shutdown, drain) = (
-            rt.clone(),
-            shared.clone(),
-            builder.clone(),
-            shutdown.clone(),
-            drain.clone(),
-        );
+        // A reload while this accept waited applies to this connection too.
+        current.refresh(&shared);
+        let (rt, shared, shutdown, drain) =
+            (rt.clone(), shared.clone(), shutdown.clone(), drain.clone());
+        let (limits, builder) = (current.limits.clone(), current.builder.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let _drain = drain;
             rt.stats.connections.open();
             let conn = Arc::new(ConnInfo::new(client, rt.name.clone(), rt.tls.is_some()));
             match &rt.tls {
-                None => serve(stream, conn, &builder, shared, &rt.limits, shutdown).await,
+                None => serve(stream, conn, &builder, shared, &limits, shutdown).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(
-                        rt.limits.request_head_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
+                    match tokio::time::timeout(limits.request_head_timeout, acceptor.accept(stream))
+                        .await
                     {
-                        Ok(Ok(tls)) => {
-                            serve(tls, conn, &builder, shared, &rt.limits, shutdown).await
-                        }
+                        Ok(Ok(tls)) => serve(tls, conn, &builder, shared, &limits, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%client, "tls handshake timed out"),
+                        Err(_) => {
+                            shared.registry.timeouts().fired(TimeoutKind::RequestHead);
+                            tracing::debug!(%client, "tls handshake timed out")
+                        }
                     }
                 }
             }
@@ -198,10 +297,14 @@ async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = conn.clone();
-    let svc = service_fn(move |req| {
-        let (shared, conn) = (shared.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await) }
-    });
+    let timeouts = shared.registry.timeouts();
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let (shared, conn) = (shared.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await) }
+        })
+    };
     let io = Watched {
         io,
         conn: info.clone(),
@@ -210,6 +313,7 @@ async fn serve<I>(
     tokio::pin!(c);
     let idle = limits.idle_timeout;
     let head = limits.request_head_timeout;
+    let send = limits.send_timeout;
     let mut closing = *shutdown.borrow();
     if closing {
         c.as_mut().graceful_shutdown();
@@ -219,7 +323,12 @@ async fn serve<I>(
         if let Some(pending) = info.head_pending_for() {
             wait = wait.min(head.saturating_sub(pending));
         }
+        if let Some(blocked) = info.write_blocked_for() {
+            wait = wait.min(send.saturating_sub(blocked));
+        }
         let wait = wait.max(Duration::from_millis(20));
+        // A write that starts blocking re-plans the wait (it may end sooner than `idle`).
+        let blocked = info.write_blocked.notified();
         tokio::select! {
             r = c.as_mut() => {
                 if let Err(e) = r {
@@ -231,11 +340,19 @@ async fn serve<I>(
                 closing = true;
                 c.as_mut().graceful_shutdown();
             }
+            () = blocked => {}
             _ = tokio::time::sleep(wait) => {
                 if info.head_pending_for().is_some_and(|p| p >= head) {
                     // Slowloris: a head that does not complete in time gets no graceful close.
+                    timeouts.fired(TimeoutKind::RequestHead);
                     tracing::debug!(client = %info.client, "request head timeout");
-                    break;
+                    return;
+                }
+                if info.write_blocked_for().is_some_and(|b| b >= send) {
+                    // The client stopped reading: nothing graceful can be written to it.
+                    timeouts.fired(TimeoutKind::Send);
+                    tracing::debug!(client = %info.client, "send timeout");
+                    return;
                 }
                 if !closing && info.idle_for() >= idle {
                     closing = true;
@@ -243,6 +360,12 @@ async fn serve<I>(
                 }
             }
         }
+    }
+    // A WebSocket (or other allowed upgrade) continues on this connection's slot.
+    let tunnel = info.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(t) = tunnel {
+        let drain = shared.snapshot.load().drain_timeout;
+        crate::tunnel::run(t, limits.tunnel_idle_timeout, drain, timeouts, shutdown).await;
     }
 }
 
@@ -273,14 +396,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.conn.wrote(r.is_pending());
+        r
     }
     fn poll_write_vectored(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.conn.wrote(r.is_pending());
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -289,7 +416,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.conn.wrote(r.is_pending());
+        r
     }
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,

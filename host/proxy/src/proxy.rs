@@ -10,12 +10,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use weir_balance::InFlight;
-use weir_observe::AccessRecord;
+use weir_observe::{AccessRecord, TimeoutKind};
 
 use crate::Shared;
-use crate::body::{BodyTooLarge, ClientBodyError, ProxyBody};
+use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Idle, ProxyBody};
 use crate::connector::ConnectError;
 use crate::filtering::{FilterRun, Outcome, Settled, local_response};
 use crate::head;
@@ -33,18 +32,14 @@ pub(crate) struct Finish {
     conn: Arc<ConnInfo>,
     _in_flight: Option<InFlight>,
     log: Option<Box<(AccessRecord, weir_observe::AccessLog)>>,
-    /// Filters that declared `on-log` (and no response body phase, whose pump finishes them).
+    /// The request's filter run: when this drops, so does a clone of it, and the last clone's
+    /// drop runs `on-log` and `context-done` if nothing else did.
     filters: Option<FilterRun>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
         self.conn.request_done();
-        if let Some(run) = self.filters.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move { run.finish().await });
-        }
         if let Some(mut log) = self.log.take() {
             log.0.bytes = self.bytes;
             log.0.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
@@ -60,6 +55,8 @@ enum Fail {
     Expectation,
     NoRoute,
     TooLarge,
+    /// The request body stalled (`limits.request_body_timeout`).
+    RequestTimeout,
     UpstreamTimeout,
     Upstream(String),
     /// A fail-closed filter failed.
@@ -73,6 +70,7 @@ impl Fail {
             Fail::Expectation => StatusCode::EXPECTATION_FAILED,
             Fail::NoRoute => StatusCode::NOT_FOUND,
             Fail::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Fail::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Fail::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Fail::Upstream(_) => StatusCode::BAD_GATEWAY,
             Fail::Filter(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,6 +83,7 @@ impl Fail {
             Fail::Expectation => "only the expectation 100-continue is supported",
             Fail::NoRoute => "no route matches this request",
             Fail::TooLarge => "request body too large",
+            Fail::RequestTimeout => "request body timed out",
             Fail::UpstreamTimeout => "upstream timed out",
             Fail::Upstream(_) => "upstream unavailable",
             Fail::Filter(name) => {
@@ -150,6 +149,10 @@ pub(crate) async fn handle(
             (fail.response(&request_id), route)
         }
     };
+    if let Some(run) = &finish.filters {
+        run.set_status(res.status());
+        run.verdict_over();
+    }
     let status = res.status().as_u16();
     match route {
         Some(r) => r.stats.record(status, start.elapsed()),
@@ -214,6 +217,9 @@ async fn forward<'s>(
     };
     let route = &snap.routes[idx];
     let cluster = &route.cluster;
+    // The route's timeout bounds the request phases of its filters (instance waits and
+    // callouts included) and the upstream's response head together.
+    let deadline = tokio::time::Instant::now() + route.timeout;
 
     if let (Some(limit), Some(len)) = (snap.max_body, content_length(req.headers()))
         && len > limit
@@ -221,7 +227,8 @@ async fn forward<'s>(
         return Err((Fail::TooLarge, Some(route)));
     }
 
-    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let upgrade =
+        is_upgrade(&req, &snap.limits.upgrade_protocols).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let upstream_site = route.host_rewrite.as_ref().or(site.as_ref());
 
@@ -276,11 +283,11 @@ async fn forward<'s>(
                 cluster: cluster.name.clone(),
                 request_id: request_id.to_str().unwrap_or_default().to_string(),
             };
-            let run = FilterRun::new(chain.clone(), props, parts.method.clone());
+            let run = FilterRun::new(chain.clone(), props, parts.method.clone(), deadline);
+            finish.filters = Some(run.clone());
             let mut p = path_and_query.as_str().to_string();
             if let Some(out) = run.request_headers(&mut parts.headers, &mut p).await {
-                run.finish().await;
-                return filter_outcome(out, request_id, route);
+                return answer(&run, out, request_id, route).await;
             }
             if p != path_and_query.as_str() {
                 path_and_query = PathAndQuery::try_from(p)
@@ -335,47 +342,59 @@ async fn forward<'s>(
     let filtered_body = filters
         .as_ref()
         .is_some_and(|run| run.phases().contains(weir_filters::Phases::REQUEST_BODY));
+    let request_idle = Idle::new(snap.request_body_timeout, snap.timeouts);
     let up_body = match &filters {
         Some(run) if filtered_body => {
             // The filters may change the body's length.
             parts.headers.remove(header::CONTENT_LENGTH);
-            run.pipe_body(ProxyBody::request(body, snap.max_body), false, false)
+            run.pipe_body(
+                ProxyBody::request(body, snap.max_body, request_idle),
+                false,
+                false,
+            )
         }
-        _ => ProxyBody::request(body, snap.max_body),
+        _ => ProxyBody::request(body, snap.max_body, request_idle),
     };
     let up_req = Request::from_parts(parts, up_body);
     let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
-    let sent = tokio::time::timeout(route.timeout, client.request(up_req)).await;
+    let sent = tokio::time::timeout_at(deadline, client.request(up_req)).await;
     let mut res = match sent {
-        Err(_) => return Err((Fail::UpstreamTimeout, Some(route))),
+        Err(_) => {
+            snap.timeouts.fired(TimeoutKind::UpstreamHead);
+            return Err((Fail::UpstreamTimeout, Some(route)));
+        }
         Ok(Err(e)) => {
             if let Some(run) = &filters
                 && let Some(out) = run.take_outcome().await
             {
-                run.finish().await;
-                return filter_outcome(out, request_id, route);
+                return answer(run, out, request_id, route).await;
             }
-            return Err((classify(cluster, ep_idx, &e), Some(route)));
+            return Err((classify(snap, cluster, ep_idx, &e), Some(route)));
         }
         Ok(Ok(res)) => res,
     };
     cluster.succeeded(ep_idx);
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(down) = upgrade
-    {
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A switch the client did not ask for (or that is not allowed) cannot be relayed: the
+        // client would read the new protocol as HTTP.
+        let Some(down) = upgrade else {
+            return Err((
+                Fail::Upstream(
+                    "101 Switching Protocols to a request without an allowed upgrade".into(),
+                ),
+                Some(route),
+            ));
+        };
+        // Relayed by the connection's own task once hyper hands the connection over.
         let up = hyper::upgrade::on(&mut res);
-        tokio::spawn(async move {
-            if let (Ok(down), Ok(up)) = (down.await, up.await) {
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
-                        .await;
-            }
-        });
+        *conn.tunnel.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(crate::tunnel::Tunnel { down, up });
         let (mut parts, _) = res.into_parts();
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         if let Some(run) = filters {
+            run.set_status(StatusCode::SWITCHING_PROTOCOLS);
             run.finish().await;
         }
         return Ok((Response::from_parts(parts, ProxyBody::empty()), route));
@@ -383,13 +402,10 @@ async fn forward<'s>(
 
     let (mut parts, body) = res.into_parts();
     head::drop_stale_length(&mut parts.headers);
-    let mut body = ProxyBody::stream(body);
+    let mut body = ProxyBody::stream(body, Idle::new(cluster.body_timeout, snap.timeouts));
     if filtered_body && let Some(run) = &filters {
         match run.settle_request_body(body, route.timeout).await {
-            Settled::Answer(out) => {
-                run.finish().await;
-                return filter_outcome(out, request_id, route);
-            }
+            Settled::Answer(out) => return answer(run, out, request_id, route).await,
             Settled::Body(b) => body = b,
         }
     }
@@ -403,19 +419,21 @@ async fn forward<'s>(
         return Ok((Response::from_parts(parts, body), route));
     };
     if let Some(out) = run
-        .response_headers(&mut parts.status, &mut parts.headers)
+        .response_headers(
+            &mut parts.status,
+            &mut parts.headers,
+            tokio::time::Instant::now() + route.timeout,
+        )
         .await
     {
-        run.finish().await;
-        return filter_outcome(out, request_id, route);
+        return answer(&run, out, request_id, route).await;
     }
     let body = if run.phases().contains(weir_filters::Phases::RESPONSE_BODY) {
         parts.headers.remove(header::CONTENT_LENGTH);
         run.pipe_body(body, true, true)
     } else {
-        if run.finishes_after_body() {
-            finish.filters = Some(run);
-        } else {
+        // With `on-log`, the run finishes when the response body is done (`Finish`).
+        if !run.finishes_after_body() {
             run.finish().await;
         }
         body
@@ -423,21 +441,41 @@ async fn forward<'s>(
     Ok((Response::from_parts(parts, body), route))
 }
 
-fn filter_outcome<'s>(out: Outcome, request_id: &HeaderValue, route: &'s Route) -> Forwarded<'s> {
-    match out {
+/// The filters decided the answer: `on-log` sees its status, then the run finishes.
+async fn answer<'s>(
+    run: &FilterRun,
+    out: Outcome,
+    request_id: &HeaderValue,
+    route: &'s Route,
+) -> Forwarded<'s> {
+    let answer = match out {
         Outcome::Local(r) => Ok((local_response(r, request_id), route)),
         Outcome::Failed(filter) => Err((Fail::Filter(filter), Some(route))),
-    }
+    };
+    run.set_status(match &answer {
+        Ok((res, _)) => res.status(),
+        Err((fail, _)) => fail.status(),
+    });
+    run.finish().await;
+    answer
 }
 
 /// Maps a client error to a failure, feeding passive health checks on connect failures.
-fn classify(cluster: &Cluster, ep: usize, e: &hyper_util::client::legacy::Error) -> Fail {
+fn classify(
+    snap: &Snapshot,
+    cluster: &Cluster,
+    ep: usize,
+    e: &hyper_util::client::legacy::Error,
+) -> Fail {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             cluster.connect_failed(ep);
             return match c {
-                ConnectError::Timeout(_) => Fail::UpstreamTimeout,
+                ConnectError::Timeout(_) => {
+                    snap.timeouts.fired(TimeoutKind::UpstreamConnect);
+                    Fail::UpstreamTimeout
+                }
                 ConnectError::Failed { .. } => Fail::Upstream(c.to_string()),
             };
         }
@@ -446,6 +484,12 @@ fn classify(cluster: &Cluster, ep: usize, e: &hyper_util::client::legacy::Error)
         }
         if s.downcast_ref::<ClientBodyError>().is_some() {
             return Fail::BadRequest("malformed request body");
+        }
+        if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
+            // Counted where it fired; an upstream body cannot stall before its head.
+            if stalled.from_client {
+                return Fail::RequestTimeout;
+            }
         }
         src = s.source();
     }
@@ -456,15 +500,18 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// A WebSocket upgrade (RFC 6455), the one protocol switch passed through. Any other `Upgrade`
-/// (h2c above all, which would turn the upstream connection into an unrouted HTTP/2 tunnel) is
-/// dropped with the other hop-by-hop headers and the request is forwarded as plain HTTP/1.1.
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+/// An upgrade to one of `limits.upgrade_protocols` (default: WebSocket, RFC 6455), the protocol
+/// switches passed through. Any other `Upgrade` (h2c above all, which would turn the upstream
+/// connection into an unrouted HTTP/2 tunnel; config refuses to allow it) is dropped with the
+/// other hop-by-hop headers and the request is forwarded as plain HTTP/1.1.
+fn is_upgrade(req: &Request<Incoming>, allowed: &[String]) -> bool {
     let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
     req.version() == Version::HTTP_11
-        && upgrade
-            .next()
-            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && upgrade.next().is_some_and(|u| {
+            allowed
+                .iter()
+                .any(|a| u.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
+        })
         && upgrade.next().is_none()
         && req
             .headers()

@@ -32,6 +32,15 @@ pub struct Snapshot {
     pub(crate) clusters: Vec<Arc<Cluster>>,
     pub(crate) access_log: Option<AccessLog>,
     pub(crate) max_body: Option<u64>,
+    /// `limits.request_body_timeout`.
+    pub(crate) request_body_timeout: Duration,
+    /// The edge limits; connections take them when they open, so a reload changes them for
+    /// every connection opened after it.
+    pub(crate) limits: Arc<weir_config::Limits>,
+    /// `drain_timeout`: how long tunnels outlive a drain.
+    pub(crate) drain_timeout: Duration,
+    /// Where deadlines that fire are counted.
+    pub(crate) timeouts: &'static weir_observe::TimeoutStats,
     /// Each listener's request policy, by listener name.
     pub(crate) listeners: Vec<(Arc<str>, RequestPolicy)>,
     /// Every configured filter's loaded module, in config order.
@@ -70,6 +79,8 @@ pub(crate) struct Cluster {
     pub h2: bool,
     pub hash_on: Option<HashOn>,
     pub health: PassiveHealth,
+    /// `timeouts.body`: longest wait between two pieces of a response body.
+    pub body_timeout: Duration,
 }
 
 pub(crate) struct Endpoint {
@@ -337,6 +348,10 @@ impl Snapshot {
             clusters,
             access_log,
             max_body,
+            request_body_timeout: c.limits.request_body_timeout,
+            limits: Arc::new(c.limits.clone()),
+            drain_timeout: c.drain_timeout,
+            timeouts: registry.timeouts(),
             loaded,
         })
     }
@@ -506,6 +521,7 @@ fn build_cluster(
             .clone()
             .or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
         health: cc.health.clone(),
+        body_timeout: cc.timeouts.body,
     })
 }
 

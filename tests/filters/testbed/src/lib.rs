@@ -11,11 +11,13 @@
 //! | `loop` | request-headers | never returns (the proxy's time budget must end it) |
 //! | `membomb` | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
 //! | `panic` | request-headers | panics (a trap) |
+//! | `panic-if` | request-headers | panics when the request carries header `name`, else as `noop` |
 //! | `callout` | request-headers | `GET path` (default `/`) to `target`, `timeout_ms` (default 1000); request header `x-callout` gets the status, or `kind: message` of the host error |
 //! | `body-upper` | request-body, response-body | buffers each body to its end and uppercases ASCII |
 //! | `state` | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
 //! | `kv-counter` | request-headers, response-headers | increments counter `key` (default `requests`) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
 //! | `bad-config` | request-headers | rejects the config unless `"fail": false` (then as `noop`) |
+//! | `lifecycle` | request-headers, response-headers, log | counts `testbed_contexts_opened` (request-headers), `testbed_logs` (on-log) and `testbed_contexts_done` (when the SDK drops the context at context-done): live contexts are opened − done |
 //!
 //! Unknown modes and unknown fields are config errors. A host error the mode does not report
 //! in a header becomes a `500` local response with body `testbed: <error>`.
@@ -62,6 +64,8 @@ pub enum Config {
         #[serde(default)]
         headers: Vec<(String, String)>,
     },
+    /// Counts contexts opened and done, and on-log calls.
+    Lifecycle {},
     /// Records a histogram observation.
     Observe {
         /// The value, parsed as an f64 (so it can be NaN or infinite).
@@ -84,6 +88,11 @@ pub enum Config {
     },
     /// Panics.
     Panic {},
+    /// Panics when the request carries this header.
+    PanicIf {
+        /// Header name.
+        name: String,
+    },
     /// Sends a callout.
     Callout {
         /// A granted cluster name or `host:port`.
@@ -152,6 +161,16 @@ pub struct Context {
     count: Option<String>,
     /// `set-header`: the host's refusal on the request side.
     set_error: Option<String>,
+    /// `lifecycle`: request-headers ran in this context.
+    opened: bool,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if self.opened {
+            let _ = weir_filter::metrics::counter_add("testbed_contexts_done", &[], 1);
+        }
+    }
 }
 
 /// Sets, appends, removes and sets again `name` on a request or response; the first host
@@ -272,6 +291,9 @@ impl Filter for Testbed {
             Config::State {} | Config::KvCounter { .. } | Config::SetHeader { .. } => {
                 Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS
             }
+            Config::Lifecycle {} => {
+                Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS | Phases::LOG
+            }
             Config::HeaderEdit { .. } => {
                 Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS | Phases::STATELESS
             }
@@ -283,6 +305,7 @@ impl Filter for Testbed {
             | Config::Loop {}
             | Config::Membomb { .. }
             | Config::Panic {}
+            | Config::PanicIf { .. }
             | Config::Callout { .. }
             | Config::Observe { .. }
             | Config::BadConfig { .. } => Phases::REQUEST_HEADERS | Phases::STATELESS,
@@ -292,6 +315,14 @@ impl Filter for Testbed {
     fn on_request_headers(&self, req: &mut Request, ctx: &mut Context) -> Action {
         match &self.config {
             Config::Noop {} | Config::BadConfig { .. } | Config::BodyUpper {} => Action::Continue,
+            Config::Lifecycle {} => {
+                ctx.opened = true;
+                or_fail(weir_filter::metrics::counter_add(
+                    "testbed_contexts_opened",
+                    &[],
+                    1,
+                ))
+            }
             Config::HeaderEdit { value, tag } => or_fail(
                 req.set_header("x-testbed", value)
                     .and_then(|()| req.append_header("x-chain", tag))
@@ -323,6 +354,12 @@ impl Filter for Testbed {
             Config::Loop {} => spin(),
             Config::Membomb { limit_mb } => membomb(*limit_mb),
             Config::Panic {} => panic!("testbed: panic mode"),
+            Config::PanicIf { name } => {
+                if req.header(name).is_some() {
+                    panic!("testbed: panic-if mode, {name} present");
+                }
+                Action::Continue
+            }
             Config::Callout {
                 target,
                 path,
@@ -395,6 +432,11 @@ impl Filter for Testbed {
         match self.config {
             Config::BodyUpper {} => upper(body, end),
             _ => Action::Continue,
+        }
+    }
+    fn on_log(&self, _log: &weir_filter::LogView, _ctx: &mut Context) {
+        if let Config::Lifecycle {} = self.config {
+            let _ = weir_filter::metrics::counter_add("testbed_logs", &[], 1);
         }
     }
 }

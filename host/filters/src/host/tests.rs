@@ -1,0 +1,216 @@
+//! Host calls with hostile arguments: every bound answers the filter with a typed error, and
+//! is counted on `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_config::{FailurePolicy, Grants};
+
+use super::*;
+use crate::bindings::weir::filter::metrics::Host as _;
+use crate::bindings::weir::filter::{callout::Host as _, http::Host as _, kv::Host as _};
+use crate::kv::KvLimits;
+use crate::module::{Runtime, RuntimeOptions};
+use crate::pair::PairSpec;
+
+fn state(kv_limits: KvLimits) -> anyhow::Result<HostState> {
+    let rt = Runtime::new(RuntimeOptions {
+        max_instances: 16,
+        kv_limits,
+        ..Default::default()
+    })?;
+    let shared = Arc::new(Shared {
+        spec: PairSpec {
+            filter: "f".into(),
+            config: "{}".into(),
+            memory: 1 << 20,
+            time_per_phase: Duration::from_millis(5),
+            max_body: 1 << 10,
+            max_instances: 1,
+            on_error: FailurePolicy::FailClosed,
+            grants: Grants {
+                callouts: vec!["up".into()],
+                kv: vec!["ns".into()],
+            },
+        },
+        runtime: rt.inner.clone(),
+    });
+    Ok(HostState::new(shared))
+}
+
+fn hits(s: &HostState, limit: &'static str) -> u64 {
+    s.shared.runtime.registry.filter_limit_hits("f", limit)
+}
+
+/// What a host call answered, in a word (`ok ..`, `invalid`, `trap: ..`).
+fn kind<T: std::fmt::Debug>(r: wasmtime::Result<Result<T, HostError>>) -> String {
+    match r {
+        Err(trap) => format!("trap: {trap}"),
+        Ok(Ok(v)) => format!("ok {v:?}"),
+        Ok(Err(HostError::Denied(_))) => "denied".into(),
+        Ok(Err(HostError::Unavailable(_))) => "unavailable".into(),
+        Ok(Err(HostError::Invalid(_))) => "invalid".into(),
+        Ok(Err(HostError::Failed(_))) => "failed".into(),
+    }
+}
+
+/// A host call that must succeed.
+fn must<T>(r: wasmtime::Result<Result<T, HostError>>) -> anyhow::Result<T> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => anyhow::bail!("host error: {e:?}"),
+        Err(trap) => anyhow::bail!("trap: {trap}"),
+    }
+}
+
+#[test]
+fn kv_bounds_reach_the_filter_as_typed_errors() -> anyhow::Result<()> {
+    let mut s = state(KvLimits {
+        max_key_bytes: 8,
+        max_value_bytes: 8,
+        max_entries: 2,
+        max_bytes: 1 << 20,
+    })?;
+    let ns = || "ns".to_string();
+    let long = || "k".repeat(9);
+    let got = [
+        kind(s.set(ns(), long(), vec![], 0)),
+        kind(s.compare_and_swap(ns(), long(), 0, vec![], 0)),
+        kind(s.increment(ns(), long(), 1, 0)),
+        kind(s.take_tokens(ns(), long(), 1, 1, 1, 1)),
+        kind(s.set(ns(), "k".into(), vec![0; 9], 0)),
+        kind(s.compare_and_swap(ns(), "k".into(), 0, vec![0; 9], 0)),
+    ];
+    assert_eq!(got, ["invalid"; 6].map(String::from));
+    assert_eq!(
+        (hits(&s, "kv_key_bytes"), hits(&s, "kv_value_bytes")),
+        (4, 2)
+    );
+    // A full namespace fails (it may work again once keys expire), every kind of write alike.
+    must(s.set(ns(), "a".into(), vec![], 0))?;
+    must(s.increment(ns(), "b".into(), 1, 0))?;
+    let got = [
+        kind(s.set(ns(), "c".into(), vec![], 0)),
+        kind(s.compare_and_swap(ns(), "c".into(), 0, vec![], 0)),
+        kind(s.increment(ns(), "c".into(), 1, 0)),
+        kind(s.take_tokens(ns(), "c".into(), 1, 1, 1, 1)),
+    ];
+    assert_eq!(got, ["failed"; 4].map(String::from));
+    assert_eq!(hits(&s, "kv_entries"), 4);
+    // Not granted stays `denied`, whatever the size.
+    assert_eq!(kind(s.set("other".into(), long(), vec![], 0)), "denied");
+    Ok(())
+}
+
+#[test]
+fn metric_names_labels_and_series_are_bounded() -> anyhow::Result<()> {
+    let mut s = state(KvLimits::default())?;
+    let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    for label in ["filter", "le", "quantile", "__name__", "bad-name", ""] {
+        let got = [
+            kind(s.counter_add("m".into(), l(label, "v"), 1)),
+            kind(s.gauge_set("g".into(), l(label, "v"), 1)),
+            kind(s.histogram_observe("h".into(), l(label, "v"), 1.0)),
+        ];
+        assert_eq!(got, ["invalid"; 3].map(String::from), "label {label:?}");
+    }
+    let long = "v".repeat(crate::series::MAX_LABEL_VALUE_BYTES + 1);
+    assert_eq!(kind(s.counter_add("m".into(), l("k", &long), 1)), "invalid");
+    assert_eq!(
+        kind(s.counter_add("calls_total".into(), vec![], 1)),
+        "invalid"
+    );
+    for i in 0..crate::series::MAX_SERIES_PER_METRIC {
+        must(s.counter_add("m".into(), l("client", &i.to_string()), 1))?;
+    }
+    assert_eq!(
+        kind(s.counter_add("m".into(), l("client", "one-more"), 1)),
+        "invalid"
+    );
+    assert_eq!(hits(&s, "metric_series"), 1);
+    assert_eq!(hits(&s, "metric_label_value_bytes"), 1);
+    let text = s.shared.runtime.registry.render("test");
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("weir_filter_m{"))
+        .count();
+    assert_eq!(series, crate::series::MAX_SERIES_PER_METRIC);
+    for refused in ["one-more", "le=", "quantile=", "__name__"] {
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("weir_filter_") && l.contains(refused)),
+            "{refused} rendered"
+        );
+    }
+    assert!(
+        text.contains("weir_filter_limit_rejections_total{filter=\"f\",limit=\"metric_series\"} 1")
+    );
+    Ok(())
+}
+
+#[test]
+fn filters_cannot_grow_header_maps_without_bound() -> anyhow::Result<()> {
+    for (phase, map) in [
+        (Phase::RequestHeaders, types::HeaderMap::Request),
+        (Phase::ResponseHeaders, types::HeaderMap::Response),
+    ] {
+        let mut s = state(KvLimits::default())?;
+        s.phase = phase;
+        for i in 0..MAX_MAP_HEADERS {
+            must(s.append_header(map, format!("x-{}", i % 10), "v".into()))?;
+        }
+        let got = [
+            kind(s.append_header(map, "x-0".into(), "v".into())),
+            kind(s.set_header(map, "x-new".into(), "v".into())),
+        ];
+        assert_eq!(got, ["invalid"; 2].map(String::from), "{phase:?}");
+        // Replacing and removing still work at the bound.
+        assert_eq!(kind(s.set_header(map, "x-1".into(), "w".into())), "ok ()");
+        assert_eq!(kind(s.remove_header(map, "x-2".into())), "ok ()");
+        assert_eq!(
+            kind(s.append_header(map, "x-2".into(), "v".into())),
+            "ok ()"
+        );
+
+        let mut s = state(KvLimits::default())?;
+        s.phase = phase;
+        let big = "v".repeat(MAX_HEADER_BYTES / 4);
+        for i in 0..3 {
+            must(s.append_header(map, format!("x-{i}"), big.clone()))?;
+        }
+        let got = [
+            kind(s.append_header(map, "x-3".into(), big.clone())),
+            kind(s.set_header(map, "x-3".into(), big.clone())),
+        ];
+        assert_eq!(got, ["invalid"; 2].map(String::from), "{phase:?}");
+        assert_eq!(kind(s.set_header(map, "x-0".into(), big.clone())), "ok ()");
+        assert_eq!(hits(&s, "header_bytes"), 2);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn callout_header_lists_are_bounded() -> anyhow::Result<()> {
+    let mut s = state(KvLimits::default())?;
+    s.phase = Phase::RequestHeaders;
+    let headers = |n: usize, len: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("x-{i}"), "v".repeat(len)))
+            .collect()
+    };
+    let mut send = async |h| {
+        kind(Ok(s
+            .send("up".into(), "GET".into(), "/".into(), h, vec![], 1000)
+            .await))
+    };
+    // Within the bounds the call gets as far as the (absent) callout client.
+    let got = [
+        send(headers(MAX_CALL_HEADERS, 1)).await,
+        send(headers(MAX_CALL_HEADERS + 1, 1)).await,
+        send(headers(MAX_CALL_HEADERS * 8, 0)).await,
+        send(headers(2, MAX_HEADER_BYTES / 2)).await,
+    ];
+    assert_eq!(got, ["unavailable", "invalid", "invalid", "invalid"]);
+    Ok(())
+}

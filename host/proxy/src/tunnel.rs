@@ -1,0 +1,127 @@
+//! Upgraded connections (WebSocket): after the `101`, bytes are relayed both ways on the
+//! downstream connection's own task, so a tunnel keeps its connection slot, counts for drain,
+//! and is closed when idle or when drain's deadline passes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use weir_observe::{TimeoutKind, TimeoutStats};
+
+/// Both halves of an accepted upgrade, resolved once hyper hands the connections over.
+pub(crate) struct Tunnel {
+    pub down: OnUpgrade,
+    pub up: OnUpgrade,
+}
+
+/// Relays until either side closes, nothing moves for `idle`, or `drain` has passed since
+/// shutdown began.
+pub(crate) async fn run(
+    t: Tunnel,
+    idle: Duration,
+    drain: Duration,
+    timeouts: &'static TimeoutStats,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (down, up) = match tokio::try_join!(t.down, t.up) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let born = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut down = Active {
+        io: TokioIo::new(down),
+        last: last.clone(),
+        born,
+    };
+    let mut up = Active {
+        io: TokioIo::new(up),
+        last: last.clone(),
+        born,
+    };
+    let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
+    tokio::pin!(relay);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    if *shutdown.borrow() {
+        deadline = Some(tokio::time::Instant::now() + drain);
+    }
+    loop {
+        let quiet = born
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        if quiet >= idle {
+            timeouts.fired(TimeoutKind::TunnelIdle);
+            tracing::debug!("tunnel idle for {quiet:?}: closed");
+            return;
+        }
+        let mut wake = tokio::time::Instant::now() + (idle - quiet);
+        if let Some(d) = deadline {
+            wake = wake.min(d);
+        }
+        tokio::select! {
+            r = &mut relay => {
+                if let Err(e) = r {
+                    tracing::debug!("tunnel ended: {e}");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + drain);
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    tracing::debug!("drain deadline: tunnel closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One side of a tunnel, noting when bytes arrive from it.
+struct Active<I> {
+    io: I,
+    last: Arc<AtomicU64>,
+    born: Instant,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Active<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = self.born.elapsed().as_millis() as u64;
+            self.last.store(now, Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Active<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,706 @@
+//! End-to-end reliability: peers that stall, stop reading or go away, tunnels, and filter
+//! lifecycles under failure. Every wait the proxy makes has a deadline; each test shows one
+//! firing (and counted in `weir_timeouts_total`), the proxy alive, and other routes unaffected.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The value of one sample line (`name{labels}`) in a Prometheus text page, 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn timeouts(weir: &Weir, kind: &str) -> Result<f64> {
+    let (_, m) = weir.admin_get("/metrics").await?;
+    Ok(sample(
+        &m,
+        &format!("weir_timeouts_total{{kind=\"{kind}\"}}"),
+    ))
+}
+
+/// A config: `limits`, listener `public`, clusters `live` (answers) and `slow` (the test's
+/// upstream under scrutiny) with `slow_timeouts`, routes `/ok` → live and `/` → slow.
+fn config(limits: &str, live: &Upstream, slow: &Upstream, slow_timeouts: &str) -> String {
+    format!(
+        "limits: {{ {limits} }}\n\
+listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes:\n\
+  - {{ name: ok, match: {{ path_prefix: /ok }}, cluster: live }}\n\
+  - {{ name: slow, match: {{ path_prefix: / }}, cluster: slow }}\n\
+clusters:\n\
+  - {{ name: live, endpoints: [ {{ address: \"{}\" }} ] }}\n\
+  - {{ name: slow, endpoints: [ {{ address: \"{}\" }} ], timeouts: {{ {slow_timeouts} }} }}\n",
+        live.addr, slow.addr
+    )
+}
+
+/// Reads until EOF or reset; how long it took from `since`, and what arrived.
+async fn read_to_close(s: &mut TcpStream, since: Instant, limit: Duration) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let left = (since + limit).saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Err(_) => bail!(
+                "connection still open after {limit:?} ({} bytes read)",
+                data.len()
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(data),
+            Ok(Ok(n)) => data.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn other_routes_answer(weir: &Weir) -> Result<()> {
+    let got = get(&weir.url("public", "/ok")).await?;
+    ensure!(got.status == StatusCode::OK, "other route: {}", got.status);
+    ensure!(got.upstream() == "live");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines after the response head
+// ---------------------------------------------------------------------------------------------
+
+/// An upstream that sends its head and part of a body, then nothing: the response is cut after
+/// the cluster's `timeouts.body`, and the upstream's connection is let go.
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_after_the_body_timeout() -> Result<()> {
+    let released = Arc::new(AtomicUsize::new(0));
+    let r = released.clone();
+    let slow = Upstream::with("slow", move |_req, _seen| {
+        let r = r.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first part;")).await;
+                // Stall: hold the sender until the proxy lets go of the response.
+                tx.closed().await;
+                r.fetch_add(1, SeqCst);
+            });
+            Response::builder()
+                .header("content-length", "1000")
+                .body(body)
+                .unwrap()
+        }
+    })
+    .await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config("", &live, &slow, "body: 400ms"))?;
+
+    let mut c = TcpStream::connect(weir.addr("public")).await?;
+    c.write_all(b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let since = Instant::now();
+    let got = read_to_close(&mut c, since, Duration::from_secs(5)).await?;
+    let took = since.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("first part;"), "{text}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "cut after {took:?}, body timeout 400ms"
+    );
+    weir.eventually("the stalled upstream is let go", async || {
+        released.load(SeqCst) == 1
+    })
+    .await?;
+    assert_eq!(timeouts(&weir, "upstream_body").await?, 1.0);
+    other_routes_answer(&weir).await?;
+    Ok(())
+}
+
+/// A client that sends part of a request body and stops gets 408 after
+/// `limits.request_body_timeout`, and the upstream is not left waiting.
+#[tokio::test]
+async fn a_request_body_that_stalls_gets_408() -> Result<()> {
+    let slow = Upstream::with("slow", |req: Request<Incoming>, _seen| async move {
+        // Reads the whole body before answering, like most upstreams.
+        let n = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len(),
+            Err(_) => 0,
+        };
+        Response::new(full(format!("{n}")))
+    })
+    .await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config(
+        "request_body_timeout: 400ms",
+        &live,
+        &slow,
+        "request: 10s",
+    ))?;
+
+    let mut c = TcpStream::connect(weir.addr("public")).await?;
+    c.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b")
+        .await?;
+    let since = Instant::now();
+    let got = read_to_close(&mut c, since, Duration::from_secs(5)).await?;
+    let took = since.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "408 after {took:?}, request body timeout 400ms"
+    );
+    assert_eq!(timeouts(&weir, "request_body").await?, 1.0);
+    other_routes_answer(&weir).await?;
+    Ok(())
+}
+
+/// A client that asks for a large response and never reads it: the connection is closed after
+/// `limits.send_timeout`, the upstream's response is abandoned, the slot is freed.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() -> Result<()> {
+    let released = Arc::new(AtomicUsize::new(0));
+    let r = released.clone();
+    let slow = Upstream::with("slow", move |_req, _seen| {
+        let r = r.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                // Endless: 64 KiB chunks as fast as the proxy takes them.
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                while tx.send(chunk.clone()).await.is_ok() {}
+                r.fetch_add(1, SeqCst);
+            });
+            Response::new(body)
+        }
+    })
+    .await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config(
+        "send_timeout: 500ms, max_connections: 2",
+        &live,
+        &slow,
+        "",
+    ))?;
+
+    let mut c = TcpStream::connect(weir.addr("public")).await?;
+    c.write_all(b"GET /flood HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    // Never read. The socket buffers fill, the proxy's writes block, and the deadline runs.
+    weir.eventually("the send timeout fires", async || {
+        timeouts(&weir, "send").await.unwrap_or(0.0) == 1.0
+    })
+    .await?;
+    weir.eventually("the upstream's response is abandoned", async || {
+        released.load(SeqCst) == 1
+    })
+    .await?;
+    weir.eventually("the connection is gone", async || {
+        let (_, m) = weir.admin_get("/metrics").await.unwrap_or_default();
+        sample(&m, "weir_downstream_connections{listener=\"public\"}") == 0.0
+    })
+    .await?;
+    // Reading now finds the connection closed (after what the buffers held).
+    read_to_close(&mut c, Instant::now(), Duration::from_secs(5)).await?;
+    other_routes_answer(&weir).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades
+// ---------------------------------------------------------------------------------------------
+
+async fn websocket_echo(mut req: Request<Incoming>, _seen: Seen) -> Response<TestBody> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .cloned()
+        .unwrap_or_else(|| http::HeaderValue::from_static("x"));
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let protocol = req.headers().get("upgrade").cloned();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut res = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("sec-websocket-accept", accept);
+    if let Some(p) = protocol {
+        res = res.header("upgrade", p);
+    }
+    res.body(full("")).unwrap()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn open_ws(weir: &Weir) -> Result<Ws> {
+    let addr = weir.addr("public");
+    let tcp = TcpStream::connect(addr).await?;
+    let (ws, res) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(format!("ws://{addr}/chat"), tcp),
+    )
+    .await
+    .context("handshake timed out")??;
+    ensure!(res.status() == StatusCode::SWITCHING_PROTOCOLS);
+    Ok(ws)
+}
+
+async fn echo(ws: &mut Ws, text: &str) -> Result<()> {
+    ws.send(Message::text(text)).await?;
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .context("no echo")?
+        .context("tunnel ended")??;
+    ensure!(got == Message::text(text), "{got:?}");
+    Ok(())
+}
+
+/// A tunnel that moves no bytes is closed after `limits.tunnel_idle_timeout`; one that keeps
+/// talking is not.
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() -> Result<()> {
+    let ws_up = Upstream::with("ws", websocket_echo).await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config("tunnel_idle_timeout: 600ms", &live, &ws_up, ""))?;
+
+    let mut busy = open_ws(&weir).await?;
+    let mut idle = open_ws(&weir).await?;
+    echo(&mut idle, "once").await?;
+    let since = Instant::now();
+    // `busy` talks every 150ms for 1.5s: longer than the idle timeout, never idle that long.
+    for i in 0..10 {
+        echo(&mut busy, &format!("ping {i}")).await?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // `idle` was closed by the proxy meanwhile.
+    let end = tokio::time::timeout(Duration::from_secs(3), idle.next())
+        .await
+        .context("the idle tunnel is still open")?;
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "idle tunnel got {end:?}"
+    );
+    assert!(since.elapsed() >= Duration::from_millis(550));
+    echo(&mut busy, "still here").await?;
+    assert_eq!(timeouts(&weir, "tunnel_idle").await?, 1.0);
+    Ok(())
+}
+
+/// A tunnel keeps its connection's place under `max_connections`: with one allowed, a second
+/// client waits until the tunnel ends. (Tunnels used to run detached, outside every limit.)
+#[tokio::test]
+async fn a_tunnel_holds_its_connection_slot() -> Result<()> {
+    let ws_up = Upstream::with("ws", websocket_echo).await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config("max_connections: 1", &live, &ws_up, ""))?;
+
+    let mut ws = open_ws(&weir).await?;
+    echo(&mut ws, "hello").await?;
+    let url = weir.url("public", "/ok");
+    let waiting = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served while the tunnel held the only slot"
+    );
+    ws.close(None).await?;
+    drop(ws);
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .context("the waiting client was never served")???;
+    assert_eq!(got.status, StatusCode::OK);
+    Ok(())
+}
+
+/// SIGTERM: a tunnel keeps working while the proxy drains, and is closed at drain's deadline
+/// (the process then exits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_tunnels_until_its_deadline() -> Result<()> {
+    let ws_up = Upstream::with("ws", websocket_echo).await;
+    let live = Upstream::start("live").await;
+    let yaml = format!("drain_timeout: 1s\n{}", config("", &live, &ws_up, ""));
+    let mut weir = Weir::start(&yaml)?;
+    let mut ws = open_ws(&weir).await?;
+    echo(&mut ws, "before").await?;
+    let since = Instant::now();
+    weir.signal(15);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    echo(&mut ws, "while draining").await?;
+    let code = tokio::task::block_in_place(|| weir.wait_exit(Duration::from_secs(5)))?;
+    let took = since.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before drain's deadline, with a tunnel open"
+    );
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(3), "exited after {took:?}");
+    Ok(())
+}
+
+/// Only the configured upgrade protocols pass; another is forwarded as plain HTTP.
+#[tokio::test]
+async fn upgrade_protocols_are_configurable() -> Result<()> {
+    let ws_up = Upstream::with("ws", websocket_echo).await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config(
+        "upgrade_protocols: [ websocket, x-custom ]",
+        &live,
+        &ws_up,
+        "",
+    ))?;
+    for (proto, passes) in [("x-custom", true), ("X-Custom", true), ("x-other", false)] {
+        let mut c = TcpStream::connect(weir.addr("public")).await?;
+        c.write_all(
+            format!(
+                "GET /t HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {proto}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut head = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut head)).await??;
+        let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+        let seen = ws_up.last();
+        if passes {
+            assert!(head.starts_with("http/1.1 101"), "{proto}: {head}");
+            assert_eq!(
+                seen.headers.get("upgrade").map(|v| v.as_bytes()),
+                Some(proto.as_bytes())
+            );
+        } else {
+            // Forwarded as plain HTTP; the upstream's unasked-for 101 cannot be relayed.
+            assert!(head.starts_with("http/1.1 502"), "{proto}: {head}");
+            assert!(
+                seen.headers.get("upgrade").is_none(),
+                "{proto} reached the upstream"
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits on reload
+// ---------------------------------------------------------------------------------------------
+
+/// `limits.max_connections` changes on reload, for the connections that come after.
+#[tokio::test]
+async fn max_connections_changes_on_reload() -> Result<()> {
+    let live = Upstream::start("live").await;
+    let other = Upstream::start("other").await;
+    let weir = Weir::start(&config("max_connections: 1", &live, &other, ""))?;
+
+    // One connection holds the only slot (its head is in; keep-alive keeps it).
+    let mut held = TcpStream::connect(weir.addr("public")).await?;
+    held.write_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf)).await??;
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let url = weir.url("public", "/ok");
+    let waiting = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "max_connections: 1 served a second connection"
+    );
+
+    let text =
+        std::fs::read_to_string(&weir.config)?.replace("max_connections: 1", "max_connections: 4");
+    std::fs::write(&weir.config, text)?;
+    let (status, body) = weir.admin("POST", "/reload", "").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The reload lets the waiting connection in.
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .context("still waiting after max_connections went up")???;
+    assert_eq!(got.status, StatusCode::OK);
+    drop(held);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filter lifecycles under failure
+// ---------------------------------------------------------------------------------------------
+
+/// Every request that entered a stateful filter gets exactly one `on-log` and one
+/// `context-done`, also when the upstream times out (504) or the client goes away: 1000 of
+/// each leave no live context behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_abandoned_requests_end_their_filter_contexts() -> Result<()> {
+    const EACH: usize = 1000;
+    let hang = Upstream::with("hang", |_req, _seen| async move {
+        std::future::pending::<()>().await;
+        Response::new(full(""))
+    })
+    .await;
+    let wasm = filter_wasm("weir-testbed");
+    let yaml = format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+clusters: [ {{ name: hang, endpoints: [ {{ address: \"{}\" }} ] }} ]\n\
+filters: [ {{ name: life, module: \"{}\", config: {{ mode: lifecycle }} }} ]\n\
+routes:\n\
+  - {{ name: timeout, match: {{ path_prefix: /timeout }}, cluster: hang, timeout: 30ms, filters: [ life ] }}\n\
+  - {{ name: abort, match: {{ path_prefix: /abort }}, cluster: hang, timeout: 60s, filters: [ life ] }}\n",
+        hang.addr,
+        wasm.display()
+    );
+    let weir = Weir::start(&yaml)?;
+    let addr = weir.addr("public");
+
+    let client = h1_client();
+    let statuses = futures_util::stream::iter(0..EACH)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let req = Request::get(format!("http://{addr}/timeout/{i}")).body(full(""))?;
+                Ok::<_, anyhow::Error>(send(&client, req).await?.status)
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for s in statuses {
+        assert_eq!(s?, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    // Aborts: the request reaches the upstream (so it went through the filter), then the
+    // client hangs up.
+    let before = hang.count();
+    futures_util::stream::iter(0..EACH)
+        .map(|i| async move {
+            let mut c = TcpStream::connect(addr).await?;
+            c.write_all(format!("GET /abort/{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await?;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok::<_, anyhow::Error>(())
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    weir.eventually("every aborted request reached the upstream", async || {
+        hang.count() - before == EACH
+    })
+    .await?;
+
+    let want = (2 * EACH) as f64;
+    let mut last = String::new();
+    let done = weir
+        .eventually("every context is done and logged", async || {
+            let (_, m) = weir.admin_get("/metrics").await.unwrap_or_default();
+            let got = [
+                "weir_filter_testbed_contexts_opened",
+                "weir_filter_testbed_contexts_done",
+                "weir_filter_testbed_logs",
+            ]
+            .map(|n| sample(&m, &format!("{n}{{filter=\"life\"}}")));
+            last = format!("{got:?}");
+            got == [want; 3]
+        })
+        .await;
+    done.with_context(|| format!("(opened, done, logs) = {last}, want {want} each"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body pumps
+// ---------------------------------------------------------------------------------------------
+
+/// A response body filtered chunk by chunk: when the client goes away mid-body, the pump stops
+/// reading the upstream (within a second), rather than filtering the rest to nobody.
+#[tokio::test]
+async fn a_body_pump_stops_when_its_reader_goes() -> Result<()> {
+    let released = Arc::new(AtomicUsize::new(0));
+    let r = released.clone();
+    let endless = Upstream::with("endless", move |_req, _seen| {
+        let r = r.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'a'; 1024]);
+                while tx.send(chunk.clone()).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r.fetch_add(1, SeqCst);
+            });
+            Response::new(body)
+        }
+    })
+    .await;
+    let wasm = filter_wasm("weir-testbed");
+    let yaml = format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+clusters: [ {{ name: endless, endpoints: [ {{ address: \"{}\" }} ] }} ]\n\
+filters: [ {{ name: upper, module: \"{}\", config: {{ mode: body-upper }} }} ]\n\
+routes: [ {{ name: r, match: {{ path_prefix: / }}, cluster: endless, filters: [ upper ] }} ]\n",
+        endless.addr,
+        wasm.display()
+    );
+    let weir = Weir::start(&yaml)?;
+
+    let mut c = TcpStream::connect(weir.addr("public")).await?;
+    c.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await??;
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(released.load(SeqCst), 0, "the stream ended on its own");
+    drop(c);
+    let since = Instant::now();
+    weir.eventually("the upstream stream is let go", async || {
+        released.load(SeqCst) == 1
+    })
+    .await?;
+    assert!(
+        since.elapsed() < Duration::from_secs(1),
+        "the pump kept reading for {:?} after the client left",
+        since.elapsed()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filters under the request's deadline
+// ---------------------------------------------------------------------------------------------
+
+/// A config with the testbed filter `f` (`filter_config`, `extra` YAML after it) on route
+/// `/` to `up` with `timeout`.
+fn filter_config(up: &Upstream, filter_config: &str, extra: &str, timeout: &str) -> String {
+    format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+clusters: [ {{ name: up, endpoints: [ {{ address: \"{}\" }} ] }} ]\n\
+filters: [ {{ name: f, module: \"{}\", config: {filter_config}{extra} }} ]\n\
+routes: [ {{ name: r, match: {{ path_prefix: / }}, cluster: up, timeout: {timeout}, filters: [ f ] }} ]\n",
+        up.addr,
+        filter_wasm("weir-testbed").display()
+    )
+}
+
+/// Callouts hold their instance while they wait. A callout target that takes 5 s, two
+/// instances and a 1 s route timeout: 20 concurrent requests are all answered in about a second
+/// (the callouts are cut at the deadline, the requests queued for an instance give up at it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_and_instance_waits_end_at_the_request_deadline() -> Result<()> {
+    let sleeper = Upstream::with("sleeper", |_req, _seen| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let up = Upstream::start("up").await;
+    let target = sleeper.addr.to_string();
+    let weir = Weir::start(&filter_config(
+        &up,
+        &format!("{{ mode: callout, target: \"{target}\", timeout_ms: 30000 }}"),
+        &format!(", grants: {{ callouts: [ \"{target}\" ] }}, limits: {{ max_instances: 2 }}"),
+        "1s",
+    ))?;
+    let url = weir.url("public", "/x");
+    let since = Instant::now();
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let url = url.clone();
+        async move {
+            let got = get(&url).await?;
+            Ok::<_, anyhow::Error>((got.status, since.elapsed()))
+        }
+    }))
+    .await;
+    let mut statuses = Vec::new();
+    for a in answers {
+        let (status, after) = a?;
+        assert!(
+            after < Duration::from_millis(2500),
+            "answered after {after:?} with a 1s route timeout"
+        );
+        statuses.push(status.as_u16());
+    }
+    // The seated requests' callouts are cut at the deadline, which leaves the upstream no time
+    // (504); a request still queued for an instance at the deadline gives up (a deadline
+    // failure of a fail-closed filter: 503).
+    assert!(
+        statuses.iter().all(|s| *s == 503 || *s == 504),
+        "{statuses:?}"
+    );
+    let (_, m) = weir.admin_get("/metrics").await?;
+    assert!(
+        sample(&m, "weir_filter_queue_wait_seconds_count{filter=\"f\"}") >= 18.0,
+        "{m}"
+    );
+    assert_eq!(sample(&m, "weir_filter_queue_waiting{filter=\"f\"}"), 0.0);
+    Ok(())
+}
+
+/// One request's trap discards the instance it ran in; requests seated in that instance beside
+/// it are run again on a fresh one instead of failing with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_does_not_fail_the_requests_beside_it() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let weir = Weir::start(&filter_config(
+        &up,
+        "{ mode: panic-if, name: x-panic }",
+        ", limits: { max_instances: 1 }",
+        "5s",
+    ))?;
+    let url = weir.url("public", "/x");
+    let answers = futures_util::future::join_all((0..60).map(|i| {
+        let url = url.clone();
+        async move {
+            let panics = i % 6 == 0;
+            let headers: &[(&str, &str)] = if panics { &[("x-panic", "1")] } else { &[] };
+            let got = get_with(&url, headers).await?;
+            Ok::<_, anyhow::Error>((panics, got.status))
+        }
+    }))
+    .await;
+    for a in answers {
+        let (panics, status) = a?;
+        if panics {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "a neighbour of a trap failed with it"
+            );
+        }
+    }
+    let (_, m) = weir.admin_get("/metrics").await?;
+    assert_eq!(
+        sample(
+            &m,
+            "weir_filter_failures_total{filter=\"f\",route=\"r\",kind=\"panic\"}"
+        ),
+        10.0,
+        "{m}"
+    );
+    Ok(())
+}
