@@ -15,6 +15,7 @@
 //! plus the vector's own expected status and what the upstream must have seen. Every failure is
 //! collected and reported in one table, so one run shows them all.
 
+mod h2raw;
 mod support;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
+use h2raw::*;
 use support::Weir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -867,59 +869,6 @@ async fn h1_exchange(addr: SocketAddr, steps: &[Step], responses: usize, limit: 
         }
     }
     got
-}
-
-// HTTP/2 frames, written by hand so that malformed header blocks can be sent at all.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
-
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("frame size");
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend([ty, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend(payload);
-    f
-}
-
-/// An HPACK integer with an `n`-bit prefix after the bits in `first`.
-fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// Every field as "literal without indexing, new name", no Huffman: names and values go on
-/// the wire exactly as given, uppercase and CRLF included.
-fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        out.push(0);
-        for s in [name, value] {
-            hpack_int(&mut out, 0, 7, s.len());
-            out.extend(s.as_bytes());
-        }
-    }
-    out
 }
 
 /// An HPACK integer with an `n`-bit prefix: (value, bytes used).

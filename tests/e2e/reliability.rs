@@ -2,6 +2,7 @@
 //! lifecycles under failure. Every wait the proxy makes has a deadline; each test shows one
 //! firing (and counted in `weir_timeouts_total`), the proxy alive, and other routes unaffected.
 
+mod h2raw;
 mod support;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use h2raw::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -701,6 +703,339 @@ async fn a_trap_does_not_fail_the_requests_beside_it() -> Result<()> {
         ),
         10.0,
         "{m}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floods: the proxy stays up, bounded, and serves everyone else
+// ---------------------------------------------------------------------------------------------
+
+/// What a flood did.
+#[derive(Debug)]
+struct Flood {
+    /// Units written before the proxy closed the connection (all of them if it did not).
+    sent: usize,
+    /// The proxy closed (or reset) the flooding connection.
+    closed: bool,
+    /// Resident memory growth of the proxy, KiB.
+    rss_growth_kib: i64,
+    /// Slowest answer a well-behaved client got during the flood.
+    slowest: Duration,
+}
+
+/// Writes `opening` then `unit(i)` for i in 0..count on one h2c connection (reading and
+/// discarding whatever comes back), while another client keeps asking `/ok`. Fails if that
+/// client is ever refused or the proxy dies.
+async fn flood(
+    weir: &Weir,
+    opening: Vec<u8>,
+    count: usize,
+    unit: impl Fn(usize) -> Vec<u8>,
+) -> Result<Flood> {
+    let before = weir.rss_kib() as i64;
+    let stop = Arc::new(AtomicUsize::new(0));
+    let probe = {
+        let (url, stop) = (weir.url("public", "/ok"), stop.clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            while stop.load(SeqCst) == 0 {
+                let t = Instant::now();
+                let got = get(&url).await?;
+                ensure!(
+                    got.status == StatusCode::OK,
+                    "a bystander got {}",
+                    got.status
+                );
+                slowest = slowest.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(slowest)
+        })
+    };
+    let s = TcpStream::connect(weir.addr("public")).await?;
+    let (mut rd, mut wr) = s.into_split();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    wr.write_all(&opening).await?;
+    let (mut sent, mut closed) = (0, false);
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while sent < count {
+        batch.clear();
+        let first = sent;
+        while batch.len() < 32 * 1024 && sent < count {
+            batch.extend(unit(sent));
+            sent += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), wr.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                closed = true;
+                sent = first;
+                break;
+            }
+            Err(_) => bail!("the proxy stopped reading a flood without closing it"),
+        }
+    }
+    if !closed {
+        // Did the proxy give up on the connection? (It has its reasons a second later.)
+        closed = tokio::time::timeout(Duration::from_secs(3), reader)
+            .await
+            .is_ok();
+    }
+    stop.store(1, SeqCst);
+    let slowest = probe.await??;
+    let after = weir.rss_kib() as i64;
+    // Alive and answering.
+    let got = get(&weir.url("public", "/ok")).await?;
+    ensure!(got.status == StatusCode::OK);
+    Ok(Flood {
+        sent,
+        closed,
+        rss_growth_kib: after - before,
+        slowest,
+    })
+}
+
+async fn flood_target() -> Result<(Upstream, Weir)> {
+    let up = Upstream::start("live").await;
+    let weir = Weir::start(&format!(
+        "limits: {{ send_timeout: 2s }}\n\
+listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: all, match: {{ path_prefix: / }}, cluster: live }} ]\n\
+clusters: [ {{ name: live, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        up.addr
+    ))?;
+    Ok((up, weir))
+}
+
+fn check_flood(what: &str, f: &Flood) {
+    eprintln!("{what}: {f:?}");
+    assert!(
+        f.rss_growth_kib < 64 * 1024,
+        "{what}: the proxy grew by {} KiB",
+        f.rss_growth_kib
+    );
+    assert!(
+        f.slowest < Duration::from_secs(2),
+        "{what}: a bystander waited {:?}",
+        f.slowest
+    );
+}
+
+/// HEADERS then RST_STREAM, again and again (CVE-2023-44487): the proxy ends the connection,
+/// and the upstream sees a bounded share of the streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_rapid_reset_is_bounded() -> Result<()> {
+    let (up, weir) = flood_target().await?;
+    let block = get_block("x", "/flood");
+    let f = flood(&weir, opening(), 100_000, |i| {
+        let id = 1 + 2 * i as u32;
+        let mut u = frame(HEADERS, END_STREAM | END_HEADERS, id, &block);
+        u.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        u
+    })
+    .await?;
+    check_flood("rapid reset", &f);
+    assert!(
+        f.closed,
+        "100,000 reset streams and the connection is still open"
+    );
+    let forwarded = up.seen().iter().filter(|s| s.path == "/flood").count();
+    assert!(
+        forwarded < 10_000,
+        "{forwarded} reset streams reached the upstream"
+    );
+    Ok(())
+}
+
+/// A header block that never ends: CONTINUATION after CONTINUATION (the 2024 CONTINUATION
+/// flood). The proxy stops at the header list limit and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_continuation_flood_is_cut_off() -> Result<()> {
+    const CONTINUATION: u8 = 9;
+    let (_up, weir) = flood_target().await?;
+    let mut first = opening();
+    first.extend(frame(HEADERS, END_STREAM, 1, &get_block("x", "/")));
+    let filler = hpack(&[("x-filler", &"a".repeat(8000))]);
+    let f = flood(&weir, first, 20_000, |_| frame(CONTINUATION, 0, 1, &filler)).await?;
+    check_flood("continuation", &f);
+    assert!(f.closed, "an endless header block was read to its (no) end");
+    assert!(
+        f.sent < 2_000,
+        "{} CONTINUATION frames (8 KB each) were taken",
+        f.sent
+    );
+    Ok(())
+}
+
+/// One large header in the HPACK dynamic table, then blocks that name it thousands of times
+/// with one byte each: 4 KB on the wire decode to many MB. The proxy refuses at its header
+/// list limit, without decoding (or allocating) the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_hpack_bomb_is_refused() -> Result<()> {
+    let (up, weir) = flood_target().await?;
+    let mut block = Vec::new();
+    // Literal with incremental indexing, new name: enters the dynamic table at index 62.
+    block.push(0x40);
+    hpack_int(&mut block, 0, 7, "x-bomb".len());
+    block.extend(b"x-bomb");
+    let value = "b".repeat(4000);
+    hpack_int(&mut block, 0, 7, value.len());
+    block.extend(value.as_bytes());
+    let mut first = opening();
+    first.extend(frame(HEADERS, END_HEADERS, 1, &block));
+    let f = flood(&weir, first, 1_000, |i| {
+        let id = 3 + 2 * i as u32;
+        let mut b = get_block("x", "/bomb");
+        // Indexed field 62, 4000 times: 16 MB decoded per block.
+        b.extend(std::iter::repeat_n(0x80 | 62, 4000));
+        frame(HEADERS, END_STREAM | END_HEADERS, id, &b)
+    })
+    .await?;
+    check_flood("hpack bomb", &f);
+    let reached = up.seen().iter().filter(|s| s.path == "/bomb").count();
+    assert_eq!(reached, 0, "a bombed header block reached the upstream");
+    Ok(())
+}
+
+/// PING and SETTINGS floods: each asks for an answer. The proxy answers what it can without
+/// queueing without bound, and everyone else is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_ping_and_settings_floods_are_bounded() -> Result<()> {
+    let (_up, weir) = flood_target().await?;
+    let f = flood(&weir, opening(), 200_000, |i| {
+        frame(PING, 0, 0, &(i as u64).to_be_bytes())
+    })
+    .await?;
+    check_flood("ping", &f);
+    let f = flood(&weir, opening(), 200_000, |i| {
+        // SETTINGS_INITIAL_WINDOW_SIZE, changing every time.
+        let mut p = vec![0, 4];
+        p.extend((65_535 + (i as u32 % 1000)).to_be_bytes());
+        frame(SETTINGS, 0, 0, &p)
+    })
+    .await?;
+    check_flood("settings", &f);
+    Ok(())
+}
+
+/// 10,000 connections that connect and say nothing: memory stays bounded (reported per
+/// connection), the proxy keeps serving, and the head timeout clears them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_are_bounded_and_cleared() -> Result<()> {
+    const N: usize = 10_000;
+    let up = Upstream::start("live").await;
+    let weir = Weir::start(&format!(
+        "limits: {{ max_connections: 20000, request_head_timeout: 15s }}\n\
+listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: all, match: {{ path_prefix: / }}, cluster: live }} ]\n\
+clusters: [ {{ name: live, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        up.addr
+    ))?;
+    let addr = weir.addr("public");
+    let before = weir.rss_kib();
+    let since = Instant::now();
+    let idle = futures_util::stream::iter(0..N)
+        .map(|_| TcpStream::connect(addr))
+        .buffer_unordered(128)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<std::io::Result<Vec<_>>>()?;
+    eprintln!("{N} connections opened in {:?}", since.elapsed());
+    weir.eventually("every idle connection is accepted", async || {
+        let (_, m) = weir.admin_get("/metrics").await.unwrap_or_default();
+        sample(&m, "weir_downstream_connections{listener=\"public\"}") >= N as f64
+    })
+    .await?;
+    let grown = weir.rss_kib().saturating_sub(before);
+    eprintln!(
+        "{N} idle connections: +{grown} KiB resident, {:.1} KiB each",
+        grown as f64 / N as f64
+    );
+    assert!(
+        grown < 20 * N as u64,
+        "{N} idle connections cost {grown} KiB (over 20 KiB each)"
+    );
+    let got = get(&weir.url("public", "/ok")).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, m) = weir.admin_get("/metrics").await?;
+        let open = sample(&m, "weir_downstream_connections{listener=\"public\"}");
+        if open == 0.0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{open} idle connections outlived the head timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(timeouts(&weir, "request_head").await? >= N as f64);
+    drop(idle);
+    Ok(())
+}
+
+/// 300 WebSocket tunnels at once against `max_connections: 100`: a hundred run, the rest wait
+/// their turn; idle ones are closed; nothing is left afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_flood_stays_within_max_connections() -> Result<()> {
+    let ws_up = Upstream::with("ws", websocket_echo).await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&config(
+        "max_connections: 100, tunnel_idle_timeout: 500ms",
+        &live,
+        &ws_up,
+        "",
+    ))?;
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (admin, peak) = (weir.admin, peak.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(got) = get(&format!("http://{admin}/metrics")).await {
+                    let open = sample(
+                        &got.text(),
+                        "weir_downstream_connections{listener=\"public\"}",
+                    );
+                    peak.fetch_max(open as usize, SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let opened = futures_util::future::join_all((0..300).map(|_| async {
+        let mut ws = open_ws(&weir).await?;
+        echo(&mut ws, "hi").await?;
+        // Left idle: the proxy closes it.
+        let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        ensure!(end.is_ok(), "an idle tunnel was never closed");
+        Ok::<_, anyhow::Error>(())
+    }))
+    .await;
+    sampler.abort();
+    for o in opened {
+        o?;
+    }
+    let peak = peak.load(SeqCst);
+    assert!(
+        (50..=100).contains(&peak),
+        "{peak} connections open at once"
+    );
+    let (_, m) = weir.admin_get("/metrics").await?;
+    assert_eq!(timeouts(&weir, "tunnel_idle").await?, 300.0);
+    assert_eq!(
+        sample(&m, "weir_downstream_connections{listener=\"public\"}"),
+        0.0
     );
     Ok(())
 }

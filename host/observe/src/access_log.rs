@@ -1,6 +1,7 @@
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, mpsc};
 
 use serde::Serialize;
 
@@ -37,22 +38,37 @@ pub struct AccessRecord {
     pub request_id: String,
 }
 
+/// Lines queued for the writer thread at most; past that, lines are dropped and counted
+/// (`weir_access_log_dropped_total`) rather than grow memory behind a disk that cannot keep up.
+pub const ACCESS_LOG_QUEUE: usize = 16 * 1024;
+
 /// An access log sink. Lines are formatted by the caller's thread and written by a dedicated
 /// thread, so a slow disk never stalls the data path.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::SyncSender<String>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
-    /// Opens `stdout`, `stderr` or a file (appended to).
-    pub fn open(path: &str) -> io::Result<AccessLog> {
+    /// Opens `stdout`, `stderr` or a file (appended to); lines that find the queue full are
+    /// counted in `dropped`.
+    pub fn open(path: &str, dropped: Arc<AtomicU64>) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match path {
             "stdout" => Box::new(io::stdout()),
             "stderr" => Box::new(io::stderr()),
             file => Box::new(OpenOptions::new().create(true).append(true).open(file)?),
         };
-        let (tx, rx) = mpsc::channel::<String>();
+        AccessLog::to_writer(out, ACCESS_LOG_QUEUE, dropped)
+    }
+
+    /// A sink writing to `out`, queueing at most `queue` lines.
+    pub fn to_writer(
+        out: Box<dyn Write + Send>,
+        queue: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> io::Result<AccessLog> {
+        let (tx, rx) = mpsc::sync_channel::<String>(queue);
         std::thread::Builder::new()
             .name("weir-access-log".into())
             .spawn(move || {
@@ -66,14 +82,16 @@ impl AccessLog {
                     let _ = out.flush();
                 }
             })?;
-        Ok(AccessLog { tx })
+        Ok(AccessLog { tx, dropped })
     }
 
-    /// Queues one record.
+    /// Queues one record, or counts it dropped when the queue is full.
     pub fn write(&self, record: &AccessRecord) {
         if let Ok(mut line) = serde_json::to_string(record) {
             line.push('\n');
-            let _ = self.tx.send(line);
+            if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(line) {
+                self.dropped.fetch_add(1, Relaxed);
+            }
         }
     }
 }
@@ -104,7 +122,60 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    /// A disk that stops: writes block until the test lets them go.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: String::new(),
+            client: String::new(),
+            listener: String::new(),
+            method: "GET".into(),
+            host: String::new(),
+            path: "/".into(),
+            protocol: "HTTP/1.1",
+            status: 200,
+            bytes: 0,
+            duration_ms: 0.0,
+            route: String::new(),
+            cluster: String::new(),
+            upstream: String::new(),
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_drops_and_counts_lines_instead_of_growing_the_queue() {
+        let (release, stuck) = std::sync::mpsc::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = AccessLog::to_writer(Box::new(Stuck(stuck)), 100, dropped.clone()).unwrap();
+        for _ in 0..10_000 {
+            log.write(&record());
+        }
+        // Held besides the queue's 100: what the writer's 64 KiB buffer takes before its first
+        // (stuck) write, and the line in hand.
+        let line = serde_json::to_string(&record()).unwrap().len() + 1;
+        let held = 100 + 64 * 1024 / line + 2;
+        let n = dropped.load(Relaxed);
+        assert!(n >= 10_000 - held as u64 && n < 10_000, "dropped {n}");
+        drop(release);
+    }
 
     #[test]
     fn rfc3339_known_instants() {

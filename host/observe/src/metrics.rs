@@ -227,6 +227,8 @@ struct Inner {
     timeouts: Timeouts,
     /// Requests waiting for an instance, by filter.
     queues: DashMap<String, Arc<crate::QueueStats>>,
+    /// Access log lines dropped because the writer fell behind.
+    access_log_dropped: Arc<AtomicU64>,
 }
 
 /// The registry's timeout counters, `'static` so every body and connection can hold them for
@@ -244,6 +246,11 @@ impl Registry {
     /// A new, empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Access log lines dropped because the writer fell behind (`weir_access_log_dropped_total`).
+    pub fn access_log_dropped(&self) -> Arc<AtomicU64> {
+        self.inner.access_log_dropped.clone()
     }
 
     /// The queue in front of a filter's instances (`weir_filter_queue_*`).
@@ -514,6 +521,12 @@ impl Registry {
         self.render_filters(&mut out);
         self.inner.timeouts.0.render(&mut out);
         self.render_queues(&mut out);
+        out.push_str("# HELP weir_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE weir_access_log_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "weir_access_log_dropped_total {}",
+            self.inner.access_log_dropped.load(Relaxed)
+        );
 
         let mut ls: Vec<(String, Arc<ListenerStats>)> = self
             .inner

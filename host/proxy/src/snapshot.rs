@@ -329,9 +329,11 @@ impl Snapshot {
             .map_err(|e| loaded.error_at(format!("routes[{}].match", e.route()), e.to_string()))?;
 
         let access_log = match &c.access_log {
-            Some(a) => Some(AccessLog::open(&a.path).map_err(|e| {
-                loaded.error_at("access_log.path", format!("cannot open {:?}: {e}", a.path))
-            })?),
+            Some(a) => Some(
+                AccessLog::open(&a.path, registry.access_log_dropped()).map_err(|e| {
+                    loaded.error_at("access_log.path", format!("cannot open {:?}: {e}", a.path))
+                })?,
+            ),
             None => None,
         };
         let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
