@@ -1039,3 +1039,78 @@ async fn an_upgrade_flood_stays_within_max_connections() -> Result<()> {
     );
     Ok(())
 }
+
+/// A filter that traps in the middle of a body: the request in flight fails (503 when its
+/// request body trapped; cut when its response body did), the next one through the same filter
+/// is served by a fresh instance, and other routes never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_mid_body_fails_only_its_own_request() -> Result<()> {
+    let up = Upstream::with("up", |req: Request<Incoming>, _seen| async move {
+        let path = req.uri().path().to_string();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        if path == "/echo" {
+            return Response::new(full(body.unwrap_or_default()));
+        }
+        // Two chunks: the second carries the marker.
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let _ = tx.send(Bytes::from_static(b"first chunk, ")).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Bytes::from_static(b"then a panic")).await;
+        });
+        Response::new(body)
+    })
+    .await;
+    let weir = Weir::start(&filter_config(&up, "{ mode: body-panic }", "", "5s"))?;
+    let addr = weir.addr("public");
+
+    // Request body: the trap answers 503.
+    let (tx, body) = channel_body();
+    let req = Request::post(format!("http://{addr}/echo")).body(body)?;
+    let sending = tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(b"harmless, ")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tx.send(Bytes::from_static(b"now panic")).await;
+    });
+    let got = send(&h1_client(), req).await?;
+    sending.await?;
+    assert_eq!(
+        got.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        got.text()
+    );
+
+    // Response body: the head is out already, so the response is cut short.
+    let mut c = TcpStream::connect(addr).await?;
+    c.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await?;
+    let text = String::from_utf8_lossy(
+        &read_to_close(&mut c, Instant::now(), Duration::from_secs(5)).await?,
+    )
+    .into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("then a panic"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut response looked complete: {text}"
+    );
+
+    // The same filter, a fresh instance: fine.
+    let got = send(
+        &h1_client(),
+        Request::post(format!("http://{addr}/echo")).body(full("all good"))?,
+    )
+    .await?;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.text(), "all good");
+    let (_, m) = weir.admin_get("/metrics").await?;
+    assert_eq!(
+        sample(
+            &m,
+            "weir_filter_failures_total{filter=\"f\",route=\"r\",kind=\"panic\"}"
+        ),
+        2.0
+    );
+    Ok(())
+}

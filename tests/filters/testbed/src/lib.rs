@@ -14,6 +14,7 @@
 //! | `panic-if` | request-headers | panics when the request carries header `name`, else as `noop` |
 //! | `callout` | request-headers | `GET path` (default `/`) to `target`, `timeout_ms` (default 1000); request header `x-callout` gets the status, or `kind: message` of the host error |
 //! | `body-upper` | request-body, response-body | buffers each body to its end and uppercases ASCII |
+//! | `body-panic` | request-body, response-body | passes chunks on until one contains `panic`, then panics (a trap mid-body) |
 //! | `state` | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
 //! | `kv-counter` | request-headers, response-headers | increments counter `key` (default `requests`) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
 //! | `bad-config` | request-headers | rejects the config unless `"fail": false` (then as `noop`) |
@@ -106,6 +107,8 @@ pub enum Config {
     },
     /// Uppercases bodies.
     BodyUpper {},
+    /// Panics on the first body chunk that contains `panic`.
+    BodyPanic {},
     /// Echoes the request path from per-request state.
     State {},
     /// Counts requests in KV.
@@ -237,6 +240,14 @@ fn membomb(limit_mb: Option<u64>) -> ! {
 }
 
 /// `body-upper`: hold the body until its end, then uppercase it.
+fn panic_on_marker(body: &mut Body) -> Action {
+    match body.bytes() {
+        Ok(b) if b.windows(5).any(|w| w == b"panic") => panic!("testbed: body-panic mode"),
+        Ok(_) => Action::Continue,
+        Err(e) => fail(&e),
+    }
+}
+
 fn upper(body: &mut Body, end: bool) -> Action {
     if !end {
         return Action::Buffer;
@@ -297,6 +308,9 @@ impl Filter for Testbed {
             Config::HeaderEdit { .. } => {
                 Phases::REQUEST_HEADERS | Phases::RESPONSE_HEADERS | Phases::STATELESS
             }
+            Config::BodyPanic {} => {
+                Phases::REQUEST_BODY | Phases::RESPONSE_BODY | Phases::STATELESS
+            }
             Config::BodyUpper {} => {
                 Phases::REQUEST_BODY | Phases::RESPONSE_BODY | Phases::STATELESS
             }
@@ -314,7 +328,10 @@ impl Filter for Testbed {
 
     fn on_request_headers(&self, req: &mut Request, ctx: &mut Context) -> Action {
         match &self.config {
-            Config::Noop {} | Config::BadConfig { .. } | Config::BodyUpper {} => Action::Continue,
+            Config::Noop {}
+            | Config::BadConfig { .. }
+            | Config::BodyUpper {}
+            | Config::BodyPanic {} => Action::Continue,
             Config::Lifecycle {} => {
                 ctx.opened = true;
                 or_fail(weir_filter::metrics::counter_add(
@@ -398,6 +415,7 @@ impl Filter for Testbed {
     fn on_request_body(&self, body: &mut Body, end: bool, _ctx: &mut Context) -> Action {
         match self.config {
             Config::BodyUpper {} => upper(body, end),
+            Config::BodyPanic {} => panic_on_marker(body),
             _ => Action::Continue,
         }
     }
@@ -431,6 +449,7 @@ impl Filter for Testbed {
     fn on_response_body(&self, body: &mut Body, end: bool, _ctx: &mut Context) -> Action {
         match self.config {
             Config::BodyUpper {} => upper(body, end),
+            Config::BodyPanic {} => panic_on_marker(body),
             _ => Action::Continue,
         }
     }
