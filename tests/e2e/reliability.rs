@@ -1114,3 +1114,65 @@ async fn a_trap_mid_body_fails_only_its_own_request() -> Result<()> {
     );
     Ok(())
 }
+
+/// A filter that mints a new metric series per request (an unbounded label) and one with a huge
+/// label value: the host refuses past its bounds with an error the filter sees, `/metrics`
+/// stays bounded, requests are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_flooding_metric_labels_is_bounded() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let weir = Weir::start(&filter_config(
+        &up,
+        "{ mode: label-flood, count: 400 }",
+        "",
+        "5s",
+    ))?;
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        let got = get(&weir.url("public", &format!("/r{i}"))).await?;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+        outcomes.push(flood_outcome(&up));
+    }
+    // 400 new series each: the first two requests fit in 1,000, the third crosses it.
+    assert_eq!(outcomes[..2], ["ok", "ok"], "{outcomes:?}");
+    assert!(outcomes[2].starts_with("invalid"), "{outcomes:?}");
+    assert!(outcomes[3].starts_with("invalid"), "{outcomes:?}");
+    let (_, m) = weir.admin_get("/metrics").await?;
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("weir_filter_testbed_flood{"))
+        .count();
+    assert_eq!(series, 1000, "series of the flooded metric");
+    assert!(
+        sample(
+            &m,
+            "weir_filter_limit_rejections_total{filter=\"f\",limit=\"metric_series\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+
+    // A 1 MB label value is refused too, and never reaches /metrics.
+    let weir = Weir::start(&filter_config(
+        &up,
+        "{ mode: label-flood, count: 0, label_bytes: 1000000 }",
+        "",
+        "5s",
+    ))?;
+    let got = get(&weir.url("public", "/big")).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let outcome = flood_outcome(&up);
+    assert!(outcome.starts_with("invalid"), "{outcome}");
+    let (_, m) = weir.admin_get("/metrics").await?;
+    assert!(m.len() < 1_000_000, "/metrics grew to {} bytes", m.len());
+    Ok(())
+}
+
+/// The `x-flood` header the filter set on the last request the upstream saw.
+fn flood_outcome(up: &Upstream) -> String {
+    up.last()
+        .headers
+        .get("x-flood")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}

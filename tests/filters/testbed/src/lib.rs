@@ -7,6 +7,7 @@
 //! | `header-edit` | request-headers, response-headers | sets `x-testbed: <value>` and appends `x-chain: <tag>`, on the request and on the response |
 //! | `respond` | request-headers | answers `status` (default 200) with `body` (default empty), `content-type: text/plain; charset=utf-8` and the extra `headers` (name, value pairs) |
 //! | `observe` | request-headers | records `value` (a number as text: `"0.5"`, `"NaN"`, `"inf"`) in histogram `testbed_seconds`; request header `x-observe` gets `ok` or `kind: message` of the host error |
+//! | `label-flood` | request-headers | adds 1 to counter `testbed_flood` under `count` new label values (`id` = path + index) and one `label` value of `label_bytes` bytes; request header `x-flood` gets `ok` or the first host error |
 //! | `set-header` | request-headers, response-headers | sets `name: value` on the request and on the response (set, append and remove in turn, so `value` ends up set); a host error goes to response header `x-set-error` |
 //! | `loop` | request-headers | never returns (the proxy's time budget must end it) |
 //! | `membomb` | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
@@ -67,6 +68,14 @@ pub enum Config {
     },
     /// Counts contexts opened and done, and on-log calls.
     Lifecycle {},
+    /// Creates many series of one counter, and a label of a given size.
+    LabelFlood {
+        /// New label values per request.
+        count: u32,
+        /// Size of one more label's value.
+        #[serde(default)]
+        label_bytes: u32,
+    },
     /// Records a histogram observation.
     Observe {
         /// The value, parsed as an f64 (so it can be NaN or infinite).
@@ -322,6 +331,7 @@ impl Filter for Testbed {
             | Config::PanicIf { .. }
             | Config::Callout { .. }
             | Config::Observe { .. }
+            | Config::LabelFlood { .. }
             | Config::BadConfig { .. } => Phases::REQUEST_HEADERS | Phases::STATELESS,
         }
     }
@@ -367,6 +377,27 @@ impl Filter for Testbed {
                         Err(e) => error_value(&e),
                     };
                 or_fail(req.set_header("x-observe", &outcome))
+            }
+            Config::LabelFlood { count, label_bytes } => {
+                let path = req.path();
+                let mut outcome = Ok(());
+                for i in 0..*count {
+                    let id = format!("{path}-{i}");
+                    outcome = outcome.and_then(|()| {
+                        weir_filter::metrics::counter_add("testbed_flood", &[("id", &id)], 1)
+                    });
+                }
+                if *label_bytes > 0 {
+                    let big = "v".repeat(*label_bytes as usize);
+                    outcome = outcome.and_then(|()| {
+                        weir_filter::metrics::counter_add("testbed_flood", &[("big", &big)], 1)
+                    });
+                }
+                let outcome = match outcome {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => error_value(&e),
+                };
+                or_fail(req.set_header("x-flood", &outcome))
             }
             Config::Loop {} => spin(),
             Config::Membomb { limit_mb } => membomb(*limit_mb),
