@@ -19,6 +19,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UP, PROXY, ADMIN = 18181, 18180, 18902
+# Admin writes always need a token; the bench sets its own.
+AUTH = {"Authorization": "Bearer bench-token"}
 
 
 def build_testbed(feature):
@@ -56,7 +58,7 @@ def build_of(port):
 
 def swap_ms(module, want):
     t0 = time.perf_counter()
-    status, _, body = request("PUT", ADMIN, "/filters/edit", body=module)
+    status, _, body = request("PUT", ADMIN, "/filters/edit", body=module, headers=AUTH)
     if status != 200:
         sys.exit(f"swap failed: {status} {body!r}")
     while build_of(PROXY) != want:
@@ -95,7 +97,7 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp}; fast
     cfg = os.path.join(tmp, "weir.yaml")
     with open(cfg, "w") as f:
         f.write(f"""workers: 1
-admin: {{ listen: 127.0.0.1:{ADMIN} }}
+admin: {{ listen: 127.0.0.1:{ADMIN}, token: bench-token }}
 filter_cache: {tmp}/cache
 listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY} }} ]
 clusters: [ {{ name: up, endpoints: [ {{ address: 127.0.0.1:{UP} }} ] }} ]
@@ -118,7 +120,7 @@ routes: [ {{ name: one, match: {{ path_prefix: / }}, cluster: up, filters: [edit
         def swapper():
             i = 0
             while not stop.is_set():
-                status, _, _ = request("PUT", ADMIN, "/filters/edit", body=v1 if i % 2 else v2)
+                status, _, _ = request("PUT", ADMIN, "/filters/edit", body=v1 if i % 2 else v2, headers=AUTH)
                 assert status == 200
                 swaps[0] += 1
                 i += 1

@@ -213,7 +213,15 @@ impl Weir {
         )
     }
 
-    /// An admin API call with the test token (`secret`).
+    /// The admin token: the one weir generated beside the config when the config sets none,
+    /// else the tests' `admin.token` (`secret`).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path(".weir-admin-token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|_| "secret".into())
+    }
+
+    /// An admin API call with the admin token (see [`Weir::admin_token`]).
     pub async fn admin(
         &self,
         method: &str,
@@ -223,7 +231,7 @@ impl Weir {
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.admin))
-            .header("authorization", "Bearer secret")
+            .header("authorization", format!("Bearer {}", self.admin_token()))
             .body(full(body))?;
         let res = send(&h1_client(), req).await?;
         Ok((res.status, res.text()))

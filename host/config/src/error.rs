@@ -145,6 +145,7 @@ pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -
         }
         message = msg;
     }
+    message = without_values(&message);
     let line = e
         .location()
         .map(|l| l.line())
@@ -154,4 +155,40 @@ pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -
         line,
         issue: Issue { path, message },
     }
+}
+
+/// serde's `invalid type: string "…", expected …` (and `invalid value: …`) quotes the value it
+/// got; for a field that holds a secret (or a file that is not YAML at all) that value must not
+/// reach a terminal, a log or the admin API. The kind of value is kept, the value dropped.
+pub(crate) fn without_values(message: &str) -> String {
+    let Some((head, rest)) = ["invalid type: ", "invalid value: "]
+        .into_iter()
+        .find_map(|p| message.strip_prefix(p).map(|r| (p, r)))
+    else {
+        return message.to_string();
+    };
+    if let Some(quoted) = rest.strip_prefix("string \"") {
+        // The value is Debug-quoted: skip escapes up to the closing quote. No closing quote (the
+        // message was cut): drop everything after the kind.
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => return format!("{head}string{}", &quoted[i + 1..]),
+                _ => {}
+            }
+        }
+        return format!("{head}string");
+    }
+    for kind in ["boolean", "integer", "floating point", "character"] {
+        if let Some(ticked) = rest.strip_prefix(kind).and_then(|r| r.strip_prefix(" `")) {
+            return match ticked.find('`') {
+                Some(end) => format!("{head}{kind}{}", &ticked[end + 1..]),
+                None => format!("{head}{kind}"),
+            };
+        }
+    }
+    message.to_string()
 }

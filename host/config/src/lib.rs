@@ -162,17 +162,67 @@ pub struct AdminConfig {
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
     /// Bearer token every admin request must carry (`Authorization: Bearer ..`), except
-    /// `/healthz` and `/ready`. Required when `listen` is not a loopback address.
+    /// `/healthz` and `/ready`. Required when `listen` is not a loopback address. Without it,
+    /// the proxy generates one into [`token_file`](Self::token_file) and requires it for every
+    /// write (reads stay open on loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Where the generated token is kept when `token` is not set (created mode 0600, reused
+    /// across restarts). Relative to the config file. Default: `.weir-admin-token` beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// DNS names the TCP admin listener also answers to in `Host` (say, a name in front of a
+    /// non-loopback listener). Always accepted: the listener's own IP, `localhost` and loopback
+    /// IPs (any IP when it listens on `0.0.0.0`/`::`), with its port. Any other `Host` is refused
+    /// (421), so a web page cannot drive the admin API through DNS rebinding. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Also serve the admin API on this Unix socket (created mode 0600; a stale socket is
+    /// replaced). Relative to the config file. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
 }
+
+/// The generated admin token's file name, beside the config file, when `admin.token_file` is not
+/// set.
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = ".weir-admin-token";
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: defaults::admin_listen(),
             token: None,
+            token_file: None,
+            hosts: Vec::new(),
+            unix: None,
         }
+    }
+}
+
+/// What `GET /config` and other displays show in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// A copy safe to show: the admin token and every filter's config (a filter's own and each
+    /// route's override) replaced by [`REDACTED`]. Filter configs are redacted whole, keys
+    /// included: a filter may key its secrets (`keys: { <api key>: alice }`).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if c.admin.token.is_some() {
+            c.admin.token = Some(REDACTED.into());
+        }
+        let hidden = serde_json::Value::String(REDACTED.into());
+        for f in &mut c.filters {
+            f.config = hidden.clone();
+        }
+        for r in &mut c.routes {
+            for f in &mut r.filters {
+                if f.config.is_some() {
+                    f.config = Some(hidden.clone());
+                }
+            }
+        }
+        c
     }
 }
 

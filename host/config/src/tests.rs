@@ -291,3 +291,128 @@ fn h2c_and_non_tokens_are_refused_as_upgrade_protocols() {
         .config;
     assert_eq!(c.limits.upgrade_protocols.len(), 2);
 }
+
+/// Values serde would quote in an error (a secret in the wrong place, a file that is not a
+/// config at all) never appear in the message; the field and the kind of value still do.
+#[test]
+fn errors_never_quote_the_value_they_refuse() {
+    let cases = [
+        (
+            "workers: s3cret-workers\n",
+            "s3cret",
+            "workers: invalid type: string, expected usize",
+        ),
+        (
+            "limits: { max_connections: true }\n",
+            "true",
+            "limits.max_connections: invalid type: boolean, expected usize",
+        ),
+        (
+            "limits: { max_connections: 3.14159 }\n",
+            "3.14159",
+            "limits.max_connections: invalid type: floating point, expected usize",
+        ),
+        (
+            "admin: \"s3cret \\\"quoted\\\" value\"\n",
+            "s3cret",
+            "admin: invalid type: string, expected struct AdminConfig",
+        ),
+        // A file that is not YAML mapping at all (a key, a password file) is not echoed back.
+        (
+            "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBg\n",
+            "MIIEvQIBADANBg",
+            "invalid type: string, expected struct Config",
+        ),
+        (
+            "root:x:0:0:root:/root:/bin/bash\n",
+            "/bin/bash",
+            "invalid type: string, expected struct Config",
+        ),
+        (
+            "workers: -7\n",
+            "-7",
+            "workers: invalid type: integer, expected usize",
+        ),
+    ];
+    for (text, secret, want) in cases {
+        let msg = err(text);
+        assert!(!msg.contains(secret), "{secret:?} shown in {msg:?}");
+        assert!(msg.contains(want), "want {want:?} in {msg:?}");
+    }
+    assert_eq!(
+        crate::error::without_values("invalid type: string \"abc, expected x"),
+        "invalid type: string",
+        "a cut message drops everything after the kind"
+    );
+}
+
+#[test]
+fn admin_token_must_be_a_bearer_token_and_is_never_echoed() {
+    for bad in [
+        "\"\"",
+        "\"two words\"",
+        "\"tab\\there\"",
+        "\"caf\u{e9}-s3cret\"",
+    ] {
+        let msg = err(&format!("admin: {{ token: {bad} }}\n"));
+        assert!(
+            msg.starts_with(
+                "weir.yaml:1: admin.token: must be printable ASCII without spaces (a bearer token)"
+            ),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("two words") && !msg.contains("s3cret"),
+            "{msg}"
+        );
+    }
+    let c = load("admin: { token: abc.DEF-123_~+/= , unix: admin.sock, token_file: t/tok }\n")
+        .unwrap()
+        .config;
+    assert_eq!(c.admin.unix.as_deref(), Some(Path::new("admin.sock")));
+    assert_eq!(c.admin.token_file.as_deref(), Some(Path::new("t/tok")));
+    assert!(err("admin: { unix: \"\" }\n").contains("admin.unix: must not be empty"));
+}
+
+#[test]
+fn redacted_hides_the_token_and_every_filter_config_whole() {
+    let text = "\
+admin: { listen: 127.0.0.1:9901, token: tok-s3cret }
+listeners: [ { name: public, listen: 127.0.0.1:8080 } ]
+filters:
+  - name: auth
+    module: auth.wasm
+    config: { keys: { key-s3cret: alice }, hmac: hmac-s3cret, n: 12345, nested: [ { pem: { $text_file: key.pem } } ] }
+routes:
+  - { name: a, match: { path_prefix: /a }, cluster: c, filters: [ auth ] }
+  - { name: b, match: { path_prefix: /b }, cluster: c, filters: [ { name: auth, config: { hmac: route-s3cret } } ] }
+clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:9 } ] } ]
+";
+    let c = load(text).unwrap().config;
+    let shown = c.redacted();
+    let json = serde_json::to_string(&shown).unwrap();
+    let yaml = serde_yaml::to_string(&shown).unwrap();
+    for out in [&json, &yaml] {
+        for secret in ["s3cret", "12345", "key.pem"] {
+            assert!(!out.contains(secret), "{secret:?} shown in {out}");
+        }
+    }
+    assert_eq!(shown.admin.token.as_deref(), Some(REDACTED));
+    assert_eq!(shown.filters[0].config, serde_json::json!(REDACTED));
+    assert_eq!(
+        shown.routes[0].filters[0].config, None,
+        "no override stays none"
+    );
+    assert_eq!(
+        shown.routes[1].filters[0].config,
+        Some(serde_json::json!(REDACTED))
+    );
+    // Everything else is shown as it is.
+    assert_eq!(shown.filters[0].module, c.filters[0].module);
+    assert_eq!(shown.routes, {
+        let mut r = c.routes.clone();
+        r[1].filters[0].config = Some(serde_json::json!(REDACTED));
+        r
+    });
+    assert_eq!(shown.clusters, c.clusters);
+}

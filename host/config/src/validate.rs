@@ -75,6 +75,25 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             ),
         );
     }
+    // Never echo the token: messages reach logs and the admin API.
+    if let Some(t) = &c.admin.token
+        && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        err(
+            "admin.token".into(),
+            "must be printable ASCII without spaces (a bearer token); leave it out to have one \
+             generated"
+                .into(),
+        );
+    }
+    for (field, p) in [
+        ("admin.unix", &c.admin.unix),
+        ("admin.token_file", &c.admin.token_file),
+    ] {
+        if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            err(field.into(), "must not be empty".into());
+        }
+    }
     unique(
         c.listeners.iter().map(|l| l.name.as_str()),
         "listeners",

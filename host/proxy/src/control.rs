@@ -52,6 +52,15 @@ async fn build(
 /// versions stay in force for filters the file still names.
 pub(crate) async fn reload_file(shared: &Shared, loaded: LoadedConfig) -> Result<(), ConfigError> {
     let mut d = shared.control.lock().await;
+    // A file that drops `admin.token` leaves writes protected by a generated one.
+    if loaded.config.admin.token.is_none() && shared.admin_token.get().is_none() {
+        let g = crate::admin::generated_token(&loaded).map_err(|e| loaded.error_at("admin", e))?;
+        tracing::warn!(
+            "admin writes now need the token in {} (Authorization: Bearer)",
+            g.file.display()
+        );
+        let _ = shared.admin_token.set(g);
+    }
     let snap = build(shared, loaded.clone(), &d.current_uploads()).await?;
     shared.publish(snap);
     d.loaded = loaded;

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub control: tokio::sync::Mutex<control::Desired>,
     /// Notified when a new snapshot is published (accept loops re-read their limits).
     pub published: tokio::sync::Notify,
+    /// The admin token writes need while the config sets no `admin.token`.
+    pub admin_token: std::sync::OnceLock<admin::GeneratedToken>,
 }
 
 impl Shared {
@@ -88,6 +90,10 @@ pub struct Server {
     pub listeners: Vec<Bound>,
     /// The bound admin address.
     pub admin: SocketAddr,
+    /// The admin Unix socket (`admin.unix`), when there is one.
+    pub admin_unix: Option<std::path::PathBuf>,
+    /// The file holding the generated admin token, when the config sets no `admin.token`.
+    pub admin_token_file: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     drain_tx: Option<mpsc::Sender<()>>,
     drain_rx: mpsc::Receiver<()>,
@@ -117,9 +123,20 @@ impl Server {
             draining: AtomicBool::new(false),
             runtime: std::sync::Mutex::new(runtime),
             callouts,
-            control: tokio::sync::Mutex::new(control::Desired::new(loaded)),
+            control: tokio::sync::Mutex::new(control::Desired::new(loaded.clone())),
             published: tokio::sync::Notify::new(),
+            admin_token: std::sync::OnceLock::new(),
         });
+        let admin_token_file = match &config.admin.token {
+            Some(_) => None,
+            None => {
+                let g =
+                    admin::generated_token(&loaded).map_err(|e| anyhow::anyhow!("admin: {e}"))?;
+                let file = g.file.clone();
+                let _ = shared.admin_token.set(g);
+                Some(file)
+            }
+        };
         shared.callouts.attach(&shared);
         let (shutdown, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
@@ -128,6 +145,8 @@ impl Server {
             .await
             .with_context(|| format!("admin: cannot listen on {}", config.admin.listen))?;
         let admin = admin_listener.local_addr()?;
+        let admin_unix = config.admin.unix.as_ref().map(|p| loaded.resolve(p));
+        let unix_listener = admin_unix.as_deref().map(admin::bind_unix).transpose()?;
         let mut bound = Vec::new();
         let mut sockets = Vec::new();
         for l in &config.listeners {
@@ -142,12 +161,18 @@ impl Server {
             sockets.push(sock);
         }
 
-        tokio::spawn(admin::admin_loop(
-            admin_listener,
-            shared.clone(),
-            shutdown.subscribe(),
-            drain_tx.clone(),
-        ));
+        let permits = Arc::new(tokio::sync::Semaphore::new(admin::MAX_CONNECTIONS));
+        let sockets_admin = std::iter::once(admin::AdminSocket::Tcp(admin_listener))
+            .chain(unix_listener.map(admin::AdminSocket::Unix));
+        for socket in sockets_admin {
+            tokio::spawn(admin::admin_loop(
+                socket,
+                shared.clone(),
+                permits.clone(),
+                shutdown.subscribe(),
+                drain_tx.clone(),
+            ));
+        }
         for ((l, sock), tls) in config.listeners.iter().zip(sockets).zip(tls) {
             let rt = Arc::new(listener::ListenerRuntime {
                 name: l.name.as_str().into(),
@@ -167,6 +192,8 @@ impl Server {
             shared,
             listeners: bound,
             admin,
+            admin_unix,
+            admin_token_file,
             shutdown,
             drain_tx: Some(drain_tx),
             drain_rx,
@@ -206,6 +233,9 @@ impl Server {
         self.shared.draining.store(true, Relaxed);
         let _ = self.shutdown.send(true);
         self.drain_tx.take();
+        if let Some(p) = &self.admin_unix {
+            let _ = std::fs::remove_file(p);
+        }
         tokio::time::timeout(deadline, self.drain_rx.recv())
             .await
             .is_ok()

@@ -607,7 +607,12 @@ async fn build_chains(
                     };
                     let p = weir_filters::Pair::new(rt, module.clone(), spec)
                         .await
-                        .map_err(|e| loaded.error_at(format!("routes[{i}].filters[{j}]"), e))?;
+                        .map_err(|e| {
+                            loaded.error_at(
+                                format!("routes[{i}].filters[{j}]"),
+                                scrub(&e, &effective),
+                            )
+                        })?;
                     pairs.insert(key, p.clone());
                     p
                 }
@@ -680,6 +685,70 @@ fn confined(loaded: &LoadedConfig, path: &Path) -> Result<std::path::PathBuf, St
         ));
     }
     Ok(full)
+}
+
+/// Strings of a filter's config at least this long are masked in its messages.
+const SCRUB_MIN_CHARS: usize = 12;
+
+/// A filter's message about its config with that config's secrets masked: filters (and the
+/// serde errors of their SDKs) quote what they refuse, and the message reaches `weir validate`,
+/// logs and the admin API. Every string of the config (values at any depth, object keys, each
+/// line of a multi-line value such as an inlined PEM) of at least [`SCRUB_MIN_CHARS`]
+/// characters becomes `<redacted>` (keys that read like field names excepted), also when quoted with Rust or JSON escapes. Shorter strings
+/// stay, so `alg: unknown algorithm "PS256"` still says what is wrong.
+pub(crate) fn scrub(message: &str, config: &serde_json::Value) -> String {
+    fn add(s: &str, out: &mut Vec<String>) {
+        for part in std::iter::once(s).chain(s.lines().map(str::trim)) {
+            if part.chars().count() >= SCRUB_MIN_CHARS {
+                out.push(part.to_string());
+                // As `{:?}` and JSON would quote it (without the quotes).
+                for quoted in [
+                    format!("{part:?}"),
+                    serde_json::Value::from(part).to_string(),
+                ] {
+                    out.push(quoted[1..quoted.len() - 1].to_string());
+                }
+            }
+        }
+    }
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => add(s, out),
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    // A key may be a secret (`keys: { <api key>: alice }`); one that reads like
+                    // a field name (`password_hash`) stays, so a path in a message still names
+                    // the field.
+                    if !is_field_name(k) {
+                        add(k, out);
+                    }
+                    collect(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|x| collect(x, out)),
+            _ => {}
+        }
+    }
+    let mut secrets = Vec::new();
+    collect(config, &mut secrets);
+    // Longest first: a secret that contains another is masked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    let mut out = message.to_string();
+    for s in &secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), weir_config::REDACTED);
+        }
+    }
+    out
+}
+
+/// Lower-case letters with `_` or `-` between, at most 32: how a config's field names look, and
+/// how generated keys and secrets (digits, upper case, length) do not.
+fn is_field_name(k: &str) -> bool {
+    k.len() <= 32
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-')
 }
 
 /// Whether a JSON value holds a `$json_file` or `$text_file` reference anywhere.
@@ -822,6 +891,48 @@ mod tests {
             assert!(!err.contains("TOP-SECRET"), "{err}");
         }
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn filter_messages_never_quote_a_secret_of_their_config() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
+        let config = serde_json::json!({
+            "alg": "PS256",
+            "users": [ { "password_hash": "sha256:x" } ],
+            "keys": { "api-key-0123456789": "alice" },
+            "secret": "hmac-secret-with \"quotes\" and \\ backslash",
+            "nested": [ { "pem": pem } ],
+        });
+        let cases = [
+            (
+                "keys[0].alg: unknown algorithm \"PS256\"",
+                "keys[0].alg: unknown algorithm \"PS256\"",
+            ),
+            (
+                "users[0].password_hash: unknown format",
+                "users[0].password_hash: unknown format",
+            ),
+            (
+                "unknown consumer for api-key-0123456789",
+                "unknown consumer for <redacted>",
+            ),
+            (
+                "secret: invalid: \"hmac-secret-with \\\"quotes\\\" and \\\\ backslash\"",
+                "secret: invalid: \"<redacted>\"",
+            ),
+            (
+                "invalid type: string \"hmac-secret-with \\\"quotes\\\" and \\\\ backslash\", expected u16",
+                "invalid type: string \"<redacted>\", expected u16",
+            ),
+            (
+                "bad key line MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+                "bad key line <redacted>",
+            ),
+            (&format!("pem: {pem:?}"), "pem: \"<redacted>\""),
+        ];
+        for (message, want) in cases {
+            assert_eq!(scrub(message, &config), want, "{message}");
+        }
     }
 
     #[test]

@@ -62,12 +62,30 @@ enum Command {
 
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// The admin API of the running proxy.
-    #[arg(long, default_value = "http://127.0.0.1:9901", env = "WEIR_ADMIN")]
-    admin: String,
-    /// The admin token, if the proxy requires one.
-    #[arg(long, env = "WEIR_ADMIN_TOKEN")]
+    /// The admin API of the running proxy: http://HOST:PORT or unix:/PATH. Default: the
+    /// config's (its Unix socket, else its address), else http://127.0.0.1:9901.
+    #[arg(long, env = "WEIR_ADMIN")]
+    admin: Option<String>,
+    /// The admin token. Default: the config's `admin.token`, else the token the proxy generated
+    /// beside its config (`admin.token_file`).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The running proxy's config file, for its admin address and token. Default:
+    /// examples/quickstart.yaml if it exists (as `weir quickstart`).
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn call(&self, method: http::Method, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        let target = admin_client::target(
+            self.admin.as_deref(),
+            self.token.as_deref(),
+            self.config.as_deref(),
+        )?;
+        print!("{}", admin_client::call(&target, method, path, body)?);
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,34 +155,15 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config, watch } => run(&config, false, watch),
-        Command::Reload { admin } => admin_client::call(
-            &admin.admin,
-            admin.token.as_deref(),
-            http::Method::POST,
-            "/reload",
-            Vec::new(),
-        )
-        .map(|t| print!("{t}")),
+        Command::Reload { admin } => admin.call(http::Method::POST, "/reload", Vec::new()),
         Command::Filter(FilterCommand::Push { name, file, admin }) => std::fs::read(&file)
             .with_context(|| format!("cannot read {}", file.display()))
-            .and_then(|bytes| {
-                admin_client::call(
-                    &admin.admin,
-                    admin.token.as_deref(),
-                    http::Method::PUT,
-                    &format!("/filters/{name}"),
-                    bytes,
-                )
-            })
-            .map(|t| print!("{t}")),
-        Command::Filter(FilterCommand::Rollback { name, admin }) => admin_client::call(
-            &admin.admin,
-            admin.token.as_deref(),
+            .and_then(|bytes| admin.call(http::Method::PUT, &format!("/filters/{name}"), bytes)),
+        Command::Filter(FilterCommand::Rollback { name, admin }) => admin.call(
             http::Method::POST,
             &format!("/filters/{name}/rollback"),
             Vec::new(),
-        )
-        .map(|t| print!("{t}")),
+        ),
         Command::Quickstart { config } => run(&config, true, false),
         Command::Filter(FilterCommand::Build {
             path,
@@ -237,6 +236,17 @@ fn run(path: &Path, quickstart: bool, watch: bool) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         // A stable, parseable line per listener: scripts and tests wait for these.
         eprintln!("weir: admin listening on http://{}", server.admin);
+        if let Some(p) = &server.admin_unix {
+            eprintln!("weir: admin listening on unix:{}", p.display());
+        }
+        if let Some(p) = &server.admin_token_file {
+            // Where the token is, never the token: stderr ends up in logs.
+            eprintln!(
+                "weir: admin writes need the token in {} (the CLI reads it: --config {})",
+                p.display(),
+                path.display()
+            );
+        }
         for l in &server.listeners {
             let scheme = match l.protocol {
                 weir_config::ListenerProtocol::Http => "http",
