@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Issue};
 pub use lines::LineIndex;
-pub use units::ByteSize;
+pub use units::{ByteSize, Percent};
 
 /// The whole proxy configuration, as written in the YAML file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -594,6 +594,9 @@ pub struct ClusterConfig {
     /// Passive health checking: endpoints that fail to connect are skipped for a while.
     #[serde(default)]
     pub health: PassiveHealth,
+    /// Retrying a failed try on another endpoint.
+    #[serde(default)]
+    pub retries: Retries,
     /// Idle pooled connections kept per endpoint. Default: `64`.
     #[serde(default = "defaults::max_idle_per_endpoint")]
     pub max_idle_per_endpoint: usize,
@@ -702,6 +705,60 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
         }
     }
+}
+
+/// Retries: a try that fails in one of the `on` ways is repeated on an endpoint not tried yet
+/// (so a one-endpoint cluster never retries) when that is safe — the request never reached the upstream (`connect-failure`), or its method is
+/// idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) — its body (if any) is
+/// still held, the route's deadline has time left, and the retry budget allows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Tries in all, the first included (1 to 10); `1` turns retries off. Default: `2`.
+    pub attempts: u32,
+    /// Which failures are retried. Default: `[connect-failure, reset]` (nginx's
+    /// `proxy_next_upstream error`).
+    pub on: Vec<RetryOn>,
+    /// Each try's own time to the response head (the route's timeout still bounds them all);
+    /// expiry is a `timeout` failure. Default: none.
+    #[serde(with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Retries in flight may be at most this share of the cluster's requests in flight (three
+    /// are always allowed), so a failing cluster cannot cause a retry storm. Default: `20%`.
+    pub budget: units::Percent,
+    /// A request body is kept for a retry while it is at most this large; a larger body is
+    /// retried only if no byte of it was sent. Default: `64KiB`.
+    pub buffer: ByteSize,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: 2,
+            on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
+            per_try_timeout: None,
+            budget: units::Percent(20),
+            buffer: ByteSize(64 << 10),
+        }
+    }
+}
+
+/// A kind of failed try.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection could not be made (refused, unreachable, TLS, connect timeout): the
+    /// request never left the proxy, so any method is retried.
+    ConnectFailure,
+    /// The connection closed or reset before a response head.
+    Reset,
+    /// `per_try_timeout` expired.
+    Timeout,
+    /// The upstream answered 502, 503 or 504.
+    GatewayError,
+    /// The upstream answered any 5xx.
+    #[serde(rename = "5xx")]
+    Status5xx,
 }
 
 /// Passive health checking.

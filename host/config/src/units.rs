@@ -83,6 +83,48 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A share, written `20%` or `20` (0 to 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(pub u8);
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}%", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        fn check<E: de::Error>(v: u64) -> Result<Percent, E> {
+            u8::try_from(v)
+                .ok()
+                .filter(|v| *v <= 100)
+                .map(Percent)
+                .ok_or_else(|| E::custom("a percentage must be between 0% and 100%"))
+        }
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a percentage such as 20%")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                check(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
+                check(u64::try_from(v).map_err(|_| E::custom("a percentage cannot be negative"))?)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
+                let n = v.trim().strip_suffix('%').unwrap_or(v).trim();
+                check(n.parse().map_err(|_| {
+                    E::custom(format!("invalid percentage {v:?} (expected e.g. 20%)"))
+                })?)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration {s:?}: {e} (expected e.g. 500ms, 1s, 2m)"))

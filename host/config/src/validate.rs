@@ -338,6 +338,19 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 err(format!("{p}.timeouts.{k}"), "must be greater than 0".into());
             }
         }
+        let r = &cl.retries;
+        if !(1..=10).contains(&r.attempts) {
+            err(
+                format!("{p}.retries.attempts"),
+                format!("must be between 1 (no retries) and 10, got {}", r.attempts),
+            );
+        }
+        if r.per_try_timeout.is_some_and(|d| d.is_zero()) {
+            err(
+                format!("{p}.retries.per_try_timeout"),
+                "must be greater than 0".into(),
+            );
+        }
         if let Some(t) = &cl.tls
             && t.ca.is_none()
             && !t.insecure_skip_verify

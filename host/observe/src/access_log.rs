@@ -32,8 +32,10 @@ pub struct AccessRecord {
     pub route: String,
     /// Cluster name, empty when none.
     pub cluster: String,
-    /// Upstream endpoint address, empty when the request was not forwarded.
+    /// Upstream endpoint address (of the last try), empty when the request was not forwarded.
     pub upstream: String,
+    /// Upstream tries: 0 when not forwarded, more than 1 when retried.
+    pub attempts: u32,
     /// The request id (`x-request-id`).
     pub request_id: String,
 }
@@ -156,6 +158,7 @@ mod tests {
             route: String::new(),
             cluster: String::new(),
             upstream: String::new(),
+            attempts: 0,
             request_id: String::new(),
         }
     }

@@ -150,6 +150,20 @@ pub struct EndpointStats {
     pub connect_failures: AtomicU64,
 }
 
+/// Per upstream cluster: retries, and the in-flight counts the retry budget is drawn from.
+/// Kept across reloads (by cluster name), so a reload does not reset the budget.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Tries after the first.
+    pub retries: AtomicU64,
+    /// Failed tries that were not retried because the retry budget was spent.
+    pub retries_over_budget: AtomicU64,
+    /// Requests waiting for an upstream response head now, first tries and retries.
+    pub active: std::sync::atomic::AtomicUsize,
+    /// Of those, retries.
+    pub retrying: std::sync::atomic::AtomicUsize,
+}
+
 /// Per downstream listener.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
@@ -216,6 +230,7 @@ pub struct Registry {
 struct Inner {
     routes: DashMap<(String, String), Arc<RouteStats>>,
     endpoints: DashMap<(String, String), Arc<EndpointStats>>,
+    clusters: DashMap<String, Arc<ClusterStats>>,
     listeners: DashMap<String, Arc<ListenerStats>>,
     /// Requests that matched no route, by status.
     unrouted: DashMap<u16, AtomicU64>,
@@ -281,6 +296,15 @@ impl Registry {
     pub fn endpoint(&self, cluster: &str, address: &str) -> Arc<EndpointStats> {
         let key = (cluster.to_string(), address.to_string());
         self.inner.endpoints.entry(key).or_default().clone()
+    }
+
+    /// Stats for a cluster.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        self.inner
+            .clusters
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Stats for a listener.
@@ -515,6 +539,32 @@ impl Registry {
                 escape(cluster),
                 escape(addr),
                 s.connect_failures.load(Relaxed)
+            );
+        }
+
+        let mut clusters: Vec<(String, Arc<ClusterStats>)> = self
+            .inner
+            .clusters
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        clusters.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP weir_upstream_retries_total Upstream tries after the first.\n# TYPE weir_upstream_retries_total counter\n");
+        for (cluster, s) in &clusters {
+            let _ = writeln!(
+                out,
+                "weir_upstream_retries_total{{cluster=\"{}\"}} {}",
+                escape(cluster),
+                s.retries.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP weir_upstream_retries_over_budget_total Failed tries not retried because the retry budget was spent.\n# TYPE weir_upstream_retries_over_budget_total counter\n");
+        for (cluster, s) in &clusters {
+            let _ = writeln!(
+                out,
+                "weir_upstream_retries_over_budget_total{{cluster=\"{}\"}} {}",
+                escape(cluster),
+                s.retries_over_budget.load(Relaxed)
             );
         }
 

@@ -85,6 +85,8 @@ enum Kind {
     },
     /// Fed by a task (filter body phases).
     Channel(Frames),
+    /// One try's copy of a request body kept for retries.
+    Replay(crate::retry::Replay),
     /// Frames read ahead, then the rest of a body.
     Held {
         held: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
@@ -148,6 +150,15 @@ impl ProxyBody {
         }
     }
 
+    /// A try's request body, read from a tape that keeps it for the next try.
+    pub(crate) fn replay(r: crate::retry::Replay) -> Self {
+        ProxyBody {
+            kind: Kind::Replay(r),
+            seen: 0,
+            finish: None,
+        }
+    }
+
     /// A body fed frame by frame from a channel.
     pub(crate) fn channel(rx: Frames) -> Self {
         ProxyBody {
@@ -175,6 +186,14 @@ impl ProxyBody {
     pub(crate) fn with_finish(mut self, finish: Finish) -> Self {
         self.finish = Some(finish);
         self
+    }
+
+    fn count_frame(&mut self, next: &Option<Result<Frame<Bytes>, BoxError>>) {
+        if let Some(Ok(frame)) = next
+            && let Some(d) = frame.data_ref()
+        {
+            self.count(d.len() as u64);
+        }
     }
 
     fn count(&mut self, n: u64) {
@@ -249,12 +268,12 @@ impl Body for ProxyBody {
             }
             Kind::Channel(rx) => {
                 let next = ready!(rx.poll_recv(cx));
-                if let Some(Ok(frame)) = &next
-                    && let Some(d) = frame.data_ref()
-                {
-                    let n = d.len() as u64;
-                    this.count(n);
-                }
+                this.count_frame(&next);
+                Poll::Ready(next)
+            }
+            Kind::Replay(r) => {
+                let next = ready!(r.poll_frame(cx));
+                this.count_frame(&next);
                 Poll::Ready(next)
             }
             Kind::Held { held, rest } => {
@@ -262,12 +281,7 @@ impl Body for ProxyBody {
                     Some(frame) => Some(frame),
                     None => ready!(Pin::new(&mut **rest).poll_frame(cx)),
                 };
-                if let Some(Ok(frame)) = &next
-                    && let Some(d) = frame.data_ref()
-                {
-                    let n = d.len() as u64;
-                    this.count(n);
-                }
+                this.count_frame(&next);
                 Poll::Ready(next)
             }
         }
@@ -279,6 +293,7 @@ impl Body for ProxyBody {
             Kind::Full(b) => b.is_none(),
             Kind::Stream { body, .. } => body.is_end_stream(),
             Kind::Channel(_) => false,
+            Kind::Replay(r) => r.is_end_stream(),
             Kind::Held { held, rest } => held.is_empty() && rest.is_end_stream(),
         }
     }
@@ -288,6 +303,7 @@ impl Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Stream { body, .. } => body.size_hint(),
+            Kind::Replay(r) => r.size_hint(),
             Kind::Channel(_) | Kind::Held { .. } => SizeHint::default(),
         }
     }

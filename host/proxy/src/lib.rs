@@ -12,6 +12,7 @@ mod filtering;
 mod head;
 mod listener;
 mod proxy;
+mod retry;
 mod snapshot;
 mod tls;
 mod tunnel;

@@ -11,6 +11,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use weir_balance::InFlight;
+use weir_config::RetryOn;
 use weir_observe::{AccessRecord, TimeoutKind};
 
 use crate::Shared;
@@ -301,38 +302,6 @@ async fn forward<'s>(
         .hash_on
         .as_ref()
         .map(|h| hash_of_parts(h, &parts.headers, conn.client));
-    let ep_idx = cluster.balancer.pick(hash);
-    finish._in_flight = Some(cluster.balancer.begin(ep_idx));
-    let endpoint = &cluster.endpoints[ep_idx];
-    if let Some(log) = &mut finish.log {
-        log.0.upstream = endpoint.address.clone();
-    }
-    // HTTP/1.0 without Host goes upstream as HTTP/1.1, which needs one: name the endpoint.
-    if !parts.headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-
-    // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and Host
-    // carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries the site and
-    // the endpoint's own client knows where to connect.
-    let authority = match (&endpoint.h2_client, upstream_site) {
-        (Some(_), Some(site)) => site
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok())
-            .unwrap_or_else(|| endpoint.authority.clone()),
-        _ => endpoint.authority.clone(),
-    };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(cluster.scheme.clone());
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
-    };
     parts.version = if cluster.h2 {
         Version::HTTP_2
     } else {
@@ -355,24 +324,137 @@ async fn forward<'s>(
         }
         _ => ProxyBody::request(body, snap.max_body, request_idle),
     };
-    let up_req = Request::from_parts(parts, up_body);
-    let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
-    let sent = tokio::time::timeout_at(deadline, client.request(up_req)).await;
-    let mut res = match sent {
-        Err(_) => {
-            snap.timeouts.fired(TimeoutKind::UpstreamHead);
-            return Err((Fail::UpstreamTimeout, Some(route)));
-        }
-        Ok(Err(e)) => {
-            if let Some(run) = &filters
-                && let Some(out) = run.take_outcome().await
-            {
-                return answer(run, out, request_id, route).await;
-            }
-            return Err((classify(snap, cluster, ep_idx, &e), Some(route)));
-        }
-        Ok(Ok(res)) => res,
+
+    // Tries: the first on the balancer's pick, each retry on an endpoint not tried yet.
+    let policy = &cluster.retry;
+    let attempts = if upgrade.is_some() {
+        1
+    } else {
+        policy.attempts
     };
+    let mut resend = crate::retry::Resend::new(up_body, attempts, policy.buffer);
+    // What a retry sends: the head as the first try sent it (taken before it is consumed).
+    let method = parts.method.clone();
+    let retry_head = (attempts > 1).then(|| parts.headers.clone());
+    let mut first = Some(parts);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retrying = None;
+    let (ep_idx, mut res) = loop {
+        let ep_idx = pick_untried(cluster, hash, &tried);
+        tried.push(ep_idx);
+        let attempt = tried.len() as u32;
+        finish._in_flight = Some(cluster.balancer.begin(ep_idx));
+        let endpoint = &cluster.endpoints[ep_idx];
+        if let Some(log) = &mut finish.log {
+            log.0.upstream.clone_from(&endpoint.address);
+            log.0.attempts = attempt;
+        }
+        let Some(body) = resend.next() else {
+            return Err((
+                Fail::Upstream("request body cannot be sent again".into()),
+                Some(route),
+            ));
+        };
+        let mut parts = match first.take() {
+            Some(p) => p,
+            None => {
+                let headers = retry_head.as_ref().expect("a retry has the head");
+                let mut p = Request::new(()).into_parts().0;
+                p.method = method.clone();
+                p.headers = headers.clone();
+                p.version = if cluster.h2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                p
+            }
+        };
+        // HTTP/1.0 without Host goes upstream as HTTP/1.1, which needs one: name the endpoint.
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and
+        // Host carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries
+        // the site and the endpoint's own client knows where to connect.
+        let authority = match (&endpoint.h2_client, upstream_site) {
+            (Some(_), Some(site)) => site
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                .unwrap_or_else(|| endpoint.authority.clone()),
+            _ => endpoint.authority.clone(),
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(cluster.scheme.clone());
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path_and_query.clone());
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
+        };
+        let up_req = Request::from_parts(parts, body);
+        let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
+        // This try ends at the request's deadline, or sooner by the cluster's per-try limit.
+        let try_deadline = policy
+            .per_try_timeout
+            .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
+        let trying = crate::retry::Trying::new(&cluster.stats);
+        let sent = tokio::time::timeout_at(try_deadline, client.request(up_req)).await;
+        drop(trying);
+        // A failed try: how it failed, and what the client gets if it is not retried.
+        let (kind, last) = match sent {
+            Ok(Ok(res)) => {
+                if matches!(res.status().as_u16(), 502..=504) {
+                    cluster.try_failed(ep_idx);
+                }
+                match policy.retried_status(res.status()) {
+                    Some(kind) => (kind, Err(res)),
+                    None => break (ep_idx, res),
+                }
+            }
+            Err(_) if try_deadline < deadline => {
+                snap.timeouts.fired(TimeoutKind::UpstreamHead);
+                (RetryOn::Timeout, Ok(Fail::UpstreamTimeout))
+            }
+            Err(_) => {
+                snap.timeouts.fired(TimeoutKind::UpstreamHead);
+                return Err((Fail::UpstreamTimeout, Some(route)));
+            }
+            Ok(Err(e)) => {
+                if let Some(run) = &filters
+                    && let Some(out) = run.take_outcome().await
+                {
+                    return answer(run, out, request_id, route).await;
+                }
+                match classify(snap, cluster, ep_idx, &e) {
+                    (fail, Some(kind)) => (kind, Ok(fail)),
+                    (fail, None) => return Err((fail, Some(route))),
+                }
+            }
+        };
+        // A retry needs an endpoint not tried yet (like nginx's next upstream): trying a failed
+        // endpoint again at once mostly doubles the wait.
+        let admitted = (attempt < attempts
+            && tried.len() < cluster.endpoints.len()
+            && policy.retries(kind, &method)
+            && resend.again()
+            && tokio::time::Instant::now() < deadline)
+            .then(|| policy.admit(&cluster.stats))
+            .flatten();
+        match (admitted, last) {
+            (Some(r), _) => {
+                tracing::debug!(request_id = ?request_id, cluster = %cluster.name, endpoint = %endpoint.address, ?kind, attempt, "retrying on another endpoint");
+                retrying = Some(r);
+            }
+            // The upstream's own error response goes to the client as it is.
+            (None, Err(res)) => break (ep_idx, res),
+            (None, Ok(fail)) => return Err((fail, Some(route))),
+        }
+    };
+    drop(retrying);
     cluster.succeeded(ep_idx);
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A switch the client did not ask for (or that is not allowed) cannot be relayed: the
@@ -460,40 +542,66 @@ async fn answer<'s>(
     answer
 }
 
-/// Maps a client error to a failure, feeding passive health checks on connect failures.
+/// Maps a client error to a failure and, when a retry could help, the kind of failed try;
+/// feeds passive health checks with connect failures and resets.
 fn classify(
     snap: &Snapshot,
     cluster: &Cluster,
     ep: usize,
     e: &hyper_util::client::legacy::Error,
-) -> Fail {
+) -> (Fail, Option<RetryOn>) {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
-            cluster.connect_failed(ep);
-            return match c {
+            cluster.try_failed(ep);
+            let fail = match c {
                 ConnectError::Timeout(_) => {
                     snap.timeouts.fired(TimeoutKind::UpstreamConnect);
                     Fail::UpstreamTimeout
                 }
                 ConnectError::Failed { .. } => Fail::Upstream(c.to_string()),
             };
+            return (fail, Some(RetryOn::ConnectFailure));
         }
         if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return Fail::TooLarge;
+            return (Fail::TooLarge, None);
         }
         if s.downcast_ref::<ClientBodyError>().is_some() {
-            return Fail::BadRequest("malformed request body");
+            return (Fail::BadRequest("malformed request body"), None);
         }
         if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
             // Counted where it fired; an upstream body cannot stall before its head.
             if stalled.from_client {
-                return Fail::RequestTimeout;
+                return (Fail::RequestTimeout, None);
             }
         }
         src = s.source();
     }
-    Fail::Upstream(format!("{e:?}"))
+    // Closed, reset, or an answer that is not HTTP, before a response head.
+    cluster.try_failed(ep);
+    (Fail::Upstream(format!("{e:?}")), Some(RetryOn::Reset))
+}
+
+/// The balancer's pick if it has not been tried yet; else another endpoint not tried (a fresh
+/// draw, then the first healthy one in order: the hash policies give one answer per key).
+fn pick_untried(cluster: &Cluster, hash: Option<u64>, tried: &[usize]) -> usize {
+    let b = &cluster.balancer;
+    let first = b.pick(hash);
+    if !tried.contains(&first) || tried.len() >= b.len() {
+        return first;
+    }
+    if let Some(i) = (0..b.len())
+        .map(|_| b.pick(hash))
+        .find(|i| !tried.contains(i))
+    {
+        return i;
+    }
+    let untried = |healthy: bool| {
+        (0..b.len())
+            .map(|k| (first + k) % b.len())
+            .find(|&i| !tried.contains(&i) && (!healthy || b.is_healthy(i)))
+    };
+    untried(true).or_else(|| untried(false)).unwrap_or(first)
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
@@ -668,6 +776,7 @@ fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue
         route: String::new(),
         cluster: String::new(),
         upstream: String::new(),
+        attempts: 0,
         request_id: request_id.to_str().unwrap_or_default().to_owned(),
     }
 }

@@ -81,6 +81,8 @@ pub(crate) struct Cluster {
     pub health: PassiveHealth,
     /// `timeouts.body`: longest wait between two pieces of a response body.
     pub body_timeout: Duration,
+    pub retry: crate::retry::RetryPolicy,
+    pub stats: Arc<weir_observe::ClusterStats>,
 }
 
 pub(crate) struct Endpoint {
@@ -105,9 +107,10 @@ fn now_ms() -> u64 {
 }
 
 impl Cluster {
-    /// A connect attempt to endpoint `i` failed: after `max_failures` in a row it is taken out
-    /// of rotation for `cooldown` (passive health checking, like nginx's max_fails).
-    pub fn connect_failed(&self, i: usize) {
+    /// A try on endpoint `i` failed (no connection, a reset before the head, or a 502/503/504):
+    /// after `max_failures` in a row it is taken out of rotation for `cooldown` (passive health
+    /// checking, like nginx's max_fails and Envoy's consecutive gateway failures).
+    pub fn try_failed(&self, i: usize) {
         let max = self.health.max_failures;
         if max == 0 {
             return;
@@ -117,7 +120,7 @@ impl Cluster {
             ep.down_until
                 .store(now_ms() + self.health.cooldown.as_millis() as u64, Relaxed);
             if self.balancer.is_healthy(i) {
-                tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} connects in a row; out for {:?}", self.health.cooldown);
+                tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} tries in a row; out for {:?}", self.health.cooldown);
                 self.balancer.set_healthy(i, false);
             }
         }
@@ -524,6 +527,8 @@ fn build_cluster(
             .or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
         health: cc.health.clone(),
         body_timeout: cc.timeouts.body,
+        retry: crate::retry::RetryPolicy::new(&cc.retries),
+        stats: registry.cluster(&cc.name),
     })
 }
 

@@ -1,0 +1,283 @@
+//! Retries: which failed tries may be repeated on another endpoint, the budget that keeps a
+//! failing cluster from turning into a retry storm, and the tape that keeps a request body so
+//! it can be sent again.
+//!
+//! The rule is one sentence: a try is repeated only when the upstream cannot have acted on it —
+//! no connection was made — or acting twice is harmless — the method is idempotent — and the
+//! whole body can be sent again, the route's deadline has time left, and the budget allows.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use http_body::{Body as _, Frame, SizeHint};
+use weir_config::{Retries, RetryOn};
+use weir_observe::ClusterStats;
+
+use crate::body::{BoxError, ProxyBody};
+
+/// At least this many retries may be in flight, whatever the budget's share says (Envoy's
+/// `min_retry_concurrency`), so a quiet cluster can still retry.
+const MIN_RETRY_CONCURRENCY: usize = 3;
+
+/// A cluster's retry settings, precomputed.
+pub(crate) struct RetryPolicy {
+    /// Tries in all (1: no retries).
+    pub attempts: u32,
+    on: u8,
+    pub per_try_timeout: Option<Duration>,
+    budget_percent: usize,
+    /// Request body bytes kept for a retry.
+    pub buffer: usize,
+}
+
+fn bit(kind: RetryOn) -> u8 {
+    match kind {
+        RetryOn::ConnectFailure => 1,
+        RetryOn::Reset => 2,
+        RetryOn::Timeout => 4,
+        RetryOn::GatewayError => 8,
+        RetryOn::Status5xx => 16,
+    }
+}
+
+impl RetryPolicy {
+    pub fn new(r: &Retries) -> RetryPolicy {
+        RetryPolicy {
+            attempts: r.attempts.max(1),
+            on: r.on.iter().fold(0, |acc, k| acc | bit(*k)),
+            per_try_timeout: r.per_try_timeout,
+            budget_percent: usize::from(r.budget.0),
+            buffer: usize::try_from(r.buffer.bytes()).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Whether a try that failed as `kind` may be repeated, as far as the policy and the method
+    /// go (the body, the deadline and the budget are checked by the caller).
+    pub fn retries(&self, kind: RetryOn, method: &Method) -> bool {
+        self.on & bit(kind) != 0 && (kind == RetryOn::ConnectFailure || idempotent(method))
+    }
+
+    /// A response status that is a failed try of kind `GatewayError` or `Status5xx`, when the
+    /// policy retries it.
+    pub fn retried_status(&self, status: http::StatusCode) -> Option<RetryOn> {
+        if !status.is_server_error() {
+            return None;
+        }
+        let gateway = matches!(status.as_u16(), 502..=504);
+        if gateway && self.on & bit(RetryOn::GatewayError) != 0 {
+            Some(RetryOn::GatewayError)
+        } else if self.on & bit(RetryOn::Status5xx) != 0 {
+            Some(RetryOn::Status5xx)
+        } else {
+            None
+        }
+    }
+
+    /// Takes a place for one retry if the budget has one: retries in flight stay under
+    /// `budget`% of the cluster's tries in flight (and at least [`MIN_RETRY_CONCURRENCY`]).
+    pub fn admit(&self, stats: &Arc<ClusterStats>) -> Option<Retrying> {
+        let active = stats.active.load(Relaxed);
+        let allowed = (active * self.budget_percent / 100).max(MIN_RETRY_CONCURRENCY);
+        // A race may let one or two more through; the budget is a bound on storms, not a quota.
+        if stats.retrying.load(Relaxed) >= allowed {
+            stats.retries_over_budget.fetch_add(1, Relaxed);
+            return None;
+        }
+        stats.retrying.fetch_add(1, Relaxed);
+        stats.retries.fetch_add(1, Relaxed);
+        Some(Retrying(stats.clone()))
+    }
+}
+
+/// RFC 9110 §9.2.2: the methods a client may repeat because doing so twice is harmless.
+pub(crate) fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A retry in flight (counted against the budget until dropped).
+pub(crate) struct Retrying(Arc<ClusterStats>);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A try in flight to the cluster (what the budget's share is taken of).
+pub(crate) struct Trying(Arc<ClusterStats>);
+
+impl Trying {
+    pub fn new(stats: &Arc<ClusterStats>) -> Trying {
+        stats.active.fetch_add(1, Relaxed);
+        Trying(stats.clone())
+    }
+}
+
+impl Drop for Trying {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A request body as each try sends it.
+pub(crate) enum Resend {
+    /// Sent once: no try after the first.
+    Once(Option<ProxyBody>),
+    /// No body: every try sends none.
+    Empty,
+    /// Kept while sent, up to a bound.
+    Tape(Arc<Mutex<Tape>>),
+}
+
+impl Resend {
+    /// `body` for a request that may be tried `attempts` times, keeping at most `bound` bytes.
+    pub fn new(body: ProxyBody, attempts: u32, bound: usize) -> Resend {
+        if attempts <= 1 {
+            Resend::Once(Some(body))
+        } else if body.is_end_stream() {
+            Resend::Empty
+        } else {
+            let hint = body.size_hint();
+            Resend::Tape(Arc::new(Mutex::new(Tape {
+                source: body,
+                hint,
+                kept: Vec::new(),
+                kept_bytes: 0,
+                bound,
+                taken: 0,
+                lost: false,
+                ended: false,
+            })))
+        }
+    }
+
+    /// Whether a next try can send the body again.
+    pub fn again(&self) -> bool {
+        match self {
+            Resend::Once(_) => false,
+            Resend::Empty => true,
+            Resend::Tape(t) => !t.lock().unwrap_or_else(|e| e.into_inner()).lost,
+        }
+    }
+
+    /// The body for the next try, from its start; `None` when it cannot be sent again (sent
+    /// once, or more of it went out than was kept).
+    pub fn next(&mut self) -> Option<ProxyBody> {
+        match self {
+            Resend::Once(b) => b.take(),
+            Resend::Empty => Some(ProxyBody::empty()),
+            Resend::Tape(t) => {
+                let tape = t.lock().unwrap_or_else(|e| e.into_inner());
+                if tape.lost {
+                    return None;
+                }
+                let hint = tape.hint;
+                drop(tape);
+                Some(ProxyBody::replay(Replay {
+                    tape: t.clone(),
+                    pos: 0,
+                    hint,
+                }))
+            }
+        }
+    }
+}
+
+/// The request body, read once from the client (or the filters) and kept for the next try.
+pub(crate) struct Tape {
+    source: ProxyBody,
+    hint: SizeHint,
+    kept: Vec<Kept>,
+    kept_bytes: usize,
+    bound: usize,
+    /// Frames read from `source`.
+    taken: usize,
+    /// More than `bound` bytes went out: what was kept is gone and no try can start again.
+    lost: bool,
+    ended: bool,
+}
+
+enum Kept {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl Kept {
+    fn frame(&self) -> Frame<Bytes> {
+        match self {
+            Kept::Data(b) => Frame::data(b.clone()),
+            Kept::Trailers(t) => Frame::trailers(t.clone()),
+        }
+    }
+}
+
+/// One try's view of the tape: what was kept, then the rest of the source.
+pub(crate) struct Replay {
+    tape: Arc<Mutex<Tape>>,
+    pos: usize,
+    hint: SizeHint,
+}
+
+impl Replay {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut tape = self.tape.lock().unwrap_or_else(|e| e.into_inner());
+        let tape = &mut *tape;
+        if !tape.lost && self.pos < tape.kept.len() {
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(tape.kept[self.pos - 1].frame())));
+        }
+        if self.pos != tape.taken {
+            // Only the try that read past the bound can go on (and is the only one running).
+            return Poll::Ready(Some(Err(
+                "the request body can no longer be sent again".into()
+            )));
+        }
+        if tape.ended {
+            return Poll::Ready(None);
+        }
+        let next = match std::pin::Pin::new(&mut tape.source).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(n) => n,
+        };
+        match &next {
+            None => tape.ended = true,
+            Some(Err(_)) => {}
+            Some(Ok(frame)) => {
+                tape.taken += 1;
+                self.pos += 1;
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                if !tape.lost && tape.kept_bytes + n <= tape.bound {
+                    tape.kept_bytes += n;
+                    if let Some(d) = frame.data_ref() {
+                        tape.kept.push(Kept::Data(d.clone()));
+                    } else if let Some(t) = frame.trailers_ref() {
+                        tape.kept.push(Kept::Trailers(t.clone()));
+                    }
+                } else if !tape.lost {
+                    tape.lost = true;
+                    tape.kept = Vec::new();
+                }
+            }
+        }
+        Poll::Ready(next)
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        let tape = self.tape.lock().unwrap_or_else(|e| e.into_inner());
+        tape.ended && self.pos == tape.taken
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}

@@ -1,0 +1,399 @@
+//! End-to-end: upstream resilience — a fault-injecting upstream beside a healthy one, and what
+//! the client gets for each fault, method by method: retries only where they are safe, never a
+//! duplicated non-idempotent request, never a request without an answer.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use http::Request;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the faulty endpoint does with a request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Nothing listens: the connection is refused.
+    Refuse,
+    /// Reads the request, then resets the connection (RST).
+    Reset,
+    /// Reads the request, then closes without a word (FIN).
+    Close,
+    /// Reads the request and never answers.
+    Hang,
+    /// Answers, but only after 3 s.
+    SlowHead,
+    /// Sends a head and half the body, then stalls.
+    SlowBody,
+    /// Answers with bytes that are not HTTP.
+    Garbage,
+    /// Answers 503.
+    Status503,
+    /// Accepts nothing: connections sit in the backlog, the request is never read.
+    BlackHole,
+}
+
+/// A raw TCP endpoint misbehaving as `fault`; counts the requests it read.
+struct Faulty {
+    addr: SocketAddr,
+    seen: Arc<AtomicUsize>,
+    _task: Option<tokio::task::JoinHandle<()>>,
+    _listener: Option<std::net::TcpListener>,
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        if let Some(t) = &self._task {
+            t.abort();
+        }
+    }
+}
+
+async fn faulty(fault: Fault) -> Faulty {
+    let seen = Arc::new(AtomicUsize::new(0));
+    match fault {
+        Fault::Refuse => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            drop(l);
+            return Faulty {
+                addr,
+                seen,
+                _task: None,
+                _listener: None,
+            };
+        }
+        Fault::BlackHole => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            return Faulty {
+                addr,
+                seen,
+                _task: None,
+                _listener: Some(l),
+            };
+        }
+        _ => {}
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counter = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // One request per connection: the head, and a body by its Content-Length.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                counter.fetch_add(1, Relaxed);
+                match fault {
+                    Fault::Reset => {
+                        reset(s);
+                    }
+                    Fault::Close => drop(s),
+                    Fault::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
+                    Fault::SlowHead => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+                            .await;
+                    }
+                    Fault::SlowBody => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    Fault::Garbage => {
+                        let _ = s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+                    }
+                    Fault::Status503 => {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy",
+                            )
+                            .await;
+                    }
+                    Fault::Refuse | Fault::BlackHole => unreachable!(),
+                }
+            });
+        }
+    });
+    Faulty {
+        addr,
+        seen,
+        _task: Some(task),
+        _listener: None,
+    }
+}
+
+/// Closes with RST instead of FIN (SO_LINGER 0).
+#[expect(
+    deprecated,
+    reason = "a zero linger never blocks: close sends RST at once"
+)]
+fn reset(s: TcpStream) {
+    let _ = s.set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+/// A proxy over one cluster of [bad, good] (round robin: the first request goes to `bad`).
+fn pair_config(bad: SocketAddr, good: SocketAddr, retries: &str) -> String {
+    format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c, timeout: 2s }} ]\n\
+clusters:\n  - {{ name: c, endpoints: [ {{ address: \"{bad}\" }}, {{ address: \"{good}\" }} ], \
+timeouts: {{ connect: 500ms, body: 1s }}, health: {{ max_failures: 0 }}{retries} }}\n"
+    )
+}
+
+/// The status and body of one request; a body cut short reads as `<cut>`.
+async fn send_one(weir: &Weir, method: &str) -> Result<(u16, String)> {
+    use http_body_util::BodyExt as _;
+    let req = Request::builder()
+        .method(method)
+        .uri(weir.url("public", "/x"))
+        .body(full("payload"))?;
+    let res = tokio::time::timeout(Duration::from_secs(20), h1_client().request(req)).await??;
+    let status = res.status().as_u16();
+    let text = match res.into_body().collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(_) => "<cut>".into(),
+    };
+    Ok((status, text))
+}
+
+/// The table: each fault × {GET, POST} on a [bad, good] cluster with the default retry policy
+/// (`attempts: 2, on: [connect-failure, reset]`). GETs are answered by the good endpoint
+/// whenever the fault is one the policy retries; a POST is retried only when it never reached
+/// the bad endpoint; nothing is ever sent to an endpoint twice, and every request is answered.
+#[tokio::test]
+async fn each_fault_gets_the_answer_a_careful_proxy_gives() -> Result<()> {
+    use Fault::*;
+    // (fault, GET status, GET retried, POST status, POST retried)
+    let table = [
+        (Refuse, 200, true, 200, true),
+        (BlackHole, 504, false, 504, false),
+        (Reset, 200, true, 502, false),
+        (Close, 200, true, 502, false),
+        (Garbage, 200, true, 502, false),
+        (Hang, 504, false, 504, false),
+        (SlowHead, 504, false, 504, false),
+        (SlowBody, 200, false, 200, false),
+        (Status503, 503, false, 503, false),
+    ];
+    let mut report = String::from("fault       method status ms    bad good\n");
+    for (fault, get_status, get_retried, post_status, post_retried) in table {
+        for (method, want, retried) in [
+            ("GET", get_status, get_retried),
+            ("POST", post_status, post_retried),
+        ] {
+            let bad = faulty(fault).await;
+            let good = Upstream::start("good").await;
+            let weir = Weir::start(&pair_config(bad.addr, good.addr, ""))?;
+            let t = Instant::now();
+            let (status, body) = send_one(&weir, method).await?;
+            let ms = t.elapsed().as_millis();
+            let good_seen = good.seen.lock().unwrap().len();
+            let bad_seen = bad.seen.load(Relaxed);
+            report.push_str(&format!(
+                "{:<11} {method:<6} {status}    {ms:<5} {bad_seen}   {good_seen}\n",
+                format!("{fault:?}")
+            ));
+            assert_eq!(status, want, "{fault:?} {method}: {body}");
+            // Nothing reached an endpoint twice; a POST that reached the bad one is not resent.
+            assert!(bad_seen <= 1, "{fault:?} {method}: bad saw {bad_seen}");
+            if method == "POST" && bad_seen == 1 {
+                assert_eq!(
+                    good_seen, 0,
+                    "{fault:?}: a POST that reached an upstream was resent"
+                );
+            }
+            assert_eq!(
+                good_seen,
+                usize::from(retried),
+                "{fault:?} {method}: good saw {good_seen}"
+            );
+            if fault == SlowBody {
+                // The head came from the bad endpoint; its body is cut after `timeouts.body`.
+                assert_eq!(body, "<cut>", "{fault:?} {method}");
+            }
+            // Bounded: by the route's 2 s deadline plus the body timeout.
+            assert!(ms < 4_000, "{fault:?} {method}: {ms} ms");
+        }
+    }
+    eprintln!("{report}");
+    Ok(())
+}
+
+/// With `per_try_timeout` and `timeout` in `on`, a GET to an endpoint that hangs moves on to
+/// the good one within the route's deadline; a POST does not (it reached the upstream).
+/// `gateway-error` retries a 503 for GETs only. The access log shows the tries.
+#[tokio::test]
+async fn timeouts_and_gateway_errors_are_retried_when_asked_for() -> Result<()> {
+    for (fault, get_status) in [(Fault::Hang, 200), (Fault::Status503, 200)] {
+        let bad = faulty(fault).await;
+        let good = Upstream::start("good").await;
+        let dir = TempDir::new();
+        let log = dir.path("access.log");
+        let config = format!(
+            "access_log: {{ path: \"{}\" }}\n{}",
+            log.display(),
+            pair_config(
+                bad.addr,
+                good.addr,
+                ", retries: { attempts: 3, on: [ connect-failure, reset, timeout, gateway-error ], per_try_timeout: 300ms }"
+            )
+        );
+        let weir = Weir::start_in(dir, &config)?;
+        let t = Instant::now();
+        let (status, _) = send_one(&weir, "GET").await?;
+        assert_eq!(status, get_status, "{fault:?} GET");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{fault:?}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(good.seen.lock().unwrap().len(), 1);
+        // Two POSTs: round robin sends one to each endpoint.
+        let mut statuses = vec![
+            send_one(&weir, "POST").await?.0,
+            send_one(&weir, "POST").await?.0,
+        ];
+        statuses.sort();
+        let want = if fault == Fault::Hang { 504 } else { 503 };
+        assert_eq!(
+            statuses,
+            vec![200, want],
+            "{fault:?}: the POST is not retried"
+        );
+        assert_eq!(bad.seen.load(Relaxed), 2, "{fault:?}");
+        assert_eq!(
+            good.seen.lock().unwrap().len(),
+            2,
+            "{fault:?}: the POST was not resent"
+        );
+
+        let metrics = get(&format!("http://{}/metrics", weir.admin)).await?.text();
+        assert!(
+            metrics.contains("weir_upstream_retries_total{cluster=\"c\"} 1"),
+            "{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lines = std::fs::read_to_string(&log)?;
+        let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap())?;
+        assert_eq!(first["attempts"], 2, "{lines}");
+        assert_eq!(first["upstream"], good.addr.to_string(), "{lines}");
+    }
+    Ok(())
+}
+
+/// A request body is kept (up to `retries.buffer`) so a retried PUT sends it whole; a larger
+/// body that already went out is not resent, and its failure is answered.
+#[tokio::test]
+async fn retried_bodies_arrive_whole_and_large_sent_bodies_are_not_resent() -> Result<()> {
+    let bad = faulty(Fault::Reset).await;
+    let good = Upstream::start("good").await;
+    let weir = Weir::start(&pair_config(
+        bad.addr,
+        good.addr,
+        ", retries: { buffer: 1KiB }",
+    ))?;
+    let small = "s".repeat(1000);
+    let req = Request::builder()
+        .method("PUT")
+        .uri(weir.url("public", "/x"))
+        .body(full(small.clone()))?;
+    let got = send(&h1_client(), req).await?;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.text(), small, "the retry sent the body whole");
+
+    // Round robin: a GET to the bad endpoint (retried), then the large body to the bad one.
+    assert_eq!(send_one(&weir, "GET").await?.0, 200);
+    let big = "b".repeat(100_000);
+    let req = Request::builder()
+        .method("PUT")
+        .uri(weir.url("public", "/x"))
+        .body(full(big))?;
+    let got = send(&h1_client(), req).await?;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(bad.seen.load(Relaxed), 3);
+    assert_eq!(
+        good.seen.lock().unwrap().len(),
+        2,
+        "the large body was not resent"
+    );
+    Ok(())
+}
+
+/// The retry budget: with every endpoint failing, retries in flight stay within the budget's
+/// share (at least 3), the rest are answered at once and counted.
+#[tokio::test]
+async fn a_failing_cluster_cannot_cause_a_retry_storm() -> Result<()> {
+    let a = faulty(Fault::Hang).await;
+    let b = faulty(Fault::Hang).await;
+    let weir = Weir::start(&pair_config(
+        a.addr,
+        b.addr,
+        ", retries: { attempts: 2, on: [ timeout ], per_try_timeout: 300ms, budget: 0% }",
+    ))?;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = weir.url("public", "/x");
+        tasks.push(tokio::spawn(async move {
+            get(&url).await.map(|g| g.status.as_u16())
+        }));
+    }
+    for t in tasks {
+        let status = t.await??;
+        assert_eq!(status, 504);
+    }
+    let first_tries = 20;
+    let total = a.seen.load(Relaxed) + b.seen.load(Relaxed);
+    assert!(
+        (first_tries..=first_tries + 3).contains(&total),
+        "budget 0% allows 3 retries in flight at most; the upstreams saw {total} requests"
+    );
+    let metrics = get(&format!("http://{}/metrics", weir.admin)).await?.text();
+    assert!(
+        metrics.contains("weir_upstream_retries_over_budget_total{cluster=\"c\"}")
+            && !metrics.contains("weir_upstream_retries_over_budget_total{cluster=\"c\"} 0"),
+        "{metrics}"
+    );
+    Ok(())
+}
