@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
-Usage: benches/instructions.py WEIR [WEIR ...] [--xff]
+Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
 keep-alive GETs on one connection, and reports (I(N2) - I(N1)) / (N2 - N1): the instructions
 one more request costs, with start-up and shutdown cancelled out. --xff adds a client-sent
 X-Forwarded-For (an untrusted peer's, which the proxy replaces). Compare binaries measured in
-the same invocation; a wall-clock ratio still needs benches/run.sh.
+the same invocation; a wall-clock ratio still needs benches/run.sh. --two-endpoints gives the
+cluster two endpoints (the same server on two ports), so the retry machinery is armed (a
+one-endpoint cluster never retries).
 """
 import os
 import re
@@ -21,11 +23,11 @@ import time
 
 N1, N2 = 500, 2500
 BODY = b"0" * 64
-PROXY_PORT, UPSTREAM_PORT = 18380, 18381
+PROXY_PORT, UPSTREAM_PORT, UPSTREAM_PORT_2 = 18380, 18381, 18382
 
 
-def upstream():
-    srv = socket.create_server(("127.0.0.1", UPSTREAM_PORT), reuse_port=True)
+def upstream(port):
+    srv = socket.create_server(("127.0.0.1", port), reuse_port=True)
 
     def serve(c):
         buf = b""
@@ -64,14 +66,17 @@ def client(n, xff):
     s.close()
 
 
-def collected(weir, n, xff, tmp):
+def collected(weir, n, xff, tmp, two):
+    eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
+    if two:
+        eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
     cfg = os.path.join(tmp, "weir.yaml")
     with open(cfg, "w") as f:
         f.write(f"""workers: 1
 admin: {{ listen: 127.0.0.1:0 }}
 listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT} }} ]
 routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
-clusters: [ {{ name: api, endpoints: [ {{ address: 127.0.0.1:{UPSTREAM_PORT} }} ] }} ]
+clusters: [ {{ name: api, endpoints: [ {eps} ] }} ]
 """)
     err = open(os.path.join(tmp, "err.txt"), "w+")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
@@ -96,14 +101,17 @@ clusters: [ {{ name: api, endpoints: [ {{ address: 127.0.0.1:{UPSTREAM_PORT} }} 
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     xff = "--xff" in sys.argv
+    two = "--two-endpoints" in sys.argv
     if not args:
         sys.exit(__doc__)
-    threading.Thread(target=upstream, daemon=True).start()
+    for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
+        threading.Thread(target=upstream, args=(port,), daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
-            a, b = collected(weir, N1, xff, tmp), collected(weir, N2, xff, tmp)
+            a, b = collected(weir, N1, xff, tmp, two), collected(weir, N2, xff, tmp, two)
             print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
-                  f" ({'with' if xff else 'without'} a client X-Forwarded-For)")
+                  f" ({'with' if xff else 'without'} a client X-Forwarded-For"
+                  f"{', two endpoints' if two else ''})")
 
 
 if __name__ == "__main__":

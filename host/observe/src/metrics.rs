@@ -150,17 +150,15 @@ pub struct EndpointStats {
     pub connect_failures: AtomicU64,
 }
 
-/// Per upstream cluster: retries, and the in-flight counts the retry budget is drawn from.
-/// Kept across reloads (by cluster name), so a reload does not reset the budget.
+/// Per upstream cluster: retries. Kept across reloads (by cluster name), so a reload does not
+/// reset the retry budget.
 #[derive(Debug, Default)]
 pub struct ClusterStats {
     /// Tries after the first.
     pub retries: AtomicU64,
     /// Failed tries that were not retried because the retry budget was spent.
     pub retries_over_budget: AtomicU64,
-    /// Requests waiting for an upstream response head now, first tries and retries.
-    pub active: std::sync::atomic::AtomicUsize,
-    /// Of those, retries.
+    /// Retries in flight now.
     pub retrying: std::sync::atomic::AtomicUsize,
 }
 

@@ -327,22 +327,24 @@ async fn forward<'s>(
 
     // Tries: the first on the balancer's pick, each retry on an endpoint not tried yet.
     let policy = &cluster.retry;
+    // Each retry needs an endpoint not tried yet (like nginx's next upstream: trying a failed
+    // endpoint again at once mostly doubles the wait), so a one-endpoint cluster never retries.
     let attempts = if upgrade.is_some() {
         1
     } else {
-        policy.attempts
+        policy.attempts.min(cluster.endpoints.len() as u32)
     };
     let mut resend = crate::retry::Resend::new(up_body, attempts, policy.buffer);
     // What a retry sends: the head as the first try sent it (taken before it is consumed).
     let method = parts.method.clone();
     let retry_head = (attempts > 1).then(|| parts.headers.clone());
     let mut first = Some(parts);
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = crate::retry::Tried::default();
     let mut retrying = None;
     let (ep_idx, mut res) = loop {
-        let ep_idx = pick_untried(cluster, hash, &tried);
+        let ep_idx = pick_untried(cluster, hash, tried.as_slice());
         tried.push(ep_idx);
-        let attempt = tried.len() as u32;
+        let attempt = tried.as_slice().len() as u32;
         finish._in_flight = Some(cluster.balancer.begin(ep_idx));
         let endpoint = &cluster.endpoints[ep_idx];
         if let Some(log) = &mut finish.log {
@@ -401,9 +403,7 @@ async fn forward<'s>(
         let try_deadline = policy
             .per_try_timeout
             .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
-        let trying = crate::retry::Trying::new(&cluster.stats);
         let sent = tokio::time::timeout_at(try_deadline, client.request(up_req)).await;
-        drop(trying);
         // A failed try: how it failed, and what the client gets if it is not retried.
         let (kind, last) = match sent {
             Ok(Ok(res)) => {
@@ -435,14 +435,11 @@ async fn forward<'s>(
                 }
             }
         };
-        // A retry needs an endpoint not tried yet (like nginx's next upstream): trying a failed
-        // endpoint again at once mostly doubles the wait.
         let admitted = (attempt < attempts
-            && tried.len() < cluster.endpoints.len()
             && policy.retries(kind, &method)
             && resend.again()
             && tokio::time::Instant::now() < deadline)
-            .then(|| policy.admit(&cluster.stats))
+            .then(|| policy.admit(&cluster.stats, cluster.in_flight()))
             .flatten();
         match (admitted, last) {
             (Some(r), _) => {

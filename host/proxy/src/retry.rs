@@ -78,10 +78,10 @@ impl RetryPolicy {
     }
 
     /// Takes a place for one retry if the budget has one: retries in flight stay under
-    /// `budget`% of the cluster's tries in flight (and at least [`MIN_RETRY_CONCURRENCY`]).
-    pub fn admit(&self, stats: &Arc<ClusterStats>) -> Option<Retrying> {
-        let active = stats.active.load(Relaxed);
-        let allowed = (active * self.budget_percent / 100).max(MIN_RETRY_CONCURRENCY);
+    /// `budget`% of the cluster's requests in flight (`in_flight`, counted by the balancer) and
+    /// at least [`MIN_RETRY_CONCURRENCY`].
+    pub fn admit(&self, stats: &Arc<ClusterStats>, in_flight: usize) -> Option<Retrying> {
+        let allowed = (in_flight * self.budget_percent / 100).max(MIN_RETRY_CONCURRENCY);
         // A race may let one or two more through; the budget is a bound on storms, not a quota.
         if stats.retrying.load(Relaxed) >= allowed {
             stats.retries_over_budget.fetch_add(1, Relaxed);
@@ -110,19 +110,26 @@ impl Drop for Retrying {
     }
 }
 
-/// A try in flight to the cluster (what the budget's share is taken of).
-pub(crate) struct Trying(Arc<ClusterStats>);
-
-impl Trying {
-    pub fn new(stats: &Arc<ClusterStats>) -> Trying {
-        stats.active.fetch_add(1, Relaxed);
-        Trying(stats.clone())
-    }
+/// The endpoints a request has tried, in order (at most [`MAX_ATTEMPTS`]; no allocation).
+#[derive(Default)]
+pub(crate) struct Tried {
+    list: [usize; MAX_ATTEMPTS],
+    len: usize,
 }
 
-impl Drop for Trying {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
+/// Most tries of one request (config refuses more).
+pub(crate) const MAX_ATTEMPTS: usize = 10;
+
+impl Tried {
+    pub fn push(&mut self, i: usize) {
+        if self.len < MAX_ATTEMPTS {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[usize] {
+        &self.list[..self.len]
     }
 }
 

@@ -126,6 +126,14 @@ impl Cluster {
         }
     }
 
+    /// Requests in flight on the cluster (what the retry budget is a share of). Only read when
+    /// a try failed, so the hot path pays nothing for it.
+    pub fn in_flight(&self) -> usize {
+        (0..self.endpoints.len())
+            .map(|i| self.balancer.in_flight(i))
+            .sum()
+    }
+
     pub fn succeeded(&self, i: usize) {
         // Only write when needed: the common case stays a read of a shared cache line.
         if self.endpoints[i].failures.load(Relaxed) != 0 {
