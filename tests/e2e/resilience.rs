@@ -397,3 +397,204 @@ async fn a_failing_cluster_cannot_cause_a_retry_storm() -> Result<()> {
     );
     Ok(())
 }
+
+/// The endpoints of cluster `c` from `GET /clusters`, by address.
+async fn endpoints_of(
+    weir: &Weir,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let (_, body) = weir.admin_get("/clusters").await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let c = v
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "c"))
+        .cloned()
+        .unwrap_or_default();
+    Ok(c["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e["address"].as_str().unwrap_or_default().to_string(), e))
+        .collect())
+}
+
+/// A reload that leaves a cluster as it was keeps its pool (no new upstream connection) and its
+/// health (an endpoint out stays out); a change to the cluster rebuilds both.
+#[tokio::test]
+async fn pools_and_health_survive_a_reload_that_leaves_the_cluster_alone() -> Result<()> {
+    let dead = faulty(Fault::Refuse).await;
+    let live = Upstream::start("live").await;
+    let config = pair_config(
+        dead.addr,
+        live.addr,
+        ", health: { max_failures: 1, cooldown: 60s }",
+    )
+    .replace("health: { max_failures: 0 }, ", "");
+    let weir = Weir::start(&config)?;
+    assert_eq!(
+        send_one(&weir, "GET").await?.0,
+        200,
+        "retried on the live endpoint"
+    );
+    assert_eq!(
+        endpoints_of(&weir).await?[&dead.addr.to_string()]["healthy"],
+        false
+    );
+    assert_eq!(live.connections.load(Relaxed), 1);
+
+    // A route added: the cluster is untouched.
+    let (status, body) = weir
+        .admin(
+            "PUT",
+            "/routes/other",
+            r#"{"match": {"path_prefix": "/other"}, "cluster": "c"}"#,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..3 {
+        assert_eq!(send_one(&weir, "GET").await?.0, 200);
+    }
+    assert_eq!(
+        live.connections.load(Relaxed),
+        1,
+        "the pooled connection was kept across the reload"
+    );
+    assert_eq!(
+        endpoints_of(&weir).await?[&dead.addr.to_string()]["healthy"],
+        false,
+        "health was kept across the reload"
+    );
+
+    // The cluster itself changed: a new pool and fresh health.
+    let cluster = format!(
+        r#"{{"endpoints": [{{"address": "{}"}}, {{"address": "{}"}}], "max_idle_per_endpoint": 8}}"#,
+        dead.addr, live.addr
+    );
+    let (status, body) = weir.admin("PUT", "/clusters/c", cluster).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        endpoints_of(&weir).await?[&dead.addr.to_string()]["healthy"],
+        true
+    );
+    assert_eq!(send_one(&weir, "GET").await?.0, 200);
+    assert_eq!(
+        live.connections.load(Relaxed),
+        2,
+        "a rebuilt cluster connects anew"
+    );
+    Ok(())
+}
+
+/// A TCP relay to `to` that can be frozen: while frozen it forwards nothing either way (a black
+/// hole: no reset, no close). Counts the client connections it saw closed.
+struct Relay {
+    addr: SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    closed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(to: SocketAddr) -> Relay {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (f, c) = (frozen.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(up) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let (f, c) = (f.clone(), c.clone());
+            tokio::spawn(async move {
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                let f2 = f.clone();
+                let upward = tokio::spawn(async move {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match dr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if !f2.load(Relaxed) => {
+                                if uw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {} // frozen: swallowed
+                        }
+                    }
+                });
+                let downward = tokio::spawn(async move {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match ur.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) if !f.load(Relaxed) => {
+                                if dw.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+                // The proxy's side closing is what this relay reports.
+                let _ = upward.await;
+                c.fetch_add(1, Relaxed);
+                downward.abort();
+            });
+        }
+    });
+    Relay {
+        addr,
+        frozen,
+        closed,
+        task,
+    }
+}
+
+/// An HTTP/2 upstream connection that goes silent (no reset, no close) is found by PINGs and
+/// closed within `ping_interval + ping_timeout`; the next request connects anew.
+#[tokio::test]
+async fn a_black_holed_h2_connection_is_found_by_pings() -> Result<()> {
+    let up = Upstream::start("h2").await;
+    let relay = relay(up.addr).await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c, timeout: 2s }} ]\n\
+clusters:\n  - {{ name: c, protocol: h2, endpoints: [ {{ address: \"{}\" }} ], \
+timeouts: {{ ping_interval: 200ms, ping_timeout: 300ms }} }}\n",
+        relay.addr
+    ))?;
+    assert_eq!(get(&weir.url("public", "/")).await?.status, 200);
+    assert_eq!(up.connections.load(Relaxed), 1);
+    relay.frozen.store(true, Relaxed);
+    let t = Instant::now();
+    while relay.closed.load(Relaxed) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the silent connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let found = t.elapsed();
+    assert!(found < Duration::from_millis(1500), "found after {found:?}");
+    relay.frozen.store(false, Relaxed);
+    assert_eq!(get(&weir.url("public", "/")).await?.status, 200);
+    assert_eq!(
+        up.connections.load(Relaxed),
+        2,
+        "a new connection after the dead one"
+    );
+    eprintln!("black-holed h2 connection closed after {found:?}");
+    Ok(())
+}

@@ -694,6 +694,13 @@ pub struct Timeouts {
     /// Idle pooled upstream connections are closed after this long. Default: `60s`.
     #[serde(with = "units::duration")]
     pub idle: Duration,
+    /// HTTP/2 upstreams: a PING on each connection this often (also while idle), so a
+    /// black-holed connection is found and closed instead of timing requests out. Default: `30s`.
+    #[serde(with = "units::duration")]
+    pub ping_interval: Duration,
+    /// HTTP/2 upstreams: a PING not answered within this closes the connection. Default: `10s`.
+    #[serde(with = "units::duration")]
+    pub ping_timeout: Duration,
 }
 
 impl Default for Timeouts {
@@ -703,6 +710,8 @@ impl Default for Timeouts {
             request: Duration::from_secs(15),
             body: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -333,6 +333,8 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             ("request", cl.timeouts.request),
             ("body", cl.timeouts.body),
             ("idle", cl.timeouts.idle),
+            ("ping_interval", cl.timeouts.ping_interval),
+            ("ping_timeout", cl.timeouts.ping_timeout),
         ] {
             if d.is_zero() {
                 err(format!("{p}.timeouts.{k}"), "must be greater than 0".into());

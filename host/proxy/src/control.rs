@@ -45,7 +45,15 @@ async fn build(
     uploads: &Uploads,
 ) -> Result<Snapshot, ConfigError> {
     let runtime = shared.runtime_for(&loaded)?;
-    Snapshot::build(loaded, &shared.registry, runtime.as_ref(), uploads).await
+    let previous = shared.snapshot.load_full();
+    Snapshot::build(
+        loaded,
+        &shared.registry,
+        runtime.as_ref(),
+        uploads,
+        Some(&previous),
+    )
+    .await
 }
 
 /// Replaces the config with a file's (SIGHUP, `POST /reload`, `--watch`). Uploaded filter

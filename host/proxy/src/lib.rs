@@ -115,6 +115,7 @@ impl Server {
             &registry,
             runtime.as_ref(),
             &snapshot::Uploads::new(),
+            None,
         )
         .await?;
         let config = snap.loaded.config.clone();

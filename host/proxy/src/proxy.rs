@@ -415,13 +415,14 @@ async fn forward<'s>(
                     None => break (ep_idx, res),
                 }
             }
-            Err(_) if try_deadline < deadline => {
-                snap.timeouts.fired(TimeoutKind::UpstreamHead);
-                (RetryOn::Timeout, Ok(Fail::UpstreamTimeout))
-            }
             Err(_) => {
+                // No head in time: a failed try for passive health too.
                 snap.timeouts.fired(TimeoutKind::UpstreamHead);
-                return Err((Fail::UpstreamTimeout, Some(route)));
+                cluster.try_failed(ep_idx);
+                if try_deadline == deadline {
+                    return Err((Fail::UpstreamTimeout, Some(route)));
+                }
+                (RetryOn::Timeout, Ok(Fail::UpstreamTimeout))
             }
             Ok(Err(e)) => {
                 if let Some(run) = &filters

@@ -83,6 +83,32 @@ pub(crate) struct Cluster {
     pub body_timeout: Duration,
     pub retry: crate::retry::RetryPolicy,
     pub stats: Arc<weir_observe::ClusterStats>,
+    /// What the cluster was built from: a new snapshot whose cluster has the same fingerprint
+    /// takes this one over whole — pool, health, counters. `None` (a file could not be read):
+    /// never taken over.
+    fingerprint: Option<Fingerprint>,
+}
+
+/// A cluster's config and the bytes of the files it reads (the CA), so a reload that rotates
+/// the CA file rebuilds the cluster even though its config text is the same.
+#[derive(PartialEq)]
+struct Fingerprint {
+    config: ClusterConfig,
+    ca: Option<Vec<u8>>,
+}
+
+impl Fingerprint {
+    /// `None` when a file cannot be read (building the cluster then reports why).
+    fn of(loaded: &LoadedConfig, cc: &ClusterConfig) -> Option<Fingerprint> {
+        let ca = match cc.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+            Some(p) => Some(std::fs::read(loaded.resolve(p)).ok()?),
+            None => None,
+        };
+        Some(Fingerprint {
+            config: cc.clone(),
+            ca,
+        })
+    }
 }
 
 pub(crate) struct Endpoint {
@@ -260,17 +286,31 @@ impl Snapshot {
 
     /// Compiles a validated config. Fails (with file:line) on what only shows when loading:
     /// certificates, CA files, routes the router rejects.
+    ///
+    /// A cluster of `previous` whose config (and CA file) did not change is taken over as it
+    /// is: its connection pool, health and counters survive the reload.
     pub async fn build(
         loaded: LoadedConfig,
         registry: &Registry,
         runtime: Option<&weir_filters::Runtime>,
         uploads: &Uploads,
+        previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
         let (chains, filters) = build_chains(&loaded, registry, runtime, uploads).await?;
         let c = &loaded.config;
         let mut clusters = Vec::with_capacity(c.clusters.len());
         for (i, cc) in c.clusters.iter().enumerate() {
-            clusters.push(Arc::new(build_cluster(&loaded, i, cc, registry)?));
+            let fingerprint = Fingerprint::of(&loaded, cc);
+            let kept = previous.and_then(|p| {
+                p.clusters
+                    .iter()
+                    .find(|old| *old.name == cc.name && old.fingerprint.is_some())
+                    .filter(|old| old.fingerprint == fingerprint)
+            });
+            clusters.push(match kept {
+                Some(old) => old.clone(),
+                None => Arc::new(build_cluster(&loaded, i, cc, registry)?),
+            });
         }
         let by_name: HashMap<&str, &Arc<Cluster>> =
             clusters.iter().map(|cl| (&*cl.name, cl)).collect();
@@ -513,6 +553,13 @@ fn build_cluster(
         .set_host(false)
         .http2_only(h2);
     if h2 {
+        // A black-holed HTTP/2 connection answers nothing, not even a reset: PINGs find it.
+        builder
+            .http2_keep_alive_interval(cc.timeouts.ping_interval)
+            .http2_keep_alive_timeout(cc.timeouts.ping_timeout)
+            .http2_keep_alive_while_idle(true);
+    }
+    if h2 {
         for ep in &mut endpoints {
             let fixed = Connector {
                 fixed: Some(ep.authority.clone()),
@@ -537,6 +584,7 @@ fn build_cluster(
         body_timeout: cc.timeouts.body,
         retry: crate::retry::RetryPolicy::new(&cc.retries),
         stats: registry.cluster(&cc.name),
+        fingerprint: Fingerprint::of(loaded, cc),
     })
 }
 
@@ -821,7 +869,7 @@ pub async fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     let runtime = filter_runtime(loaded, None, registry.clone())
         .map_err(|e| loaded.error_at("filters", format!("{e:#}")))?;
-    Snapshot::build(no_log, &registry, runtime.as_ref(), &Uploads::new())
+    Snapshot::build(no_log, &registry, runtime.as_ref(), &Uploads::new(), None)
         .await
         .map(|_| ())
 }
