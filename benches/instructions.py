@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
-Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints]
+Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints] [--retries-off]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
@@ -10,7 +10,8 @@ one more request costs, with start-up and shutdown cancelled out. --xff adds a c
 X-Forwarded-For (an untrusted peer's, which the proxy replaces). Compare binaries measured in
 the same invocation; a wall-clock ratio still needs benches/run.sh. --two-endpoints gives the
 cluster two endpoints (the same server on two ports), so the retry machinery is armed (a
-one-endpoint cluster never retries).
+one-endpoint cluster never retries); --retries-off sets `retries: { attempts: 1 }` (resilience
+on vs off in one binary).
 """
 import os
 import re
@@ -66,7 +67,7 @@ def client(n, xff):
     s.close()
 
 
-def collected(weir, n, xff, tmp, two):
+def collected(weir, n, xff, tmp, two, off=False):
     eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
     if two:
         eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
@@ -76,7 +77,7 @@ def collected(weir, n, xff, tmp, two):
 admin: {{ listen: 127.0.0.1:0 }}
 listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT} }} ]
 routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
-clusters: [ {{ name: api, endpoints: [ {eps} ] }} ]
+clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''} }} ]
 """)
     err = open(os.path.join(tmp, "err.txt"), "w+")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
@@ -102,16 +103,17 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     xff = "--xff" in sys.argv
     two = "--two-endpoints" in sys.argv
+    off = "--retries-off" in sys.argv
     if not args:
         sys.exit(__doc__)
     for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
         threading.Thread(target=upstream, args=(port,), daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
-            a, b = collected(weir, N1, xff, tmp, two), collected(weir, N2, xff, tmp, two)
+            a, b = collected(weir, N1, xff, tmp, two, off), collected(weir, N2, xff, tmp, two, off)
             print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
                   f" ({'with' if xff else 'without'} a client X-Forwarded-For"
-                  f"{', two endpoints' if two else ''})")
+                  f"{', two endpoints' if two else ''}{', retries off' if off else ''})")
 
 
 if __name__ == "__main__":

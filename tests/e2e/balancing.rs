@@ -460,7 +460,7 @@ async fn passive_health_takes_a_refusing_endpoint_out() -> Result<()> {
     let eps = admin_endpoints(&weir).await?;
     assert_eq!(
         eps[&dead.to_string()],
-        json!({ "address": dead.to_string(), "weight": 1, "healthy": false, "in_flight": 0, "connections": 0, "connect_failures": 1 })
+        json!({ "address": dead.to_string(), "weight": 1, "healthy": false, "ejected": true, "probes": "off", "in_flight": 0, "connections": 0, "connect_failures": 1 })
     );
     let l = &eps[&live.addr.to_string()];
     assert_eq!(

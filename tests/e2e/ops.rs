@@ -50,7 +50,7 @@ async fn admin_serves_health_readiness_config_and_clusters() -> Result<()> {
     assert_eq!(
         clusters[0]["endpoints"][0],
         serde_json::json!({
-            "address": up.addr.to_string(), "weight": 3, "healthy": true, "in_flight": 0,
+            "address": up.addr.to_string(), "weight": 3, "healthy": true, "ejected": false, "probes": "off", "in_flight": 0,
             "connections": 0, "connect_failures": 0
         })
     );

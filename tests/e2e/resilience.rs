@@ -598,3 +598,267 @@ timeouts: {{ ping_interval: 200ms, ping_timeout: 300ms }} }}\n",
     eprintln!("black-holed h2 connection closed after {found:?}");
     Ok(())
 }
+
+/// Circuit breaking: past `limits.max_requests` (or `max_connections`) a request is answered 503
+/// at once with a body that says which limit, counted in `weir_cluster_overflow_total`; once the
+/// load is gone the cluster serves again.
+#[tokio::test]
+async fn cluster_limits_answer_503_past_the_cap_and_recover() -> Result<()> {
+    for (limits, what, label) in [
+        (
+            "max_requests: 2",
+            "limit of 2 requests in flight",
+            "requests",
+        ),
+        (
+            "max_connections: 2, max_pending: 0",
+            "limit of 2 connections",
+            "connections",
+        ),
+    ] {
+        let up = Upstream::start("up").await;
+        let weir = Weir::start(&format!(
+            "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ], limits: {{ {limits} }} }} ]\n",
+            up.addr
+        ))?;
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let url = weir.url("public", "/");
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let got = get_with(&url, &[("x-delay-ms", "600")]).await?;
+                anyhow::Ok((got.status.as_u16(), got.text(), t.elapsed()))
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            let (status, body, took) = t.await??;
+            match status {
+                200 => ok += 1,
+                503 => {
+                    assert!(body.contains(what), "{label}: {body}");
+                    assert!(
+                        took < Duration::from_millis(400),
+                        "{label}: refused after {took:?}"
+                    );
+                }
+                other => panic!("{label}: {other} {body}"),
+            }
+        }
+        assert_eq!(ok, 2, "{label}: two fit under the cap");
+        let metrics = get(&format!("http://{}/metrics", weir.admin)).await?.text();
+        let line = format!("weir_cluster_overflow_total{{cluster=\"c\",limit=\"{label}\"}} 4");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        assert_eq!(
+            get(&weir.url("public", "/")).await?.status,
+            200,
+            "{label}: recovered"
+        );
+    }
+    Ok(())
+}
+
+/// An upstream whose `/healthz` answers 200 or 503 as `sick` says; other paths as usual.
+async fn probed(name: &str, sick: Arc<std::sync::atomic::AtomicBool>) -> Upstream {
+    Upstream::with(name, move |req, seen| {
+        let sick = sick.clone();
+        async move {
+            if req.uri().path() == "/healthz" {
+                let mut res = http::Response::new(full(""));
+                if sick.load(Relaxed) {
+                    *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                return res;
+            }
+            default_handler(req, seen).await
+        }
+    })
+    .await
+}
+
+/// Waits until endpoint `addr` of cluster `c` shows `healthy` (up to 3 s).
+async fn wait_health(weir: &Weir, addr: SocketAddr, healthy: bool) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        if endpoints_of(weir).await?[&addr.to_string()]["healthy"] == healthy {
+            return Ok(t.elapsed());
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "{addr} never became healthy={healthy}: {:?}",
+            endpoints_of(weir).await?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Active health checks: an endpoint whose probe fails `unhealthy` times in a row leaves
+/// rotation (shown in `/clusters` and `weir_endpoint_healthy`) and every request goes to the
+/// other; once probes pass `healthy` times it is back. With every endpoint failing, traffic
+/// still flows to all of them (panic mode) instead of nowhere.
+#[tokio::test]
+async fn active_health_checks_take_endpoints_out_and_bring_them_back() -> Result<()> {
+    let sick_a = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sick_b = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a = probed("a", sick_a.clone()).await;
+    let b = probed("b", sick_b.clone()).await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ], \
+health: {{ active: {{ path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 }} }} }} ]\n",
+        a.addr, b.addr
+    ))?;
+    // Probes arrive on their own connections, with the probe's user agent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probes = a.seen().iter().filter(|s| s.path == "/healthz").count();
+    assert!(probes >= 1, "a was probed");
+    assert_eq!(
+        a.last().headers["user-agent"],
+        "weir-health-check",
+        "{:?}",
+        a.last().headers
+    );
+
+    sick_a.store(true, Relaxed);
+    let took = wait_health(&weir, a.addr, false).await?;
+    assert_eq!(
+        endpoints_of(&weir).await?[&a.addr.to_string()]["probes"],
+        "failing"
+    );
+    let metrics = get(&format!("http://{}/metrics", weir.admin)).await?.text();
+    assert!(
+        metrics.contains(&format!(
+            "weir_endpoint_healthy{{cluster=\"c\",endpoint=\"{}\"}} 0",
+            a.addr
+        )),
+        "{metrics}"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&weir.url("public", "/")).await?.upstream(), "b");
+    }
+    eprintln!("out of rotation {took:?} after its probes began to fail");
+
+    // Both failing: panic mode spreads traffic over both rather than refusing it.
+    sick_b.store(true, Relaxed);
+    wait_health(&weir, b.addr, false).await?;
+    let mut answered_by = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let got = get(&weir.url("public", "/")).await?;
+        assert_eq!(got.status, 200);
+        answered_by.insert(got.upstream().to_string());
+    }
+    assert_eq!(answered_by.len(), 2, "panic mode uses every endpoint");
+
+    sick_a.store(false, Relaxed);
+    sick_b.store(false, Relaxed);
+    wait_health(&weir, a.addr, true).await?;
+    wait_health(&weir, b.addr, true).await?;
+    assert_eq!(
+        endpoints_of(&weir).await?[&a.addr.to_string()]["probes"],
+        "passing"
+    );
+    Ok(())
+}
+
+/// `tcp: true` probes only connect: an endpoint that refuses connections leaves rotation before
+/// any request meets it.
+#[tokio::test]
+async fn tcp_probes_find_a_refusing_endpoint_before_traffic_does() -> Result<()> {
+    let dead = faulty(Fault::Refuse).await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ], \
+retries: {{ attempts: 1 }}, health: {{ active: {{ tcp: true, interval: 100ms, timeout: 200ms, unhealthy: 1 }} }} }} ]\n",
+        dead.addr, live.addr
+    ))?;
+    wait_health(&weir, dead.addr, false).await?;
+    for _ in 0..10 {
+        assert_eq!(
+            get(&weir.url("public", "/")).await?.status,
+            200,
+            "no retry needed"
+        );
+    }
+    assert_eq!(
+        endpoints_of(&weir).await?[&dead.addr.to_string()]["connect_failures"],
+        0,
+        "no request was sent to it"
+    );
+    Ok(())
+}
+
+/// Outlier ejection doubles: an endpoint ejected again after it comes back stays out twice as
+/// long.
+#[tokio::test]
+async fn repeated_ejections_last_longer() -> Result<()> {
+    let dead = faulty(Fault::Refuse).await;
+    let live = Upstream::start("live").await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, lb: round_robin, endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ], \
+health: {{ max_failures: 1, cooldown: 400ms }} }} ]\n",
+        dead.addr, live.addr
+    ))?;
+    let mut outs = Vec::new();
+    for _ in 0..2 {
+        // Until a request meets the dead endpoint (it is retried on the live one).
+        let t = Instant::now();
+        while endpoints_of(&weir).await?[&dead.addr.to_string()]["healthy"] == true {
+            assert_eq!(get(&weir.url("public", "/")).await?.status, 200);
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(3), "never ejected");
+        }
+        outs.push(wait_health(&weir, dead.addr, true).await?);
+    }
+    eprintln!("ejections lasted {outs:?}");
+    assert!(outs[0] < Duration::from_millis(1000), "{outs:?}");
+    assert!(
+        outs[1] >= Duration::from_millis(700),
+        "the second ejection lasts twice the first: {outs:?}"
+    );
+    Ok(())
+}
+
+/// At `max_connections`, up to `max_pending` requests wait for a pooled connection to come free
+/// (and are answered by it); more are refused at once.
+#[tokio::test]
+async fn requests_wait_at_max_connections_up_to_max_pending() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ], limits: {{ max_connections: 2, max_pending: 2 }} }} ]\n",
+        up.addr
+    ))?;
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let url = weir.url("public", "/");
+        tasks.push(tokio::spawn(async move {
+            // Started in order, so the first two hold the connections.
+            tokio::time::sleep(Duration::from_millis(30 * i)).await;
+            let got = get_with(&url, &[("x-delay-ms", "500")]).await?;
+            anyhow::Ok(got.status.as_u16())
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await??);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 200, 503, 503],
+        "2 served, 2 waited, 2 refused"
+    );
+    assert_eq!(
+        up.connections.load(Relaxed),
+        2,
+        "the waiting requests reused the two"
+    );
+    Ok(())
+}

@@ -597,6 +597,9 @@ pub struct ClusterConfig {
     /// Retrying a failed try on another endpoint.
     #[serde(default)]
     pub retries: Retries,
+    /// Circuit breaking: caps on what the cluster may have open at once.
+    #[serde(default)]
+    pub limits: ClusterLimits,
     /// Idle pooled connections kept per endpoint. Default: `64`.
     #[serde(default = "defaults::max_idle_per_endpoint")]
     pub max_idle_per_endpoint: usize,
@@ -752,6 +755,24 @@ impl Default for Retries {
     }
 }
 
+/// Circuit breaking (`clusters[].limits`): past a cap a request is answered 503 at once
+/// instead of piling onto a struggling cluster. Default: no caps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterLimits {
+    /// Requests in flight to the cluster (from routing to the end of the response body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<usize>,
+    /// Upstream connections open to the cluster's endpoints together (pooled idle or busy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// With `max_connections` reached, this many requests may wait (up to the cluster's
+    /// `timeouts.request`) for a pooled connection to come free or a place to connect; more
+    /// are answered 503. Default: `1024`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+}
+
 /// A kind of failed try.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -770,15 +791,28 @@ pub enum RetryOn {
     Status5xx,
 }
 
-/// Passive health checking.
+/// Health checking: passive (outlier ejection from live traffic) and, optionally, active probes.
+/// An endpoint takes traffic while it is neither ejected nor failing its probes; when every
+/// endpoint is out, traffic goes to all of them (panic mode) rather than nowhere.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealth {
-    /// Consecutive connect failures that take an endpoint out. `0` disables. Default: `3`.
+    /// Failed tries in a row (no connection, a reset or timeout before the head, a 502/503/504)
+    /// that eject an endpoint. `0` disables ejection. Default: `3`.
     pub max_failures: u32,
-    /// How long an endpoint stays out before it is tried again. Default: `10s`.
+    /// How long a first ejection lasts; each ejection that follows without a success between
+    /// lasts twice the one before, up to `max_cooldown`. Default: `10s`.
     #[serde(with = "units::duration")]
     pub cooldown: Duration,
+    /// The longest ejection. Default: `5m`.
+    #[serde(with = "units::duration")]
+    pub max_cooldown: Duration,
+    /// At most this share of the endpoints is ejected at once (one always may be). Default:
+    /// `50%`.
+    pub max_ejected: units::Percent,
+    /// Active probes of every endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveHealth>,
 }
 
 impl Default for PassiveHealth {
@@ -786,6 +820,49 @@ impl Default for PassiveHealth {
         PassiveHealth {
             max_failures: 3,
             cooldown: Duration::from_secs(10),
+            max_cooldown: Duration::from_secs(300),
+            max_ejected: units::Percent(50),
+            active: None,
+        }
+    }
+}
+
+/// Active health checks (`health.active`): each endpoint is probed on its own jittered timer;
+/// `unhealthy` failed probes in a row take it out, `healthy` passed probes in a row bring it
+/// back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveHealth {
+    /// The path to GET; a 2xx or 3xx answer passes. Default: `/healthz`.
+    pub path: String,
+    /// Only connect (TCP, and TLS when the cluster uses it): a connection passes. Default: false.
+    pub tcp: bool,
+    /// Time between probes of one endpoint (±10% jitter, so endpoints are not probed in step).
+    /// Default: `5s`.
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+    /// A probe not answered within this fails. Default: `2s`.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    /// Passed probes in a row that bring an endpoint back. Default: `2`.
+    pub healthy: u32,
+    /// Failed probes in a row that take an endpoint out. Default: `3`.
+    pub unhealthy: u32,
+    /// The Host header of HTTP probes. Default: the endpoint's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl Default for ActiveHealth {
+    fn default() -> Self {
+        ActiveHealth {
+            path: "/healthz".into(),
+            tcp: false,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy: 2,
+            unhealthy: 3,
+            host: None,
         }
     }
 }

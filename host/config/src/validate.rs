@@ -340,6 +340,58 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 err(format!("{p}.timeouts.{k}"), "must be greater than 0".into());
             }
         }
+        if cl.health.cooldown.is_zero() || cl.health.max_cooldown < cl.health.cooldown {
+            err(
+                format!("{p}.health.max_cooldown"),
+                "cooldown must be greater than 0 and max_cooldown at least cooldown".into(),
+            );
+        }
+        if let Some(a) = &cl.health.active {
+            if !a.path.starts_with('/') || a.path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+            {
+                err(
+                    format!("{p}.health.active.path"),
+                    "must start with / and hold no spaces or control characters".into(),
+                );
+            }
+            if a.interval.is_zero() || a.timeout.is_zero() {
+                err(
+                    format!("{p}.health.active"),
+                    "interval and timeout must be greater than 0".into(),
+                );
+            }
+            if a.healthy == 0 || a.unhealthy == 0 {
+                err(
+                    format!("{p}.health.active"),
+                    "healthy and unhealthy must be at least 1".into(),
+                );
+            }
+            if let Some(h) = &a.host
+                && h.parse::<http::uri::Authority>().is_err()
+            {
+                err(
+                    format!("{p}.health.active.host"),
+                    "must be a host name, optionally with :port".into(),
+                );
+            }
+        }
+        for (k, v) in [
+            ("max_requests", cl.limits.max_requests),
+            ("max_connections", cl.limits.max_connections),
+        ] {
+            if v == Some(0) {
+                err(
+                    format!("{p}.limits.{k}"),
+                    "must be at least 1 (leave it out for no cap)".into(),
+                );
+            }
+        }
+        if cl.limits.max_pending.is_some() && cl.limits.max_connections.is_none() {
+            err(
+                format!("{p}.limits.max_pending"),
+                "only counts requests waiting at max_connections: set max_connections too".into(),
+            );
+        }
         let r = &cl.retries;
         if !(1..=10).contains(&r.attempts) {
             err(

@@ -148,6 +148,8 @@ pub struct EndpointStats {
     pub connections: ConnGauge,
     /// Connect attempts that failed.
     pub connect_failures: AtomicU64,
+    /// In rotation: neither ejected nor failing active health checks.
+    pub healthy: std::sync::atomic::AtomicBool,
 }
 
 /// Per upstream cluster: retries. Kept across reloads (by cluster name), so a reload does not
@@ -158,6 +160,17 @@ pub struct ClusterStats {
     pub retries: AtomicU64,
     /// Failed tries that were not retried because the retry budget was spent.
     pub retries_over_budget: AtomicU64,
+    /// Requests answered 503 because the cluster was at `limits.max_requests`.
+    pub overflow_requests: AtomicU64,
+    /// Requests answered 503 because the cluster was at `limits.max_connections` with
+    /// `max_pending` requests already waiting.
+    pub overflow_connections: AtomicU64,
+    /// Requests waiting now for a connection at `limits.max_connections`.
+    pub pending: std::sync::atomic::AtomicUsize,
+    /// Upstream connections open or opening now, counted while `limits.max_connections` is set.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// Requests in flight now, counted while `limits.max_requests` is set.
+    pub requests: std::sync::atomic::AtomicUsize,
     /// Retries in flight now.
     pub retrying: std::sync::atomic::AtomicUsize,
 }
@@ -526,6 +539,16 @@ impl Registry {
                 s.connections.total()
             );
         }
+        out.push_str("# HELP weir_endpoint_healthy 1 while the endpoint takes traffic (not ejected, probes passing).\n# TYPE weir_endpoint_healthy gauge\n");
+        for ((cluster, addr), s) in &eps {
+            let _ = writeln!(
+                out,
+                "weir_endpoint_healthy{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                escape(cluster),
+                escape(addr),
+                u8::from(s.healthy.load(Relaxed))
+            );
+        }
         out.push_str(
             "# HELP weir_upstream_connect_failures_total Failed upstream connect attempts.\n",
         );
@@ -564,6 +587,21 @@ impl Registry {
                 escape(cluster),
                 s.retries_over_budget.load(Relaxed)
             );
+        }
+
+        out.push_str("# HELP weir_cluster_overflow_total Requests answered 503 because a cluster limit (circuit breaker) was reached.\n# TYPE weir_cluster_overflow_total counter\n");
+        for (cluster, s) in &clusters {
+            for (limit, n) in [
+                ("requests", &s.overflow_requests),
+                ("connections", &s.overflow_connections),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "weir_cluster_overflow_total{{cluster=\"{}\",limit=\"{limit}\"}} {}",
+                    escape(cluster),
+                    n.load(Relaxed)
+                );
+            }
         }
 
         self.render_filters(&mut out);

@@ -26,6 +26,9 @@ pub enum ConnectError {
     /// No connection within the cluster's connect timeout.
     #[error("connect to {0} timed out")]
     Timeout(String),
+    /// The cluster already has `limits.max_connections` open (circuit breaking).
+    #[error("the cluster is at its limit of {0} connections")]
+    Overflow(usize),
     /// Refused, unreachable, TLS failure, or no address.
     #[error("connect to {addr}: {source}")]
     Failed {
@@ -55,6 +58,88 @@ pub struct Connector {
     /// Connect here whatever the request URI names. HTTP/2 clusters use one client per endpoint
     /// so the URI (and so `:authority`) can carry the site's host instead of the endpoint's.
     pub(crate) fixed: Option<http::uri::Authority>,
+    /// `limits.max_connections` (and the requests that may wait at it).
+    pub(crate) limit: Option<Arc<ConnLimit>>,
+}
+
+/// A cluster's cap on upstream connections, open and opening together; at the cap up to
+/// `max_pending` connects wait (at most `wait`) for a place, more fail with
+/// [`ConnectError::Overflow`]. While a connect waits, hyper's pool may hand its request a
+/// connection that came free: waiting here is how a request queues for one.
+pub(crate) struct ConnLimit {
+    pub max: usize,
+    pub max_pending: usize,
+    pub wait: Duration,
+    pub stats: Arc<weir_observe::ClusterStats>,
+    freed: tokio::sync::Notify,
+}
+
+impl ConnLimit {
+    pub fn new(
+        max: usize,
+        max_pending: usize,
+        wait: Duration,
+        stats: Arc<weir_observe::ClusterStats>,
+    ) -> ConnLimit {
+        ConnLimit {
+            max,
+            max_pending,
+            wait,
+            stats,
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Reserved> {
+        self.stats
+            .connections
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| Reserved(self.clone()))
+    }
+
+    async fn acquire(self: &Arc<Self>) -> Result<Reserved, ConnectError> {
+        if let Some(r) = self.try_take() {
+            return Ok(r);
+        }
+        let queued = self
+            .stats
+            .pending
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .is_ok();
+        if !queued {
+            self.stats.overflow_connections.fetch_add(1, Relaxed);
+            return Err(ConnectError::Overflow(self.max));
+        }
+        let _queued = Pending(&self.stats);
+        let waited = tokio::time::timeout(self.wait, async {
+            loop {
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(r) = self.try_take() {
+                    return r;
+                }
+                freed.await;
+            }
+        })
+        .await;
+        waited.map_err(|_| {
+            self.stats.overflow_connections.fetch_add(1, Relaxed);
+            ConnectError::Overflow(self.max)
+        })
+    }
+}
+
+/// A request counted as waiting at `max_connections`.
+struct Pending<'a>(&'a weir_observe::ClusterStats);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Relaxed);
+    }
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -84,6 +169,12 @@ impl tower_service::Service<Uri> for Connector {
                 .unwrap_or_default()
                 .to_string();
             let stats = this.stats.get(&authority).cloned();
+            // A place under the cap is taken before connecting (connects in progress count),
+            // and given back when the connection closes or cannot be made.
+            let reserved = match &this.limit {
+                None => None,
+                Some(limit) => Some(limit.acquire().await?),
+            };
             let result = tokio::time::timeout(this.timeout, this.connect(&uri, &authority)).await;
             let conn = match result {
                 Ok(Ok(c)) => c,
@@ -106,7 +197,11 @@ impl tower_service::Service<Uri> for Connector {
             if let Some(s) = &stats {
                 s.connections.open();
             }
-            Ok(TokioIo::new(UpstreamConn { io: conn, stats }))
+            Ok(TokioIo::new(UpstreamConn {
+                io: conn,
+                stats,
+                _reserved: reserved,
+            }))
         })
     }
 }
@@ -147,6 +242,17 @@ enum Io {
 pub struct UpstreamConn {
     io: Io,
     stats: Option<Arc<EndpointStats>>,
+    _reserved: Option<Reserved>,
+}
+
+/// A place under a cluster's `limits.max_connections`, given back on drop (waking a waiter).
+struct Reserved(Arc<ConnLimit>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0.stats.connections.fetch_sub(1, Relaxed);
+        self.0.freed.notify_one();
+    }
 }
 
 impl Drop for UpstreamConn {

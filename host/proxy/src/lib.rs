@@ -10,6 +10,7 @@ mod connector;
 mod control;
 mod filtering;
 mod head;
+mod health;
 mod listener;
 mod proxy;
 mod retry;

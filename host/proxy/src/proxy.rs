@@ -32,6 +32,8 @@ pub(crate) struct Finish {
     start: Instant,
     conn: Arc<ConnInfo>,
     _in_flight: Option<InFlight>,
+    /// A place under the cluster's `limits.max_requests`, held to the end of the response.
+    _slot: Option<crate::retry::Slot>,
     log: Option<Box<(AccessRecord, weir_observe::AccessLog)>>,
     /// The request's filter run: when this drops, so does a clone of it, and the last clone's
     /// drop runs `on-log` and `context-done` if nothing else did.
@@ -60,6 +62,8 @@ enum Fail {
     RequestTimeout,
     UpstreamTimeout,
     Upstream(String),
+    /// A cluster limit (circuit breaker) was reached: what, and the limit.
+    Overflow(&'static str, usize),
     /// A fail-closed filter failed.
     Filter(Arc<str>),
 }
@@ -74,6 +78,7 @@ impl Fail {
             Fail::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Fail::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Fail::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Fail::Overflow(..) => StatusCode::SERVICE_UNAVAILABLE,
             Fail::Filter(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -89,6 +94,12 @@ impl Fail {
             Fail::Upstream(_) => "upstream unavailable",
             Fail::Filter(name) => {
                 return self.respond_with(request_id, &format!("filter {name:?} failed"));
+            }
+            Fail::Overflow(what, max) => {
+                return self.respond_with(
+                    request_id,
+                    &format!("upstream cluster at its limit of {max} {what}"),
+                );
             }
         };
         self.respond_with(request_id, what)
@@ -137,6 +148,7 @@ pub(crate) async fn handle(
         start,
         conn: conn.clone(),
         _in_flight: None,
+        _slot: None,
         log,
         filters: None,
     };
@@ -324,6 +336,13 @@ async fn forward<'s>(
         }
         _ => ProxyBody::request(body, snap.max_body, request_idle),
     };
+
+    if let Some(max) = cluster.max_requests {
+        match crate::retry::Slot::take(&cluster.stats, max) {
+            Some(slot) => finish._slot = Some(slot),
+            None => return Err((Fail::Overflow("requests in flight", max), Some(route))),
+        }
+    }
 
     // Tries: the first on the balancer's pick, each retry on an endpoint not tried yet.
     let policy = &cluster.retry;
@@ -551,13 +570,19 @@ fn classify(
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
+            if let ConnectError::Overflow(max) = c {
+                // The proxy's own limit, not the endpoint's failure: neither health nor retry.
+                return (Fail::Overflow("connections", *max), None);
+            }
             cluster.try_failed(ep);
             let fail = match c {
                 ConnectError::Timeout(_) => {
                     snap.timeouts.fired(TimeoutKind::UpstreamConnect);
                     Fail::UpstreamTimeout
                 }
-                ConnectError::Failed { .. } => Fail::Upstream(c.to_string()),
+                ConnectError::Failed { .. } | ConnectError::Overflow(_) => {
+                    Fail::Upstream(c.to_string())
+                }
             };
             return (fail, Some(RetryOn::ConnectFailure));
         }

@@ -110,6 +110,31 @@ impl Drop for Retrying {
     }
 }
 
+/// A request's place under the cluster's `limits.max_requests`; given back on drop.
+pub(crate) struct Slot(Arc<ClusterStats>);
+
+impl Slot {
+    /// A place if fewer than `max` requests are in flight; else counts the overflow.
+    pub fn take(stats: &Arc<ClusterStats>, max: usize) -> Option<Slot> {
+        let taken = stats
+            .requests
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok();
+        if taken {
+            Some(Slot(stats.clone()))
+        } else {
+            stats.overflow_requests.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Relaxed);
+    }
+}
+
 /// The endpoints a request has tried, in order (at most [`MAX_ATTEMPTS`]; no allocation).
 #[derive(Default)]
 pub(crate) struct Tried {

@@ -83,6 +83,10 @@ pub(crate) struct Cluster {
     pub body_timeout: Duration,
     pub retry: crate::retry::RetryPolicy,
     pub stats: Arc<weir_observe::ClusterStats>,
+    /// `limits.max_requests`.
+    pub max_requests: Option<usize>,
+    /// Upstream TLS (active health checks connect with it too).
+    pub tls: Option<UpstreamTls>,
     /// What the cluster was built from: a new snapshot whose cluster has the same fingerprint
     /// takes this one over whole — pool, health, counters. `None` (a file could not be read):
     /// never taken over.
@@ -119,8 +123,12 @@ pub(crate) struct Endpoint {
     pub weight: u32,
     pub stats: Arc<EndpointStats>,
     failures: AtomicU32,
+    /// Ejections in a row without a success between (each lasts twice the one before).
+    ejections: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint stays out.
     down_until: AtomicU64,
+    /// The active health checks' verdict (true without active checks).
+    pub probe_ok: std::sync::atomic::AtomicBool,
 }
 
 fn epoch() -> Instant {
@@ -136,20 +144,46 @@ impl Cluster {
     /// A try on endpoint `i` failed (no connection, a reset before the head, or a 502/503/504):
     /// after `max_failures` in a row it is taken out of rotation for `cooldown` (passive health
     /// checking, like nginx's max_fails and Envoy's consecutive gateway failures).
+    ///
+    /// At most `max_ejected` of the endpoints are ejected at once (one always may be); an
+    /// ejection that follows another without a success between lasts twice as long, up to
+    /// `max_cooldown`.
     pub fn try_failed(&self, i: usize) {
         let max = self.health.max_failures;
         if max == 0 {
             return;
         }
         let ep = &self.endpoints[i];
-        if ep.failures.fetch_add(1, Relaxed) + 1 >= max {
-            ep.down_until
-                .store(now_ms() + self.health.cooldown.as_millis() as u64, Relaxed);
-            if self.balancer.is_healthy(i) {
-                tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} tries in a row; out for {:?}", self.health.cooldown);
-                self.balancer.set_healthy(i, false);
-            }
+        if ep.failures.fetch_add(1, Relaxed) + 1 < max || ep.down_until.load(Relaxed) > now_ms() {
+            return;
         }
+        let n = self.endpoints.len();
+        let ejected = (0..n)
+            .filter(|&j| self.endpoints[j].down_until.load(Relaxed) > now_ms())
+            .count();
+        if ejected > 0 && (ejected + 1) * 100 > usize::from(self.health.max_ejected.0) * n {
+            tracing::debug!(cluster = %self.name, endpoint = %ep.address, "not ejected: {ejected} of {n} endpoints already are");
+            return;
+        }
+        let k = ep.ejections.fetch_add(1, Relaxed).min(16);
+        let out = self
+            .health
+            .cooldown
+            .saturating_mul(1 << k)
+            .min(self.health.max_cooldown);
+        ep.down_until
+            .store(now_ms() + out.as_millis() as u64, Relaxed);
+        tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} tries in a row; ejected for {out:?}");
+        self.refresh(i);
+    }
+
+    /// Sets endpoint `i` in or out of rotation from its two verdicts: ejected (passive) and
+    /// probes (active).
+    pub fn refresh(&self, i: usize) {
+        let ep = &self.endpoints[i];
+        let up = ep.probe_ok.load(Relaxed) && ep.down_until.load(Relaxed) <= now_ms();
+        self.balancer.set_healthy(i, up);
+        ep.stats.healthy.store(up, Relaxed);
     }
 
     /// Requests in flight on the cluster (what the retry budget is a share of). Only read when
@@ -162,18 +196,25 @@ impl Cluster {
 
     pub fn succeeded(&self, i: usize) {
         // Only write when needed: the common case stays a read of a shared cache line.
-        if self.endpoints[i].failures.load(Relaxed) != 0 {
-            self.endpoints[i].failures.store(0, Relaxed);
+        let ep = &self.endpoints[i];
+        if ep.failures.load(Relaxed) != 0 {
+            ep.failures.store(0, Relaxed);
+        }
+        if ep.ejections.load(Relaxed) != 0 {
+            ep.ejections.store(0, Relaxed);
         }
     }
 
-    /// Puts endpoints whose cooldown has passed back into rotation (called by a ticker).
+    /// Puts endpoints whose ejection has ended back into rotation (called by a ticker), unless
+    /// their probes fail.
     pub fn revive(&self) {
         let now = now_ms();
         for (i, ep) in self.endpoints.iter().enumerate() {
-            if !self.balancer.is_healthy(i) && ep.down_until.load(Relaxed) <= now {
+            let until = ep.down_until.load(Relaxed);
+            if until != 0 && until <= now {
+                ep.down_until.store(0, Relaxed);
                 ep.failures.store(0, Relaxed);
-                self.balancer.set_healthy(i, true);
+                self.refresh(i);
             }
         }
     }
@@ -188,6 +229,12 @@ impl Cluster {
                     "address": e.address,
                     "weight": e.weight,
                     "healthy": self.balancer.is_healthy(i),
+                    "ejected": e.down_until.load(Relaxed) > now_ms(),
+                    "probes": match self.health.active {
+                        None => "off",
+                        Some(_) if e.probe_ok.load(Relaxed) => "passing",
+                        Some(_) => "failing",
+                    },
                     "in_flight": self.balancer.in_flight(i),
                     "connections": e.stats.connections.active(),
                     "connect_failures": e.stats.connect_failures.load(Relaxed),
@@ -309,7 +356,11 @@ impl Snapshot {
             });
             clusters.push(match kept {
                 Some(old) => old.clone(),
-                None => Arc::new(build_cluster(&loaded, i, cc, registry)?),
+                None => {
+                    let cluster = Arc::new(build_cluster(&loaded, i, cc, registry)?);
+                    crate::health::spawn(&cluster);
+                    cluster
+                }
             });
         }
         let by_name: HashMap<&str, &Arc<Cluster>> =
@@ -504,6 +555,8 @@ fn build_cluster(
             )
         })?;
         let s = registry.endpoint(&cc.name, &e.address);
+        // A new cluster starts with every endpoint in rotation.
+        s.healthy.store(true, Relaxed);
         stats.insert(authority.as_str().to_string(), s.clone());
         endpoints.push(Endpoint {
             h2_client: None,
@@ -512,7 +565,9 @@ fn build_cluster(
             weight: e.weight,
             stats: s,
             failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
+            probe_ok: std::sync::atomic::AtomicBool::new(true),
         });
     }
 
@@ -537,11 +592,20 @@ fn build_cluster(
     } else {
         Scheme::HTTP
     };
+    let connector_tls = tls.clone();
     let connector = Connector {
         timeout: cc.timeouts.connect,
         tls,
         stats: Arc::new(stats),
         fixed: None,
+        limit: cc.limits.max_connections.map(|max| {
+            Arc::new(crate::connector::ConnLimit::new(
+                max,
+                cc.limits.max_pending.unwrap_or(1024),
+                cc.timeouts.request,
+                registry.cluster(&cc.name),
+            ))
+        }),
     };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
@@ -584,6 +648,8 @@ fn build_cluster(
         body_timeout: cc.timeouts.body,
         retry: crate::retry::RetryPolicy::new(&cc.retries),
         stats: registry.cluster(&cc.name),
+        max_requests: cc.limits.max_requests,
+        tls: connector_tls,
         fingerprint: Fingerprint::of(loaded, cc),
     })
 }
