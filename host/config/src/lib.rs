@@ -495,6 +495,12 @@ pub struct RouteConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// Retry this route's non-idempotent requests (POST, PATCH, ...) also after their bytes
+    /// reached an upstream, as the cluster's `retries.on` allows — for APIs whose writes are
+    /// safe to repeat (idempotency keys). Default: false: only a POST that never reached an
+    /// upstream is retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_non_idempotent: bool,
 }
 
 /// The conditions a request must meet, all of them, to take a route.
@@ -735,7 +741,7 @@ pub struct Retries {
     /// expiry is a `timeout` failure. Default: none.
     #[serde(with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
-    /// Retries in flight may be at most this share of the cluster's requests in flight (three
+    /// Retries in flight may be at most this share of the cluster's requests in flight (ten
     /// are always allowed), so a failing cluster cannot cause a retry storm. Default: `20%`.
     pub budget: units::Percent,
     /// A request body is kept for a retry while it is at most this large; a larger body is

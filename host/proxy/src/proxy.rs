@@ -456,7 +456,7 @@ async fn forward<'s>(
             }
         };
         let admitted = (attempt < attempts
-            && policy.retries(kind, &method)
+            && policy.retries(kind, &method, route.retry_any_method)
             && resend.again()
             && tokio::time::Instant::now() < deadline)
             .then(|| policy.admit(&cluster.stats, cluster.in_flight()))

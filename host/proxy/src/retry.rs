@@ -20,8 +20,9 @@ use weir_observe::ClusterStats;
 use crate::body::{BoxError, ProxyBody};
 
 /// At least this many retries may be in flight, whatever the budget's share says (Envoy's
-/// `min_retry_concurrency`), so a quiet cluster can still retry.
-const MIN_RETRY_CONCURRENCY: usize = 3;
+/// `min_retry_concurrency`, there 3), so a cluster under light load can still retry every
+/// request that meets a failing endpoint: ten retries cannot make a storm.
+const MIN_RETRY_CONCURRENCY: usize = 10;
 
 /// A cluster's retry settings, precomputed.
 pub(crate) struct RetryPolicy {
@@ -57,8 +58,10 @@ impl RetryPolicy {
 
     /// Whether a try that failed as `kind` may be repeated, as far as the policy and the method
     /// go (the body, the deadline and the budget are checked by the caller).
-    pub fn retries(&self, kind: RetryOn, method: &Method) -> bool {
-        self.on & bit(kind) != 0 && (kind == RetryOn::ConnectFailure || idempotent(method))
+    /// `any_method`: the route opted in to retrying non-idempotent requests.
+    pub fn retries(&self, kind: RetryOn, method: &Method, any_method: bool) -> bool {
+        self.on & bit(kind) != 0
+            && (kind == RetryOn::ConnectFailure || any_method || idempotent(method))
     }
 
     /// A response status that is a failed try of kind `GatewayError` or `Status5xx`, when the

@@ -67,6 +67,8 @@ pub(crate) struct Route {
     pub prefix_rewrite: Option<(String, String)>,
     pub host_rewrite: Option<HeaderValue>,
     pub timeout: Duration,
+    /// `retry_non_idempotent`.
+    pub retry_any_method: bool,
     pub stats: Arc<RouteStats>,
 }
 
@@ -417,6 +419,7 @@ impl Snapshot {
                 host_rewrite: rw
                     .and_then(|w| w.host.as_deref())
                     .and_then(|h| HeaderValue::from_str(h).ok()),
+                retry_any_method: r.retry_non_idempotent,
                 timeout: r.timeout.unwrap_or(
                     c.clusters
                         .iter()
