@@ -34,6 +34,8 @@ enum Fault {
     Garbage,
     /// Answers 503.
     Status503,
+    /// Answers 500.
+    Status500,
     /// Accepts nothing: connections sit in the backlog, the request is never read.
     BlackHole,
 }
@@ -158,6 +160,13 @@ async fn faulty(fault: Fault) -> Faulty {
                         let _ = s
                             .write_all(
                                 b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy",
+                            )
+                            .await;
+                    }
+                    Fault::Status500 => {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\noops",
                             )
                             .await;
                     }
@@ -959,5 +968,58 @@ async fn a_route_may_opt_in_to_retrying_posts() -> Result<()> {
     assert_eq!(body, "payload", "the body was sent again whole");
     assert_eq!(bad.seen.load(Relaxed), 1);
     assert_eq!(good.count(), 1);
+    Ok(())
+}
+
+/// Responses eject too: an endpoint answering 503s (passed on, not retried) is out after
+/// `max_failures` of them in a row, one answering 500s after `max_5xx`; from then on every
+/// request goes to the healthy endpoint.
+#[tokio::test]
+async fn endpoints_answering_errors_are_ejected() -> Result<()> {
+    for (fault, health) in [
+        (Fault::Status503, "max_failures: 3"),
+        (Fault::Status500, "max_5xx: 2"),
+    ] {
+        let bad = faulty(fault).await;
+        let good = Upstream::start("good").await;
+        let config = pair_config(bad.addr, good.addr, "").replace(
+            "health: { max_failures: 0 }",
+            &format!("health: {{ {health}, cooldown: 60s }}"),
+        );
+        let weir = Weir::start(&config)?;
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(send_one(&weir, "GET").await?.0);
+        }
+        let errors = statuses.iter().filter(|s| **s >= 500).count();
+        let want = if fault == Fault::Status503 { 3 } else { 2 };
+        assert_eq!(errors, want, "{fault:?}: {statuses:?}");
+        assert!(
+            statuses[statuses.len() - 10..].iter().all(|s| *s == 200),
+            "{fault:?}: {statuses:?}"
+        );
+        assert_eq!(
+            endpoints_of(&weir).await?[&bad.addr.to_string()]["ejected"],
+            true
+        );
+    }
+    Ok(())
+}
+
+/// `health.active.statuses` decides which answers pass: a `/healthz` answering 200 fails a
+/// probe that wants 204.
+#[tokio::test]
+async fn probe_statuses_are_configurable() -> Result<()> {
+    let a = probed("a", Arc::new(std::sync::atomic::AtomicBool::new(false))).await;
+    let b = probed("b", Arc::new(std::sync::atomic::AtomicBool::new(false))).await;
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ], \
+health: {{ max_ejected: 100%, active: {{ statuses: [ 204 ], interval: 100ms, unhealthy: 1 }} }} }} ]\n",
+        a.addr, b.addr
+    ))?;
+    wait_health(&weir, a.addr, false).await?;
+    wait_health(&weir, b.addr, false).await?;
     Ok(())
 }

@@ -806,6 +806,9 @@ pub struct PassiveHealth {
     /// Failed tries in a row (no connection, a reset or timeout before the head, a 502/503/504)
     /// that eject an endpoint. `0` disables ejection. Default: `3`.
     pub max_failures: u32,
+    /// Other 5xx answers (500, 501, 505, ...) in a row that eject an endpoint. `0` disables.
+    /// Default: `5`.
+    pub max_5xx: u32,
     /// How long a first ejection lasts; each ejection that follows without a success between
     /// lasts twice the one before, up to `max_cooldown`. Default: `10s`.
     #[serde(with = "units::duration")]
@@ -825,6 +828,7 @@ impl Default for PassiveHealth {
     fn default() -> Self {
         PassiveHealth {
             max_failures: 3,
+            max_5xx: 5,
             cooldown: Duration::from_secs(10),
             max_cooldown: Duration::from_secs(300),
             max_ejected: units::Percent(50),
@@ -839,8 +843,11 @@ impl Default for PassiveHealth {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveHealth {
-    /// The path to GET; a 2xx or 3xx answer passes. Default: `/healthz`.
+    /// The path to GET. Default: `/healthz`.
     pub path: String,
+    /// The statuses that pass. Default: any 2xx or 3xx.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<u16>,
     /// Only connect (TCP, and TLS when the cluster uses it): a connection passes. Default: false.
     pub tcp: bool,
     /// Time between probes of one endpoint (±10% jitter, so endpoints are not probed in step).
@@ -863,6 +870,7 @@ impl Default for ActiveHealth {
     fn default() -> Self {
         ActiveHealth {
             path: "/healthz".into(),
+            statuses: Vec::new(),
             tcp: false,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),

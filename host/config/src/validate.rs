@@ -360,6 +360,12 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                     "interval and timeout must be greater than 0".into(),
                 );
             }
+            if let Some(s) = a.statuses.iter().find(|s| !(100..=599).contains(*s)) {
+                err(
+                    format!("{p}.health.active.statuses"),
+                    format!("{s} is not an HTTP status (100 to 599)"),
+                );
+            }
             if a.healthy == 0 || a.unhealthy == 0 {
                 err(
                     format!("{p}.health.active"),

@@ -116,7 +116,7 @@ async fn probe(
     let _ = tcp.set_nodelay(true);
     match tls {
         None if cfg.tcp => true,
-        None => get(tcp, addr, host, &cfg.path, h2).await,
+        None => passes(cfg, get(tcp, addr, host, &cfg.path, h2).await),
         Some(t) => {
             let bare = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
             let name = match t.sni.clone() {
@@ -140,12 +140,21 @@ async fn probe(
                 return true;
             }
             let h2 = h2 || s.get_ref().1.alpn_protocol() == Some(b"h2");
-            get(s, addr, host, &cfg.path, h2).await
+            passes(cfg, get(s, addr, host, &cfg.path, h2).await)
         }
     }
 }
 
-async fn get<I>(io: I, addr: &str, host: &str, path: &str, h2: bool) -> bool
+/// Whether a probe's answer passes: one of `statuses`, else any 2xx or 3xx.
+fn passes(cfg: &ActiveHealth, status: Option<http::StatusCode>) -> bool {
+    status.is_some_and(|s| match cfg.statuses.as_slice() {
+        [] => s.is_success() || s.is_redirection(),
+        list => list.contains(&s.as_u16()),
+    })
+}
+
+/// The status of a GET of `path` (`None`: no answer).
+async fn get<I>(io: I, addr: &str, host: &str, path: &str, h2: bool) -> Option<http::StatusCode>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -154,7 +163,7 @@ where
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "weir-health-check")
         .body(Empty::<Bytes>::new());
-    let Ok(mut req) = req else { return false };
+    let Ok(mut req) = req else { return None };
     let status = if h2 {
         let scheme_uri = format!("http://{addr}{path}");
         if let Ok(u) = scheme_uri.parse() {
@@ -163,7 +172,7 @@ where
         let Ok((mut send, conn)) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await
         else {
-            return false;
+            return None;
         };
         tokio::spawn(conn);
         send.send_request(req).await.map(|r| r.status())
@@ -173,12 +182,12 @@ where
             http::HeaderValue::from_static("close"),
         );
         let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(io).await else {
-            return false;
+            return None;
         };
         tokio::spawn(conn);
         send.send_request(req).await.map(|r| r.status())
     };
-    status.is_ok_and(|s| s.is_success() || s.is_redirection())
+    status.ok()
 }
 
 #[cfg(test)]
@@ -206,6 +215,17 @@ mod tests {
         // Thresholds of one flip at once.
         assert_eq!(v.observe(false, 1, 1), Some(false));
         assert_eq!(v.observe(true, 1, 1), Some(true));
+    }
+
+    #[test]
+    fn statuses_pass_as_configured() {
+        let mut cfg = ActiveHealth::default();
+        let s = |n| Some(http::StatusCode::from_u16(n).unwrap());
+        assert!(passes(&cfg, s(200)) && passes(&cfg, s(302)));
+        assert!(!passes(&cfg, s(404)) && !passes(&cfg, s(503)) && !passes(&cfg, None));
+        cfg.statuses = vec![200, 418];
+        assert!(passes(&cfg, s(418)) && passes(&cfg, s(200)));
+        assert!(!passes(&cfg, s(204)));
     }
 
     #[test]

@@ -360,7 +360,7 @@ async fn forward<'s>(
     let mut first = Some(parts);
     let mut tried = crate::retry::Tried::default();
     let mut retrying = None;
-    let (ep_idx, mut res) = loop {
+    let mut res = loop {
         let ep_idx = pick_untried(cluster, hash, tried.as_slice());
         tried.push(ep_idx);
         let attempt = tried.as_slice().len() as u32;
@@ -426,12 +426,10 @@ async fn forward<'s>(
         // A failed try: how it failed, and what the client gets if it is not retried.
         let (kind, last) = match sent {
             Ok(Ok(res)) => {
-                if matches!(res.status().as_u16(), 502..=504) {
-                    cluster.try_failed(ep_idx);
-                }
+                cluster.answered(ep_idx, res.status());
                 match policy.retried_status(res.status()) {
                     Some(kind) => (kind, Err(res)),
-                    None => break (ep_idx, res),
+                    None => break res,
                 }
             }
             Err(_) => {
@@ -467,12 +465,11 @@ async fn forward<'s>(
                 retrying = Some(r);
             }
             // The upstream's own error response goes to the client as it is.
-            (None, Err(res)) => break (ep_idx, res),
+            (None, Err(res)) => break res,
             (None, Ok(fail)) => return Err((fail, Some(route))),
         }
     };
     drop(retrying);
-    cluster.succeeded(ep_idx);
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A switch the client did not ask for (or that is not allowed) cannot be relayed: the
         // client would read the new protocol as HTTP.

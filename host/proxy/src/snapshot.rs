@@ -125,6 +125,8 @@ pub(crate) struct Endpoint {
     pub weight: u32,
     pub stats: Arc<EndpointStats>,
     failures: AtomicU32,
+    /// Other 5xx answers in a row (`max_5xx`).
+    errors: AtomicU32,
     /// Ejections in a row without a success between (each lasts twice the one before).
     ejections: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint stays out.
@@ -152,11 +154,40 @@ impl Cluster {
     /// `max_cooldown`.
     pub fn try_failed(&self, i: usize) {
         let max = self.health.max_failures;
-        if max == 0 {
-            return;
-        }
         let ep = &self.endpoints[i];
-        if ep.failures.fetch_add(1, Relaxed) + 1 < max || ep.down_until.load(Relaxed) > now_ms() {
+        if max != 0 && ep.failures.fetch_add(1, Relaxed) + 1 >= max {
+            self.eject(i, format_args!("failed {max} tries in a row"));
+        }
+    }
+
+    /// Endpoint `i` answered with `status`: a 502/503/504 is a failed try; any other 5xx counts
+    /// toward `max_5xx`; anything else is a success that starts every count over.
+    pub fn answered(&self, i: usize, status: http::StatusCode) {
+        let ep = &self.endpoints[i];
+        match status.as_u16() {
+            502..=504 => self.try_failed(i),
+            500..=599 => {
+                let max = self.health.max_5xx;
+                if max != 0 && ep.errors.fetch_add(1, Relaxed) + 1 >= max {
+                    self.eject(i, format_args!("answered {max} 5xx in a row"));
+                }
+            }
+            _ => {
+                // Only write when needed: the common case stays a read of a shared cache line.
+                for count in [&ep.failures, &ep.errors, &ep.ejections] {
+                    if count.load(Relaxed) != 0 {
+                        count.store(0, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes endpoint `i` out of rotation (unless it is out already, or `max_ejected` of the
+    /// cluster is).
+    fn eject(&self, i: usize, why: std::fmt::Arguments<'_>) {
+        let ep = &self.endpoints[i];
+        if ep.down_until.load(Relaxed) > now_ms() {
             return;
         }
         let n = self.endpoints.len();
@@ -175,7 +206,7 @@ impl Cluster {
             .min(self.health.max_cooldown);
         ep.down_until
             .store(now_ms() + out.as_millis() as u64, Relaxed);
-        tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint failed {max} tries in a row; ejected for {out:?}");
+        tracing::warn!(cluster = %self.name, endpoint = %ep.address, "endpoint {why}; ejected for {out:?}");
         self.refresh(i);
     }
 
@@ -196,17 +227,6 @@ impl Cluster {
             .sum()
     }
 
-    pub fn succeeded(&self, i: usize) {
-        // Only write when needed: the common case stays a read of a shared cache line.
-        let ep = &self.endpoints[i];
-        if ep.failures.load(Relaxed) != 0 {
-            ep.failures.store(0, Relaxed);
-        }
-        if ep.ejections.load(Relaxed) != 0 {
-            ep.ejections.store(0, Relaxed);
-        }
-    }
-
     /// Puts endpoints whose ejection has ended back into rotation (called by a ticker), unless
     /// their probes fail.
     pub fn revive(&self) {
@@ -216,6 +236,7 @@ impl Cluster {
             if until != 0 && until <= now {
                 ep.down_until.store(0, Relaxed);
                 ep.failures.store(0, Relaxed);
+                ep.errors.store(0, Relaxed);
                 self.refresh(i);
             }
         }
@@ -568,6 +589,7 @@ fn build_cluster(
             weight: e.weight,
             stats: s,
             failures: AtomicU32::new(0),
+            errors: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
             probe_ok: std::sync::atomic::AtomicBool::new(true),
