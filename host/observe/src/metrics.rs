@@ -165,10 +165,6 @@ pub struct ClusterStats {
     /// Requests answered 503 because the cluster was at `limits.max_connections` with
     /// `max_pending` requests already waiting.
     pub overflow_connections: AtomicU64,
-    /// Requests waiting now for a connection at `limits.max_connections`.
-    pub pending: std::sync::atomic::AtomicUsize,
-    /// Upstream connections open or opening now, counted while `limits.max_connections` is set.
-    pub connections: std::sync::atomic::AtomicUsize,
     /// Requests in flight now, counted while `limits.max_requests` is set.
     pub requests: std::sync::atomic::AtomicUsize,
     /// Retries in flight now.

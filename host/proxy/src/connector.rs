@@ -66,11 +66,18 @@ pub struct Connector {
 /// `max_pending` connects wait (at most `wait`) for a place, more fail with
 /// [`ConnectError::Overflow`]. While a connect waits, hyper's pool may hand its request a
 /// connection that came free: waiting here is how a request queues for one.
+///
+/// The counts are this cluster build's own: after a reload that rebuilds the cluster, the old
+/// pool's connections (draining) no longer count against the new cap.
 pub(crate) struct ConnLimit {
     pub max: usize,
     pub max_pending: usize,
     pub wait: Duration,
     pub stats: Arc<weir_observe::ClusterStats>,
+    /// Connections open or opening.
+    pub open: std::sync::atomic::AtomicUsize,
+    /// Connects waiting for a place.
+    pending: std::sync::atomic::AtomicUsize,
     freed: tokio::sync::Notify,
 }
 
@@ -86,13 +93,14 @@ impl ConnLimit {
             max_pending,
             wait,
             stats,
+            open: std::sync::atomic::AtomicUsize::new(0),
+            pending: std::sync::atomic::AtomicUsize::new(0),
             freed: tokio::sync::Notify::new(),
         }
     }
 
     fn try_take(self: &Arc<Self>) -> Option<Reserved> {
-        self.stats
-            .connections
+        self.open
             .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
             .ok()
             .map(|_| Reserved(self.clone()))
@@ -103,7 +111,6 @@ impl ConnLimit {
             return Ok(r);
         }
         let queued = self
-            .stats
             .pending
             .fetch_update(Relaxed, Relaxed, |n| {
                 (n < self.max_pending).then_some(n + 1)
@@ -113,7 +120,7 @@ impl ConnLimit {
             self.stats.overflow_connections.fetch_add(1, Relaxed);
             return Err(ConnectError::Overflow(self.max));
         }
-        let _queued = Pending(&self.stats);
+        let _queued = Pending(&self.pending);
         let waited = tokio::time::timeout(self.wait, async {
             loop {
                 let freed = self.freed.notified();
@@ -126,19 +133,23 @@ impl ConnLimit {
             }
         })
         .await;
-        waited.map_err(|_| {
-            self.stats.overflow_connections.fetch_add(1, Relaxed);
-            ConnectError::Overflow(self.max)
-        })
+        match waited {
+            Ok(r) => Ok(r),
+            // One last look: a place may have come free as the wait ended.
+            Err(_) => self.try_take().ok_or_else(|| {
+                self.stats.overflow_connections.fetch_add(1, Relaxed);
+                ConnectError::Overflow(self.max)
+            }),
+        }
     }
 }
 
 /// A request counted as waiting at `max_connections`.
-struct Pending<'a>(&'a weir_observe::ClusterStats);
+struct Pending<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Relaxed);
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -250,7 +261,7 @@ struct Reserved(Arc<ConnLimit>);
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        self.0.stats.connections.fetch_sub(1, Relaxed);
+        self.0.open.fetch_sub(1, Relaxed);
         self.0.freed.notify_one();
     }
 }

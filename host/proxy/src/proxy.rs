@@ -433,9 +433,12 @@ async fn forward<'s>(
                 }
             }
             Err(_) => {
-                // No head in time: a failed try for passive health too.
+                // No head in time: a failed try for passive health too — unless the client was
+                // still sending its body, or the try waited at the cluster's connection cap.
                 snap.timeouts.fired(TimeoutKind::UpstreamHead);
-                cluster.try_failed(ep_idx);
+                if resend.all_sent() && !cluster.at_connection_cap() {
+                    cluster.try_failed(ep_idx);
+                }
                 if try_deadline == deadline {
                     return Err((Fail::UpstreamTimeout, Some(route)));
                 }
@@ -446,6 +449,17 @@ async fn forward<'s>(
                     && let Some(out) = run.take_outcome().await
                 {
                     return answer(run, out, request_id, route).await;
+                }
+                // A body the client broke (hyper may report it as a reset): the client's fault.
+                if let Some(fault) = resend.client_fault() {
+                    let fail = match fault {
+                        crate::retry::ClientFault::TooLarge => Fail::TooLarge,
+                        crate::retry::ClientFault::Malformed => {
+                            Fail::BadRequest("malformed request body")
+                        }
+                        crate::retry::ClientFault::Stalled => Fail::RequestTimeout,
+                    };
+                    return Err((fail, Some(route)));
                 }
                 match classify(snap, cluster, ep_idx, &e) {
                     (fail, Some(kind)) => (kind, Ok(fail)),

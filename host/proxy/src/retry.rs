@@ -171,13 +171,42 @@ pub(crate) enum Resend {
     Tape(Arc<Mutex<Tape>>),
 }
 
+/// How the client's side of a request body failed: the request is refused as the client's
+/// fault, never retried and never blamed on an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    /// Past `limits.max_request_body_bytes`.
+    TooLarge,
+    /// Bad framing, or cut short.
+    Malformed,
+    /// Stalled past `limits.request_body_timeout`.
+    Stalled,
+}
+
+impl ClientFault {
+    fn of(e: &BoxError) -> Option<ClientFault> {
+        if e.downcast_ref::<crate::body::BodyTooLarge>().is_some() {
+            Some(ClientFault::TooLarge)
+        } else if e.downcast_ref::<crate::body::ClientBodyError>().is_some() {
+            Some(ClientFault::Malformed)
+        } else if e
+            .downcast_ref::<crate::body::BodyStalled>()
+            .is_some_and(|s| s.from_client)
+        {
+            Some(ClientFault::Stalled)
+        } else {
+            None
+        }
+    }
+}
+
 impl Resend {
     /// `body` for a request that may be tried `attempts` times, keeping at most `bound` bytes.
     pub fn new(body: ProxyBody, attempts: u32, bound: usize) -> Resend {
-        if attempts <= 1 {
-            Resend::Once(Some(body))
-        } else if body.is_end_stream() {
+        if body.is_end_stream() {
             Resend::Empty
+        } else if attempts <= 1 {
+            Resend::Once(Some(body))
         } else {
             let hint = body.size_hint();
             Resend::Tape(Arc::new(Mutex::new(Tape {
@@ -189,16 +218,43 @@ impl Resend {
                 taken: 0,
                 lost: false,
                 ended: false,
+                fault: None,
+                failed: false,
+                generation: 0,
             })))
         }
     }
 
-    /// Whether a next try can send the body again.
+    /// Whether a next try can send the body again. Asking stops every earlier try from reading
+    /// the body any further (hyper may still be sending it after a response came), so the
+    /// answer cannot change before the next try starts.
     pub fn again(&self) -> bool {
         match self {
             Resend::Once(_) => false,
             Resend::Empty => true,
-            Resend::Tape(t) => !t.lock().unwrap_or_else(|e| e.into_inner()).lost,
+            Resend::Tape(t) => {
+                let mut tape = t.lock().unwrap_or_else(|e| e.into_inner());
+                tape.generation += 1;
+                !tape.lost && !tape.failed
+            }
+        }
+    }
+
+    /// How the client's body failed, if it did (seen by any try).
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self {
+            Resend::Tape(t) => t.lock().unwrap_or_else(|e| e.into_inner()).fault,
+            _ => None,
+        }
+    }
+
+    /// Whether the whole body went out (known only when there is none, or it was kept): a try
+    /// that then times out is the endpoint's fault, not a slow client's.
+    pub fn all_sent(&self) -> bool {
+        match self {
+            Resend::Once(_) => false,
+            Resend::Empty => true,
+            Resend::Tape(t) => t.lock().unwrap_or_else(|e| e.into_inner()).ended,
         }
     }
 
@@ -213,12 +269,13 @@ impl Resend {
                 if tape.lost {
                     return None;
                 }
-                let hint = tape.hint;
+                let (hint, generation) = (tape.hint, tape.generation);
                 drop(tape);
                 Some(ProxyBody::replay(Replay {
                     tape: t.clone(),
                     pos: 0,
                     hint,
+                    generation,
                 }))
             }
         }
@@ -237,6 +294,13 @@ pub(crate) struct Tape {
     /// More than `bound` bytes went out: what was kept is gone and no try can start again.
     lost: bool,
     ended: bool,
+    /// The source failed: every try reading on gets an error (never a clean end: that would
+    /// send a truncated body as complete), and none starts again.
+    failed: bool,
+    /// Why, when it was the client's fault.
+    fault: Option<ClientFault>,
+    /// The newest try: only it may read on.
+    generation: u64,
 }
 
 enum Kept {
@@ -258,6 +322,7 @@ pub(crate) struct Replay {
     tape: Arc<Mutex<Tape>>,
     pos: usize,
     hint: SizeHint,
+    generation: u64,
 }
 
 impl Replay {
@@ -267,6 +332,12 @@ impl Replay {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut tape = self.tape.lock().unwrap_or_else(|e| e.into_inner());
         let tape = &mut *tape;
+        if self.generation != tape.generation {
+            return Poll::Ready(Some(Err("a later try is sending this request body".into())));
+        }
+        if tape.failed {
+            return Poll::Ready(Some(Err("the request body failed".into())));
+        }
         if !tape.lost && self.pos < tape.kept.len() {
             self.pos += 1;
             return Poll::Ready(Some(Ok(tape.kept[self.pos - 1].frame())));
@@ -286,7 +357,10 @@ impl Replay {
         };
         match &next {
             None => tape.ended = true,
-            Some(Err(_)) => {}
+            Some(Err(e)) => {
+                tape.failed = true;
+                tape.fault = ClientFault::of(e);
+            }
             Some(Ok(frame)) => {
                 tape.taken += 1;
                 self.pos += 1;
@@ -314,5 +388,94 @@ impl Replay {
 
     pub fn size_hint(&self) -> SizeHint {
         self.hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    type Tx = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+    fn source() -> (Tx, ProxyBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        (tx, ProxyBody::channel(rx))
+    }
+
+    async fn data(tx: &Tx, s: &'static str) {
+        tx.send(Ok(Frame::data(Bytes::from_static(s.as_bytes()))))
+            .await
+            .unwrap();
+    }
+
+    async fn read_all(mut b: ProxyBody) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(f) = b.frame().await {
+            match f {
+                Ok(f) => out.extend_from_slice(f.data_ref().map_or(&[][..], |d| d)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_retry_sends_the_whole_body_again_then_the_rest() {
+        let (tx, body) = source();
+        let mut r = Resend::new(body, 2, 1024);
+        let mut first = r.next().unwrap();
+        data(&tx, "ab").await;
+        let f = first.frame().await.unwrap().unwrap();
+        assert_eq!(f.data_ref().unwrap(), "ab");
+        assert!(r.again(), "2 bytes kept");
+        let second = r.next().unwrap();
+        // The first try is stopped: it may not read on beside the second.
+        assert!(first.frame().await.unwrap().is_err());
+        data(&tx, "cd").await;
+        drop(tx);
+        assert_eq!(read_all(second).await.unwrap(), b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_failed_source_never_ends_cleanly_and_is_the_clients_fault() {
+        let (tx, body) = source();
+        let mut r = Resend::new(body, 3, 1024);
+        let first = r.next().unwrap();
+        data(&tx, "ab").await;
+        tx.send(Err(Box::new(crate::body::BodyTooLarge(1))))
+            .await
+            .unwrap();
+        drop(tx);
+        assert!(read_all(first).await.is_err());
+        assert_eq!(r.client_fault(), Some(ClientFault::TooLarge));
+        assert!(!r.again(), "a failed body is not sent again");
+        // Even a try that started anyway gets an error, never a truncated body as complete.
+        let late = r.next().unwrap();
+        assert!(read_all(late).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_buffer_is_not_sent_again() {
+        let (tx, body) = source();
+        let mut r = Resend::new(body, 2, 3);
+        let first = r.next().unwrap();
+        data(&tx, "ab").await;
+        data(&tx, "cd").await;
+        drop(tx);
+        assert_eq!(read_all(first).await.unwrap(), b"abcd");
+        assert!(!r.again());
+        assert!(r.next().is_none());
+    }
+
+    #[test]
+    fn only_idempotent_methods_retry_after_reaching_an_upstream() {
+        let p = RetryPolicy::new(&Retries::default());
+        assert!(p.retries(RetryOn::ConnectFailure, &Method::POST, false));
+        assert!(p.retries(RetryOn::Reset, &Method::GET, false));
+        assert!(!p.retries(RetryOn::Reset, &Method::POST, false));
+        assert!(!p.retries(RetryOn::Reset, &Method::PATCH, false));
+        assert!(p.retries(RetryOn::Reset, &Method::POST, true), "the route opted in");
+        assert!(!p.retries(RetryOn::Timeout, &Method::GET, false), "not in `on`");
     }
 }

@@ -89,6 +89,8 @@ pub(crate) struct Cluster {
     pub max_requests: Option<usize>,
     /// Upstream TLS (active health checks connect with it too).
     pub tls: Option<UpstreamTls>,
+    /// `limits.max_connections` (shared with the connector).
+    conn_limit: Option<Arc<crate::connector::ConnLimit>>,
     /// What the cluster was built from: a new snapshot whose cluster has the same fingerprint
     /// takes this one over whole — pool, health, counters. `None` (a file could not be read):
     /// never taken over.
@@ -227,18 +229,31 @@ impl Cluster {
             .sum()
     }
 
-    /// Puts endpoints whose ejection has ended back into rotation (called by a ticker), unless
-    /// their probes fail.
+    /// Whether the cluster has `limits.max_connections` open (a try may have waited for one).
+    pub fn at_connection_cap(&self) -> bool {
+        self.conn_limit
+            .as_ref()
+            .is_some_and(|l| l.open.load(Relaxed) >= l.max)
+    }
+
+    /// Ends ejections whose time is up and sets every endpoint in or out of rotation again from
+    /// its verdicts (called by a ticker): a verdict raced by another lands right within a tick.
     pub fn revive(&self) {
         let now = now_ms();
         for (i, ep) in self.endpoints.iter().enumerate() {
             let until = ep.down_until.load(Relaxed);
-            if until != 0 && until <= now {
-                ep.down_until.store(0, Relaxed);
+            // Only the ejection read here ends: one made meanwhile stands.
+            if until != 0
+                && until <= now
+                && ep
+                    .down_until
+                    .compare_exchange(until, 0, Relaxed, Relaxed)
+                    .is_ok()
+            {
                 ep.failures.store(0, Relaxed);
                 ep.errors.store(0, Relaxed);
-                self.refresh(i);
             }
+            self.refresh(i);
         }
     }
 
@@ -618,19 +633,20 @@ fn build_cluster(
         Scheme::HTTP
     };
     let connector_tls = tls.clone();
+    let conn_limit = cc.limits.max_connections.map(|max| {
+        Arc::new(crate::connector::ConnLimit::new(
+            max,
+            cc.limits.max_pending.unwrap_or(1024),
+            cc.timeouts.request,
+            registry.cluster(&cc.name),
+        ))
+    });
     let connector = Connector {
         timeout: cc.timeouts.connect,
         tls,
         stats: Arc::new(stats),
         fixed: None,
-        limit: cc.limits.max_connections.map(|max| {
-            Arc::new(crate::connector::ConnLimit::new(
-                max,
-                cc.limits.max_pending.unwrap_or(1024),
-                cc.timeouts.request,
-                registry.cluster(&cc.name),
-            ))
-        }),
+        limit: conn_limit.clone(),
     };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
@@ -675,6 +691,7 @@ fn build_cluster(
         stats: registry.cluster(&cc.name),
         max_requests: cc.limits.max_requests,
         tls: connector_tls,
+        conn_limit,
         fingerprint: Fingerprint::of(loaded, cc),
     })
 }
