@@ -475,7 +475,13 @@ mod tests {
         assert!(p.retries(RetryOn::Reset, &Method::GET, false));
         assert!(!p.retries(RetryOn::Reset, &Method::POST, false));
         assert!(!p.retries(RetryOn::Reset, &Method::PATCH, false));
-        assert!(p.retries(RetryOn::Reset, &Method::POST, true), "the route opted in");
-        assert!(!p.retries(RetryOn::Timeout, &Method::GET, false), "not in `on`");
+        assert!(
+            p.retries(RetryOn::Reset, &Method::POST, true),
+            "the route opted in"
+        );
+        assert!(
+            !p.retries(RetryOn::Timeout, &Method::GET, false),
+            "not in `on`"
+        );
     }
 }
