@@ -785,6 +785,61 @@ health: {{ active: {{ path: /healthz, interval: 100ms, timeout: 500ms, healthy: 
     Ok(())
 }
 
+/// `slow_start`: an endpoint whose probes pass again comes back with a small share of traffic
+/// (shown as `warming` in `/clusters`) that grows to a full one over the window.
+#[tokio::test]
+async fn a_returning_endpoint_warms_up_under_slow_start() -> Result<()> {
+    let sick_a = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let a = probed("a", sick_a.clone()).await;
+    let b = probed("b", Arc::default()).await;
+    let window = Duration::from_secs(5);
+    let weir = Weir::start(&format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+routes: [ {{ name: r, cluster: c }} ]\n\
+clusters: [ {{ name: c, slow_start: 5s, endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ], \
+health: {{ active: {{ path: /healthz, interval: 100ms, timeout: 500ms, healthy: 1, unhealthy: 1 }} }} }} ]\n",
+        a.addr, b.addr
+    ))?;
+    let share_of_a = || async {
+        let mut to_a = 0;
+        for _ in 0..100 {
+            if get(&weir.url("public", "/")).await?.upstream() == "a" {
+                to_a += 1;
+            }
+        }
+        anyhow::Ok(to_a)
+    };
+    assert_eq!(share_of_a().await?, 50, "endpoints start warm: round robin");
+
+    sick_a.store(true, Relaxed);
+    wait_health(&weir, a.addr, false).await?;
+    sick_a.store(false, Relaxed);
+    wait_health(&weir, a.addr, true).await?;
+    let back = Instant::now();
+    assert_eq!(
+        endpoints_of(&weir).await?[&a.addr.to_string()]["warming"],
+        true
+    );
+    let early = share_of_a().await?;
+    eprintln!(
+        "a's share in the {:?} after it came back: {early}%",
+        back.elapsed()
+    );
+    assert!(
+        early <= 30,
+        "a warming endpoint got {early} of 100 requests"
+    );
+
+    tokio::time::sleep(window.saturating_sub(back.elapsed()) + Duration::from_millis(100)).await;
+    let warm = share_of_a().await?;
+    assert!((45..=55).contains(&warm), "after the window a got {warm}");
+    assert_eq!(
+        endpoints_of(&weir).await?[&a.addr.to_string()]["warming"],
+        false
+    );
+    Ok(())
+}
+
 /// `tcp: true` probes only connect: an endpoint that refuses connections leaves rotation before
 /// any request meets it.
 #[tokio::test]

@@ -41,7 +41,8 @@ use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 pub use hash::hash_key;
 
@@ -149,6 +150,8 @@ pub struct Balancer {
     /// wrapped below zero), which at worst sends a pick to an endpoint being marked unhealthy.
     unhealthy: AtomicUsize,
     in_flight: Box<[AtomicUsize]>,
+    /// Slow start (see [`Balancer::with_slow_start`]): the window, when set.
+    slow_start: Option<SlowStart>,
     /// Turn counter of RoundRobin and WeightedRoundRobin; wraps after 2^64 picks, harmlessly.
     cursor: AtomicUsize,
 }
@@ -229,8 +232,37 @@ impl Balancer {
             healthy: weights.iter().map(|_| AtomicBool::new(true)).collect(),
             unhealthy: AtomicUsize::new(0),
             in_flight: weights.iter().map(|_| AtomicUsize::new(0)).collect(),
+            slow_start: None,
             cursor: AtomicUsize::new(0),
         })
+    }
+
+    /// Gives endpoints that come back into rotation (unhealthy → healthy) a share that grows
+    /// over `window`: a pick that lands on a warming endpoint stands with probability
+    /// `elapsed / window` (at least 10%), else the policy draws again for another. Like Envoy's slow
+    /// start, so an endpoint back from an outage, with cold caches and pools, is not handed a
+    /// full share at once.
+    ///
+    /// Applies to every policy except RingHash and Maglev picks by hash key (a key's endpoint
+    /// must not depend on time). A zero window turns it off.
+    pub fn with_slow_start(mut self, window: Duration) -> Balancer {
+        self.slow_start = (!window.is_zero()).then(|| SlowStart {
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            epoch: Instant::now(),
+            since: self.weights.iter().map(|_| AtomicU64::new(0)).collect(),
+            warming: AtomicUsize::new(0),
+        });
+        self
+    }
+
+    /// Whether endpoint `idx` is in its slow-start window.
+    ///
+    /// # Panics
+    /// If `idx >= self.len()`.
+    pub fn is_warming(&self, idx: usize) -> bool {
+        self.slow_start
+            .as_ref()
+            .is_some_and(|s| s.share(idx).is_some())
     }
 
     /// The algorithm this balancer runs.
@@ -271,6 +303,25 @@ impl Balancer {
     /// whose endpoint is unhealthy moves deterministically (every proxy moves it to the same
     /// place) and returns once the endpoint is healthy again.
     pub fn pick(&self, hash: Option<u64>) -> usize {
+        let first = self.pick_once(hash);
+        let Some(slow) = &self.slow_start else {
+            return first;
+        };
+        let hashed = hash.is_some() && matches!(self.picker, Picker::Ring(_) | Picker::Maglev(_));
+        if hashed || slow.warming.load(Relaxed) == 0 {
+            return first;
+        }
+        match slow.share(first) {
+            // Turned away: a few more draws for another endpoint, as the policy would pick it.
+            Some(share) if fastrand::u64(..slow.window_ms) >= share => (0..3)
+                .map(|_| self.pick_once(hash))
+                .find(|&i| i != first)
+                .unwrap_or(first),
+            _ => first,
+        }
+    }
+
+    fn pick_once(&self, hash: Option<u64>) -> usize {
         let n = self.len();
         match (&self.picker, hash) {
             (Picker::RoundRobin, _) => self.draw_healthy(|| self.cursor.fetch_add(1, Relaxed) % n),
@@ -298,6 +349,9 @@ impl Balancer {
             }
             (false, true) => {
                 self.unhealthy.fetch_sub(1, Relaxed);
+                if let Some(slow) = &self.slow_start {
+                    slow.start(idx, Instant::now());
+                }
             }
             _ => {}
         }
@@ -444,6 +498,49 @@ impl Balancer {
             }
         }
         self.next_healthy(first, usize::MAX).unwrap_or(first)
+    }
+}
+
+/// Slow-start state: per endpoint, when its window began.
+struct SlowStart {
+    window_ms: u64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` plus one at which endpoint `i` came back; 0 when not warming.
+    since: Box<[AtomicU64]>,
+    /// How many endpoints are warming, so picks skip the check when none is. Like `unhealthy`,
+    /// briefly off while transitions race; at worst one pick more or less is redrawn.
+    warming: AtomicUsize,
+}
+
+impl SlowStart {
+    fn start(&self, idx: usize, at: Instant) {
+        let ms = u64::try_from(at.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX - 1);
+        if self.since[idx].swap(ms + 1, Relaxed) == 0 {
+            self.warming.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Endpoint `idx`'s share of a full one, in milliseconds of the window (at least a tenth of
+    /// it), while warming; `None` when not (a finished window is cleared here).
+    fn share(&self, idx: usize) -> Option<u64> {
+        let since = self.since[idx].load(Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = now.saturating_sub(since - 1);
+        if elapsed < self.window_ms {
+            return Some(elapsed.max(self.window_ms / 10));
+        }
+        // Only the window read here ends: one started meanwhile stands.
+        if self.since[idx]
+            .compare_exchange(since, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.warming.fetch_sub(1, Relaxed);
+        }
+        None
     }
 }
 

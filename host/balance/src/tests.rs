@@ -688,3 +688,100 @@ proptest! {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow start
+
+/// A two-endpoint balancer with a 10 s slow start, endpoint 1 back in rotation `ago` ago.
+fn warming(policy: Policy, ago: Duration) -> Balancer {
+    let mut b = balancer(policy, &[1, 1]).with_slow_start(Duration::from_secs(10));
+    let slow = b.slow_start.as_mut().expect("slow start on");
+    // Times before the balancer was built are `since` 0: move its epoch back to allow them.
+    slow.epoch = slow
+        .epoch
+        .checked_sub(Duration::from_secs(60))
+        .expect("clock");
+    b.set_healthy(1, false);
+    b.set_healthy(1, true);
+    let slow = b.slow_start.as_ref().expect("slow start on");
+    slow.start(1, Instant::now().checked_sub(ago).expect("clock"));
+    b
+}
+
+#[test]
+fn slow_start_grows_a_revived_endpoints_share_with_time() {
+    for policy in [
+        Policy::RoundRobin,
+        Policy::WeightedRoundRobin,
+        Policy::LeastRequest,
+        Policy::Random,
+        Policy::RingHash, // without a hash key: weighted random
+        Policy::Maglev,
+    ] {
+        let picks = 20_000;
+        let at = |secs| {
+            let b = warming(policy, Duration::from_secs(secs));
+            share(counts(&b, picks, |_| None)[1], picks)
+        };
+        let (start, half, done) = (at(0), at(5), at(11));
+        assert!(start < 0.15, "{policy:?}: share at the start {start}");
+        assert!(
+            (0.25..0.42).contains(&half),
+            "{policy:?}: share halfway {half}"
+        );
+        assert!(
+            (0.45..0.55).contains(&done),
+            "{policy:?}: share after {done}"
+        );
+        let b = warming(policy, Duration::from_secs(11));
+        b.pick(None);
+        assert!(!b.is_warming(1), "{policy:?}: the window ends");
+        assert_eq!(b.slow_start.as_ref().unwrap().warming.load(Relaxed), 0);
+    }
+}
+
+#[test]
+fn slow_start_leaves_hash_keys_where_they_are() {
+    for policy in [Policy::RingHash, Policy::Maglev] {
+        let cold = balancer(policy, &[1, 1]);
+        let b = warming(policy, Duration::ZERO);
+        assert!(b.is_warming(1));
+        for i in 0..2_000 {
+            let key = Some(key_hash(i));
+            assert_eq!(b.pick(key), cold.pick(key), "{policy:?}: key {i} moved");
+        }
+    }
+}
+
+#[test]
+fn slow_start_only_follows_a_return_to_rotation() {
+    let b = balancer(Policy::RoundRobin, &[1, 1]).with_slow_start(Duration::from_secs(10));
+    assert!(!b.is_warming(0) && !b.is_warming(1), "endpoints start warm");
+    b.set_healthy(1, true); // already healthy: no transition
+    assert!(!b.is_warming(1));
+    b.set_healthy(1, false);
+    assert!(!b.is_warming(1), "out of rotation is not warming");
+    b.set_healthy(1, true);
+    assert!(b.is_warming(1));
+
+    let off = balancer(Policy::RoundRobin, &[1, 1]).with_slow_start(Duration::ZERO);
+    off.set_healthy(1, false);
+    off.set_healthy(1, true);
+    assert!(!off.is_warming(1), "a zero window is off");
+    assert_eq!(counts(&off, 1000, |_| None), [500, 500]);
+}
+
+#[test]
+fn slow_start_with_every_endpoint_warming_keeps_shares_equal() {
+    let b = balancer(Policy::RoundRobin, &[1, 1, 1]).with_slow_start(Duration::from_secs(10));
+    for i in 0..3 {
+        b.set_healthy(i, false);
+    }
+    for i in 0..3 {
+        b.set_healthy(i, true);
+    }
+    let c = counts(&b, 30_000, |_| None);
+    for &n in &c {
+        assert!((0.28..0.39).contains(&share(n, 30_000)), "{c:?}");
+    }
+}

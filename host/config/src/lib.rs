@@ -609,6 +609,16 @@ pub struct ClusterConfig {
     /// Idle pooled connections kept per endpoint. Default: `64`.
     #[serde(default = "defaults::max_idle_per_endpoint")]
     pub max_idle_per_endpoint: usize,
+    /// An endpoint back in rotation (its ejection over, or its probes passing again) takes a
+    /// share of traffic that grows from 10% to full over this time, so a backend back from an
+    /// outage is not flooded while its caches and pools are cold. Not for picks by hash key
+    /// (`ring_hash`, `maglev`). Default: none (a full share at once).
+    #[serde(
+        default,
+        with = "units::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slow_start: Option<Duration>,
 }
 
 /// Load balancing policies.

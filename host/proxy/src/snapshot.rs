@@ -268,6 +268,7 @@ impl Cluster {
                     "weight": e.weight,
                     "healthy": self.balancer.is_healthy(i),
                     "ejected": e.down_until.load(Relaxed) > now_ms(),
+                    "warming": self.balancer.is_warming(i),
                     "probes": match self.health.active {
                         None => "off",
                         Some(_) if e.probe_ok.load(Relaxed) => "passing",
@@ -582,7 +583,8 @@ fn build_cluster(
     let keys: Vec<&str> = cc.endpoints.iter().map(|e| e.address.as_str()).collect();
     // Placing endpoints by address keeps hash assignments stable when the list is edited.
     let balancer = Balancer::with_keys(policy, &weights, &keys)
-        .map_err(|e| loaded.error_at(at("endpoints"), e.to_string()))?;
+        .map_err(|e| loaded.error_at(at("endpoints"), e.to_string()))?
+        .with_slow_start(cc.slow_start.unwrap_or_default());
 
     let mut endpoints = Vec::with_capacity(cc.endpoints.len());
     let mut stats = HashMap::new();
