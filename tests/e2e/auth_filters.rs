@@ -3,11 +3,10 @@
 //! tests make their own keys (an RSA key, P-256 keys from rcgen), sign their own tokens and
 //! hash their own credentials.
 
-mod support;
-
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -19,7 +18,6 @@ use rsa::signature::SignatureEncoding;
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -45,7 +43,7 @@ routes:\n{}",
 /// The phase budget is raised from its 5ms default: an RS256 or ES256 check takes about 1–2ms
 /// of CPU in the component and PBKDF2 with 1000 iterations about 1ms, and on a 2-core machine
 /// where several test proxies compile components at once, that wall time can stretch past 5ms.
-/// These tests are about the filters' decisions; budgets have their own tests in e2e_filters.
+/// These tests are about the filters' decisions; budgets have their own tests in e2e filters::.
 fn filter(name: &str, package: &str, config: &Value) -> String {
     format!(
         "  - {{ name: {name}, module: \"{}\", config: {config}, limits: {{ time_per_phase: 100ms }} }}\n",

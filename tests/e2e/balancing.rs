@@ -1,15 +1,13 @@
 //! End-to-end: balancing.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::{Context, Result, bail};
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
-use support::*;
 
 /// One listener, one catch-all route to cluster `c`, described by `cluster` (the flow-map body
 /// after `name: c, `).
@@ -450,7 +448,7 @@ async fn passive_health_takes_a_refusing_endpoint_out() -> Result<()> {
         outcomes.push((got.status.as_u16(), got.upstream().to_string()));
     }
     // Retries off (they would answer the first request from the live endpoint: see
-    // e2e_resilience). Round robin starts on the dead endpoint: one 502, then it is out and the
+    // e2e resilience::). Round robin starts on the dead endpoint: one 502, then it is out and the
     // live one takes all.
     let mut want = vec![(502, String::new())];
     want.extend(std::iter::repeat_n((200, "live".to_string()), 19));
@@ -460,7 +458,7 @@ async fn passive_health_takes_a_refusing_endpoint_out() -> Result<()> {
     let eps = admin_endpoints(&weir).await?;
     assert_eq!(
         eps[&dead.to_string()],
-        json!({ "address": dead.to_string(), "weight": 1, "healthy": false, "ejected": true, "probes": "off", "in_flight": 0, "connections": 0, "connect_failures": 1 })
+        json!({ "address": dead.to_string(), "weight": 1, "healthy": false, "ejected": true, "probes": "off", "warming": false, "in_flight": 0, "connections": 0, "connect_failures": 1 })
     );
     let l = &eps[&live.addr.to_string()];
     assert_eq!(

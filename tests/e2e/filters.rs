@@ -1,12 +1,10 @@
 //! End-to-end: wasm filters in the real proxy — phases, chains, per-route config, budgets and
 //! failure policies, capabilities. The filter is `tests/filters/testbed`, built from source.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::Result;
-use support::*;
 
 /// A config with one upstream cluster `backend` and the testbed filter under several names
 /// (`filters` is YAML list items), plus `routes` (YAML list items).

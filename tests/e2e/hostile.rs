@@ -15,18 +15,15 @@
 //! plus the vector's own expected status and what the upstream must have seen. Every failure is
 //! collected and reported in one table, so one run shows them all.
 
-mod h2raw;
-mod support;
-
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::h2raw::*;
+use crate::support::Weir;
 use anyhow::{Result, bail, ensure};
-use h2raw::*;
-use support::Weir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};

@@ -3,12 +3,10 @@
 //! the proxy turns into components). One table of phase behaviours runs against the testbed
 //! filter in each language, and one against each example filter in each language.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::{Context as _, Result, ensure};
-use support::*;
 
 /// The languages, with where their testbed filter and examples live.
 #[derive(Debug, Clone, Copy)]

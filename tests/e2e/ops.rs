@@ -1,12 +1,10 @@
 //! End-to-end: operating weir — admin API, metrics, access log, drain, reload, and the CLI.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::Result;
-use support::*;
 
 fn one_route(up: &Upstream, extra: &str) -> String {
     format!(
@@ -50,7 +48,7 @@ async fn admin_serves_health_readiness_config_and_clusters() -> Result<()> {
     assert_eq!(
         clusters[0]["endpoints"][0],
         serde_json::json!({
-            "address": up.addr.to_string(), "weight": 3, "healthy": true, "ejected": false, "probes": "off", "in_flight": 0,
+            "address": up.addr.to_string(), "weight": 3, "healthy": true, "ejected": false, "probes": "off", "warming": false, "in_flight": 0,
             "connections": 0, "connect_failures": 0
         })
     );

@@ -1,7 +1,5 @@
 //! End-to-end: protocols.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use support::*;
+use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -2,21 +2,18 @@
 //! lifecycles under failure. Every wait the proxy makes has a deadline; each test shows one
 //! firing (and counted in `weir_timeouts_total`), the proxy alive, and other routes unaffected.
 
-mod h2raw;
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use crate::h2raw::*;
+use crate::support::*;
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use h2raw::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

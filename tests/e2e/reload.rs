@@ -1,15 +1,13 @@
 //! End-to-end: changing a running proxy — the admin API, file watching, the CLI helpers — with
 //! no failed request, and no memory growth over many reloads.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::support::*;
 use anyhow::{Result, bail};
 use sha2::Digest;
-use support::*;
 
 fn hex_sha256(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)

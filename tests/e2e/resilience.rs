@@ -2,16 +2,14 @@
 //! the client gets for each fault, method by method: retries only where they are safe, never a
 //! duplicated non-idempotent request, never a request without an answer.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::Result;
 use http::Request;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

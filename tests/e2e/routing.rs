@@ -2,9 +2,7 @@
 
 use anyhow::Result;
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// One upstream per cluster, so the answering upstream names the route that matched.
 async fn routed_proxy() -> Result<(Weir, Vec<Upstream>)> {

@@ -1,16 +1,14 @@
 //! End-to-end: the first-party traffic filters (`filters/rate-limit`, `filters/transform`,
 //! `filters/cors`), built from source, in the real proxy with real upstreams and clients.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use support::*;
 
 /// A config with one upstream cluster `backend`, `filters` and `routes` (YAML list items).
 fn config(up: &Upstream, filters: &str, routes: &str) -> String {
