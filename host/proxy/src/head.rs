@@ -9,9 +9,20 @@
 //!   never appended to.
 //! - **Framing** (`Content-Length`, `Transfer-Encoding`) is never taken from a message that also
 //!   carries the other: a message with `Transfer-Encoding` loses its `Content-Length`.
+//!
+//! Also the head rewrites every proxied message gets: hop-by-hop headers, `Via`, the request id,
+//! the upstream path, and the hash key a cluster balances on.
 
+use std::net::SocketAddr;
+
+use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Version};
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Why a request head is refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +240,161 @@ pub(crate) fn drop_stale_length(h: &mut HeaderMap) {
     }
 }
 
+pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// An upgrade to one of `limits.upgrade_protocols` (default: WebSocket, RFC 6455), the protocol
+/// switches passed through. Any other `Upgrade` (h2c above all, which would turn the upstream
+/// connection into an unrouted HTTP/2 tunnel; config refuses to allow it) is dropped with the
+/// other hop-by-hop headers and the request is forwarded as plain HTTP/1.1.
+pub(crate) fn is_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
+    req.version() == Version::HTTP_11
+        && upgrade.next().is_some_and(|u| {
+            allowed
+                .iter()
+                .any(|a| u.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
+        })
+        && upgrade.next().is_none()
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in Connection.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        // Every Connection line counts (HeaderMap::remove would return only the first value).
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        h.remove(header::CONNECTION);
+        for name in named {
+            h.remove(name);
+        }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        h.remove(name);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+    h.remove(header::TRAILER);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    // `TE: trailers` is the one TE value meaningful end to end (gRPC needs it).
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        h.remove(header::TE);
+    }
+}
+
+pub(crate) fn append_via(h: &mut HeaderMap, v: Version) {
+    let ours = match v {
+        Version::HTTP_2 => "2 weir",
+        Version::HTTP_10 => "1.0 weir",
+        _ => "1.1 weir",
+    };
+    let value = match joined(h, &header::VIA) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ours}")).ok(),
+        None => Some(HeaderValue::from_static(ours)),
+    };
+    if let Some(value) = value {
+        h.insert(header::VIA, value);
+    }
+}
+
+/// The path and query to send upstream when it differs from the request's: the route's
+/// `prefix_rewrite` applied, or else the normalized path when normalization changed it.
+pub(crate) fn rewrite_path(
+    prefix_rewrite: Option<&(String, String)>,
+    normalized: &str,
+    raw_path: &str,
+    query: Option<&str>,
+) -> Option<PathAndQuery> {
+    let (from, to) = match prefix_rewrite {
+        Some((from, to)) => (from.as_str(), to.as_str()),
+        // Normalization changed the path: send the normalized one, like nginx does.
+        None if normalized != raw_path => ("", ""),
+        None => return None,
+    };
+    // The route matched, so the path starts with `from` (ignoring case, if the route does).
+    let rest = match normalized.get(..from.len()) {
+        Some(head) if head.eq_ignore_ascii_case(from) => &normalized[from.len()..],
+        _ => normalized,
+    };
+    let mut s = String::with_capacity(to.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(to);
+    s.push_str(rest);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).ok()
+}
+
+pub(crate) fn hash_of_parts(
+    on: &weir_config::HashOn,
+    headers: &HeaderMap,
+    client: SocketAddr,
+) -> u64 {
+    use weir_config::HashOn;
+    match on {
+        HashOn::Header(name) => match headers.get(name.as_str()) {
+            Some(v) => weir_balance::hash_key(v.as_bytes()),
+            None => client_hash(client),
+        },
+        HashOn::Cookie(name) => {
+            cookie(headers, name).map_or_else(|| client_hash(client), weir_balance::hash_key)
+        }
+        HashOn::ClientIp => client_hash(client),
+    }
+}
+
+fn client_hash(client: SocketAddr) -> u64 {
+    match client.ip() {
+        std::net::IpAddr::V4(ip) => weir_balance::hash_key(&ip.octets()),
+        std::net::IpAddr::V6(ip) => weir_balance::hash_key(&ip.octets()),
+    }
+}
+
+fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+        .next()
+}
+
+/// A random 128-bit id, formatted like a UUID v4.
+pub(crate) fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    n = (n & !(0xf000 << 64)) | (0x4000 << 64); // version 4
+    n = (n & !(0xc000 << 48)) | (0x8000 << 48); // variant 10xx
+    let mut out = BytesMut::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.put_u8(b'-');
+        }
+        out.put_u8(HEX[((n >> (124 - 4 * i)) & 0xf) as usize]);
+    }
+    HeaderValue::from_maybe_shared(out.freeze()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +484,63 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "evil.test");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["forwarded"], "for=1.2.3.4");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("proxy-authorization", "x"),
+            ("x-keep", "yes"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-keep"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn via_appends() {
+        let mut h = HeaderMap::new();
+        append_via(&mut h, Version::HTTP_11);
+        append_via(&mut h, Version::HTTP_2);
+        assert_eq!(h.get(header::VIA).unwrap(), "1.1 weir, 2 weir");
+    }
+
+    #[test]
+    fn request_ids_look_like_uuid_v4_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let s = a.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(s.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sid=abc ;b=2"),
+        );
+        assert_eq!(cookie(&h, "sid"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "zz"), None);
     }
 }

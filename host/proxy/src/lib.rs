@@ -8,6 +8,7 @@ mod body;
 mod callouts;
 mod connector;
 mod control;
+mod error;
 mod filtering;
 mod head;
 mod health;

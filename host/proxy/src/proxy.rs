@@ -1,15 +1,29 @@
-//! The L7 request path: route, pick an endpoint, rewrite the head, forward, stream back.
-//! Every failure becomes a response here, in one place (`Fail::response`).
+//! The L7 request path as named phases, each one step, read top to bottom in [`Exchange::proxy`]
+//! (the shape of Pingora's `ProxyHttp`):
+//!
+//! 1. [`Exchange::route`]: the request's one host and normalized path, decided once; its route.
+//! 2. [`Exchange::upstream_head`]: the head the upstream is sent (hop-by-hop headers out,
+//!    forwarding headers, `Via`, request id, path rewrite) and the body, bounded.
+//! 3. [`Exchange::request_filters`]: the route's filters see that request and may change or
+//!    answer it.
+//! 4. [`Exchange::send`]: the cluster's circuit breaker, then tries ([`Exchange::try_once`]):
+//!    an endpoint not tried yet, and a retry when policy, budget and body allow.
+//! 5. [`Exchange::response`]: the upstream's head rewritten for the client and the response
+//!    filters; or [`Exchange::tunnel`] for a protocol switch.
+//! 6. Log: [`Finish`], a guard carried by the response body, records the access log, in-flight
+//!    counts and the filters' `on-log` however the response ends (done, failed or abandoned).
+//!
+//! A phase that ends the request early returns a [`Stop`] (an error, or the filters' own answer);
+//! [`handle`] turns either into the response, in one place.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use weir_balance::InFlight;
 use weir_config::RetryOn;
 use weir_observe::{AccessRecord, TimeoutKind};
@@ -17,14 +31,12 @@ use weir_observe::{AccessRecord, TimeoutKind};
 use crate::Shared;
 use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Idle, ProxyBody};
 use crate::connector::ConnectError;
+use crate::error::{ErrorKind, ProxyError};
 use crate::filtering::{FilterRun, Outcome, Settled, local_response};
-use crate::head;
+use crate::head::{self, X_REQUEST_ID};
 use crate::listener::ConnInfo;
-use crate::snapshot::{Cluster, Route, Snapshot};
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use crate::retry::{Resend, Slot, Tried};
+use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
 
 /// Runs when the response is finished or abandoned (drop): in-flight counts and the access log.
 pub(crate) struct Finish {
@@ -51,72 +63,23 @@ impl Drop for Finish {
     }
 }
 
-/// Why a request was answered by the proxy itself.
-enum Fail {
-    BadRequest(&'static str),
-    /// An `Expect` other than `100-continue` (RFC 9110 §10.1.1).
-    Expectation,
-    NoRoute,
-    TooLarge,
-    /// The request body stalled (`limits.request_body_timeout`).
-    RequestTimeout,
-    UpstreamTimeout,
-    Upstream(String),
-    /// A cluster limit (circuit breaker) was reached: what, and the limit.
-    Overflow(&'static str, usize),
-    /// A fail-closed filter failed.
-    Filter(Arc<str>),
+/// Why a phase ended the request early.
+enum Stop {
+    /// The proxy answers with an error.
+    Fail(ProxyError),
+    /// The filters decided the answer.
+    Answer(Outcome),
 }
 
-impl Fail {
-    fn status(&self) -> StatusCode {
-        match self {
-            Fail::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Fail::Expectation => StatusCode::EXPECTATION_FAILED,
-            Fail::NoRoute => StatusCode::NOT_FOUND,
-            Fail::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Fail::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Fail::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Fail::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Fail::Overflow(..) => StatusCode::SERVICE_UNAVAILABLE,
-            Fail::Filter(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
+impl From<ProxyError> for Stop {
+    fn from(e: ProxyError) -> Stop {
+        Stop::Fail(e)
     }
+}
 
-    fn response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
-        let what = match self {
-            Fail::BadRequest(why) => why,
-            Fail::Expectation => "only the expectation 100-continue is supported",
-            Fail::NoRoute => "no route matches this request",
-            Fail::TooLarge => "request body too large",
-            Fail::RequestTimeout => "request body timed out",
-            Fail::UpstreamTimeout => "upstream timed out",
-            Fail::Upstream(_) => "upstream unavailable",
-            Fail::Filter(name) => {
-                return self.respond_with(request_id, &format!("filter {name:?} failed"));
-            }
-            Fail::Overflow(what, max) => {
-                return self.respond_with(
-                    request_id,
-                    &format!("upstream cluster at its limit of {max} {what}"),
-                );
-            }
-        };
-        self.respond_with(request_id, what)
-    }
-
-    fn respond_with(&self, request_id: &HeaderValue, what: &str) -> Response<ProxyBody> {
-        let id = request_id.to_str().unwrap_or_default();
-        let body = format!("{} {what} (request id {id})\n", self.status().as_u16());
-        let mut res = Response::new(ProxyBody::full(body));
-        *res.status_mut() = self.status();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        res.headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        res
+impl From<ErrorKind> for Stop {
+    fn from(kind: ErrorKind) -> Stop {
+        Stop::Fail(ProxyError::new(kind))
     }
 }
 
@@ -134,144 +97,231 @@ pub(crate) async fn handle(
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
         _ => {
-            let id = new_request_id();
+            let id = head::new_request_id();
             req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
             id
         }
     };
-    let log = snap
-        .access_log
-        .as_ref()
-        .map(|l| Box::new((record_for(&conn, &req, &request_id), l.clone())));
-    let mut finish = Finish {
-        bytes: 0,
-        start,
-        conn: conn.clone(),
-        _in_flight: None,
-        _slot: None,
-        log,
-        filters: None,
+    let mut ex = Exchange::new(&snap, &conn, request_id, &req, start);
+    let res = match ex.proxy(req).await {
+        Ok(res) => res,
+        Err(stop) => ex.stopped(stop).await,
     };
-
-    let (res, route) = match forward(&snap, &conn, req, &request_id, &mut finish).await {
-        Ok((res, route)) => (res, Some(route)),
-        Err((fail, route)) => {
-            if let Fail::Upstream(why) = &fail {
-                tracing::debug!(request_id = ?request_id, "upstream error: {why}");
-            }
-            (fail.response(&request_id), route)
-        }
-    };
-    if let Some(run) = &finish.filters {
-        run.set_status(res.status());
-        run.verdict_over();
-    }
-    let status = res.status().as_u16();
-    match route {
-        Some(r) => r.stats.record(status, start.elapsed()),
-        None => shared.registry.record_unrouted(status),
-    }
-    if let Some(log) = &mut finish.log {
-        log.0.status = status;
-        if let Some(r) = route {
-            log.0.route = r.name.to_string();
-            log.0.cluster = r.cluster.name.to_string();
-        }
-    }
-    let (parts, body) = res.into_parts();
-    Response::from_parts(parts, body.with_finish(finish))
+    ex.respond(res, &shared.registry)
 }
 
-type Forwarded<'s> = Result<(Response<ProxyBody>, &'s Route), (Fail, Option<&'s Route>)>;
-
-async fn forward<'s>(
+/// One request's way through the phases: what they share.
+struct Exchange<'s> {
     snap: &'s Snapshot,
-    conn: &ConnInfo,
-    mut req: Request<Incoming>,
-    request_id: &HeaderValue,
-    finish: &mut Finish,
-) -> Forwarded<'s> {
-    // One host and one path, decided here, for routing, filters, the log and the upstream.
-    let site = head::site(&req).map_err(|e| (Fail::BadRequest(e.message()), None))?;
-    if !head::expectation_met(req.headers()) {
-        return Err((Fail::Expectation, None));
+    conn: &'s ConnInfo,
+    request_id: HeaderValue,
+    /// Set by routing; requests answered before it count as unrouted.
+    route: Option<&'s Route>,
+    /// The route's deadline: its filters' request phases (instance waits and callouts included)
+    /// and the upstream's response head.
+    deadline: tokio::time::Instant,
+    /// The client's protocol version, which the response goes back in.
+    downstream: Version,
+    /// The client's side of an allowed protocol switch.
+    upgrade: Option<OnUpgrade>,
+    filters: Option<FilterRun>,
+    finish: Finish,
+}
+
+/// What routing decided: the request's one host and path.
+struct Target {
+    site: Option<HeaderValue>,
+    uri: Uri,
+    /// The normalized path, when normalizing changed it.
+    normalized: Option<String>,
+}
+
+impl Target {
+    /// The path routing, filters and the upstream see.
+    fn path(&self) -> &str {
+        self.normalized.as_deref().unwrap_or(self.uri.path())
     }
-    let policy = snap.policy(&conn.listener);
-    // Cheap (shared bytes); frees `req` to be taken apart while the path is borrowed.
-    let uri = req.uri().clone();
-    let path = match weir_router::normalize_path(uri.path(), policy.paths) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::debug!(path = uri.path(), "refused: {e}");
-            return Err((Fail::BadRequest("invalid request path"), None));
+}
+
+/// The request as it will go upstream (phases 2 and 3 build it; each try sends it).
+struct Outbound {
+    parts: http::request::Parts,
+    path_and_query: PathAndQuery,
+    /// The `Host` upstream: the route's rewrite, or the request's own.
+    site: Option<HeaderValue>,
+    body: ProxyBody,
+}
+
+/// How one try ended, when it did not end the request.
+enum TryEnd {
+    /// The client's answer.
+    Answer(Response<Incoming>),
+    /// A failed try of kind `on`; `last` is what the client gets if no retry follows.
+    Failed { on: RetryOn, last: Last },
+}
+
+enum Last {
+    /// The upstream's own error response, passed on as it is.
+    Response(Response<Incoming>),
+    Error(ProxyError),
+}
+
+impl<'s> Exchange<'s> {
+    fn new(
+        snap: &'s Snapshot,
+        conn: &'s Arc<ConnInfo>,
+        request_id: HeaderValue,
+        req: &Request<Incoming>,
+        start: Instant,
+    ) -> Exchange<'s> {
+        let log = snap
+            .access_log
+            .as_ref()
+            .map(|l| Box::new((record_for(conn, req, &request_id), l.clone())));
+        Exchange {
+            snap,
+            conn,
+            request_id,
+            route: None,
+            deadline: tokio::time::Instant::now(),
+            downstream: req.version(),
+            upgrade: None,
+            filters: None,
+            finish: Finish {
+                bytes: 0,
+                start,
+                conn: conn.clone(),
+                _in_flight: None,
+                _slot: None,
+                log,
+                filters: None,
+            },
         }
-    };
-    if let Some(log) = &mut finish.log {
-        // The log shows what was routed: the request's one host and its normalized path.
-        if let Some(site) = &site {
-            log.0.host = site.to_str().unwrap_or_default().to_owned();
+    }
+
+    /// The phases, in order.
+    async fn proxy(&mut self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Stop> {
+        let (route, target) = self.route(&req)?;
+        let mut up = self.upstream_head(route, req, &target)?;
+        self.request_filters(route, &mut up, &target).await?;
+        let res = self.send(route, up).await?;
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return self.tunnel(res).await;
         }
-        // `normalize_path` borrows exactly when the path was already normal.
-        if let std::borrow::Cow::Owned(path) = &path {
-            log.0.path = match uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
+        self.response(route, res).await
+    }
+
+    /// Phase 1: one host and one path, decided here for routing, filters, the log and the
+    /// upstream; then the route.
+    fn route(&mut self, req: &Request<Incoming>) -> Result<(&'s Route, Target), Stop> {
+        let site = head::site(req).map_err(|e| ErrorKind::BadRequest(e.message()))?;
+        if !head::expectation_met(req.headers()) {
+            return Err(ErrorKind::Expectation.into());
         }
+        let paths = self.snap.policy(&self.conn.listener).paths;
+        // Cheap (shared bytes): the target outlives the request, which is taken apart next.
+        let uri = req.uri().clone();
+        let normalized = match weir_router::normalize_path(uri.path(), paths) {
+            // Borrowed exactly when the path was already normal.
+            Ok(std::borrow::Cow::Borrowed(_)) => None,
+            Ok(std::borrow::Cow::Owned(p)) => Some(p),
+            Err(e) => {
+                tracing::debug!(path = uri.path(), "refused: {e}");
+                return Err(ErrorKind::BadRequest("invalid request path").into());
+            }
+        };
+        let target = Target {
+            site,
+            uri,
+            normalized,
+        };
+        if let Some(log) = &mut self.finish.log {
+            // The log shows what was routed: the request's one host and its normalized path.
+            if let Some(site) = &target.site {
+                log.0.host = site.to_str().unwrap_or_default().to_owned();
+            }
+            if let Some(path) = &target.normalized {
+                log.0.path = match target.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.clone(),
+                };
+            }
+        }
+        let Some(idx) = self.snap.router.find(
+            req.method(),
+            target.site.as_ref().map(head::host_of),
+            target.path(),
+            target.uri.query(),
+            req.headers(),
+        ) else {
+            return Err(ErrorKind::NoRoute.into());
+        };
+        let route = &self.snap.routes[idx];
+        self.route = Some(route);
+        self.deadline = tokio::time::Instant::now() + route.timeout;
+        if let (Some(limit), Some(len)) = (self.snap.max_body, head::content_length(req.headers()))
+            && len > limit
+        {
+            return Err(ErrorKind::TooLarge.into());
+        }
+        Ok((route, target))
     }
-    let Some(idx) = snap.router.find(
-        req.method(),
-        site.as_ref().map(head::host_of),
-        &path,
-        uri.query(),
-        req.headers(),
-    ) else {
-        return Err((Fail::NoRoute, None));
-    };
-    let route = &snap.routes[idx];
-    let cluster = &route.cluster;
-    // The route's timeout bounds the request phases of its filters (instance waits and
-    // callouts included) and the upstream's response head together.
-    let deadline = tokio::time::Instant::now() + route.timeout;
 
-    if let (Some(limit), Some(len)) = (snap.max_body, content_length(req.headers()))
-        && len > limit
-    {
-        return Err((Fail::TooLarge, Some(route)));
-    }
+    /// Phase 2: the request as the upstream will get it, before filters.
+    fn upstream_head(
+        &mut self,
+        route: &Route,
+        mut req: Request<Incoming>,
+        target: &Target,
+    ) -> Result<Outbound, Stop> {
+        let snap = self.snap;
+        self.upgrade = head::is_upgrade(&req, &snap.limits.upgrade_protocols)
+            .then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let site = route
+            .host_rewrite
+            .as_ref()
+            .or(target.site.as_ref())
+            .cloned();
 
-    let upgrade =
-        is_upgrade(&req, &snap.limits.upgrade_protocols).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let upstream_site = route.host_rewrite.as_ref().or(site.as_ref());
+        let h = &mut parts.headers;
+        let upgrade_proto = match self.upgrade {
+            Some(_) => h.get(header::UPGRADE).cloned(),
+            None => None,
+        };
+        head::drop_stale_length(h);
+        head::strip_hop_by_hop(h);
+        // This hop met the expectation (hyper sends `100 Continue` when the body is first read).
+        h.remove(header::EXPECT);
+        if let Some(proto) = upgrade_proto {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, proto);
+        }
+        // For HTTP/2 upstreams Host is kept identical to `:authority` (RFC 9113 §8.3.1 allows
+        // that when converting from HTTP/1.1, and some frameworks read only Host).
+        match &site {
+            Some(s) => h.insert(header::HOST, s.clone()),
+            None => h.remove(header::HOST),
+        };
+        let trusted = snap
+            .policy(&self.conn.listener)
+            .trusts(self.conn.client.ip());
+        head::set_forwarding(
+            h,
+            &self.conn.client_ip,
+            trusted,
+            target.site.as_ref(),
+            self.conn.tls,
+        );
+        head::append_via(h, self.downstream);
+        h.insert(X_REQUEST_ID.clone(), self.request_id.clone());
 
-    let downstream_version = parts.version;
-    let h = &mut parts.headers;
-    let upgrade_proto = if upgrade.is_some() {
-        h.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    head::drop_stale_length(h);
-    strip_hop_by_hop(h);
-    // This hop met the expectation (hyper sends `100 Continue` when the body is first read).
-    h.remove(header::EXPECT);
-    if let Some(proto) = &upgrade_proto {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, proto.clone());
-    }
-    // For HTTP/2 upstreams Host is kept identical to `:authority` (RFC 9113 §8.3.1 allows that
-    // when converting from HTTP/1.1, and some frameworks read only Host).
-    match upstream_site {
-        Some(s) => h.insert(header::HOST, s.clone()),
-        None => h.remove(header::HOST),
-    };
-    let trusted = policy.trusts(conn.client.ip());
-    head::set_forwarding(h, &conn.client_ip, trusted, site.as_ref(), conn.tls);
-    append_via(h, downstream_version);
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
-
-    let mut path_and_query = rewrite_path(route, &path, parts.uri.path(), parts.uri.query())
+        let path_and_query = head::rewrite_path(
+            route.prefix_rewrite.as_ref(),
+            target.path(),
+            parts.uri.path(),
+            parts.uri.query(),
+        )
         .unwrap_or_else(|| {
             parts
                 .uri
@@ -279,341 +329,431 @@ async fn forward<'s>(
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"))
         });
+        let idle = Idle::new(snap.request_body_timeout, snap.timeouts);
+        Ok(Outbound {
+            parts,
+            path_and_query,
+            site,
+            body: ProxyBody::request(body, snap.max_body, idle),
+        })
+    }
 
-    // Filters see the request as it will go upstream, and may change it or answer it.
-    let filters = match &route.chain {
-        None => None,
-        Some(chain) => {
-            let props = weir_filters::Props {
-                authority: site
-                    .as_ref()
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
-                scheme: if conn.tls { "https" } else { "http" },
-                client: conn.client.to_string(),
-                route: route.name.clone(),
-                cluster: cluster.name.clone(),
-                request_id: request_id.to_str().unwrap_or_default().to_string(),
-            };
-            let run = FilterRun::new(chain.clone(), props, parts.method.clone(), deadline);
-            finish.filters = Some(run.clone());
-            let mut p = path_and_query.as_str().to_string();
-            if let Some(out) = run.request_headers(&mut parts.headers, &mut p).await {
-                return answer(&run, out, request_id, route).await;
-            }
-            if p != path_and_query.as_str() {
-                path_and_query = PathAndQuery::try_from(p)
-                    .map_err(|_| (Fail::BadRequest("invalid path from filter"), Some(route)))?;
-            }
-            Some(run)
+    /// Phase 3: the route's filters see the request as it will go upstream, and may change it
+    /// or answer it; with a request-body phase, the body goes upstream through them.
+    async fn request_filters(
+        &mut self,
+        route: &Route,
+        up: &mut Outbound,
+        target: &Target,
+    ) -> Result<(), Stop> {
+        let Some(chain) = &route.chain else {
+            return Ok(());
+        };
+        let props = weir_filters::Props {
+            authority: target
+                .site
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            scheme: if self.conn.tls { "https" } else { "http" },
+            client: self.conn.client.to_string(),
+            route: route.name.clone(),
+            cluster: route.cluster.name.clone(),
+            request_id: self.request_id.to_str().unwrap_or_default().to_string(),
+        };
+        let run = FilterRun::new(chain.clone(), props, up.parts.method.clone(), self.deadline);
+        self.finish.filters = Some(run.clone());
+        self.filters = Some(run.clone());
+        let mut p = up.path_and_query.as_str().to_string();
+        if let Some(out) = run.request_headers(&mut up.parts.headers, &mut p).await {
+            return Err(Stop::Answer(out));
         }
-    };
-
-    let hash = cluster
-        .hash_on
-        .as_ref()
-        .map(|h| hash_of_parts(h, &parts.headers, conn.client));
-    parts.version = if cluster.h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-
-    let filtered_body = filters
-        .as_ref()
-        .is_some_and(|run| run.phases().contains(weir_filters::Phases::REQUEST_BODY));
-    let request_idle = Idle::new(snap.request_body_timeout, snap.timeouts);
-    let up_body = match &filters {
-        Some(run) if filtered_body => {
+        if p != up.path_and_query.as_str() {
+            up.path_and_query = PathAndQuery::try_from(p)
+                .map_err(|_| ErrorKind::BadRequest("invalid path from filter"))?;
+        }
+        if self.filters_read_body() {
             // The filters may change the body's length.
-            parts.headers.remove(header::CONTENT_LENGTH);
-            run.pipe_body(
-                ProxyBody::request(body, snap.max_body, request_idle),
-                false,
-                false,
-            )
+            up.parts.headers.remove(header::CONTENT_LENGTH);
+            let body = std::mem::replace(&mut up.body, ProxyBody::empty());
+            up.body = run.pipe_body(body, false, false);
         }
-        _ => ProxyBody::request(body, snap.max_body, request_idle),
-    };
+        Ok(())
+    }
 
-    if let Some(max) = cluster.max_requests {
-        match crate::retry::Slot::take(&cluster.stats, max) {
-            Some(slot) => finish._slot = Some(slot),
-            None => return Err((Fail::Overflow("requests in flight", max), Some(route))),
+    /// Whether the request body goes through filters (then the response waits for their
+    /// verdict on it).
+    fn filters_read_body(&self) -> bool {
+        self.filters
+            .as_ref()
+            .is_some_and(|run| run.phases().contains(weir_filters::Phases::REQUEST_BODY))
+    }
+
+    /// Phase 4: a place under the cluster's limits, then tries: the first on the balancer's
+    /// pick, each retry on an endpoint not tried yet (like nginx's next upstream: the same
+    /// endpoint again at once mostly doubles the wait), so a one-endpoint cluster never retries.
+    async fn send(&mut self, route: &'s Route, up: Outbound) -> Result<Response<Incoming>, Stop> {
+        let cluster = &route.cluster;
+        let Outbound {
+            mut parts,
+            path_and_query,
+            site,
+            body,
+        } = up;
+        // After the filters: they may change what the cluster hashes on.
+        let hash = cluster
+            .hash_on
+            .as_ref()
+            .map(|h| head::hash_of_parts(h, &parts.headers, self.conn.client));
+        if let Some(max) = cluster.max_requests {
+            let slot = Slot::take(&cluster.stats, max)
+                .ok_or(ErrorKind::Overflow("requests in flight", max))?;
+            self.finish._slot = Some(slot);
+        }
+        let policy = &cluster.retry;
+        let attempts = match self.upgrade {
+            Some(_) => 1,
+            None => policy.attempts.min(cluster.endpoints.len() as u32),
+        };
+        parts.version = cluster.version();
+        let mut resend = Resend::new(body, attempts, policy.buffer);
+        // What a retry sends: the head as the first try sent it (taken before it is consumed).
+        let method = parts.method.clone();
+        let retry_head = (attempts > 1).then(|| parts.headers.clone());
+        let mut first = Some(parts);
+        let mut tried = Tried::default();
+        let mut _retrying = None;
+        loop {
+            let ep = pick_untried(cluster, hash, tried.as_slice());
+            tried.push(ep);
+            let attempt = tried.as_slice().len() as u32;
+            self.finish._in_flight = Some(cluster.balancer.begin(ep));
+            let endpoint = &cluster.endpoints[ep];
+            if let Some(log) = &mut self.finish.log {
+                log.0.upstream.clone_from(&endpoint.address);
+                log.0.attempts = attempt;
+            }
+            let body = resend
+                .next()
+                .ok_or_else(|| ProxyError::upstream("request body cannot be sent again"))?;
+            let parts = first.take().unwrap_or_else(|| {
+                let mut p = Request::new(()).into_parts().0;
+                p.method = method.clone();
+                p.headers = retry_head.clone().unwrap_or_default();
+                p.version = cluster.version();
+                p
+            });
+            let req = upstream_request(
+                cluster,
+                endpoint,
+                parts,
+                site.as_ref(),
+                &path_and_query,
+                body,
+            )?;
+            // This try ends at the request's deadline, or sooner by the cluster's per-try limit.
+            let try_deadline = policy.per_try_timeout.map_or(self.deadline, |t| {
+                self.deadline.min(tokio::time::Instant::now() + t)
+            });
+            let (on, last) = match self
+                .try_once(cluster, ep, req, try_deadline, &resend)
+                .await?
+            {
+                TryEnd::Answer(res) => return Ok(res),
+                TryEnd::Failed { on, last } => (on, last),
+            };
+            let admitted = (attempt < attempts
+                && policy.retries(on, &method, route.retry_any_method)
+                && resend.again()
+                && tokio::time::Instant::now() < self.deadline)
+                .then(|| policy.admit(&cluster.stats, cluster.in_flight()))
+                .flatten();
+            match (admitted, last) {
+                (Some(r), _) => {
+                    tracing::debug!(request_id = ?self.request_id, cluster = %cluster.name, endpoint = %endpoint.address, ?on, attempt, "retrying on another endpoint");
+                    _retrying = Some(r);
+                }
+                (None, Last::Response(res)) => return Ok(res),
+                (None, Last::Error(e)) => return Err(e.into()),
+            }
         }
     }
 
-    // Tries: the first on the balancer's pick, each retry on an endpoint not tried yet.
-    let policy = &cluster.retry;
-    // Each retry needs an endpoint not tried yet (like nginx's next upstream: trying a failed
-    // endpoint again at once mostly doubles the wait), so a one-endpoint cluster never retries.
-    let attempts = if upgrade.is_some() {
-        1
-    } else {
-        policy.attempts.min(cluster.endpoints.len() as u32)
-    };
-    let mut resend = crate::retry::Resend::new(up_body, attempts, policy.buffer);
-    // What a retry sends: the head as the first try sent it (taken before it is consumed).
-    let method = parts.method.clone();
-    let retry_head = (attempts > 1).then(|| parts.headers.clone());
-    let mut first = Some(parts);
-    let mut tried = crate::retry::Tried::default();
-    let mut retrying = None;
-    let mut res = loop {
-        let ep_idx = pick_untried(cluster, hash, tried.as_slice());
-        tried.push(ep_idx);
-        let attempt = tried.as_slice().len() as u32;
-        finish._in_flight = Some(cluster.balancer.begin(ep_idx));
-        let endpoint = &cluster.endpoints[ep_idx];
-        if let Some(log) = &mut finish.log {
-            log.0.upstream.clone_from(&endpoint.address);
-            log.0.attempts = attempt;
-        }
-        let Some(body) = resend.next() else {
-            return Err((
-                Fail::Upstream("request body cannot be sent again".into()),
-                Some(route),
-            ));
-        };
-        let mut parts = match first.take() {
-            Some(p) => p,
-            None => {
-                let headers = retry_head.as_ref().expect("a retry has the head");
-                let mut p = Request::new(()).into_parts().0;
-                p.method = method.clone();
-                p.headers = headers.clone();
-                p.version = if cluster.h2 {
-                    Version::HTTP_2
-                } else {
-                    Version::HTTP_11
-                };
-                p
-            }
-        };
-        // HTTP/1.0 without Host goes upstream as HTTP/1.1, which needs one: name the endpoint.
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and
-        // Host carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries
-        // the site and the endpoint's own client knows where to connect.
-        let authority = match (&endpoint.h2_client, upstream_site) {
-            (Some(_), Some(site)) => site
-                .to_str()
-                .ok()
-                .and_then(|s| s.parse::<http::uri::Authority>().ok())
-                .unwrap_or_else(|| endpoint.authority.clone()),
-            _ => endpoint.authority.clone(),
-        };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(cluster.scheme.clone());
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(path_and_query.clone());
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => return Err((Fail::BadRequest("invalid request target"), Some(route))),
-        };
-        let up_req = Request::from_parts(parts, body);
-        let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
-        // This try ends at the request's deadline, or sooner by the cluster's per-try limit.
-        let try_deadline = policy
-            .per_try_timeout
-            .map_or(deadline, |t| deadline.min(tokio::time::Instant::now() + t));
-        let sent = tokio::time::timeout_at(try_deadline, client.request(up_req)).await;
-        // A failed try: how it failed, and what the client gets if it is not retried.
-        let (kind, last) = match sent {
+    /// One try on endpoint `ep`; feeds passive health with how it went.
+    async fn try_once(
+        &self,
+        cluster: &Cluster,
+        ep: usize,
+        req: Request<ProxyBody>,
+        try_deadline: tokio::time::Instant,
+        resend: &Resend,
+    ) -> Result<TryEnd, Stop> {
+        let client = cluster.endpoints[ep]
+            .h2_client
+            .as_ref()
+            .unwrap_or(&cluster.client);
+        match tokio::time::timeout_at(try_deadline, client.request(req)).await {
             Ok(Ok(res)) => {
-                cluster.answered(ep_idx, res.status());
-                match policy.retried_status(res.status()) {
-                    Some(kind) => (kind, Err(res)),
-                    None => break res,
-                }
+                cluster.answered(ep, res.status());
+                Ok(match cluster.retry.retried_status(res.status()) {
+                    Some(on) => TryEnd::Failed {
+                        on,
+                        last: Last::Response(res),
+                    },
+                    None => TryEnd::Answer(res),
+                })
             }
             Err(_) => {
                 // No head in time: a failed try for passive health too — unless the client was
                 // still sending its body, or the try waited at the cluster's connection cap.
-                snap.timeouts.fired(TimeoutKind::UpstreamHead);
+                self.snap.timeouts.fired(TimeoutKind::UpstreamHead);
                 if resend.all_sent() && !cluster.at_connection_cap() {
-                    cluster.try_failed(ep_idx);
+                    cluster.try_failed(ep);
                 }
-                if try_deadline == deadline {
-                    return Err((Fail::UpstreamTimeout, Some(route)));
+                let e = ProxyError::new(ErrorKind::UpstreamTimeout);
+                if try_deadline == self.deadline {
+                    return Err(e.into());
                 }
-                (RetryOn::Timeout, Ok(Fail::UpstreamTimeout))
+                Ok(TryEnd::Failed {
+                    on: RetryOn::Timeout,
+                    last: Last::Error(e),
+                })
             }
             Ok(Err(e)) => {
-                if let Some(run) = &filters
+                // A request-body filter that answered stopped the body: its answer stands.
+                if let Some(run) = &self.filters
                     && let Some(out) = run.take_outcome().await
                 {
-                    return answer(run, out, request_id, route).await;
+                    return Err(Stop::Answer(out));
                 }
                 // A body the client broke (hyper may report it as a reset): the client's fault.
                 if let Some(fault) = resend.client_fault() {
-                    let fail = match fault {
-                        crate::retry::ClientFault::TooLarge => Fail::TooLarge,
-                        crate::retry::ClientFault::Malformed => {
-                            Fail::BadRequest("malformed request body")
-                        }
-                        crate::retry::ClientFault::Stalled => Fail::RequestTimeout,
-                    };
-                    return Err((fail, Some(route)));
+                    return Err(ProxyError::from(fault).into());
                 }
-                match classify(snap, cluster, ep_idx, &e) {
-                    (fail, Some(kind)) => (kind, Ok(fail)),
-                    (fail, None) => return Err((fail, Some(route))),
+                let e = classify(self.snap, cluster, ep, e);
+                match e.retry {
+                    Some(on) => Ok(TryEnd::Failed {
+                        on,
+                        last: Last::Error(e),
+                    }),
+                    None => Err(e.into()),
                 }
             }
-        };
-        let admitted = (attempt < attempts
-            && policy.retries(kind, &method, route.retry_any_method)
-            && resend.again()
-            && tokio::time::Instant::now() < deadline)
-            .then(|| policy.admit(&cluster.stats, cluster.in_flight()))
-            .flatten();
-        match (admitted, last) {
-            (Some(r), _) => {
-                tracing::debug!(request_id = ?request_id, cluster = %cluster.name, endpoint = %endpoint.address, ?kind, attempt, "retrying on another endpoint");
-                retrying = Some(r);
-            }
-            // The upstream's own error response goes to the client as it is.
-            (None, Err(res)) => break res,
-            (None, Ok(fail)) => return Err((fail, Some(route))),
         }
-    };
-    drop(retrying);
-    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+    }
+
+    /// Phase 5, for a `101 Switching Protocols`: the connection's own task relays the two
+    /// upgraded connections once hyper hands them over.
+    async fn tunnel(&mut self, mut res: Response<Incoming>) -> Result<Response<ProxyBody>, Stop> {
         // A switch the client did not ask for (or that is not allowed) cannot be relayed: the
         // client would read the new protocol as HTTP.
-        let Some(down) = upgrade else {
-            return Err((
-                Fail::Upstream(
-                    "101 Switching Protocols to a request without an allowed upgrade".into(),
-                ),
-                Some(route),
-            ));
+        let Some(down) = self.upgrade.take() else {
+            return Err(ProxyError::upstream(
+                "101 Switching Protocols to a request without an allowed upgrade",
+            )
+            .into());
         };
-        // Relayed by the connection's own task once hyper hands the connection over.
         let up = hyper::upgrade::on(&mut res);
-        *conn.tunnel.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.conn.tunnel.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(crate::tunnel::Tunnel { down, up });
         let (mut parts, _) = res.into_parts();
         parts
             .headers
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(run) = filters {
+            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(run) = self.filters.take() {
             run.set_status(StatusCode::SWITCHING_PROTOCOLS);
             run.finish().await;
         }
-        return Ok((Response::from_parts(parts, ProxyBody::empty()), route));
+        Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 
-    let (mut parts, body) = res.into_parts();
-    head::drop_stale_length(&mut parts.headers);
-    let mut body = ProxyBody::stream(body, Idle::new(cluster.body_timeout, snap.timeouts));
-    if filtered_body && let Some(run) = &filters {
-        match run.settle_request_body(body, route.timeout).await {
-            Settled::Answer(out) => return answer(run, out, request_id, route).await,
-            Settled::Body(b) => body = b,
+    /// Phase 5: the upstream's response as the client gets it, through the response filters.
+    async fn response(
+        &mut self,
+        route: &Route,
+        res: Response<Incoming>,
+    ) -> Result<Response<ProxyBody>, Stop> {
+        let (mut parts, body) = res.into_parts();
+        head::drop_stale_length(&mut parts.headers);
+        let idle = Idle::new(route.cluster.body_timeout, self.snap.timeouts);
+        let mut body = ProxyBody::stream(body, idle);
+        if self.filters_read_body()
+            && let Some(run) = &self.filters
+        {
+            // The request body's filters may still answer instead of the upstream.
+            match run.settle_request_body(body, route.timeout).await {
+                Settled::Answer(out) => return Err(Stop::Answer(out)),
+                Settled::Body(b) => body = b,
+            }
+        }
+        head::strip_hop_by_hop(&mut parts.headers);
+        head::append_via(&mut parts.headers, parts.version);
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        parts.version = self.downstream;
+        let Some(run) = &self.filters else {
+            return Ok(Response::from_parts(parts, body));
+        };
+        let deadline = tokio::time::Instant::now() + route.timeout;
+        if let Some(out) = run
+            .response_headers(&mut parts.status, &mut parts.headers, deadline)
+            .await
+        {
+            return Err(Stop::Answer(out));
+        }
+        let body = if run.phases().contains(weir_filters::Phases::RESPONSE_BODY) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            run.pipe_body(body, true, true)
+        } else {
+            // With `on-log`, the run finishes when the response body is done (`Finish`).
+            if !run.finishes_after_body() {
+                run.finish().await;
+            }
+            body
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The response for a request a phase ended early. A filter's answer is what `on-log` sees;
+    /// then the run finishes.
+    async fn stopped(&mut self, stop: Stop) -> Response<ProxyBody> {
+        match stop {
+            Stop::Fail(e) => {
+                if e.source.is_some() {
+                    tracing::debug!(request_id = ?self.request_id, "{e:?}");
+                }
+                e.response(&self.request_id)
+            }
+            Stop::Answer(out) => {
+                let res = match out {
+                    Outcome::Local(r) => local_response(r, &self.request_id),
+                    Outcome::Failed(name) => {
+                        ProxyError::new(ErrorKind::Filter(name)).response(&self.request_id)
+                    }
+                };
+                if let Some(run) = &self.filters {
+                    run.set_status(res.status());
+                    run.finish().await;
+                }
+                res
+            }
         }
     }
-    strip_hop_by_hop(&mut parts.headers);
-    append_via(&mut parts.headers, parts.version);
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    parts.version = downstream_version;
-    let Some(run) = filters else {
-        return Ok((Response::from_parts(parts, body), route));
-    };
-    if let Some(out) = run
-        .response_headers(
-            &mut parts.status,
-            &mut parts.headers,
-            tokio::time::Instant::now() + route.timeout,
-        )
-        .await
+
+    /// Phase 6 begins: the route's stats, and the log record's outcome; the response body
+    /// carries the rest (`Finish`) to its end.
+    fn respond(
+        mut self,
+        res: Response<ProxyBody>,
+        registry: &weir_observe::Registry,
+    ) -> Response<ProxyBody> {
+        if let Some(run) = &self.finish.filters {
+            run.set_status(res.status());
+            run.verdict_over();
+        }
+        let status = res.status().as_u16();
+        match self.route {
+            Some(r) => r.stats.record(status, self.finish.start.elapsed()),
+            None => registry.record_unrouted(status),
+        }
+        if let Some(log) = &mut self.finish.log {
+            log.0.status = status;
+            if let Some(r) = self.route {
+                log.0.route = r.name.to_string();
+                log.0.cluster = r.cluster.name.to_string();
+            }
+        }
+        let (parts, body) = res.into_parts();
+        Response::from_parts(parts, body.with_finish(self.finish))
+    }
+}
+
+/// Try `parts` on `endpoint`: the URI and `Host` for it.
+fn upstream_request(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    mut parts: http::request::Parts,
+    site: Option<&HeaderValue>,
+    path_and_query: &PathAndQuery,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    // HTTP/1.0 without Host goes upstream as HTTP/1.1, which needs one: name the endpoint.
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str())
     {
-        return answer(&run, out, request_id, route).await;
+        parts.headers.insert(header::HOST, v);
     }
-    let body = if run.phases().contains(weir_filters::Phases::RESPONSE_BODY) {
-        parts.headers.remove(header::CONTENT_LENGTH);
-        run.pipe_body(body, true, true)
-    } else {
-        // With `on-log`, the run finishes when the response body is done (`Finish`).
-        if !run.finishes_after_body() {
-            run.finish().await;
-        }
-        body
+    // HTTP/1.1: the URI names the endpoint (one pool per endpoint, shared by every site) and
+    // Host carries the site. HTTP/2: the URI authority becomes `:authority`, so it carries the
+    // site and the endpoint's own client knows where to connect.
+    let authority = match (&endpoint.h2_client, site) {
+        (Some(_), Some(site)) => site
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .unwrap_or_else(|| endpoint.authority.clone()),
+        _ => endpoint.authority.clone(),
     };
-    Ok((Response::from_parts(parts, body), route))
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(cluster.scheme.clone());
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path_and_query.clone());
+    parts.uri = Uri::from_parts(uri)
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest("invalid request target")).because(e))?;
+    Ok(Request::from_parts(parts, body))
 }
 
-/// The filters decided the answer: `on-log` sees its status, then the run finishes.
-async fn answer<'s>(
-    run: &FilterRun,
-    out: Outcome,
-    request_id: &HeaderValue,
-    route: &'s Route,
-) -> Forwarded<'s> {
-    let answer = match out {
-        Outcome::Local(r) => Ok((local_response(r, request_id), route)),
-        Outcome::Failed(filter) => Err((Fail::Filter(filter), Some(route))),
-    };
-    run.set_status(match &answer {
-        Ok((res, _)) => res.status(),
-        Err((fail, _)) => fail.status(),
-    });
-    run.finish().await;
-    answer
-}
-
-/// Maps a client error to a failure and, when a retry could help, the kind of failed try;
-/// feeds passive health checks with connect failures and resets.
+/// What a client error from a try means: the failure, and (as its `retry`) the kind of failed
+/// try when another endpoint could help. Feeds passive health with connect failures and resets.
 fn classify(
     snap: &Snapshot,
     cluster: &Cluster,
     ep: usize,
-    e: &hyper_util::client::legacy::Error,
-) -> (Fail, Option<RetryOn>) {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(c) = s.downcast_ref::<ConnectError>() {
-            if let ConnectError::Overflow(max) = c {
-                // The proxy's own limit, not the endpoint's failure: neither health nor retry.
-                return (Fail::Overflow("connections", *max), None);
+    e: hyper_util::client::legacy::Error,
+) -> ProxyError {
+    let (kind, retry) = 'found: {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if let Some(c) = s.downcast_ref::<ConnectError>() {
+                if let ConnectError::Overflow(max) = c {
+                    // The proxy's own limit, not the endpoint's failure: neither health nor retry.
+                    break 'found (ErrorKind::Overflow("connections", *max), None);
+                }
+                cluster.try_failed(ep);
+                let kind = match c {
+                    ConnectError::Timeout(_) => {
+                        snap.timeouts.fired(TimeoutKind::UpstreamConnect);
+                        ErrorKind::UpstreamTimeout
+                    }
+                    ConnectError::Failed { .. } | ConnectError::Overflow(_) => ErrorKind::Upstream,
+                };
+                break 'found (kind, Some(RetryOn::ConnectFailure));
             }
-            cluster.try_failed(ep);
-            let fail = match c {
-                ConnectError::Timeout(_) => {
-                    snap.timeouts.fired(TimeoutKind::UpstreamConnect);
-                    Fail::UpstreamTimeout
-                }
-                ConnectError::Failed { .. } | ConnectError::Overflow(_) => {
-                    Fail::Upstream(c.to_string())
-                }
-            };
-            return (fail, Some(RetryOn::ConnectFailure));
-        }
-        if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return (Fail::TooLarge, None);
-        }
-        if s.downcast_ref::<ClientBodyError>().is_some() {
-            return (Fail::BadRequest("malformed request body"), None);
-        }
-        if let Some(stalled) = s.downcast_ref::<BodyStalled>() {
+            if s.downcast_ref::<BodyTooLarge>().is_some() {
+                break 'found (ErrorKind::TooLarge, None);
+            }
+            if s.downcast_ref::<ClientBodyError>().is_some() {
+                break 'found (ErrorKind::BadRequest("malformed request body"), None);
+            }
             // Counted where it fired; an upstream body cannot stall before its head.
-            if stalled.from_client {
-                return (Fail::RequestTimeout, None);
+            if s.downcast_ref::<BodyStalled>()
+                .is_some_and(|b| b.from_client)
+            {
+                break 'found (ErrorKind::RequestTimeout, None);
             }
+            src = s.source();
         }
-        src = s.source();
+        // Closed, reset, or an answer that is not HTTP, before a response head.
+        cluster.try_failed(ep);
+        (ErrorKind::Upstream, Some(RetryOn::Reset))
+    };
+    ProxyError {
+        kind,
+        source: Some(Box::new(e)),
+        retry,
     }
-    // Closed, reset, or an answer that is not HTTP, before a response head.
-    cluster.try_failed(ep);
-    (Fail::Upstream(format!("{e:?}")), Some(RetryOn::Reset))
 }
 
 /// The balancer's pick if it has not been tried yet; else another endpoint not tried (a fresh
@@ -636,155 +776,6 @@ fn pick_untried(cluster: &Cluster, hash: Option<u64>, tried: &[usize]) -> usize 
             .find(|&i| !tried.contains(&i) && (!healthy || b.is_healthy(i)))
     };
     untried(true).or_else(|| untried(false)).unwrap_or(first)
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
-/// An upgrade to one of `limits.upgrade_protocols` (default: WebSocket, RFC 6455), the protocol
-/// switches passed through. Any other `Upgrade` (h2c above all, which would turn the upstream
-/// connection into an unrouted HTTP/2 tunnel; config refuses to allow it) is dropped with the
-/// other hop-by-hop headers and the request is forwarded as plain HTTP/1.1.
-fn is_upgrade(req: &Request<Incoming>, allowed: &[String]) -> bool {
-    let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
-    req.version() == Version::HTTP_11
-        && upgrade.next().is_some_and(|u| {
-            allowed
-                .iter()
-                .any(|a| u.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
-        })
-        && upgrade.next().is_none()
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in Connection.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        // Every Connection line counts (HeaderMap::remove would return only the first value).
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        h.remove(header::CONNECTION);
-        for name in named {
-            h.remove(name);
-        }
-    }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        h.remove(name);
-    }
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::UPGRADE);
-    h.remove(header::TRAILER);
-    h.remove(header::PROXY_AUTHENTICATE);
-    h.remove(header::PROXY_AUTHORIZATION);
-    // `TE: trailers` is the one TE value meaningful end to end (gRPC needs it).
-    if let Some(te) = h.get(header::TE)
-        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
-    {
-        h.remove(header::TE);
-    }
-}
-
-fn append_via(h: &mut HeaderMap, v: Version) {
-    let ours = match v {
-        Version::HTTP_2 => "2 weir",
-        Version::HTTP_10 => "1.0 weir",
-        _ => "1.1 weir",
-    };
-    let value = match head::joined(h, &header::VIA) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {ours}")).ok(),
-        None => Some(HeaderValue::from_static(ours)),
-    };
-    if let Some(value) = value {
-        h.insert(header::VIA, value);
-    }
-}
-
-fn rewrite_path(
-    route: &Route,
-    normalized: &str,
-    raw_path: &str,
-    query: Option<&str>,
-) -> Option<PathAndQuery> {
-    let (from, to) = match &route.prefix_rewrite {
-        Some((from, to)) => (from.as_str(), to.as_str()),
-        // Normalization changed the path: send the normalized one, like nginx does.
-        None if normalized != raw_path => ("", ""),
-        None => return None,
-    };
-    // The route matched, so the path starts with `from` (ignoring case, if the route does).
-    let rest = match normalized.get(..from.len()) {
-        Some(head) if head.eq_ignore_ascii_case(from) => &normalized[from.len()..],
-        _ => normalized,
-    };
-    let mut s = String::with_capacity(to.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
-    s.push_str(to);
-    s.push_str(rest);
-    if let Some(q) = query {
-        s.push('?');
-        s.push_str(q);
-    }
-    PathAndQuery::try_from(s).ok()
-}
-
-fn hash_of_parts(on: &weir_config::HashOn, headers: &HeaderMap, client: SocketAddr) -> u64 {
-    use weir_config::HashOn;
-    match on {
-        HashOn::Header(name) => match headers.get(name.as_str()) {
-            Some(v) => weir_balance::hash_key(v.as_bytes()),
-            None => client_hash(client),
-        },
-        HashOn::Cookie(name) => {
-            cookie(headers, name).map_or_else(|| client_hash(client), weir_balance::hash_key)
-        }
-        HashOn::ClientIp => client_hash(client),
-    }
-}
-
-fn client_hash(client: SocketAddr) -> u64 {
-    match client.ip() {
-        std::net::IpAddr::V4(ip) => weir_balance::hash_key(&ip.octets()),
-        std::net::IpAddr::V6(ip) => weir_balance::hash_key(&ip.octets()),
-    }
-}
-
-fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .filter_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
-        .next()
-}
-
-/// A random 128-bit id, formatted like a UUID v4.
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    n = (n & !(0xf000 << 64)) | (0x4000 << 64); // version 4
-    n = (n & !(0xc000 << 48)) | (0x8000 << 48); // variant 10xx
-    let mut out = BytesMut::with_capacity(36);
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out.put_u8(b'-');
-        }
-        out.put_u8(HEX[((n >> (124 - 4 * i)) & 0xf) as usize]);
-    }
-    HeaderValue::from_maybe_shared(out.freeze()).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue) -> AccessRecord {
@@ -812,68 +803,5 @@ fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue
         upstream: String::new(),
         attempts: 0,
         request_id: request_id.to_str().unwrap_or_default().to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("x-other", "1"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "h2c"),
-            ("te", "gzip"),
-            ("proxy-authorization", "x"),
-            ("x-keep", "yes"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["x-keep"]);
-
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.get(header::TE).unwrap(), "trailers");
-    }
-
-    #[test]
-    fn via_appends() {
-        let mut h = HeaderMap::new();
-        append_via(&mut h, Version::HTTP_11);
-        append_via(&mut h, Version::HTTP_2);
-        assert_eq!(h.get(header::VIA).unwrap(), "1.1 weir, 2 weir");
-    }
-
-    #[test]
-    fn request_ids_look_like_uuid_v4_and_differ() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_ne!(a, b);
-        let s = a.to_str().unwrap();
-        assert_eq!(s.len(), 36);
-        assert_eq!(&s[14..15], "4");
-        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
-        assert_eq!(s.matches('-').count(), 4);
-    }
-
-    #[test]
-    fn cookies_are_found_by_name() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; sid=abc ;b=2"),
-        );
-        assert_eq!(cookie(&h, "sid"), Some(&b"abc"[..]));
-        assert_eq!(cookie(&h, "zz"), None);
     }
 }

@@ -147,6 +147,15 @@ fn now_ms() -> u64 {
 }
 
 impl Cluster {
+    /// The HTTP version requests go upstream in.
+    pub fn version(&self) -> http::Version {
+        if self.h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        }
+    }
+
     /// A try on endpoint `i` failed (no connection, a reset before the head, or a 502/503/504):
     /// after `max_failures` in a row it is taken out of rotation for `cooldown` (passive health
     /// checking, like nginx's max_fails and Envoy's consecutive gateway failures).
