@@ -6,10 +6,11 @@
 //!    forwarding headers, `Via`, request id, path rewrite) and the body, bounded.
 //! 3. [`Exchange::request_filters`]: the route's filters see that request and may change or
 //!    answer it.
-//! 4. [`Exchange::send`]: the cluster's circuit breaker, then tries ([`Exchange::try_once`]):
-//!    an endpoint not tried yet, and a retry when policy, budget and body allow.
-//! 5. [`Exchange::response`]: the upstream's head rewritten for the client and the response
-//!    filters; or [`Exchange::tunnel`] for a protocol switch.
+//! 4. [`Exchange::send`]: the cluster's circuit breaker; then tries: [`Exchange::next_try`] on
+//!    an endpoint not tried yet, the try judged ([`Exchange::answered`], [`Exchange::failed`],
+//!    [`Exchange::timed_out`]), and [`Exchange::retry`] when policy, budget and body allow.
+//! 5. [`Exchange::response`]: the upstream's head rewritten for the client, then
+//!    [`Exchange::response_filters`]; or [`Exchange::tunnel`] for a protocol switch.
 //! 6. Log: [`Finish`], a guard carried by the response body, records the access log, in-flight
 //!    counts and the filters' `on-log` however the response ends (done, failed or abandoned).
 //!
@@ -24,13 +25,14 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
 use weir_balance::InFlight;
 use weir_config::RetryOn;
 use weir_observe::{AccessRecord, TimeoutKind};
 
 use crate::Shared;
 use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Idle, ProxyBody};
-use crate::connector::ConnectError;
+use crate::connector::{ConnectError, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filtering::{FilterRun, Outcome, Settled, local_response};
 use crate::head::{self, X_REQUEST_ID};
@@ -152,6 +154,25 @@ struct Outbound {
     body: ProxyBody,
 }
 
+/// Phase 4's state: one request's tries.
+struct Tries<'s> {
+    route: &'s Route,
+    hash: Option<u64>,
+    attempts: u32,
+    resend: Resend,
+    method: http::Method,
+    /// What a retry sends: the head as the first try sent it (taken before it is consumed).
+    retry_head: Option<http::HeaderMap>,
+    first: Option<http::request::Parts>,
+    path_and_query: PathAndQuery,
+    site: Option<HeaderValue>,
+    tried: Tried,
+    _retrying: Option<crate::retry::Retrying>,
+    /// The endpoint of the current try, and its deadline.
+    ep: usize,
+    deadline: tokio::time::Instant,
+}
+
 /// How one try ended, when it did not end the request.
 enum TryEnd {
     /// The client's answer.
@@ -202,13 +223,33 @@ impl<'s> Exchange<'s> {
     /// The phases, in order.
     async fn proxy(&mut self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Stop> {
         let (route, target) = self.route(&req)?;
-        let mut up = self.upstream_head(route, req, &target)?;
-        self.request_filters(route, &mut up, &target).await?;
-        let res = self.send(route, up).await?;
+        let mut up = self.upstream_head(route, req, &target);
+        // Async phases are entered only when they have work: each await moves a whole future.
+        if let Some(chain) = &route.chain {
+            self.request_filters(route, chain, &mut up, &target).await?;
+        }
+        // Phase 4, tries: each awaited here, so no future holds another.
+        let mut tries = self.send(route, up)?;
+        let res = loop {
+            let (client, req) = self.next_try(&mut tries)?;
+            let sent = tokio::time::timeout_at(tries.deadline, client.request(req)).await;
+            let end = match sent {
+                Ok(Ok(res)) => Self::answered(&route.cluster, tries.ep, res),
+                Ok(Err(e)) => self.failed(&tries, e).await?,
+                Err(_) => self.timed_out(&tries)?,
+            };
+            if let Some(res) = self.retry(&mut tries, end)? {
+                break res;
+            }
+        };
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             return self.tunnel(res).await;
         }
-        self.response(route, res).await
+        let res = self.response(route, res);
+        match &self.filters {
+            Some(run) => self.response_filters(run.clone(), route, res).await,
+            None => Ok(res),
+        }
     }
 
     /// Phase 1: one host and one path, decided here for routing, filters, the log and the
@@ -273,7 +314,7 @@ impl<'s> Exchange<'s> {
         route: &Route,
         mut req: Request<Incoming>,
         target: &Target,
-    ) -> Result<Outbound, Stop> {
+    ) -> Outbound {
         let snap = self.snap;
         self.upgrade = head::is_upgrade(&req, &snap.limits.upgrade_protocols)
             .then(|| hyper::upgrade::on(&mut req));
@@ -330,12 +371,12 @@ impl<'s> Exchange<'s> {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"))
         });
         let idle = Idle::new(snap.request_body_timeout, snap.timeouts);
-        Ok(Outbound {
+        Outbound {
             parts,
             path_and_query,
             site,
             body: ProxyBody::request(body, snap.max_body, idle),
-        })
+        }
     }
 
     /// Phase 3: the route's filters see the request as it will go upstream, and may change it
@@ -343,12 +384,10 @@ impl<'s> Exchange<'s> {
     async fn request_filters(
         &mut self,
         route: &Route,
+        chain: &Arc<weir_filters::Chain>,
         up: &mut Outbound,
         target: &Target,
     ) -> Result<(), Stop> {
-        let Some(chain) = &route.chain else {
-            return Ok(());
-        };
         let props = weir_filters::Props {
             authority: target
                 .site
@@ -390,10 +429,11 @@ impl<'s> Exchange<'s> {
             .is_some_and(|run| run.phases().contains(weir_filters::Phases::REQUEST_BODY))
     }
 
-    /// Phase 4: a place under the cluster's limits, then tries: the first on the balancer's
-    /// pick, each retry on an endpoint not tried yet (like nginx's next upstream: the same
-    /// endpoint again at once mostly doubles the wait), so a one-endpoint cluster never retries.
-    async fn send(&mut self, route: &'s Route, up: Outbound) -> Result<Response<Incoming>, Stop> {
+    /// Phase 4: a place under the cluster's limits, and the tries it may take: the first on the
+    /// balancer's pick, each retry on an endpoint not tried yet (like nginx's next upstream: the
+    /// same endpoint again at once mostly doubles the wait), so a one-endpoint cluster never
+    /// retries.
+    fn send(&mut self, route: &'s Route, up: Outbound) -> Result<Tries<'s>, Stop> {
         let cluster = &route.cluster;
         let Outbound {
             mut parts,
@@ -401,145 +441,169 @@ impl<'s> Exchange<'s> {
             site,
             body,
         } = up;
-        // After the filters: they may change what the cluster hashes on.
-        let hash = cluster
-            .hash_on
-            .as_ref()
-            .map(|h| head::hash_of_parts(h, &parts.headers, self.conn.client));
         if let Some(max) = cluster.max_requests {
             let slot = Slot::take(&cluster.stats, max)
                 .ok_or(ErrorKind::Overflow("requests in flight", max))?;
             self.finish._slot = Some(slot);
         }
-        let policy = &cluster.retry;
         let attempts = match self.upgrade {
             Some(_) => 1,
-            None => policy.attempts.min(cluster.endpoints.len() as u32),
+            None => cluster.retry.attempts.min(cluster.endpoints.len() as u32),
         };
         parts.version = cluster.version();
-        let mut resend = Resend::new(body, attempts, policy.buffer);
-        // What a retry sends: the head as the first try sent it (taken before it is consumed).
-        let method = parts.method.clone();
-        let retry_head = (attempts > 1).then(|| parts.headers.clone());
-        let mut first = Some(parts);
-        let mut tried = Tried::default();
-        let mut _retrying = None;
-        loop {
-            let ep = pick_untried(cluster, hash, tried.as_slice());
-            tried.push(ep);
-            let attempt = tried.as_slice().len() as u32;
-            self.finish._in_flight = Some(cluster.balancer.begin(ep));
-            let endpoint = &cluster.endpoints[ep];
-            if let Some(log) = &mut self.finish.log {
-                log.0.upstream.clone_from(&endpoint.address);
-                log.0.attempts = attempt;
+        Ok(Tries {
+            route,
+            // After the filters: they may change what the cluster hashes on.
+            hash: cluster
+                .hash_on
+                .as_ref()
+                .map(|h| head::hash_of_parts(h, &parts.headers, self.conn.client)),
+            attempts,
+            resend: Resend::new(body, attempts, cluster.retry.buffer),
+            method: parts.method.clone(),
+            retry_head: (attempts > 1).then(|| parts.headers.clone()),
+            first: Some(parts),
+            path_and_query,
+            site,
+            tried: Tried::default(),
+            _retrying: None,
+            ep: 0,
+            deadline: self.deadline,
+        })
+    }
+
+    /// The next try: an endpoint not tried yet, counted in flight and logged, and the request
+    /// for it.
+    fn next_try(
+        &mut self,
+        tries: &mut Tries<'s>,
+    ) -> Result<(&'s Client<Connector, ProxyBody>, Request<ProxyBody>), Stop> {
+        let cluster = &tries.route.cluster;
+        let ep = pick_untried(cluster, tries.hash, tries.tried.as_slice());
+        tries.tried.push(ep);
+        tries.ep = ep;
+        self.finish._in_flight = Some(cluster.balancer.begin(ep));
+        let endpoint = &cluster.endpoints[ep];
+        if let Some(log) = &mut self.finish.log {
+            log.0.upstream.clone_from(&endpoint.address);
+            log.0.attempts = tries.tried.as_slice().len() as u32;
+        }
+        let body = tries
+            .resend
+            .next()
+            .ok_or_else(|| ProxyError::upstream("request body cannot be sent again"))?;
+        let parts = tries.first.take().unwrap_or_else(|| {
+            let mut p = Request::new(()).into_parts().0;
+            p.method = tries.method.clone();
+            p.headers = tries.retry_head.clone().unwrap_or_default();
+            p.version = cluster.version();
+            p
+        });
+        let req = upstream_request(
+            cluster,
+            endpoint,
+            parts,
+            tries.site.as_ref(),
+            &tries.path_and_query,
+            body,
+        )?;
+        // This try ends at the request's deadline, or sooner by the cluster's per-try limit.
+        tries.deadline = cluster.retry.per_try_timeout.map_or(self.deadline, |t| {
+            self.deadline.min(tokio::time::Instant::now() + t)
+        });
+        let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
+        Ok((client, req))
+    }
+
+    /// After a try: the response to pass on, or `None` when a retry was admitted (the policy
+    /// allows it for this failure and method, the body can be sent again, there is time, and
+    /// the cluster's retry budget has room).
+    fn retry(
+        &self,
+        tries: &mut Tries<'s>,
+        end: TryEnd,
+    ) -> Result<Option<Response<Incoming>>, Stop> {
+        let (on, last) = match end {
+            TryEnd::Answer(res) => return Ok(Some(res)),
+            TryEnd::Failed { on, last } => (on, last),
+        };
+        let route = tries.route;
+        let cluster = &route.cluster;
+        let policy = &cluster.retry;
+        let attempt = tries.tried.as_slice().len() as u32;
+        let admitted = (attempt < tries.attempts
+            && policy.retries(on, &tries.method, route.retry_any_method)
+            && tries.resend.again()
+            && tokio::time::Instant::now() < self.deadline)
+            .then(|| policy.admit(&cluster.stats, cluster.in_flight()))
+            .flatten();
+        match (admitted, last) {
+            (Some(r), _) => {
+                tracing::debug!(request_id = ?self.request_id, cluster = %cluster.name, endpoint = %cluster.endpoints[tries.ep].address, ?on, attempt, "retrying on another endpoint");
+                tries._retrying = Some(r);
+                Ok(None)
             }
-            let body = resend
-                .next()
-                .ok_or_else(|| ProxyError::upstream("request body cannot be sent again"))?;
-            let parts = first.take().unwrap_or_else(|| {
-                let mut p = Request::new(()).into_parts().0;
-                p.method = method.clone();
-                p.headers = retry_head.clone().unwrap_or_default();
-                p.version = cluster.version();
-                p
-            });
-            let req = upstream_request(
-                cluster,
-                endpoint,
-                parts,
-                site.as_ref(),
-                &path_and_query,
-                body,
-            )?;
-            // This try ends at the request's deadline, or sooner by the cluster's per-try limit.
-            let try_deadline = policy.per_try_timeout.map_or(self.deadline, |t| {
-                self.deadline.min(tokio::time::Instant::now() + t)
-            });
-            let (on, last) = match self
-                .try_once(cluster, ep, req, try_deadline, &resend)
-                .await?
-            {
-                TryEnd::Answer(res) => return Ok(res),
-                TryEnd::Failed { on, last } => (on, last),
-            };
-            let admitted = (attempt < attempts
-                && policy.retries(on, &method, route.retry_any_method)
-                && resend.again()
-                && tokio::time::Instant::now() < self.deadline)
-                .then(|| policy.admit(&cluster.stats, cluster.in_flight()))
-                .flatten();
-            match (admitted, last) {
-                (Some(r), _) => {
-                    tracing::debug!(request_id = ?self.request_id, cluster = %cluster.name, endpoint = %endpoint.address, ?on, attempt, "retrying on another endpoint");
-                    _retrying = Some(r);
-                }
-                (None, Last::Response(res)) => return Ok(res),
-                (None, Last::Error(e)) => return Err(e.into()),
-            }
+            // The upstream's own error response goes to the client as it is.
+            (None, Last::Response(res)) => Ok(Some(res)),
+            (None, Last::Error(e)) => Err(e.into()),
         }
     }
 
-    /// One try on endpoint `ep`; feeds passive health with how it went.
-    async fn try_once(
+    /// How a try that got a response head ended; feeds passive health.
+    fn answered(cluster: &Cluster, ep: usize, res: Response<Incoming>) -> TryEnd {
+        cluster.answered(ep, res.status());
+        match cluster.retry.retried_status(res.status()) {
+            Some(on) => TryEnd::Failed {
+                on,
+                last: Last::Response(res),
+            },
+            None => TryEnd::Answer(res),
+        }
+    }
+
+    /// A try that got no response head by `try_deadline`: a failed try for passive health too,
+    /// unless the client was still sending its body or the try waited at the cluster's
+    /// connection cap. At the request's own deadline, the request ends.
+    fn timed_out(&self, tries: &Tries<'_>) -> Result<TryEnd, Stop> {
+        let cluster = &tries.route.cluster;
+        self.snap.timeouts.fired(TimeoutKind::UpstreamHead);
+        if tries.resend.all_sent() && !cluster.at_connection_cap() {
+            cluster.try_failed(tries.ep);
+        }
+        let e = ProxyError::new(ErrorKind::UpstreamTimeout);
+        if tries.deadline == self.deadline {
+            return Err(e.into());
+        }
+        Ok(TryEnd::Failed {
+            on: RetryOn::Timeout,
+            last: Last::Error(e),
+        })
+    }
+
+    /// A try the client (hyper) failed: a filter's answer, the client's own body fault, or the
+    /// endpoint's failure (see `classify`).
+    async fn failed(
         &self,
-        cluster: &Cluster,
-        ep: usize,
-        req: Request<ProxyBody>,
-        try_deadline: tokio::time::Instant,
-        resend: &Resend,
+        tries: &Tries<'_>,
+        e: hyper_util::client::legacy::Error,
     ) -> Result<TryEnd, Stop> {
-        let client = cluster.endpoints[ep]
-            .h2_client
-            .as_ref()
-            .unwrap_or(&cluster.client);
-        match tokio::time::timeout_at(try_deadline, client.request(req)).await {
-            Ok(Ok(res)) => {
-                cluster.answered(ep, res.status());
-                Ok(match cluster.retry.retried_status(res.status()) {
-                    Some(on) => TryEnd::Failed {
-                        on,
-                        last: Last::Response(res),
-                    },
-                    None => TryEnd::Answer(res),
-                })
-            }
-            Err(_) => {
-                // No head in time: a failed try for passive health too — unless the client was
-                // still sending its body, or the try waited at the cluster's connection cap.
-                self.snap.timeouts.fired(TimeoutKind::UpstreamHead);
-                if resend.all_sent() && !cluster.at_connection_cap() {
-                    cluster.try_failed(ep);
-                }
-                let e = ProxyError::new(ErrorKind::UpstreamTimeout);
-                if try_deadline == self.deadline {
-                    return Err(e.into());
-                }
-                Ok(TryEnd::Failed {
-                    on: RetryOn::Timeout,
-                    last: Last::Error(e),
-                })
-            }
-            Ok(Err(e)) => {
-                // A request-body filter that answered stopped the body: its answer stands.
-                if let Some(run) = &self.filters
-                    && let Some(out) = run.take_outcome().await
-                {
-                    return Err(Stop::Answer(out));
-                }
-                // A body the client broke (hyper may report it as a reset): the client's fault.
-                if let Some(fault) = resend.client_fault() {
-                    return Err(ProxyError::from(fault).into());
-                }
-                let e = classify(self.snap, cluster, ep, e);
-                match e.retry {
-                    Some(on) => Ok(TryEnd::Failed {
-                        on,
-                        last: Last::Error(e),
-                    }),
-                    None => Err(e.into()),
-                }
-            }
+        // A request-body filter that answered stopped the body: its answer stands.
+        if let Some(run) = &self.filters
+            && let Some(out) = run.take_outcome().await
+        {
+            return Err(Stop::Answer(out));
+        }
+        // A body the client broke (hyper may report it as a reset): the client's fault.
+        if let Some(fault) = tries.resend.client_fault() {
+            return Err(ProxyError::from(fault).into());
+        }
+        let e = classify(self.snap, &tries.route.cluster, tries.ep, e);
+        match e.retry {
+            Some(on) => Ok(TryEnd::Failed {
+                on,
+                last: Last::Error(e),
+            }),
+            None => Err(e.into()),
         }
     }
 
@@ -568,34 +632,35 @@ impl<'s> Exchange<'s> {
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 
-    /// Phase 5: the upstream's response as the client gets it, through the response filters.
-    async fn response(
-        &mut self,
-        route: &Route,
-        res: Response<Incoming>,
-    ) -> Result<Response<ProxyBody>, Stop> {
+    /// Phase 5: the upstream's response as the client gets it.
+    fn response(&self, route: &Route, res: Response<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = res.into_parts();
         head::drop_stale_length(&mut parts.headers);
-        let idle = Idle::new(route.cluster.body_timeout, self.snap.timeouts);
-        let mut body = ProxyBody::stream(body, idle);
-        if self.filters_read_body()
-            && let Some(run) = &self.filters
-        {
-            // The request body's filters may still answer instead of the upstream.
-            match run.settle_request_body(body, route.timeout).await {
-                Settled::Answer(out) => return Err(Stop::Answer(out)),
-                Settled::Body(b) => body = b,
-            }
-        }
         head::strip_hop_by_hop(&mut parts.headers);
         head::append_via(&mut parts.headers, parts.version);
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), self.request_id.clone());
         parts.version = self.downstream;
-        let Some(run) = &self.filters else {
-            return Ok(Response::from_parts(parts, body));
-        };
+        let idle = Idle::new(route.cluster.body_timeout, self.snap.timeouts);
+        Response::from_parts(parts, ProxyBody::stream(body, idle))
+    }
+
+    /// Phase 5, with filters: the request body's filters may still answer instead of the
+    /// upstream; then the response filters see the response and may change or answer it.
+    async fn response_filters(
+        &self,
+        run: FilterRun,
+        route: &Route,
+        res: Response<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, Stop> {
+        let (mut parts, mut body) = res.into_parts();
+        if self.filters_read_body() {
+            match run.settle_request_body(body, route.timeout).await {
+                Settled::Answer(out) => return Err(Stop::Answer(out)),
+                Settled::Body(b) => body = b,
+            }
+        }
         let deadline = tokio::time::Instant::now() + route.timeout;
         if let Some(out) = run
             .response_headers(&mut parts.status, &mut parts.headers, deadline)
