@@ -27,8 +27,8 @@ func (c ClockAPI) Since(startNs uint64) time.Duration {
 	return time.Duration(now - startNs)
 }
 
-// RandomBytes returns n random bytes from the host's CSPRNG-seeded generator (the proxy gives
-// at most 64 KiB per call).
+// RandomBytes returns n random bytes from the operating system's CSPRNG, through the host (the
+// proxy gives at most 64 KiB per call).
 func (ClockAPI) RandomBytes(n int) []byte {
 	if n <= 0 {
 		return []byte{}

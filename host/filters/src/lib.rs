@@ -7,7 +7,7 @@
 //! life (per-request state lives in the guest under a context id), but an instance serves many
 //! requests: it is locked only while a phase call runs.
 //!
-//! Budgets: memory (a resource limiter), wall time per phase (epoch deadline, callout waits
+//! Budgets: memory (a resource limiter), CPU time per phase (epoch ticks, see `budget`; callout waits
 //! excluded), body bytes held. A trap or breach discards the instance; the request then follows
 //! the filter's failure policy, and the proxy carries on.
 

@@ -22,7 +22,7 @@ pub struct PairSpec {
     pub config: String,
     /// Linear memory cap per instance, bytes.
     pub memory: usize,
-    /// Wall time per phase call (callout waits excluded).
+    /// CPU time per phase call (callout waits excluded; see `budget`).
     pub time_per_phase: Duration,
     /// Most body bytes held by `buffer`.
     pub max_body: usize,

@@ -77,7 +77,7 @@ export class clock {
   static monotonicNs(): u64 {
     return <u64>clock_monotonic_ns();
   }
-  /** `len` random bytes from the host's CSPRNG-seeded generator. */
+  /** `len` random bytes from the operating system's CSPRNG (through the host). */
   static randomBytes(len: u32): Uint8Array {
     clock_random_bytes(len, IMPORT_RET);
     const bytes = liftBytesAt(IMPORT_RET);

@@ -21,7 +21,7 @@ pub fn monotonic_ns() -> u64 {
     Backend::monotonic_ns()
 }
 
-/// `len` random bytes from the host's CSPRNG-seeded generator.
+/// `len` random bytes from the operating system's CSPRNG (through the host).
 pub fn random_bytes(len: u32) -> Vec<u8> {
     Backend::random_bytes(len)
 }
