@@ -104,8 +104,7 @@ fn run_tool(mut cmd: Command, what: &str, missing_hint: &str) -> anyhow::Result<
 /// A Go module: `go build` for `GOOS=wasip1` as a reactor, then componentized.
 fn build_go(dir: &Path, debug: bool) -> anyhow::Result<Built> {
     let core = std::env::temp_dir().join(format!("weir-go-{}.wasm", std::process::id()));
-    let go = std::env::var_os("WEIR_GO").unwrap_or_else(|| "go".into());
-    let mut cmd = Command::new(go);
+    let mut cmd = Command::new(go_binary());
     cmd.current_dir(dir)
         .args(["build", "-buildmode=c-shared", "-o"])
         .arg(&core)
@@ -133,16 +132,43 @@ fn build_go(dir: &Path, debug: bool) -> anyhow::Result<Built> {
     })
 }
 
+/// The Go to run: `WEIR_GO`, else `go` on `PATH`, else the one the project's scripts install
+/// (`.tools/bin/go` in the source tree this binary was built from).
+fn go_binary() -> std::ffi::OsString {
+    if let Some(go) = std::env::var_os("WEIR_GO") {
+        return go;
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("go").is_file()));
+    let installed = source_root().join(".tools/bin/go");
+    if !on_path && installed.is_file() {
+        return installed.into_os_string();
+    }
+    "go".into()
+}
+
 /// An AssemblyScript project: `npm run build` must write `build/filter.wasm` (the SDK's
-/// template and asc config do), which is then componentized.
+/// template and asc config do), which is then componentized. A project without its Node
+/// packages (no `node_modules/assemblyscript` here or above) gets `npm install` first.
 fn build_assemblyscript(dir: &Path) -> anyhow::Result<Built> {
+    let abs = dir.canonicalize()?;
+    if !abs
+        .ancestors()
+        .any(|d| d.join("node_modules/assemblyscript").is_dir())
+    {
+        eprintln!(
+            "weir: no node_modules: running npm install in {}",
+            dir.display()
+        );
+        let mut install = Command::new("npm");
+        install
+            .current_dir(dir)
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"]);
+        run_tool(install, "npm install", "Node.js and npm are needed")?;
+    }
     let mut cmd = Command::new("npm");
     cmd.current_dir(dir).args(["run", "--silent", "build"]);
-    run_tool(
-        cmd,
-        "npm run build",
-        "Node.js and npm are needed (and `npm install` in the project)",
-    )?;
+    run_tool(cmd, "npm run build", "Node.js and npm are needed")?;
     let built = dir.join("build").join("filter.wasm");
     let wasm =
         std::fs::read(&built).with_context(|| format!("{} was not produced", built.display()))?;
@@ -152,15 +178,27 @@ fn build_assemblyscript(dir: &Path) -> anyhow::Result<Built> {
     })
 }
 
+/// The source tree this binary was built from.
+fn source_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// Where the SDKs are: `--sdk`/`WEIR_SDK`, else the source tree this binary was built from.
 fn sdk_root(sdk: Option<&Path>) -> PathBuf {
     sdk.map(Path::to_path_buf)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk"))
+        .unwrap_or_else(|| source_root().join("sdk"))
 }
 
-/// `weir filter new --lang L NAME`: copies the SDK's template (listed in `template/FILES` as
+/// `weir filter new --lang L PATH`: creates PATH (like `cargo new`; its last component is the
+/// filter's name) from the SDK's template (listed in `template/FILES` as
 /// `template-file -> output-file`), filling in `{{name}}`, `{{crate}}` and `{{sdk}}`.
-pub fn scaffold(name: &str, lang: Lang, sdk: Option<&Path>) -> anyhow::Result<()> {
+pub fn scaffold(dest: &Path, lang: Lang, sdk: Option<&Path>) -> anyhow::Result<()> {
+    let name = dest.file_name().and_then(|n| n.to_str()).with_context(|| {
+        format!(
+            "{}: give a path that ends in the filter's name",
+            dest.display()
+        )
+    })?;
     let valid = !name.is_empty()
         && name
             .chars()
@@ -171,7 +209,6 @@ pub fn scaffold(name: &str, lang: Lang, sdk: Option<&Path>) -> anyhow::Result<()
             "{name:?}: a filter name is lowercase letters, digits, '-' and '_', starting with a letter"
         );
     }
-    let dest = PathBuf::from(name);
     if dest.exists() {
         bail!("{} already exists", dest.display());
     }
@@ -209,8 +246,9 @@ pub fn scaffold(name: &str, lang: Lang, sdk: Option<&Path>) -> anyhow::Result<()
         Lang::Go => "go test ./...",
         Lang::Assemblyscript => "npm install && npm test",
     };
+    let at = dest.display();
     println!(
-        "created {name}/ ({lang:?} filter)\n  cd {name} && {next}\n  weir filter build {name} -o {name}.wasm"
+        "created {at}/ ({lang:?} filter {name})\n  cd {at} && {next}\n  weir filter build {at} -o {name}.wasm"
     );
     Ok(())
 }

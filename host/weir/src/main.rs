@@ -130,8 +130,9 @@ enum FilterCommand {
     },
     /// Create a new filter project that builds and tests as is.
     New {
-        /// The project's name; the folder of that name is created.
-        name: String,
+        /// Where to create the project (like `cargo new`): its last component is the filter's
+        /// name (lowercase letters, digits, '-' and '_').
+        path: PathBuf,
         /// The language.
         #[arg(long, value_enum, default_value = "rust")]
         lang: build::Lang,
@@ -173,8 +174,8 @@ fn main() -> std::process::ExitCode {
         Command::Filter(FilterCommand::Componentize { input, output }) => {
             build::componentize_file(&input, &output)
         }
-        Command::Filter(FilterCommand::New { name, lang, sdk }) => {
-            build::scaffold(&name, lang, sdk.as_deref())
+        Command::Filter(FilterCommand::New { path, lang, sdk }) => {
+            build::scaffold(&path, lang, sdk.as_deref())
         }
         Command::DemoUpstream { listen, name } => {
             runtime(None).and_then(|rt| rt.block_on(demo::serve_forever(listen, name)))
