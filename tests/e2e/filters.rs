@@ -109,7 +109,7 @@ async fn context_done_is_called_for_stateful_filters_and_skipped_for_stateless_o
     let pair = |name: &str| {
         list.as_array()
             .and_then(|l| l.iter().find(|f| f["name"] == name))
-            .map(|f| f["pairs"][0].clone())
+            .map(|f| f["pools"][0].clone())
             .unwrap_or_default()
     };
     // noop declares itself stateless: one guest call per request, no context-done.

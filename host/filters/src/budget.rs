@@ -13,7 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::module::TICK;
+/// How often the engine's epoch advances (a ticker thread in `module`): the granularity of
+/// `time_per_phase`.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// What one call has spent, and may spend.
 #[derive(Debug)]

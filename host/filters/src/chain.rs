@@ -9,14 +9,13 @@ use weir_observe::FilterStats;
 
 use crate::bindings::weir::filter::types;
 use crate::host::{Exchange, LocalResponse, Phase};
-use crate::pair::{Binding, Called, Pair};
+use crate::pool::{Binding, Called, InstancePool};
 use crate::{FailureKind, Phases};
 
-/// The outcome of a header phase across the chain.
+/// The chain's own answer, which replaces the upstream's: what every phase returns as its
+/// error (header phases `Result<(), Answer>`, body chunks `Result<Bytes, Answer>`).
 #[derive(Debug)]
-pub enum Verdict {
-    /// Go on.
-    Continue,
+pub enum Answer {
     /// A filter answered.
     Respond(LocalResponse),
     /// A fail-closed filter failed: answer 503.
@@ -28,24 +27,8 @@ pub enum Verdict {
     },
 }
 
-/// The outcome of a body chunk across the chain.
-#[derive(Debug)]
-pub enum BodyVerdict {
-    /// Bytes to pass on (empty while a filter holds data).
-    Data(Bytes),
-    /// A filter answered.
-    Respond(LocalResponse),
-    /// A fail-closed filter failed.
-    Fail {
-        /// Which filter.
-        filter: Arc<str>,
-        /// How.
-        kind: FailureKind,
-    },
-}
-
 struct Link {
-    pair: Arc<Pair>,
+    pool: Arc<InstancePool>,
     stats: Arc<FilterStats>,
 }
 
@@ -58,7 +41,7 @@ pub struct Chain {
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.links.iter().map(|l| &l.pair.spec().filter))
+            .entries(self.links.iter().map(|l| &l.pool.spec().filter))
             .finish()
     }
 }
@@ -79,17 +62,17 @@ enum Step {
 }
 
 impl Chain {
-    /// A chain of pairs, each with its stats for this route.
-    pub fn new(links: Vec<(Arc<Pair>, Arc<FilterStats>)>) -> Chain {
+    /// A chain of instance pools (one per filter), each with its stats for this route.
+    pub fn new(links: Vec<(Arc<InstancePool>, Arc<FilterStats>)>) -> Chain {
         // `stateless` is a property of one filter, not of the chain.
         let phases = links
             .iter()
-            .fold(Phases::default(), |p, (pair, _)| p.union(pair.phases()))
+            .fold(Phases::default(), |p, (pool, _)| p.union(pool.phases()))
             .without(Phases::STATELESS);
         Chain {
             links: links
                 .into_iter()
-                .map(|(pair, stats)| Link { pair, stats })
+                .map(|(pool, stats)| Link { pool, stats })
                 .collect(),
             phases,
         }
@@ -100,9 +83,9 @@ impl Chain {
         self.phases
     }
 
-    /// The pairs, in order.
-    pub fn pairs(&self) -> impl Iterator<Item = &Arc<Pair>> {
-        self.links.iter().map(|l| &l.pair)
+    /// The instance pools, in order.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<InstancePool>> {
+        self.links.iter().map(|l| &l.pool)
     }
 
     /// Starts a request.
@@ -140,7 +123,7 @@ impl Chain {
             Err((kind, detail)) => {
                 link.stats.fail(kind.as_str(), kind.is_budget());
                 cr.bound[i] = None;
-                let spec = link.pair.spec();
+                let spec = link.pool.spec();
                 tracing::warn!(
                     filter = %spec.filter,
                     route = %ex.props.route,
@@ -168,24 +151,28 @@ impl Chain {
         phase: Phase,
         ex: &mut Exchange,
         end: bool,
-    ) -> Result<Called, crate::pair::Failure> {
-        let pair = &self.links[i].pair;
+    ) -> Result<Called, crate::pool::Failure> {
+        let pool = &self.links[i].pool;
         match cr.bound[i] {
-            Some(b) => pair.call(b, Some(phase), ex, end).await,
+            Some(b) => pool.call(b, Some(phase), ex, end).await,
             None => {
-                let (b, mut seated) = pair.bind(ex.deadline).await?;
+                let (b, mut seated) = pool.bind(ex.deadline).await?;
                 cr.bound[i] = Some(b);
-                pair.call_seated(&mut seated, b, Some(phase), ex, end).await
+                pool.call_seated(&mut seated, b, Some(phase), ex, end).await
             }
         }
     }
 
     fn runs(&self, i: usize, cr: &ChainRequest, p: Phases) -> bool {
-        !cr.skipped[i] && self.links[i].pair.phases().contains(p)
+        !cr.skipped[i] && self.links[i].pool.phases().contains(p)
     }
 
     /// Request head: filters in order.
-    pub async fn request_headers(&self, cr: &mut ChainRequest, ex: &mut Exchange) -> Verdict {
+    pub async fn request_headers(
+        &self,
+        cr: &mut ChainRequest,
+        ex: &mut Exchange,
+    ) -> Result<(), Answer> {
         for i in 0..self.links.len() {
             if !self.runs(i, cr, Phases::REQUEST_HEADERS) {
                 continue;
@@ -194,14 +181,14 @@ impl Chain {
                 Step::Continue | Step::Buffer => {}
                 Step::Respond(r) => return self.local_back_through(i, cr, ex, r).await,
                 Step::Fail(kind) => {
-                    return Verdict::Fail {
-                        filter: self.links[i].pair.spec().filter.clone(),
+                    return Err(Answer::Fail {
+                        filter: self.links[i].pool.spec().filter.clone(),
                         kind,
-                    };
+                    });
                 }
             }
         }
-        Verdict::Continue
+        Ok(())
     }
 
     /// A local response made by filter `i` in the request phase goes back through the response
@@ -212,9 +199,9 @@ impl Chain {
         cr: &mut ChainRequest,
         ex: &mut Exchange,
         r: LocalResponse,
-    ) -> Verdict {
+    ) -> Result<(), Answer> {
         if !(0..i).any(|j| self.runs(j, cr, Phases::RESPONSE_HEADERS)) {
-            return Verdict::Respond(r);
+            return Err(Answer::Respond(r));
         }
         ex.status = r.status;
         ex.response_headers = http::HeaderMap::new();
@@ -232,12 +219,12 @@ impl Chain {
             }
             match self.step(j, cr, Phase::ResponseHeaders, ex, false).await {
                 Step::Continue | Step::Buffer => {}
-                Step::Respond(r2) => return Verdict::Respond(r2),
+                Step::Respond(r2) => return Err(Answer::Respond(r2)),
                 Step::Fail(kind) => {
-                    return Verdict::Fail {
-                        filter: self.links[j].pair.spec().filter.clone(),
+                    return Err(Answer::Fail {
+                        filter: self.links[j].pool.spec().filter.clone(),
                         kind,
-                    };
+                    });
                 }
             }
         }
@@ -250,31 +237,35 @@ impl Chain {
                 )
             })
             .collect();
-        Verdict::Respond(LocalResponse {
+        Err(Answer::Respond(LocalResponse {
             status: ex.status,
             headers,
             body: r.body,
-        })
+        }))
     }
 
     /// Response head: filters in reverse order.
-    pub async fn response_headers(&self, cr: &mut ChainRequest, ex: &mut Exchange) -> Verdict {
+    pub async fn response_headers(
+        &self,
+        cr: &mut ChainRequest,
+        ex: &mut Exchange,
+    ) -> Result<(), Answer> {
         for i in (0..self.links.len()).rev() {
             if !self.runs(i, cr, Phases::RESPONSE_HEADERS) {
                 continue;
             }
             match self.step(i, cr, Phase::ResponseHeaders, ex, false).await {
                 Step::Continue | Step::Buffer => {}
-                Step::Respond(r) => return Verdict::Respond(r),
+                Step::Respond(r) => return Err(Answer::Respond(r)),
                 Step::Fail(kind) => {
-                    return Verdict::Fail {
-                        filter: self.links[i].pair.spec().filter.clone(),
+                    return Err(Answer::Fail {
+                        filter: self.links[i].pool.spec().filter.clone(),
                         kind,
-                    };
+                    });
                 }
             }
         }
-        Verdict::Continue
+        Ok(())
     }
 
     /// One body chunk (request: in order; response: reverse order). A filter that answers
@@ -286,7 +277,7 @@ impl Chain {
         chunk: Bytes,
         end: bool,
         ex: &mut Exchange,
-    ) -> BodyVerdict {
+    ) -> Result<Bytes, Answer> {
         let (phase, flag) = if response {
             (Phase::ResponseBody, Phases::RESPONSE_BODY)
         } else {
@@ -310,39 +301,39 @@ impl Chain {
             let out = std::mem::take(&mut ex.body);
             match step {
                 Step::Buffer if !end => {
-                    if out.len() > self.links[i].pair.spec().max_body {
+                    if out.len() > self.links[i].pool.spec().max_body {
                         let stats = &self.links[i].stats;
                         stats.fail(FailureKind::BodyLimit.as_str(), true);
-                        let filter = self.links[i].pair.spec().filter.clone();
-                        if self.links[i].pair.spec().on_error == FailurePolicy::FailOpen {
+                        let filter = self.links[i].pool.spec().filter.clone();
+                        if self.links[i].pool.spec().on_error == FailurePolicy::FailOpen {
                             cr.skipped[i] = true;
                             data = Bytes::from(out);
                             continue;
                         }
-                        return BodyVerdict::Fail {
+                        return Err(Answer::Fail {
                             filter,
                             kind: FailureKind::BodyLimit,
-                        };
+                        });
                     }
                     cr.held[i] = out;
                     data = Bytes::new();
                 }
                 Step::Continue | Step::Buffer => data = Bytes::from(out),
-                Step::Respond(r) => return BodyVerdict::Respond(r),
+                Step::Respond(r) => return Err(Answer::Respond(r)),
                 Step::Fail(kind) => {
                     if cr.skipped[i] {
                         // Fail-open: the bytes this filter held go on untouched.
                         data = Bytes::from(out);
                         continue;
                     }
-                    return BodyVerdict::Fail {
-                        filter: self.links[i].pair.spec().filter.clone(),
+                    return Err(Answer::Fail {
+                        filter: self.links[i].pool.spec().filter.clone(),
                         kind,
-                    };
+                    });
                 }
             }
         }
-        BodyVerdict::Data(data)
+        Ok(data)
     }
 
     /// The end of the request: `on-log` for filters that declared it, then `context-done` for
@@ -355,11 +346,11 @@ impl Chain {
         }
         for i in 0..self.links.len() {
             if let Some(b) = cr.bound[i].take()
-                && !self.links[i].pair.phases().contains(Phases::STATELESS)
-                && let Err((kind, detail)) = self.links[i].pair.call(b, None, ex, true).await
+                && !self.links[i].pool.phases().contains(Phases::STATELESS)
+                && let Err((kind, detail)) = self.links[i].pool.call(b, None, ex, true).await
             {
                 self.links[i].stats.fail(kind.as_str(), kind.is_budget());
-                tracing::warn!(filter = %self.links[i].pair.spec().filter, "context-done failed: {detail}");
+                tracing::warn!(filter = %self.links[i].pool.spec().filter, "context-done failed: {detail}");
             }
         }
     }

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metrics, types};
 use crate::budget::Budget;
 use crate::kv::KvError;
-use crate::pair::Shared;
+use crate::pool::PoolShared;
 use crate::series::Kind;
 
 type HostError = types::HostError;
@@ -135,7 +135,7 @@ pub(crate) struct HostState {
     pub limiter: MemLimiter,
     pub ex: Exchange,
     pub phase: Phase,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<PoolShared>,
     /// Time budget of the running call.
     pub budget: Budget,
     /// Callouts made by the running call (at most [`MAX_CALLOUTS_PER_CALL`]).
@@ -156,7 +156,7 @@ impl WasiView for HostState {
 }
 
 impl HostState {
-    pub fn new(shared: Arc<Shared>) -> HostState {
+    pub fn new(shared: Arc<PoolShared>) -> HostState {
         // A WASI context with nothing in it: no preopens, no env, no args, no sockets. Guest
         // stdout/stderr are discarded (filters log through the `log` interface).
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();

@@ -1,9 +1,9 @@
 //! Weir's WebAssembly filter runtime.
 //!
 //! One wasmtime [`Engine`](wasmtime::Engine) per process (component model, pooling allocator,
-//! epoch interruption). A filter module is compiled once (and cached on disk by content hash); a
-//! (module, config) pair — a [`Pair`] — owns a small pool of instances, each configured once with
-//! the pair's config. A request binds to one instance of each filter on its route for its whole
+//! epoch interruption). A filter module is compiled once (and cached on disk by content hash);
+//! each distinct config of it gets an [`InstancePool`]: a small pool of instances, each
+//! configured once with that config. A request binds to one instance of each filter on its route for its whole
 //! life (per-request state lives in the guest under a context id), but an instance serves many
 //! requests: it is locked only while a phase call runs.
 //!
@@ -29,14 +29,14 @@ pub mod componentize;
 mod host;
 mod kv;
 mod module;
-mod pair;
+mod pool;
 mod series;
 
-pub use chain::{BodyVerdict, Chain, ChainRequest, Verdict};
+pub use chain::{Answer, Chain, ChainRequest};
 pub use host::{Exchange, LocalResponse, Props};
 pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};
-pub use pair::{Pair, PairSpec};
+pub use pool::{FilterSpec, InstancePool};
 
 /// Sends filter callouts (implemented by the proxy, which knows clusters and pools).
 pub trait Callouts: Send + Sync + 'static {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use dashmap::DashMap;
@@ -16,9 +16,6 @@ use crate::bindings::FilterWorldPre;
 use crate::componentize::{WasmKind, componentize, wasm_kind};
 use crate::host::HostState;
 use crate::{Callouts, Kv, KvLimits};
-
-/// How often the epoch advances: the granularity of `time_per_phase`.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// Largest linear memory any filter may be given (`limits.memory` is checked against it).
 pub const MAX_MEMORY: usize = 256 << 20;
@@ -162,7 +159,7 @@ impl Runtime {
                 .name("weir-epoch".into())
                 .spawn(move || {
                     while !stop.load(Relaxed) {
-                        std::thread::sleep(TICK);
+                        std::thread::sleep(crate::budget::TICK);
                         engine.increment_epoch();
                     }
                 })?;

@@ -41,7 +41,7 @@ pub enum ConnectError {
 
 /// The upstream TLS settings of a cluster.
 #[derive(Clone)]
-pub struct UpstreamTls {
+pub struct TlsClient {
     /// The client config (roots, ALPN).
     pub config: Arc<ClientConfig>,
     /// The name to send as SNI and verify; the endpoint host when `None`.
@@ -52,7 +52,7 @@ pub struct UpstreamTls {
 #[derive(Clone)]
 pub struct Connector {
     pub(crate) timeout: Duration,
-    pub(crate) tls: Option<UpstreamTls>,
+    pub(crate) tls: Option<TlsClient>,
     /// Endpoint authority → its stats (connection gauge, failures).
     pub(crate) stats: Arc<HashMap<String, Arc<EndpointStats>>>,
     /// Connect here whatever the request URI names. HTTP/2 clusters use one client per endpoint

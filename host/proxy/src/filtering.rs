@@ -13,9 +13,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use weir_filters::{
-    BodyVerdict, Chain, ChainRequest, Exchange, LocalResponse, Phases, Props, Verdict,
-};
+use weir_filters::{Answer, Chain, ChainRequest, Exchange, LocalResponse, Phases, Props};
 
 use crate::body::{BoxError, ProxyBody};
 
@@ -23,27 +21,13 @@ struct State {
     cr: ChainRequest,
     ex: Exchange,
     /// What a body phase decided when it could not answer directly.
-    outcome: Option<Outcome>,
+    answer: Option<Answer>,
     /// `on-log` and `context-done` have run.
     finished: bool,
 }
 
-/// A decision of the filters that replaces the upstream's response.
-pub(crate) enum Outcome {
-    Local(LocalResponse),
-    Failed(Arc<str>),
-}
-
 /// Most upstream response bytes read ahead while the request body is still in the filters.
 const HOLD_LIMIT: usize = 1 << 20;
-
-/// What [`FilterRun::settle_request_body`] found.
-pub(crate) enum Settled {
-    /// A request-body phase answered: this replaces the upstream's response.
-    Answer(Outcome),
-    /// The upstream's body (with what was read ahead).
-    Body(ProxyBody),
-}
 
 /// One request's run through a chain. Cheap to clone (shared with body pumps and the
 /// response's completion hook).
@@ -55,11 +39,11 @@ pub(crate) enum Settled {
 /// cap trapped.
 #[derive(Clone)]
 pub(crate) struct FilterRun {
-    shared: Arc<Shared>,
+    shared: Arc<RunShared>,
 }
 
 /// What a run's clones share: one allocation per filtered request.
-struct Shared {
+struct RunShared {
     chain: Arc<Chain>,
     state: tokio::sync::Mutex<State>,
     /// The status the client got, when the proxy answered (for `on-log`); 0 when unknown.
@@ -90,13 +74,13 @@ impl FilterRun {
             ..Exchange::default()
         };
         FilterRun {
-            shared: Arc::new(Shared {
+            shared: Arc::new(RunShared {
                 chain,
                 status: AtomicU16::new(0),
                 state: tokio::sync::Mutex::new(State {
                     cr,
                     ex,
-                    outcome: None,
+                    answer: None,
                     finished: false,
                 }),
                 body_done: AtomicBool::new(false),
@@ -153,7 +137,14 @@ impl FilterRun {
     /// is through (at most `limit`), reading ahead up to [`HOLD_LIMIT`] bytes of the upstream's
     /// body meanwhile, so an upstream that needs its answer read before it reads more body
     /// cannot stall the two against each other.
-    pub async fn settle_request_body(&self, mut body: ProxyBody, limit: Duration) -> Settled {
+    ///
+    /// The upstream's body (with what was read ahead), or the answer a request-body phase gave
+    /// instead.
+    pub async fn settle_request_body(
+        &self,
+        mut body: ProxyBody,
+        limit: Duration,
+    ) -> Result<ProxyBody, Answer> {
         let settle = self.request_body_done();
         tokio::pin!(settle);
         let deadline = tokio::time::sleep(limit);
@@ -182,10 +173,10 @@ impl FilterRun {
                 },
             }
         };
-        if settled && let Some(out) = self.take_outcome().await {
-            return Settled::Answer(out);
+        if settled && let Some(answer) = self.take_answer().await {
+            return Err(answer);
         }
-        Settled::Body(if held.is_empty() {
+        Ok(if held.is_empty() {
             body
         } else {
             ProxyBody::held(held, body)
@@ -206,9 +197,9 @@ impl FilterRun {
         &self,
         headers: &mut http::HeaderMap,
         path: &mut String,
-    ) -> Option<Outcome> {
+    ) -> Result<(), Answer> {
         if !self.phases().contains(Phases::REQUEST_HEADERS) {
-            return None;
+            return Ok(());
         }
         let mut st = self.lock().await;
         let st = &mut *st;
@@ -221,7 +212,7 @@ impl FilterRun {
             .await;
         *headers = std::mem::take(&mut st.ex.request_headers);
         *path = std::mem::take(&mut st.ex.path);
-        outcome(v)
+        v
     }
 
     /// Response-headers phase over the upstream's status and headers (changed in place); its
@@ -231,9 +222,9 @@ impl FilterRun {
         status: &mut StatusCode,
         headers: &mut http::HeaderMap,
         deadline: tokio::time::Instant,
-    ) -> Option<Outcome> {
+    ) -> Result<(), Answer> {
         if !self.phases().contains(Phases::RESPONSE_HEADERS) {
-            return None;
+            return Ok(());
         }
         let mut st = self.lock().await;
         let st = &mut *st;
@@ -247,12 +238,12 @@ impl FilterRun {
             .await;
         *headers = std::mem::take(&mut st.ex.response_headers);
         *status = StatusCode::from_u16(st.ex.status).unwrap_or(*status);
-        outcome(v)
+        v
     }
 
-    /// What a request-body phase decided, if it stopped the request.
-    pub async fn take_outcome(&self) -> Option<Outcome> {
-        self.lock().await.outcome.take()
+    /// The answer a body phase gave, if it stopped the request.
+    pub async fn take_answer(&self) -> Option<Answer> {
+        self.lock().await.answer.take()
     }
 
     /// `on-log` and `context-done`, once.
@@ -367,32 +358,27 @@ impl FilterRun {
             .body(&mut st.cr, response, data, end, &mut st.ex)
             .await
         {
-            BodyVerdict::Data(d) => {
+            Ok(d) => {
                 // A reader that is gone is the pump loop's business (see `pipe_body`).
                 if !d.is_empty() {
                     let _ = tx.send(Ok(http_body::Frame::data(d))).await;
                 }
                 true
             }
-            BodyVerdict::Respond(r) => {
-                st.outcome = Some(Outcome::Local(r));
-                let _ = tx
-                    .send(Err("a filter answered during the body phase".into()))
-                    .await;
-                false
-            }
-            BodyVerdict::Fail { filter, .. } => {
-                st.outcome = Some(Outcome::Failed(filter));
-                let _ = tx
-                    .send(Err("a filter failed during the body phase".into()))
-                    .await;
+            Err(answer) => {
+                let why = match answer {
+                    Answer::Respond(_) => "a filter answered during the body phase",
+                    Answer::Fail { .. } => "a filter failed during the body phase",
+                };
+                st.answer = Some(answer);
+                let _ = tx.send(Err(why.into())).await;
                 false
             }
         }
     }
 }
 
-impl Shared {
+impl RunShared {
     /// When the proxy answered, `on-log` sees the status the client got.
     fn note_status(&self, ex: &mut Exchange) {
         let status = self.status.load(Relaxed);
@@ -402,7 +388,7 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
+impl Drop for RunShared {
     /// The last clone is gone without `finish`: run it on a task (the request is over; nothing
     /// waits for it).
     fn drop(&mut self) {
@@ -422,14 +408,6 @@ impl Drop for Shared {
         let mut ex = std::mem::take(&mut st.ex);
         let chain = self.chain.clone();
         rt.spawn(async move { chain.finish(&mut cr, &mut ex).await });
-    }
-}
-
-fn outcome(v: Verdict) -> Option<Outcome> {
-    match v {
-        Verdict::Continue => None,
-        Verdict::Respond(r) => Some(Outcome::Local(r)),
-        Verdict::Fail { filter, .. } => Some(Outcome::Failed(filter)),
     }
 }
 

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use weir_config::ActiveHealth;
 
-use crate::connector::UpstreamTls;
+use crate::connector::TlsClient;
 use crate::snapshot::Cluster;
 
 /// One endpoint's run of probe results.
@@ -107,7 +107,7 @@ async fn probe(
     addr: &str,
     host: &str,
     cfg: &ActiveHealth,
-    tls: Option<UpstreamTls>,
+    tls: Option<TlsClient>,
     h2: bool,
 ) -> bool {
     let Ok(tcp) = TcpStream::connect(addr).await else {

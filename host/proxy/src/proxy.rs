@@ -1,16 +1,16 @@
-//! The L7 request path as named phases, each one step, read top to bottom in [`Exchange::proxy`]
+//! The L7 request path as named phases, each one step, read top to bottom in [`Session::proxy`]
 //! (the shape of Pingora's `ProxyHttp`):
 //!
-//! 1. [`Exchange::route`]: the request's one host and normalized path, decided once; its route.
-//! 2. [`Exchange::upstream_head`]: the head the upstream is sent (hop-by-hop headers out,
+//! 1. [`Session::route`]: the request's one host and normalized path, decided once; its route.
+//! 2. [`Session::upstream_head`]: the head the upstream is sent (hop-by-hop headers out,
 //!    forwarding headers, `Via`, request id, path rewrite) and the body, bounded.
-//! 3. [`Exchange::request_filters`]: the route's filters see that request and may change or
+//! 3. [`Session::request_filters`]: the route's filters see that request and may change or
 //!    answer it.
-//! 4. [`Exchange::send`]: the cluster's circuit breaker; then tries: [`Exchange::next_try`] on
-//!    an endpoint not tried yet, the try judged ([`Exchange::answered`], [`Exchange::failed`],
-//!    [`Exchange::timed_out`]), and [`Exchange::retry`] when policy, budget and body allow.
-//! 5. [`Exchange::response`]: the upstream's head rewritten for the client, then
-//!    [`Exchange::response_filters`]; or [`Exchange::tunnel`] for a protocol switch.
+//! 4. [`Session::send`]: the cluster's circuit breaker; then tries: [`Session::next_try`] on
+//!    an endpoint not tried yet, the try judged ([`Session::answered`], [`Session::failed`],
+//!    [`Session::timed_out`]), and [`Session::retry`] when policy, budget and body allow.
+//! 5. [`Session::response`]: the upstream's head rewritten for the client, then
+//!    [`Session::response_filters`]; or [`Session::tunnel`] for a protocol switch.
 //! 6. Log: [`Finish`], a guard carried by the response body, records the access log, in-flight
 //!    counts and the filters' `on-log` however the response ends (done, failed or abandoned).
 //!
@@ -28,13 +28,14 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use weir_balance::InFlight;
 use weir_config::RetryOn;
+use weir_filters::Answer;
 use weir_observe::{AccessRecord, TimeoutKind};
 
 use crate::Shared;
 use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Idle, ProxyBody};
 use crate::connector::{ConnectError, Connector};
 use crate::error::{ErrorKind, ProxyError};
-use crate::filtering::{FilterRun, Outcome, Settled, local_response};
+use crate::filtering::{FilterRun, local_response};
 use crate::head::{self, X_REQUEST_ID};
 use crate::listener::ConnInfo;
 use crate::retry::{Resend, Slot, Tried};
@@ -70,7 +71,7 @@ enum Stop {
     /// The proxy answers with an error.
     Fail(ProxyError),
     /// The filters decided the answer.
-    Answer(Outcome),
+    Answer(Answer),
 }
 
 impl From<ProxyError> for Stop {
@@ -104,7 +105,7 @@ pub(crate) async fn handle(
             id
         }
     };
-    let mut ex = Exchange::new(&snap, &conn, request_id, &req, start);
+    let mut ex = Session::new(&snap, &conn, request_id, &req, start);
     let res = match ex.proxy(req).await {
         Ok(res) => res,
         Err(stop) => ex.stopped(stop).await,
@@ -113,7 +114,7 @@ pub(crate) async fn handle(
 }
 
 /// One request's way through the phases: what they share.
-struct Exchange<'s> {
+struct Session<'s> {
     snap: &'s Snapshot,
     conn: &'s ConnInfo,
     request_id: HeaderValue,
@@ -187,19 +188,19 @@ enum Last {
     Error(ProxyError),
 }
 
-impl<'s> Exchange<'s> {
+impl<'s> Session<'s> {
     fn new(
         snap: &'s Snapshot,
         conn: &'s Arc<ConnInfo>,
         request_id: HeaderValue,
         req: &Request<Incoming>,
         start: Instant,
-    ) -> Exchange<'s> {
+    ) -> Session<'s> {
         let log = snap
             .access_log
             .as_ref()
             .map(|l| Box::new((record_for(conn, req, &request_id), l.clone())));
-        Exchange {
+        Session {
             snap,
             conn,
             request_id,
@@ -405,9 +406,9 @@ impl<'s> Exchange<'s> {
         self.finish.filters = Some(run.clone());
         self.filters = Some(run.clone());
         let mut p = up.path_and_query.as_str().to_string();
-        if let Some(out) = run.request_headers(&mut up.parts.headers, &mut p).await {
-            return Err(Stop::Answer(out));
-        }
+        run.request_headers(&mut up.parts.headers, &mut p)
+            .await
+            .map_err(Stop::Answer)?;
         if p != up.path_and_query.as_str() {
             up.path_and_query = PathAndQuery::try_from(p)
                 .map_err(|_| ErrorKind::BadRequest("invalid path from filter"))?;
@@ -589,9 +590,9 @@ impl<'s> Exchange<'s> {
     ) -> Result<TryEnd, Stop> {
         // A request-body filter that answered stopped the body: its answer stands.
         if let Some(run) = &self.filters
-            && let Some(out) = run.take_outcome().await
+            && let Some(answer) = run.take_answer().await
         {
-            return Err(Stop::Answer(out));
+            return Err(Stop::Answer(answer));
         }
         // A body the client broke (hyper may report it as a reset): the client's fault.
         if let Some(fault) = tries.resend.client_fault() {
@@ -656,18 +657,15 @@ impl<'s> Exchange<'s> {
     ) -> Result<Response<ProxyBody>, Stop> {
         let (mut parts, mut body) = res.into_parts();
         if self.filters_read_body() {
-            match run.settle_request_body(body, route.timeout).await {
-                Settled::Answer(out) => return Err(Stop::Answer(out)),
-                Settled::Body(b) => body = b,
-            }
+            body = run
+                .settle_request_body(body, route.timeout)
+                .await
+                .map_err(Stop::Answer)?;
         }
         let deadline = tokio::time::Instant::now() + route.timeout;
-        if let Some(out) = run
-            .response_headers(&mut parts.status, &mut parts.headers, deadline)
+        run.response_headers(&mut parts.status, &mut parts.headers, deadline)
             .await
-        {
-            return Err(Stop::Answer(out));
-        }
+            .map_err(Stop::Answer)?;
         let body = if run.phases().contains(weir_filters::Phases::RESPONSE_BODY) {
             parts.headers.remove(header::CONTENT_LENGTH);
             run.pipe_body(body, true, true)
@@ -691,11 +689,11 @@ impl<'s> Exchange<'s> {
                 }
                 e.response(&self.request_id)
             }
-            Stop::Answer(out) => {
-                let res = match out {
-                    Outcome::Local(r) => local_response(r, &self.request_id),
-                    Outcome::Failed(name) => {
-                        ProxyError::new(ErrorKind::Filter(name)).response(&self.request_id)
+            Stop::Answer(answer) => {
+                let res = match answer {
+                    Answer::Respond(r) => local_response(r, &self.request_id),
+                    Answer::Fail { filter, .. } => {
+                        ProxyError::new(ErrorKind::Filter(filter)).response(&self.request_id)
                     }
                 };
                 if let Some(run) = &self.filters {

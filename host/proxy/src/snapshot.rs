@@ -21,7 +21,7 @@ use weir_router::{
 };
 
 use crate::body::ProxyBody;
-use crate::connector::{Connector, UpstreamTls};
+use crate::connector::{Connector, TlsClient};
 
 /// Everything a request needs, compiled from one config.
 pub struct Snapshot {
@@ -88,7 +88,7 @@ pub(crate) struct Cluster {
     /// `limits.max_requests`.
     pub max_requests: Option<usize>,
     /// Upstream TLS (active health checks connect with it too).
-    pub tls: Option<UpstreamTls>,
+    pub tls: Option<TlsClient>,
     /// `limits.max_connections` (shared with the connector).
     conn_limit: Option<Arc<crate::connector::ConnLimit>>,
     /// What the cluster was built from: a new snapshot whose cluster has the same fingerprint
@@ -527,20 +527,20 @@ impl Snapshot {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
                 // One pool per distinct config of this filter.
-                let mut pairs: Vec<&Arc<weir_filters::Pair>> = Vec::new();
-                for pair in self
+                let mut pools: Vec<&Arc<weir_filters::InstancePool>> = Vec::new();
+                for pool in self
                     .routes
                     .iter()
                     .filter_map(|r| r.chain.as_ref())
-                    .flat_map(|c| c.pairs())
+                    .flat_map(|c| c.pools())
                 {
-                    if *pair.spec().filter == *f.name.as_str()
-                        && !pairs.iter().any(|p| Arc::ptr_eq(p, pair))
+                    if *pool.spec().filter == *f.name.as_str()
+                        && !pools.iter().any(|p| Arc::ptr_eq(p, pool))
                     {
-                        pairs.push(pair);
+                        pools.push(pool);
                     }
                 }
-                let pairs: Vec<serde_json::Value> = pairs
+                let pools: Vec<serde_json::Value> = pools
                     .into_iter()
                     .map(|p| {
                         serde_json::json!({
@@ -557,7 +557,7 @@ impl Snapshot {
                     "loaded_at": weir_observe::rfc3339(f.module.loaded_at),
                     "loaded_at_unix_ms": loaded_at.as_millis() as u64,
                     "routes": routes,
-                    "pairs": pairs,
+                    "pools": pools,
                 })
             })
             .collect();
@@ -634,7 +634,7 @@ fn build_cluster(
                 )?),
                 None => None,
             };
-            Some(UpstreamTls { config, sni })
+            Some(TlsClient { config, sni })
         }
         None => None,
     };
@@ -708,7 +708,7 @@ fn build_cluster(
 }
 
 /// Loads every filter module once and builds each route's chain; routes that use a filter with
-/// the same effective config share one pair (one pool of instances).
+/// the same effective config share one pool of instances.
 async fn build_chains(
     loaded: &LoadedConfig,
     registry: &Registry,
@@ -753,7 +753,7 @@ async fn build_chains(
         });
         modules.insert(f.name.as_str(), (m, f));
     }
-    let mut pairs: HashMap<(String, String), Arc<weir_filters::Pair>> = HashMap::new();
+    let mut pools: HashMap<(String, String), Arc<weir_filters::InstancePool>> = HashMap::new();
     let mut chains = Vec::with_capacity(c.routes.len());
     for (i, r) in c.routes.iter().enumerate() {
         if r.filters.is_empty() {
@@ -772,10 +772,10 @@ async fn build_chains(
                 .map_err(|e| loaded.error_at(format!("routes[{i}].filters[{j}]"), e))?;
             let json = effective.to_string();
             let key = (f.name.clone(), json.clone());
-            let pair = match pairs.get(&key) {
+            let pool = match pools.get(&key) {
                 Some(p) => p.clone(),
                 None => {
-                    let spec = weir_filters::PairSpec {
+                    let spec = weir_filters::FilterSpec {
                         filter: f.name.as_str().into(),
                         config: json,
                         memory: f.limits.memory.bytes() as usize,
@@ -785,7 +785,7 @@ async fn build_chains(
                         on_error: f.on_error,
                         grants: f.grants.clone(),
                     };
-                    let p = weir_filters::Pair::new(rt, module.clone(), spec)
+                    let p = weir_filters::InstancePool::new(rt, module.clone(), spec)
                         .await
                         .map_err(|e| {
                             loaded.error_at(
@@ -793,11 +793,11 @@ async fn build_chains(
                                 scrub(&e, &effective),
                             )
                         })?;
-                    pairs.insert(key, p.clone());
+                    pools.insert(key, p.clone());
                     p
                 }
             };
-            links.push((pair, registry.filter(&f.name, &r.name)));
+            links.push((pool, registry.filter(&f.name, &r.name)));
         }
         chains.push(Some(Arc::new(weir_filters::Chain::new(links))));
     }

@@ -11,7 +11,7 @@ use crate::bindings::weir::filter::metrics::Host as _;
 use crate::bindings::weir::filter::{callout::Host as _, http::Host as _, kv::Host as _};
 use crate::kv::KvLimits;
 use crate::module::{Runtime, RuntimeOptions};
-use crate::pair::PairSpec;
+use crate::pool::FilterSpec;
 
 fn state(kv_limits: KvLimits) -> anyhow::Result<HostState> {
     let rt = Runtime::new(RuntimeOptions {
@@ -19,8 +19,8 @@ fn state(kv_limits: KvLimits) -> anyhow::Result<HostState> {
         kv_limits,
         ..Default::default()
     })?;
-    let shared = Arc::new(Shared {
-        spec: PairSpec {
+    let shared = Arc::new(PoolShared {
+        spec: FilterSpec {
             filter: "f".into(),
             config: "{}".into(),
             memory: 1 << 20,

@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use wit_parser::abi::{AbiVariant, WasmType};
 use wit_parser::{Resolve, WorldItem};
 
+use std::time::Duration;
+
 use super::*;
 use crate::componentize::FILTER_WIT;
 
@@ -303,7 +305,7 @@ async fn a_huge_time_per_phase_does_not_overflow() -> anyhow::Result<()> {
         Duration::from_secs(u64::MAX / 10),
         Duration::from_secs(60),
     ] {
-        let spec = crate::PairSpec {
+        let spec = crate::FilterSpec {
             filter: "f".into(),
             config: "{}".into(),
             memory: 1 << 20,
@@ -314,7 +316,9 @@ async fn a_huge_time_per_phase_does_not_overflow() -> anyhow::Result<()> {
             grants: Default::default(),
         };
         // The test component traps in `configure`: an error, not a panic.
-        let e = crate::Pair::new(&rt, module.clone(), spec).await.err();
+        let e = crate::InstancePool::new(&rt, module.clone(), spec)
+            .await
+            .err();
         assert!(
             e.as_deref().is_some_and(|e| e.contains("configuring")),
             "{t:?}: {e:?}"

@@ -1,4 +1,4 @@
-//! A (module, config) pair and its pool of configured instances.
+//! A filter module with one config, and its pool of configured instances.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -13,9 +13,9 @@ use crate::host::{Exchange, HostState, Phase};
 use crate::module::{Module, Runtime, RuntimeInner};
 use crate::{FailureKind, Phases};
 
-/// Everything that identifies a pair besides its module.
+/// Everything that identifies a filter's instance pool besides its module.
 #[derive(Debug, Clone)]
-pub struct PairSpec {
+pub struct FilterSpec {
     /// Filter name (for logs, metrics and messages).
     pub filter: Arc<str>,
     /// The effective config, as JSON text.
@@ -34,8 +34,8 @@ pub struct PairSpec {
     pub grants: Grants,
 }
 
-pub(crate) struct Shared {
-    pub spec: PairSpec,
+pub(crate) struct PoolShared {
+    pub spec: FilterSpec,
     pub runtime: Arc<RuntimeInner>,
 }
 
@@ -54,7 +54,7 @@ struct Slot {
     live: tokio::sync::Mutex<Option<Live>>,
 }
 
-/// A request's seat in one instance of a pair.
+/// A request's seat in one instance of a pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Binding {
     slot: usize,
@@ -77,8 +77,8 @@ pub(crate) enum Called {
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A filter module with one config: a pool of instances configured with it.
-pub struct Pair {
-    shared: Arc<Shared>,
+pub struct InstancePool {
+    shared: Arc<PoolShared>,
     module: Arc<Module>,
     phases: Phases,
     slots: Box<[Slot]>,
@@ -90,24 +90,24 @@ pub struct Pair {
     queue: Arc<weir_observe::QueueStats>,
 }
 
-impl std::fmt::Debug for Pair {
+impl std::fmt::Debug for InstancePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pair")
+        f.debug_struct("InstancePool")
             .field("filter", &self.shared.spec.filter)
             .field("module", &self.module.hash)
             .finish()
     }
 }
 
-impl Pair {
-    /// Creates the pair: instantiates its first instance and runs `configure`, so a config the
+impl InstancePool {
+    /// Creates the pool: instantiates its first instance and runs `configure`, so a config the
     /// filter rejects fails here, before any request sees it.
     pub async fn new(
         runtime: &Runtime,
         module: Arc<Module>,
-        spec: PairSpec,
-    ) -> Result<Arc<Pair>, String> {
-        let shared = Arc::new(Shared {
+        spec: FilterSpec,
+    ) -> Result<Arc<InstancePool>, String> {
+        let shared = Arc::new(PoolShared {
             spec,
             runtime: runtime.inner.clone(),
         });
@@ -125,7 +125,7 @@ impl Pair {
         let n = shared.spec.max_instances.max(1);
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::default()).collect();
         *slots[0].live.try_lock().expect("fresh slot") = Some(live);
-        Ok(Arc::new(Pair {
+        Ok(Arc::new(InstancePool {
             shared,
             module,
             phases,
@@ -148,7 +148,7 @@ impl Pair {
     }
 
     /// The spec.
-    pub fn spec(&self) -> &PairSpec {
+    pub fn spec(&self) -> &FilterSpec {
         &self.shared.spec
     }
 
@@ -345,7 +345,7 @@ fn classify(e: &wasmtime::Error, data: &HostState) -> FailureKind {
 /// A new configured instance, made on a blocking-pool thread: guest start-up code (a Go
 /// runtime's) runs for milliseconds, which must not stall a worker thread's other requests.
 async fn instantiate_off_worker(
-    shared: &Arc<Shared>,
+    shared: &Arc<PoolShared>,
     module: &Arc<Module>,
 ) -> Result<Live, Failure> {
     let (shared, module) = (shared.clone(), module.clone());
@@ -362,7 +362,7 @@ async fn instantiate_off_worker(
 }
 
 /// A new configured instance.
-async fn instantiate(shared: &Arc<Shared>, module: &Module) -> Result<(Live, Phases), Failure> {
+async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live, Phases), Failure> {
     let rt = &shared.runtime;
     let mut store = Store::new(&rt.engine, HostState::new(shared.clone()));
     store.limiter(|s| &mut s.limiter);
