@@ -37,10 +37,10 @@ pub struct Config {
     pub user_header: String,
     /// Whether the `Authorization` header is removed before the request goes upstream.
     /// Default: true.
-    #[serde(default = "default_true")]
+    #[serde(default = "weir_filter::defaults::yes")]
     pub strip_authorization: bool,
     /// The realm in `WWW-Authenticate`. Default: `weir`.
-    #[serde(default = "default_realm")]
+    #[serde(default = "weir_filter::defaults::realm")]
     pub realm: String,
     /// Accepted credentials remembered per instance; 0 turns the cache off. Default: 1024,
     /// at most 65536.
@@ -60,12 +60,6 @@ pub struct UserEntry {
 
 fn default_user_header() -> String {
     "x-user".to_owned()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_realm() -> String {
-    "weir".to_owned()
 }
 fn default_cache_size() -> usize {
     1024
@@ -219,10 +213,7 @@ impl BasicAuth {
 
     fn deny(&self, error: &str, description: &str) -> Action {
         count("denied");
-        let body = serde_json::json!({ "error": error, "error_description": description });
-        LocalResponse::json(401, &body)
-            .header("www-authenticate", self.challenge.clone())
-            .into()
+        LocalResponse::unauthorized(&self.challenge, error, description).into()
     }
 
     /// How many accepted credentials the instance remembers (for tests).
@@ -250,7 +241,7 @@ fn split_credentials(encoded: &str) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
+/// Counts a decision (best effort: counting never changes it).
 fn count(result: &str) {
-    // Metrics are best effort: a failed counter never changes the decision.
-    let _ = metrics::counter_add("basic_auth_decisions_total", &[("result", result)], 1);
+    metrics::count("basic_auth_decisions_total", &[("result", result)]);
 }

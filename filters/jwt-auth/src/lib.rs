@@ -49,7 +49,7 @@ pub struct Config {
     #[serde(default = "default_leeway_s")]
     pub leeway_s: u64,
     /// Whether a token without `exp` is refused. Default: true.
-    #[serde(default = "default_true")]
+    #[serde(default = "weir_filter::defaults::yes")]
     pub require_exp: bool,
     /// Claim name → request header set from it upstream. Default: none.
     #[serde(default)]
@@ -59,18 +59,12 @@ pub struct Config {
     #[serde(default)]
     pub strip_token: bool,
     /// The realm in `WWW-Authenticate`. Default: `weir`.
-    #[serde(default = "default_realm")]
+    #[serde(default = "weir_filter::defaults::realm")]
     pub realm: String,
 }
 
 fn default_leeway_s() -> u64 {
     30
-}
-fn default_true() -> bool {
-    true
-}
-fn default_realm() -> String {
-    "weir".to_owned()
 }
 
 /// Longest leeway accepted: more than a day is a misconfiguration, not clock skew.
@@ -155,13 +149,12 @@ impl Filter for JwtAuth {
     fn on_request_headers(&self, req: &mut Request, _: &mut ()) -> Action {
         let Some(token) = bearer_token(req.header("authorization").as_deref()) else {
             count("denied");
-            let body = serde_json::json!({
-                "error": "missing_token",
-                "error_description": "a bearer token is required",
-            });
-            return LocalResponse::json(401, &body)
-                .header("www-authenticate", self.challenge.clone())
-                .into();
+            return LocalResponse::unauthorized(
+                &self.challenge,
+                "missing_token",
+                "a bearer token is required",
+            )
+            .into();
         };
         let claims = match self.verify(&token, clock::now_ms()) {
             Ok(claims) => claims,
@@ -261,19 +254,11 @@ impl JwtAuth {
     /// A 401 with an RFC 6750 `invalid_token` challenge.
     fn invalid_token(&self, reject: Reject) -> Action {
         let description = reject.description();
-        let body = serde_json::json!({
-            "error": "invalid_token",
-            "error_description": description,
-        });
-        LocalResponse::json(401, &body)
-            .header(
-                "www-authenticate",
-                format!(
-                    "{}, error=\"invalid_token\", error_description=\"{description}\"",
-                    self.challenge
-                ),
-            )
-            .into()
+        let challenge = format!(
+            "{}, error=\"invalid_token\", error_description=\"{description}\"",
+            self.challenge
+        );
+        LocalResponse::unauthorized(&challenge, "invalid_token", description).into()
     }
 }
 
@@ -289,9 +274,9 @@ fn bearer_token(header: Option<&str>) -> Option<String> {
     Some(rest.trim().to_owned())
 }
 
+/// Counts a decision (best effort: counting never changes it).
 fn count(result: &str) {
-    // Metrics are best effort: a failed counter never changes the decision.
-    let _ = metrics::counter_add("jwt_auth_decisions_total", &[("result", result)], 1);
+    metrics::count("jwt_auth_decisions_total", &[("result", result)]);
 }
 
 fn internal_error(e: &weir_filter::HostError) -> Action {

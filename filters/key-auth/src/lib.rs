@@ -38,10 +38,10 @@ pub struct Config {
     pub consumer_header: String,
     /// Whether the key (header and query parameter) is removed before the request goes
     /// upstream. Default: true.
-    #[serde(default = "default_true")]
+    #[serde(default = "weir_filter::defaults::yes")]
     pub strip_key: bool,
     /// The realm in `WWW-Authenticate`. Default: `weir`.
-    #[serde(default = "default_realm")]
+    #[serde(default = "weir_filter::defaults::realm")]
     pub realm: String,
 }
 
@@ -64,12 +64,6 @@ fn default_header() -> Option<String> {
 }
 fn default_consumer_header() -> String {
     "x-consumer".to_owned()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_realm() -> String {
-    "weir".to_owned()
 }
 
 /// The configured filter.
@@ -221,29 +215,18 @@ impl KeyAuth {
 
     fn deny(&self, error: &str, description: &str) -> Action {
         count("denied");
-        let body = serde_json::json!({ "error": error, "error_description": description });
-        LocalResponse::json(401, &body)
-            .header("www-authenticate", self.challenge.clone())
-            .into()
+        LocalResponse::unauthorized(&self.challenge, error, description).into()
     }
 }
 
+/// Counts a decision (best effort: counting never changes it).
 fn count(result: &str) {
-    // Metrics are best effort: a failed counter never changes the decision.
-    let _ = metrics::counter_add("key_auth_decisions_total", &[("result", result)], 1);
+    metrics::count("key_auth_decisions_total", &[("result", result)]);
 }
 
-/// 64 hex digits → 32 bytes.
-fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
+/// 64 hex digits (either case) → 32 bytes.
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        *byte = (hi * 16 + lo) as u8;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }

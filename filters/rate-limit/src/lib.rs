@@ -60,7 +60,7 @@ pub struct Config {
     #[serde(default)]
     pub on_backend_error: OnBackendError,
     /// Whether allowed responses carry the `RateLimit-*` headers. Default: true.
-    #[serde(default = "default_true")]
+    #[serde(default = "weir_filter::defaults::yes")]
     pub response_headers: bool,
 }
 
@@ -75,9 +75,6 @@ fn default_namespace() -> String {
 }
 fn default_cost() -> u64 {
     1
-}
-fn default_true() -> bool {
-    true
 }
 
 /// What a request gets when the token bucket is unavailable (for example, the namespace is not
@@ -186,11 +183,6 @@ pub struct Context {
 struct Quota {
     remaining: u64,
     reset_s: u64,
-}
-
-/// Adds to a counter; a metrics failure must never affect traffic.
-fn count(name: &str, labels: &[(&str, &str)]) {
-    let _ = metrics::counter_add(name, labels, 1);
 }
 
 /// The IP part of `ip:port` (`[v6]:port` too); the whole string if it does not parse.
@@ -378,7 +370,7 @@ impl Filter for RateLimit {
         let route = req.route_name();
         let (client, fell_back) = self.client_key(req);
         if fell_back {
-            count("ratelimit_key_fallbacks_total", &[("route", &route)]);
+            metrics::count("ratelimit_key_fallbacks_total", &[("route", &route)]);
         }
         let bucket_key = format!("{route}|{}|{client}", self.limit_tag);
         let taken = kv::take_tokens(
@@ -397,13 +389,13 @@ impl Filter for RateLimit {
             log::info("rate-limit: token bucket available again");
         }
         if !bucket.allowed {
-            count(
+            metrics::count(
                 "ratelimit_requests_total",
                 &[("route", &route), ("result", "limited")],
             );
             return self.limited(&bucket);
         }
-        count(
+        metrics::count(
             "ratelimit_requests_total",
             &[("route", &route), ("result", "allowed")],
         );

@@ -209,6 +209,21 @@ impl LocalResponse {
             .body(value.to_string())
     }
 
+    /// A `401 Unauthorized` with a `WWW-Authenticate` challenge (RFC 9110 §11.6.1) and an
+    /// OAuth-style JSON body `{"error": ..., "error_description": ...}` (RFC 6750 §3).
+    ///
+    /// ```
+    /// use weir_filter::LocalResponse;
+    /// let r = LocalResponse::unauthorized(r#"Bearer realm="weir""#, "missing_token", "a bearer token is required");
+    /// assert_eq!(r.status, 401);
+    /// assert_eq!(r.header_value("www-authenticate"), Some(r#"Bearer realm="weir""#));
+    /// assert_eq!(r.body, br#"{"error":"missing_token","error_description":"a bearer token is required"}"#);
+    /// ```
+    pub fn unauthorized(challenge: &str, error: &str, description: &str) -> Self {
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        Self::json(401, &body).header("www-authenticate", challenge)
+    }
+
     /// Adds a header (kept in order; repeat a name to send several values).
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {

@@ -155,6 +155,7 @@ extern crate self as weir_filter;
 mod action;
 pub mod callout;
 pub mod clock;
+pub mod defaults;
 mod error;
 mod http;
 pub mod kv;

@@ -18,6 +18,21 @@
 use crate::HostError;
 use crate::sys::{Backend, Host};
 
+/// Adds 1 to a counter, best effort: a refused call (a malformed name, a series bound reached)
+/// is ignored, so counting can never change a filter's decision. For decision counters such
+/// as `auth_decisions_total{result="denied"}`.
+///
+/// ```
+/// # let host = weir_filter::testing::Emulator::new();
+/// # let _entered = host.enter();
+/// weir_filter::metrics::count("key_auth_decisions_total", &[("result", "allowed")]);
+/// weir_filter::metrics::count("Not A Name", &[]); // refused, and ignored
+/// assert_eq!(host.counter("key_auth_decisions_total", &[("result", "allowed")]), 1);
+/// ```
+pub fn count(name: &str, labels: &[(&str, &str)]) {
+    let _ = Backend::counter_add(name, labels, 1);
+}
+
 /// Adds `delta` to a counter.
 pub fn counter_add(name: &str, labels: &[(&str, &str)], delta: u64) -> Result<(), HostError> {
     Backend::counter_add(name, labels, delta)
