@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use subtle::ConstantTimeEq as _;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, header};
@@ -386,7 +387,7 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Fu
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if let (Some(t), Some(p)) = (token, presented)
-        && constant_time_eq(p.as_bytes(), t.as_bytes())
+        && bool::from(p.as_bytes().ct_eq(t.as_bytes()))
     {
         return Ok(());
     }
@@ -523,10 +524,6 @@ fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     let mut r = json(&serde_json::json!({ "error": msg }));
     *r.status_mut() = status;
     r
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
