@@ -9,7 +9,7 @@ use weir_observe::FilterStats;
 
 use crate::bindings::weir::filter::types;
 use crate::host::{Exchange, LocalResponse, Phase};
-use crate::pool::{Binding, Called, InstancePool};
+use crate::pool::{Binding, Called, Failure, InstancePool};
 use crate::{FailureKind, Phases};
 
 /// The chain's own answer, which replaces the upstream's: what every phase returns as its
@@ -109,7 +109,11 @@ impl Chain {
         let link = &self.links[i];
         let started = Instant::now();
         let mut result = self.bound_call(i, cr, phase, ex, end).await;
-        if let Err((FailureKind::InstanceLost, _)) = &result {
+        if let Err(Failure {
+            kind: FailureKind::InstanceLost,
+            ..
+        }) = &result
+        {
             // Another request's trap discarded the instance this one was seated in: that is not
             // this request's failure. Once more, on a fresh instance (its context starts over).
             cr.bound[i] = None;
@@ -120,7 +124,7 @@ impl Chain {
             Ok(Called::Action(types::Action::Continue)) | Ok(Called::Done) => Step::Continue,
             Ok(Called::Action(types::Action::Buffer)) => Step::Buffer,
             Ok(Called::Action(types::Action::Respond(r))) => Step::Respond(local(r)),
-            Err((kind, detail)) => {
+            Err(Failure { kind, error }) => {
                 link.stats.fail(kind.as_str(), kind.is_budget());
                 cr.bound[i] = None;
                 let spec = link.pool.spec();
@@ -130,7 +134,7 @@ impl Chain {
                     request_id = %ex.props.request_id,
                     kind = kind.as_str(),
                     policy = ?spec.on_error,
-                    "filter failed: {detail}"
+                    "filter failed: {error:?}"
                 );
                 match spec.on_error {
                     FailurePolicy::FailOpen => {
@@ -151,7 +155,7 @@ impl Chain {
         phase: Phase,
         ex: &mut Exchange,
         end: bool,
-    ) -> Result<Called, crate::pool::Failure> {
+    ) -> Result<Called, Failure> {
         let pool = &self.links[i].pool;
         match cr.bound[i] {
             Some(b) => pool.call(b, Some(phase), ex, end).await,
@@ -347,10 +351,11 @@ impl Chain {
         for i in 0..self.links.len() {
             if let Some(b) = cr.bound[i].take()
                 && !self.links[i].pool.phases().contains(Phases::STATELESS)
-                && let Err((kind, detail)) = self.links[i].pool.call(b, None, ex, true).await
+                && let Err(Failure { kind, error }) =
+                    self.links[i].pool.call(b, None, ex, true).await
             {
                 self.links[i].stats.fail(kind.as_str(), kind.is_budget());
-                tracing::warn!(filter = %self.links[i].pool.spec().filter, "context-done failed: {detail}");
+                tracing::warn!(filter = %self.links[i].pool.spec().filter, "context-done failed: {error:?}");
             }
         }
     }

@@ -65,8 +65,25 @@ pub(crate) struct Binding {
 /// A locked instance slot.
 pub(crate) type Seated<'a> = tokio::sync::MutexGuard<'a, Option<Live>>;
 
-/// A failed call: what kind, and the details for the log.
-pub(crate) type Failure = (FailureKind, String);
+/// A failed call: what kind, and the error behind it (kept whole for the log).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub kind: FailureKind,
+    pub error: wasmtime::Error,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, error: impl Into<wasmtime::Error>) -> Failure {
+        Failure {
+            kind,
+            error: error.into(),
+        }
+    }
+
+    fn msg(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure::new(kind, wasmtime::Error::msg(message.into()))
+    }
+}
 
 /// What a phase call returned.
 pub(crate) enum Called {
@@ -114,10 +131,10 @@ impl InstancePool {
         let (live, phases) =
             instantiate(&shared, &module)
                 .await
-                .map_err(|(kind, msg)| match kind {
-                    FailureKind::Instantiate => msg,
+                .map_err(|Failure { kind, error }| match kind {
+                    FailureKind::Instantiate => format!("{error:?}"),
                     k => format!(
-                        "the filter failed while configuring ({}): {msg}",
+                        "the filter failed while configuring ({}): {error:?}",
                         k.as_str()
                     ),
                 })?;
@@ -207,13 +224,16 @@ impl InstancePool {
             let mut g = self.slots[i].live.lock().await;
             match self.seat(i, &mut g).await? {
                 Some(b) => Ok((b, g)),
-                None => Err((FailureKind::Instantiate, "no instance available".into())),
+                None => Err(Failure::msg(
+                    FailureKind::Instantiate,
+                    "no instance available",
+                )),
             }
         };
         match deadline {
             None => slow.await,
             Some(d) => tokio::time::timeout_at(d, slow).await.unwrap_or_else(|_| {
-                Err((
+                Err(Failure::msg(
                     FailureKind::Deadline,
                     format!(
                         "no instance of {:?} was free within the request's deadline (waited {:?})",
@@ -274,9 +294,9 @@ impl InstancePool {
         let live = match guard.as_mut() {
             Some(l) if l.generation == b.generation && !l.in_call => l,
             _ => {
-                return Err((
+                return Err(Failure::msg(
                     FailureKind::InstanceLost,
-                    "the instance serving this request was discarded".into(),
+                    "the instance serving this request was discarded",
                 ));
             }
         };
@@ -324,7 +344,7 @@ impl InstancePool {
             Err(e) => {
                 let kind = classify(&e, data);
                 **guard = None;
-                Err((kind, format!("{e:?}")))
+                Err(Failure::new(kind, e))
             }
         }
     }
@@ -353,7 +373,7 @@ async fn instantiate_off_worker(
     tokio::task::spawn_blocking(move || rt.block_on(instantiate(&shared, &module)))
         .await
         .map_err(|e| {
-            (
+            Failure::msg(
                 FailureKind::Instantiate,
                 format!("instantiation task failed: {e}"),
             )
@@ -389,7 +409,7 @@ async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live,
         .instantiate_async(&mut store)
         .await
         .map_err(|e| {
-            (
+            Failure::msg(
                 FailureKind::Instantiate,
                 format!("cannot instantiate filter {:?}: {e:#}", shared.spec.filter),
             )
@@ -401,7 +421,7 @@ async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live,
     let phases = match configured {
         Ok(Ok(p)) => Phases::from(p),
         Ok(Err(e)) => {
-            return Err((
+            return Err(Failure::msg(
                 FailureKind::Instantiate,
                 format!(
                     "filter {:?} rejected its config: {}",
@@ -409,7 +429,7 @@ async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live,
                 ),
             ));
         }
-        Err(e) => return Err((classify(&e, store.data()), format!("{e:?}"))),
+        Err(e) => return Err(Failure::new(classify(&e, store.data()), e)),
     };
     let generation = GENERATION.fetch_add(1, Relaxed);
     Ok((

@@ -168,7 +168,8 @@ struct Tries<'s> {
     path_and_query: PathAndQuery,
     site: Option<HeaderValue>,
     tried: Tried,
-    _retrying: Option<crate::retry::Retrying>,
+    /// A place in the cluster's retry budget, held while a retry is in flight.
+    retrying: Option<crate::retry::Retrying>,
     /// The endpoint of the current try, and its deadline.
     ep: usize,
     deadline: tokio::time::Instant,
@@ -243,6 +244,9 @@ impl<'s> Session<'s> {
                 break res;
             }
         };
+        // The retry is over: its place in the budget is free for others' (not held while the
+        // response filters run).
+        tries.retrying = None;
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             return self.tunnel(res).await;
         }
@@ -467,7 +471,7 @@ impl<'s> Session<'s> {
             path_and_query,
             site,
             tried: Tried::default(),
-            _retrying: None,
+            retrying: None,
             ep: 0,
             deadline: self.deadline,
         })
@@ -541,7 +545,7 @@ impl<'s> Session<'s> {
         match (admitted, last) {
             (Some(r), _) => {
                 tracing::debug!(request_id = ?self.request_id, cluster = %cluster.name, endpoint = %cluster.endpoints[tries.ep].address, ?on, attempt, "retrying on another endpoint");
-                tries._retrying = Some(r);
+                tries.retrying = Some(r);
                 Ok(None)
             }
             // The upstream's own error response goes to the client as it is.
