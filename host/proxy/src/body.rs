@@ -3,15 +3,18 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use weir_observe::{TimeoutKind, TimeoutStats};
+use weir_balance::InFlight;
+use weir_observe::{AccessRecord, TimeoutKind, TimeoutStats};
 
-use crate::proxy::Finish;
+use crate::filtering::FilterRun;
+use crate::listener::ConnInfo;
 
 /// Errors across body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,6 +95,32 @@ enum Kind {
         held: std::collections::VecDeque<Result<Frame<Bytes>, BoxError>>,
         rest: Box<ProxyBody>,
     },
+}
+
+/// Carried by a response body, and run when it is finished or abandoned (drop): in-flight
+/// counts, the cluster's request slot, the access log, and the filters' `on-log`.
+pub(crate) struct Finish {
+    pub bytes: u64,
+    pub start: Instant,
+    pub conn: Arc<ConnInfo>,
+    pub in_flight: Option<InFlight>,
+    /// A place under the cluster's `limits.max_requests`, held to the end of the response.
+    pub slot: Option<crate::retry::Slot>,
+    pub log: Option<Box<(AccessRecord, weir_observe::AccessLog)>>,
+    /// The request's filter run: when this drops, so does a clone of it, and the last clone's
+    /// drop runs `on-log` and `context-done` if nothing else did.
+    pub filters: Option<FilterRun>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.conn.request_done();
+        if let Some(mut log) = self.log.take() {
+            log.0.bytes = self.bytes;
+            log.0.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
+            log.1.write(&log.0);
+        }
+    }
 }
 
 /// A body on its way through the proxy.

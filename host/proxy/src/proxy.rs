@@ -26,13 +26,12 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
-use weir_balance::InFlight;
 use weir_config::RetryOn;
 use weir_filters::Answer;
 use weir_observe::{AccessRecord, TimeoutKind};
 
 use crate::Shared;
-use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Idle, ProxyBody};
+use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Finish, Idle, ProxyBody};
 use crate::connector::{ConnectError, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filtering::{FilterRun, local_response};
@@ -40,31 +39,6 @@ use crate::head::{self, X_REQUEST_ID};
 use crate::listener::ConnInfo;
 use crate::retry::{Resend, Slot, Tried};
 use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
-
-/// Runs when the response is finished or abandoned (drop): in-flight counts and the access log.
-pub(crate) struct Finish {
-    pub bytes: u64,
-    start: Instant,
-    conn: Arc<ConnInfo>,
-    _in_flight: Option<InFlight>,
-    /// A place under the cluster's `limits.max_requests`, held to the end of the response.
-    _slot: Option<crate::retry::Slot>,
-    log: Option<Box<(AccessRecord, weir_observe::AccessLog)>>,
-    /// The request's filter run: when this drops, so does a clone of it, and the last clone's
-    /// drop runs `on-log` and `context-done` if nothing else did.
-    filters: Option<FilterRun>,
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        self.conn.request_done();
-        if let Some(mut log) = self.log.take() {
-            log.0.bytes = self.bytes;
-            log.0.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
-            log.1.write(&log.0);
-        }
-    }
-}
 
 /// Why a phase ended the request early.
 enum Stop {
@@ -214,8 +188,8 @@ impl<'s> Session<'s> {
                 bytes: 0,
                 start,
                 conn: conn.clone(),
-                _in_flight: None,
-                _slot: None,
+                in_flight: None,
+                slot: None,
                 log,
                 filters: None,
             },
@@ -449,7 +423,7 @@ impl<'s> Session<'s> {
         if let Some(max) = cluster.max_requests {
             let slot = Slot::take(&cluster.stats, max)
                 .ok_or(ErrorKind::Overflow("requests in flight", max))?;
-            self.finish._slot = Some(slot);
+            self.finish.slot = Some(slot);
         }
         let attempts = match self.upgrade {
             Some(_) => 1,
@@ -487,7 +461,7 @@ impl<'s> Session<'s> {
         let ep = pick_untried(cluster, tries.hash, tries.tried.as_slice());
         tries.tried.push(ep);
         tries.ep = ep;
-        self.finish._in_flight = Some(cluster.balancer.begin(ep));
+        self.finish.in_flight = Some(cluster.balancer.begin(ep));
         let endpoint = &cluster.endpoints[ep];
         if let Some(log) = &mut self.finish.log {
             log.0.upstream.clone_from(&endpoint.address);
