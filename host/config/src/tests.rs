@@ -416,3 +416,22 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:9 } ] } ]
     });
     assert_eq!(shown.clusters, c.clusters);
 }
+
+/// The README's configuration reference is a config this version accepts: every key it shows
+/// exists, with a value of the documented form (so the reference cannot rot).
+#[test]
+fn the_readme_reference_config_parses() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split_once("## Configuration reference")
+        .expect("README has a configuration reference")
+        .1;
+    let block = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("a yaml block in the reference")
+        .0;
+    if let Err(e) = LoadedConfig::from_str(Path::new("README.md"), block) {
+        panic!("the README's reference config is refused:\n{e}");
+    }
+}
