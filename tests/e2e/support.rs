@@ -199,8 +199,20 @@ impl Weir {
     }
 
     /// Polls `f` until it returns true (for eventual effects such as a reload).
-    pub async fn eventually(&self, what: &str, mut f: impl AsyncFnMut() -> bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    pub async fn eventually(&self, what: &str, f: impl AsyncFnMut() -> bool) -> Result<()> {
+        self.eventually_within(Duration::from_secs(10), what, f)
+            .await
+    }
+
+    /// [`Weir::eventually`] with its own limit, for waits whose length depends on how loaded
+    /// the machine is (all the e2e tests share one process and two cores).
+    pub async fn eventually_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut f: impl AsyncFnMut() -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if f().await {
                 return Ok(());

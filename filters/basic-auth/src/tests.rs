@@ -339,7 +339,7 @@ fn the_readme_quickstart_works() -> TestResult {
         .nth(1)
         .and_then(|s| s.split("```").next())
         .ok_or("no yaml block in the README")?;
-    let doc: Value = serde_yaml::from_str(yaml)?;
+    let doc: Value = weir_config::yaml_value(yaml)?;
     let mut h = Harness::<BasicAuth>::new(doc["filters"][0]["config"].clone())?;
     for (creds, user) in [("alice:wonderland", "alice"), ("bob:looking-glass", "bob")] {
         let mut req = with_auth(basic(creds));

@@ -706,7 +706,7 @@ fn the_readme_quickstart_works() -> TestResult {
         .nth(1)
         .and_then(|s| s.split("```").next())
         .ok_or("no yaml block in the README")?;
-    let doc: Value = serde_yaml::from_str(yaml)?;
+    let doc: Value = weir_config::yaml_value(yaml)?;
     let mut h = Harness::<JwtAuth>::new(doc["filters"][0]["config"].clone())?;
     let token = readme
         .lines()

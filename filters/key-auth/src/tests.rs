@@ -291,7 +291,7 @@ fn the_readme_quickstart_works() -> TestResult {
         .nth(1)
         .and_then(|s| s.split("```").next())
         .ok_or("no yaml block in the README")?;
-    let doc: Value = serde_yaml::from_str(yaml)?;
+    let doc: Value = weir_config::yaml_value(yaml)?;
     let mut h = Harness::<KeyAuth>::new(doc["filters"][0]["config"].clone())?;
     let mut req = TestRequest::get("/catalog").header("x-api-key", "weir-demo-key-alice");
     assert_eq!(h.request_headers(&mut req), Action::Continue);

@@ -103,26 +103,18 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Turns serde_yaml's message (`routes[0]: unknown field `clustr`, expected one of ... at line 9
-/// column 5`) into an issue at `routes[0].clustr` with a suggestion.
-pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -> ConfigError {
-    let mut text = e.to_string();
-    if let Some(cut) = text.find(" at line ") {
-        text.truncate(cut);
+/// Turns serde's message (`unknown field `clustr`, expected one of ...`) at its path into an
+/// issue at `routes[0].clustr`, with a suggestion.
+pub(crate) fn from_serde(
+    file: &Path,
+    lines: &LineIndex,
+    e: &serde_path_to_error::Error<serde_json::Error>,
+) -> ConfigError {
+    let mut path = e.path().to_string();
+    if path == "." {
+        path.clear();
     }
-    let (mut path, mut message) = match text.split_once(": ") {
-        Some((p, m)) if !p.contains(' ') && !p.is_empty() => (p.to_string(), m.to_string()),
-        _ => (String::new(), text.clone()),
-    };
-    // serde_yaml's path stops at the parent for errors raised while parsing a value (durations,
-    // addresses); the value's own position names the field precisely.
-    if let Some(exact) = e
-        .location()
-        .and_then(|l| lines.value_at(l.line(), l.column()))
-        && exact.starts_with(path.as_str())
-    {
-        path = exact.to_string();
-    }
+    let mut message = e.inner().to_string();
     let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     let kind = ["unknown field", "unknown variant"]
         .into_iter()
@@ -136,7 +128,9 @@ pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -
             let list: Vec<String> = expected.iter().map(|s| format!("{s:?}")).collect();
             msg.push_str(&format!(" (expected one of {})", list.join(", ")));
         }
-        if kind == "unknown field" {
+        // The path names the unknown field itself when serde got as far as its value.
+        let named = path == bad || path.ends_with(&format!(".{bad}"));
+        if kind == "unknown field" && !named {
             path = if path.is_empty() {
                 bad
             } else {
@@ -146,10 +140,7 @@ pub(crate) fn from_yaml(file: &Path, lines: &LineIndex, e: &serde_yaml::Error) -
         message = msg;
     }
     message = without_values(&message);
-    let line = e
-        .location()
-        .map(|l| l.line())
-        .or_else(|| lines.line_of(&path));
+    let line = lines.line_of(&path);
     ConfigError::Parse {
         file: file.to_path_buf(),
         line,

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Issue};
 pub use lines::LineIndex;
+pub use lines::{to_yaml, yaml_value};
 pub use units::{ByteSize, Percent};
 
 /// The whole proxy configuration, as written in the YAML file.
@@ -941,9 +942,16 @@ impl LoadedConfig {
 
     /// Parses and validates config text; `file` names it in messages.
     pub fn from_str(file: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
-        let lines = LineIndex::build(text);
-        let config: Config =
-            serde_yaml::from_str(text).map_err(|e| error::from_yaml(file, &lines, &e))?;
+        let (value, lines) = lines::parse(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            line: Some(e.line),
+            issue: Issue {
+                path: String::new(),
+                message: e.message,
+            },
+        })?;
+        let config: Config = serde_path_to_error::deserialize(value)
+            .map_err(|e| error::from_serde(file, &lines, &e))?;
         let issues = validate::validate(&config);
         if !issues.is_empty() {
             return Err(ConfigError::Invalid {

@@ -331,7 +331,7 @@ fn errors_never_quote_the_value_they_refuse() {
         (
             "workers: -7\n",
             "-7",
-            "workers: invalid type: integer, expected usize",
+            "workers: invalid value: integer, expected usize",
         ),
     ];
     for (text, secret, want) in cases {
@@ -391,7 +391,7 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:9 } ] } ]
     let c = load(text).unwrap().config;
     let shown = c.redacted();
     let json = serde_json::to_string(&shown).unwrap();
-    let yaml = serde_yaml::to_string(&shown).unwrap();
+    let yaml = crate::to_yaml(&shown).unwrap();
     for out in [&json, &yaml] {
         for secret in ["s3cret", "12345", "key.pem"] {
             assert!(!out.contains(secret), "{secret:?} shown in {out}");
@@ -434,4 +434,93 @@ fn the_readme_reference_config_parses() {
     if let Err(e) = LoadedConfig::from_str(Path::new("README.md"), block) {
         panic!("the README's reference config is refused:\n{e}");
     }
+}
+
+/// Hostile YAML is refused quickly, with its line, before it costs memory: alias bombs, deep
+/// nesting, duplicate keys (which would otherwise silently keep the last value).
+#[test]
+fn hostile_yaml_is_refused_with_its_line() {
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+            p = i - 1
+        ));
+    }
+    let started = std::time::Instant::now();
+    let msg = load(&bomb).unwrap_err().to_string();
+    assert!(msg.contains("more than 1000000 values"), "{msg}");
+    assert!(msg.starts_with("weir.yaml:6:"), "{msg}"); // a5: 10^6 values
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    for deep in [
+        format!("workers: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        (0..10_000)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect(),
+    ] {
+        let msg = load(&deep).unwrap_err().to_string();
+        assert!(
+            msg.contains("nested deeper than 128 levels") || msg.contains("recursion"),
+            "{msg}"
+        );
+    }
+
+    let dup = "workers: 2\nlisteners: [ { name: public, listen: 127.0.0.1:0 } ]\nworkers: 3\n";
+    assert_eq!(
+        load(dup).unwrap_err().to_string(),
+        "weir.yaml:3: duplicate key \"workers\""
+    );
+}
+
+/// `to_yaml` (GET /config?format=yaml, and how admin edits are re-read) gives back exactly the
+/// value it was given, strings that look like other types or YAML syntax included.
+#[test]
+fn yaml_rendering_reads_back_the_same() {
+    let tricky = [
+        "*",
+        "&a",
+        "!tag",
+        "yes",
+        "on",
+        "123",
+        "-1.5",
+        "0x1f",
+        "",
+        " lead",
+        "trail ",
+        "a: b",
+        "- x",
+        "#c",
+        "x #c",
+        "null",
+        "~",
+        "true",
+        "a\nb",
+        "tab\there",
+        "\"q\"",
+        "'s'",
+        "{",
+        "[",
+        "é ünïcödé",
+        "%x",
+        "@x",
+        "`x",
+        "|",
+        ">",
+        "? k",
+        "...",
+        "---",
+        "\\",
+        "1e3",
+        ".inf",
+    ];
+    let value = serde_json::json!({
+        "strings": tricky.as_slice(),
+        "nested": { "list": [ { "k": "v", "n": 1, "f": 2.5, "b": false, "z": null } ] },
+        "big": u64::MAX,
+        "neg": i64::MIN,
+    });
+    let text = crate::to_yaml(&value).unwrap();
+    assert_eq!(crate::yaml_value(&text).unwrap(), value, "{text}");
 }

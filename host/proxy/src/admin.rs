@@ -548,7 +548,7 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
             // Secrets stay out: the token and every filter config (they hold keys and hashes).
             let config = shared.snapshot.load().loaded.config.redacted();
             if query.is_some_and(|q| q.split('&').any(|kv| kv == "format=yaml")) {
-                let yaml = serde_yaml::to_string(&config).unwrap_or_default();
+                let yaml = weir_config::to_yaml(&config).unwrap_or_default();
                 respond(StatusCode::OK, "application/yaml", yaml)
             } else {
                 json(&serde_json::to_value(&config).unwrap_or_default())

@@ -84,7 +84,7 @@ pub(crate) async fn edit(
     let mut config = d.loaded.config.clone();
     f(&mut config)?;
     // Re-render and re-parse: one validation path for files and API edits alike.
-    let text = serde_yaml::to_string(&config).map_err(|e| (500, e.to_string()))?;
+    let text = weir_config::to_yaml(&config).map_err(|e| (500, e))?;
     let loaded =
         LoadedConfig::from_str(&d.loaded.file, &text).map_err(|e| (400, strip_file(&e)))?;
     let snap = build(shared, loaded.clone(), &d.current_uploads())
