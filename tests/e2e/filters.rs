@@ -678,3 +678,43 @@ async fn non_finite_metric_values_are_invalid_not_a_host_panic() -> Result<()> {
     assert!(metrics.contains("testbed_seconds"), "{metrics}");
     Ok(())
 }
+
+/// The host-call table (`tests/filters/host-calls.json`) in the real proxy: every call with
+/// hostile arguments gets the answer the table gives, which each SDK's emulator must give too
+/// (their own tests run the same table).
+#[tokio::test]
+async fn host_calls_answer_as_the_shared_table_says() -> Result<()> {
+    let table: serde_json::Value =
+        serde_json::from_str(include_str!("../filters/host-calls.json"))?;
+    let cases = table["cases"].as_array().expect("cases").clone();
+    let dir = TempDir::new();
+    let config = serde_json::json!({ "mode": "host-calls", "calls": cases });
+    std::fs::write(dir.0.join("host-calls.json"), config.to_string())?;
+    let up = Upstream::start("up").await;
+    let filters = tb(
+        "calls",
+        "{ $json_file: host-calls.json }",
+        ", grants: { kv: [ granted ] }",
+    );
+    let weir = Weir::start_in(dir, &config_yaml(&up, &filters))?;
+    let got = get(&weir.url("public", "/calls")).await?;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let answers: Vec<String> = got.text().lines().map(str::to_owned).collect();
+    let mut wrong = Vec::new();
+    for (case, answer) in cases.iter().zip(&answers) {
+        if case["expect"] != answer.as_str() {
+            wrong.push(format!("{case} answered {answer:?}"));
+        }
+    }
+    assert_eq!(answers.len(), cases.len(), "one answer per call");
+    assert!(
+        wrong.is_empty(),
+        "the proxy disagrees with the table:\n{}",
+        wrong.join("\n")
+    );
+    Ok(())
+}
+
+fn config_yaml(up: &Upstream, filters: &str) -> String {
+    config(up, filters, &route("calls", "/calls", "[calls]"))
+}

@@ -134,8 +134,9 @@ impl Grants {
     }
 
     /// Whether this KV namespace is granted.
+    /// Never the empty namespace: a proxy config cannot grant it.
     pub fn allows_kv(&self, namespace: &str) -> bool {
-        self.kv.as_ref().is_none_or(|s| s.contains(namespace))
+        !namespace.is_empty() && self.kv.as_ref().is_none_or(|s| s.contains(namespace))
     }
 
     /// Whether this callout target is granted.

@@ -262,6 +262,36 @@ fn header_all(headers: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
+// The host's bounds (host/filters/src/series.rs and kv.rs), kept equal by the shared host-call
+// table (tests/filters/host-calls.json), which runs here and in the real proxy.
+const MAX_METRIC_NAME_BYTES: usize = 128;
+const MAX_LABELS: usize = 16;
+const MAX_LABEL_NAME_BYTES: usize = 128;
+const MAX_LABEL_VALUE_BYTES: usize = 256;
+const RESERVED_LABELS: [&str; 3] = ["filter", "le", "quantile"];
+const HOST_METRICS: [&str; 8] = [
+    "calls_total",
+    "call_duration_seconds",
+    "call_duration_seconds_bucket",
+    "call_duration_seconds_sum",
+    "call_duration_seconds_count",
+    "failures_total",
+    "budget_breaches_total",
+    "limit_rejections_total",
+];
+const MAX_KV_KEY_BYTES: usize = 1 << 10;
+const MAX_KV_VALUE_BYTES: usize = 64 << 10;
+
+fn check_kv_value(value: &[u8]) -> Result<(), HostError> {
+    if value.len() > MAX_KV_VALUE_BYTES {
+        return Err(HostError::Invalid(format!(
+            "value of {} bytes is larger than the limit of {MAX_KV_VALUE_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -341,11 +371,14 @@ impl State {
         }
     }
 
-    fn check_kv(&self, ns: &str) -> Result<(), HostError> {
-        if ns.is_empty() {
-            return Err(HostError::Invalid(
-                "kv namespace must not be empty".to_owned(),
-            ));
+    /// A namespace must be granted (an empty one never is); a key written is at most 1 KiB
+    /// (reads of longer keys find nothing, as in the host).
+    fn check_kv(&self, ns: &str, key: &str) -> Result<(), HostError> {
+        if key.len() > MAX_KV_KEY_BYTES {
+            return Err(HostError::Invalid(format!(
+                "key of {} bytes is longer than the limit of {MAX_KV_KEY_BYTES} bytes",
+                key.len()
+            )));
         }
         if !self.grants.allows_kv(ns) {
             return Err(HostError::Denied(format!(
@@ -385,10 +418,38 @@ impl State {
                 "invalid metric name {name:?}: use [a-z_][a-z0-9_]*"
             )));
         }
-        for (i, (label, _)) in labels.iter().enumerate() {
-            if !is_label_name(label) {
+        if name.len() > MAX_METRIC_NAME_BYTES {
+            return Err(HostError::Invalid(format!(
+                "metric name of {} bytes is longer than {MAX_METRIC_NAME_BYTES}",
+                name.len()
+            )));
+        }
+        if HOST_METRICS.contains(&name) {
+            return Err(HostError::Invalid(format!(
+                "metric name {name:?} is taken by the host's weir_filter_{name}"
+            )));
+        }
+        if labels.len() > MAX_LABELS {
+            return Err(HostError::Invalid(format!(
+                "metric {name:?}: {} labels, at most {MAX_LABELS}",
+                labels.len()
+            )));
+        }
+        for (i, (label, value)) in labels.iter().enumerate() {
+            if !is_label_name(label) || label.len() > MAX_LABEL_NAME_BYTES {
                 return Err(HostError::Invalid(format!(
                     "metric {name:?}: invalid label name {label:?}"
+                )));
+            }
+            if RESERVED_LABELS.contains(label) || label.starts_with("__") {
+                return Err(HostError::Invalid(format!(
+                    "metric {name:?}: label name {label:?} is reserved (filter, le, quantile and __*)"
+                )));
+            }
+            if value.len() > MAX_LABEL_VALUE_BYTES {
+                return Err(HostError::Invalid(format!(
+                    "metric {name:?}: value of label {label:?} is {} bytes, at most {MAX_LABEL_VALUE_BYTES}",
+                    value.len()
                 )));
             }
             if labels[..i].iter().any(|(other, _)| other == label) {
@@ -702,7 +763,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                s.check_kv(ns)?;
+                s.check_kv(ns, "")?;
                 Ok(s.live_value(&(ns.to_owned(), key.to_owned()))
                     .map(|v| Entry {
                         value: v.value.clone(),
@@ -715,7 +776,8 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                s.check_kv(ns)?;
+                s.check_kv(ns, key)?;
+                check_kv_value(value)?;
                 let version = s.next_version();
                 let expires_at = expiry(s.now_ms, ttl_ms);
                 s.kv.values.insert(
@@ -740,7 +802,8 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                s.check_kv(ns)?;
+                s.check_kv(ns, key)?;
+                check_kv_value(value)?;
                 let k = (ns.to_owned(), key.to_owned());
                 let current = s.live_value(&k).map_or(0, |v| v.version);
                 if current != expected {
@@ -764,7 +827,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                s.check_kv(ns)?;
+                s.check_kv(ns, "")?;
                 let k = (ns.to_owned(), key.to_owned());
                 s.kv.values.remove(&k);
                 s.kv.counters.remove(&k);
@@ -777,7 +840,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                s.check_kv(ns)?;
+                s.check_kv(ns, key)?;
                 let now = s.now_ms;
                 let counter =
                     s.kv.counters
@@ -793,9 +856,8 @@ impl Host for Emulated {
                         expires_at: expiry(now, ttl_ms),
                     };
                 }
-                counter.value = counter.value.checked_add(delta).ok_or_else(|| {
-                    HostError::Failed(format!("kv counter {ns}/{key} would overflow"))
-                })?;
+                // Saturating, as the host's counters are.
+                counter.value = counter.value.saturating_add(delta);
                 Ok(counter.value)
             },
         )
@@ -811,7 +873,7 @@ impl Host for Emulated {
         with(
             || Err(no_host()),
             |s| {
-                s.check_kv(ns)?;
+                s.check_kv(ns, key)?;
                 if rate == 0 || period_ms == 0 || burst == 0 {
                     return Err(HostError::Invalid(format!(
                         "token bucket {ns}/{key}: rate, period and burst must be positive \

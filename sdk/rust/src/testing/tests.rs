@@ -477,7 +477,8 @@ fn kv_values_versions_ttl_and_cas() -> Result<()> {
     kv::delete("ns", "k")?;
     kv::delete("ns", "k")?;
     assert_eq!(kv::get("ns", "k")?, None);
-    ensure!(matches!(kv::get("", "k"), Err(HostError::Invalid(_))));
+    // No namespace is granted by being empty (as in the host).
+    ensure!(matches!(kv::get("", "k"), Err(HostError::Denied(_))));
     Ok(())
 }
 
@@ -497,10 +498,8 @@ fn kv_counters_reset_per_window() -> Result<()> {
     assert_eq!(kv::increment("c", "forever", 5, None)?, 0);
     assert_eq!(kv::get("c", "forever")?, None, "counters are not values");
     kv::increment("c", "max", i64::MAX, None)?;
-    ensure!(matches!(
-        kv::increment("c", "max", 1, None),
-        Err(HostError::Failed(_))
-    ));
+    // Counters saturate, as the host's do.
+    assert_eq!(kv::increment("c", "max", 1, None)?, i64::MAX);
     Ok(())
 }
 

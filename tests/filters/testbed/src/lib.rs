@@ -19,6 +19,7 @@
 //! | `state` | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
 //! | `kv-counter` | request-headers, response-headers | increments counter `key` (default `requests`) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
 //! | `bad-config` | request-headers | rejects the config unless `"fail": false` (then as `noop`) |
+//! | `host-calls` | request-headers | makes each call of `calls` (the shared table `tests/filters/host-calls.json`: metrics, KV and header calls with hostile arguments) and answers 200 with one line per call: `ok`, `ok <value>`, or the host error's kind |
 //! | `lifecycle` | request-headers, response-headers, log | counts `testbed_contexts_opened` (request-headers), `testbed_logs` (on-log) and `testbed_contexts_done` (when the SDK drops the context at context-done): live contexts are opened − done |
 //!
 //! Unknown modes and unknown fields are config errors. A host error the mode does not report
@@ -45,6 +46,11 @@ pub const BUILD: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
 pub enum Config {
     /// Does nothing.
     Noop {},
+    /// Makes host calls and answers what each returned.
+    HostCalls {
+        /// The calls, in order.
+        calls: Vec<HostCall>,
+    },
     /// Edits request and response headers.
     HeaderEdit {
         /// Value of `x-testbed`. Default: `on`.
@@ -212,6 +218,84 @@ fn error_value(e: &HostError) -> String {
         .collect()
 }
 
+/// One host call of the shared table (`tests/filters/host-calls.json`), run alike by the real
+/// proxy and by each SDK's emulator, so they can be held to one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCall {
+    /// `metrics.counter-add`, `metrics.gauge-set`, `metrics.histogram-observe`, `kv.set`,
+    /// `kv.get`, `kv.increment`, `http.set-header`, `http.append-header`, `http.remove-header`,
+    /// `http.set-status`.
+    pub call: String,
+    /// A metric's or header's name.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
+    /// A number (as text: `"NaN"`, `"-1"`) or a header value or KV value.
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub key: String,
+    /// What the table expects; the filter ignores it.
+    #[serde(default)]
+    pub expect: String,
+}
+
+impl HostCall {
+    /// Makes the call: `ok`, `ok <value>`, or the host error's kind.
+    fn run(&self, req: &mut Request) -> String {
+        let labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let number = || self.value.parse::<f64>().unwrap_or(f64::NAN);
+        let unit = |r: Result<(), HostError>| r.map(|()| String::new());
+        let result = match self.call.as_str() {
+            "metrics.counter-add" => unit(weir_filter::metrics::counter_add(
+                &self.name,
+                &labels,
+                self.value.parse().unwrap_or(1),
+            )),
+            "metrics.gauge-set" => unit(weir_filter::metrics::gauge_set(
+                &self.name,
+                &labels,
+                self.value.parse().unwrap_or(0),
+            )),
+            "metrics.histogram-observe" => unit(weir_filter::metrics::histogram_observe(
+                &self.name,
+                &labels,
+                number(),
+            )),
+            "kv.set" => kv::set(&self.namespace, &self.key, self.value.as_bytes(), None)
+                .map(|_| String::new()),
+            "kv.get" => kv::get(&self.namespace, &self.key).map(|e| match e {
+                Some(e) => String::from_utf8_lossy(&e.value).into_owned(),
+                None => "none".to_owned(),
+            }),
+            "kv.increment" => kv::increment(
+                &self.namespace,
+                &self.key,
+                self.value.parse().unwrap_or(1),
+                None,
+            )
+            .map(|n| n.to_string()),
+            "http.set-header" => unit(req.set_header(&self.name, &self.value)),
+            "http.append-header" => unit(req.append_header(&self.name, &self.value)),
+            "http.remove-header" => unit(req.remove_header(&self.name)),
+            other => return format!("unknown call {other:?}"),
+        };
+        match result {
+            Ok(v) if v.is_empty() => "ok".to_owned(),
+            Ok(v) => format!("ok {v}"),
+            Err(e) => e.kind().to_owned(),
+        }
+    }
+}
+
 /// `Continue`, or the host error as a 500.
 fn or_fail(result: Result<(), HostError>) -> Action {
     match result {
@@ -324,6 +408,7 @@ impl Filter for Testbed {
                 Phases::REQUEST_BODY | Phases::RESPONSE_BODY | Phases::STATELESS
             }
             Config::Noop {}
+            | Config::HostCalls { .. }
             | Config::Respond { .. }
             | Config::Loop {}
             | Config::Membomb { .. }
@@ -342,6 +427,13 @@ impl Filter for Testbed {
             | Config::BadConfig { .. }
             | Config::BodyUpper {}
             | Config::BodyPanic {} => Action::Continue,
+            Config::HostCalls { calls } => {
+                let lines: Vec<String> = calls.iter().map(|c| c.run(req)).collect();
+                LocalResponse::new(200)
+                    .header("content-type", "text/plain")
+                    .body(lines.join("\n"))
+                    .into()
+            }
             Config::Lifecycle {} => {
                 ctx.opened = true;
                 or_fail(weir_filter::metrics::counter_add(

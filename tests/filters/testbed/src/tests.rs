@@ -309,3 +309,34 @@ fn unknown_modes_and_fields_are_config_errors() {
         );
     }
 }
+
+/// The host-call table (`tests/filters/host-calls.json`) in the Rust SDK's emulator: the same
+/// answers the real proxy gives (tests/e2e runs the table there).
+#[test]
+fn host_calls_answer_as_the_shared_table_says() -> Result<()> {
+    let table: serde_json::Value = serde_json::from_str(include_str!("../../host-calls.json"))?;
+    let cases = table["cases"].as_array().expect("cases").clone();
+    let host = Emulator::new();
+    host.set_grants(Grants::none().kv("granted"));
+    let config = json!({ "mode": "host-calls", "calls": cases }).to_string();
+    let mut h = Harness::<Testbed>::with_host(&host, &config)?;
+    let mut req = TestRequest::get("/calls");
+    let Action::Respond(res) = h.request_headers(&mut req) else {
+        anyhow::bail!("host-calls answers");
+    };
+    let body = String::from_utf8(res.body)?;
+    let answers: Vec<&str> = body.lines().collect();
+    ensure!(answers.len() == cases.len(), "one answer per call: {body}");
+    let wrong: Vec<String> = cases
+        .iter()
+        .zip(&answers)
+        .filter(|(case, answer)| case["expect"] != **answer)
+        .map(|(case, answer)| format!("{case} answered {answer:?}"))
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "the Rust emulator disagrees with the table:\n{}",
+        wrong.join("\n")
+    );
+    Ok(())
+}
