@@ -562,3 +562,51 @@ async fn new_projects_test_build_and_serve_in_every_language() -> Result<()> {
     }
     Ok(())
 }
+
+/// The host-call table (`tests/filters/host-calls.json`) in the real proxy, made by the testbed
+/// in each language: every call with hostile arguments gets the answer the table gives. Each
+/// SDK's emulator runs the same table in its own tests (cargo test -p weir-testbed, go test in
+/// tests/filters/testbed-go, npm test in tests/filters/testbed-as), so a filter that passes its
+/// SDK tests meets the same host in the proxy.
+#[tokio::test]
+async fn host_calls_answer_as_the_shared_table_says_in_every_language() -> Result<()> {
+    let table: serde_json::Value =
+        serde_json::from_str(include_str!("../filters/host-calls.json"))?;
+    let cases = table["cases"].as_array().expect("cases").clone();
+    let up = Upstream::start("up").await;
+    for lang in LANGS {
+        let dir = TempDir::new();
+        let calls = serde_json::json!({ "mode": "host-calls", "calls": cases });
+        std::fs::write(dir.0.join("host-calls.json"), calls.to_string())?;
+        let filters = format!(
+            "  - {{ name: calls, module: \"{}\", config: {{ $json_file: host-calls.json }}, grants: {{ kv: [ granted ] }} }}\n",
+            lang.testbed().display()
+        );
+        let weir = Weir::start_in(dir, &config(&up, &filters, &route("/calls", "calls")))
+            .with_context(|| format!("{lang:?}: the testbed loads"))?;
+        let got = get(&weir.url("public", "/calls")).await?;
+        ensure!(got.status == 200, "{lang:?}: {} {}", got.status, got.text());
+        let text = got.text();
+        let answers: Vec<&str> = text.lines().collect();
+        ensure!(
+            answers.len() == cases.len(),
+            "{lang:?}: one answer per call: {text}"
+        );
+        let wrong: Vec<String> = cases
+            .iter()
+            .zip(&answers)
+            .filter(|(case, answer)| case["expect"] != **answer)
+            .map(|(case, answer)| {
+                let mut case = case.to_string();
+                case.truncate(160);
+                format!("{case} answered {answer:?}")
+            })
+            .collect();
+        ensure!(
+            wrong.is_empty(),
+            "{lang:?}: the proxy disagrees with the table:\n{}",
+            wrong.join("\n")
+        );
+    }
+    Ok(())
+}

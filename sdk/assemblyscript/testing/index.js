@@ -39,6 +39,38 @@ const ERROR_KINDS = ["denied", "unavailable", "invalid", "failed"];
 export const START_MS = 1_700_000_000_000;
 
 /** An error a host call returns to the filter (the WIT `host-error`). */
+
+// The host's bounds (host/filters/src/series.rs and kv.rs), kept equal by the shared host-call
+// table (tests/filters/host-calls.json), which runs here and in the real proxy.
+const MAX_METRIC_NAME_BYTES = 128;
+const MAX_LABELS = 16;
+const MAX_LABEL_NAME_BYTES = 128;
+const MAX_LABEL_VALUE_BYTES = 256;
+const RESERVED_LABELS = ["filter", "le", "quantile"];
+const HOST_METRICS = [
+  "calls_total",
+  "call_duration_seconds",
+  "call_duration_seconds_bucket",
+  "call_duration_seconds_sum",
+  "call_duration_seconds_count",
+  "failures_total",
+  "budget_breaches_total",
+  "limit_rejections_total",
+];
+const MAX_KV_KEY_BYTES = 1024;
+const MAX_KV_VALUE_BYTES = 64 * 1024;
+
+/** What a KV write may store: a key of at most 1 KiB, a value of at most 64 KiB. */
+function checkWrite(key, value) {
+  const keyBytes = Buffer.byteLength(key, "utf8");
+  if (keyBytes > MAX_KV_KEY_BYTES) {
+    throw HostError.invalid(`key of ${keyBytes} bytes is longer than the limit of ${MAX_KV_KEY_BYTES} bytes`);
+  }
+  if (value.length > MAX_KV_VALUE_BYTES) {
+    throw HostError.invalid(`value of ${value.length} bytes is larger than the limit of ${MAX_KV_VALUE_BYTES} bytes`);
+  }
+}
+
 export class HostError extends Error {
   /**
    * @param {"denied"|"unavailable"|"invalid"|"failed"} kind
@@ -474,9 +506,9 @@ export class Emulator {
     return out;
   }
 
+  /** The namespace must be granted (an empty one never is, as in the proxy). */
   checkKv(ns) {
-    if (ns === "") throw HostError.invalid("kv namespace must not be empty");
-    if (!this.grants.allowsKv(ns)) {
+    if (ns === "" || !this.grants.allowsKv(ns)) {
       throw HostError.denied(`kv namespace ${JSON.stringify(ns)} is not granted (add it to the filter's grants.kv)`);
     }
   }
@@ -503,6 +535,7 @@ export class Emulator {
 
   kvSet(ns, key, value, ttlMs) {
     this.checkKv(ns);
+    checkWrite(key, value);
     const version = ++this.kvLastVersion;
     this.kvValues.set(JSON.stringify([ns, key]), { value: Buffer.from(value), version, expiresAt: this.expiry(ttlMs) });
     return version;
@@ -510,6 +543,7 @@ export class Emulator {
 
   kvCompareAndSwap(ns, key, expected, value, ttlMs) {
     this.checkKv(ns);
+    checkWrite(key, value);
     const s = this.liveValue(ns, key);
     const current = s ? s.version : 0n;
     if (current !== expected) return null;
@@ -526,6 +560,7 @@ export class Emulator {
 
   kvIncrement(ns, key, delta, ttlMs) {
     this.checkKv(ns);
+    checkWrite(key, []);
     const k = JSON.stringify([ns, key]);
     let c = this.kvCounters.get(k);
     if (!c || (c.expiresAt !== null && this.nowMsValue >= c.expiresAt)) {
@@ -533,14 +568,17 @@ export class Emulator {
       c = { value: 0n, expiresAt: this.expiry(ttlMs) };
       this.kvCounters.set(k, c);
     }
-    const next = c.value + delta;
-    if (next > I64_MAX || next < I64_MIN) throw HostError.failed(`kv counter ${ns}/${key} would overflow`);
+    // Saturating, as the proxy's counters are.
+    let next = c.value + delta;
+    if (next > I64_MAX) next = I64_MAX;
+    if (next < I64_MIN) next = I64_MIN;
     c.value = next;
     return next;
   }
 
   kvTakeTokens(ns, key, rate, periodMs, burst, cost) {
     this.checkKv(ns);
+    checkWrite(key, []);
     if (rate === 0n || periodMs === 0n || burst === 0n) {
       throw HostError.invalid(
         `token bucket ${ns}/${key}: rate, period and burst must be positive (got rate ${rate}, period ${periodMs} ms, burst ${burst})`,
@@ -572,11 +610,23 @@ export class Emulator {
   }
 
   recordMetric(name, labels, kind, update) {
-    if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw HostError.invalid(`invalid metric name ${JSON.stringify(name)}: use [a-z_][a-z0-9_]*`);
+    const q = JSON.stringify;
+    if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw HostError.invalid(`invalid metric name ${q(name)}: use [a-z_][a-z0-9_]*`);
+    if (name.length > MAX_METRIC_NAME_BYTES) {
+      throw HostError.invalid(`metric name of ${name.length} bytes is longer than ${MAX_METRIC_NAME_BYTES}`);
+    }
+    if (HOST_METRICS.includes(name)) throw HostError.invalid(`metric name ${q(name)} is taken by the host's weir_filter_${name}`);
+    if (labels.length > MAX_LABELS) throw HostError.invalid(`metric ${q(name)}: ${labels.length} labels, at most ${MAX_LABELS}`);
     const seen = new Set();
-    for (const [label] of labels) {
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(label)) {
-        throw HostError.invalid(`metric ${JSON.stringify(name)}: invalid label name ${JSON.stringify(label)}`);
+    for (const [label, value] of labels) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(label) || label.length > MAX_LABEL_NAME_BYTES) {
+        throw HostError.invalid(`metric ${q(name)}: invalid label name ${q(label)}`);
+      }
+      if (RESERVED_LABELS.includes(label) || label.startsWith("__")) {
+        throw HostError.invalid(`metric ${q(name)}: label name ${q(label)} is reserved (filter, le, quantile and __*)`);
+      }
+      if (Buffer.byteLength(value, "utf8") > MAX_LABEL_VALUE_BYTES) {
+        throw HostError.invalid(`metric ${q(name)}: value of label ${q(label)} is over ${MAX_LABEL_VALUE_BYTES} bytes`);
       }
       if (seen.has(label)) throw HostError.invalid(`metric ${JSON.stringify(name)}: label ${JSON.stringify(label)} given twice`);
       seen.add(label);

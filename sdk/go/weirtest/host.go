@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -744,10 +745,25 @@ func (e emulated) record(name string, labels []bridge.Pair, kind metricKind, upd
 	if !isMetricName(name) {
 		return errf(weir.Invalid, "invalid metric name %q: use [a-z_][a-z0-9_]*", name)
 	}
+	if len(name) > maxMetricNameBytes {
+		return errf(weir.Invalid, "metric name of %d bytes is longer than %d", len(name), maxMetricNameBytes)
+	}
+	if slices.Contains(hostMetrics, name) {
+		return errf(weir.Invalid, "metric name %q is taken by the host's weir_filter_%s", name, name)
+	}
+	if len(labels) > maxLabels {
+		return errf(weir.Invalid, "metric %q: %d labels, at most %d", name, len(labels), maxLabels)
+	}
 	ls := make([]weir.Label, len(labels))
 	for i, l := range labels {
-		if !isLabelName(l[0]) {
+		if !isLabelName(l[0]) || len(l[0]) > maxLabelNameBytes {
 			return errf(weir.Invalid, "metric %q: invalid label name %q", name, l[0])
+		}
+		if slices.Contains(reservedLabels, l[0]) || strings.HasPrefix(l[0], "__") {
+			return errf(weir.Invalid, "metric %q: label name %q is reserved (filter, le, quantile and __*)", name, l[0])
+		}
+		if len(l[1]) > maxLabelValueBytes {
+			return errf(weir.Invalid, "metric %q: value of label %q is %d bytes, at most %d", name, l[0], len(l[1]), maxLabelValueBytes)
 		}
 		for _, o := range labels[:i] {
 			if o[0] == l[0] {
@@ -793,11 +809,38 @@ func (e emulated) HistogramObserve(name string, labels []bridge.Pair, value floa
 	return e.record(name, labels, kindHistogram, func(m *metric) { m.hist = append(m.hist, value) })
 }
 
-func (h *Host) checkKV(ns string) *bridge.Err {
-	if ns == "" {
-		return errf(weir.Invalid, "kv namespace must not be empty")
+// The host's bounds (host/filters/src/series.rs and kv.rs), kept equal by the shared host-call
+// table (tests/filters/host-calls.json), which runs here and in the real proxy.
+const (
+	maxMetricNameBytes = 128
+	maxLabels          = 16
+	maxLabelNameBytes  = 128
+	maxLabelValueBytes = 256
+	maxKVKeyBytes      = 1 << 10
+	maxKVValueBytes    = 64 << 10
+)
+
+var (
+	reservedLabels = []string{"filter", "le", "quantile"}
+	hostMetrics    = []string{"calls_total", "call_duration_seconds", "call_duration_seconds_bucket",
+		"call_duration_seconds_sum", "call_duration_seconds_count", "failures_total",
+		"budget_breaches_total", "limit_rejections_total"}
+)
+
+// checkWrite bounds what a write may store: a key of at most 1 KiB, a value of at most 64 KiB.
+func checkWrite(key string, value []byte) *bridge.Err {
+	if len(key) > maxKVKeyBytes {
+		return errf(weir.Invalid, "key of %d bytes is longer than the limit of %d bytes", len(key), maxKVKeyBytes)
 	}
-	if !h.grants.AllowsKV(ns) {
+	if len(value) > maxKVValueBytes {
+		return errf(weir.Invalid, "value of %d bytes is larger than the limit of %d bytes", len(value), maxKVValueBytes)
+	}
+	return nil
+}
+
+// checkKV: the namespace must be granted (an empty one never is, as in the proxy).
+func (h *Host) checkKV(ns string) *bridge.Err {
+	if ns == "" || !h.grants.AllowsKV(ns) {
 		return errf(weir.Denied, "kv namespace %q is not granted (add it to the filter's grants.kv)", ns)
 	}
 	return nil
@@ -822,6 +865,9 @@ func (e emulated) KVSet(ns, key string, value []byte, ttlMs uint64) (uint64, *br
 	if err := h.checkKV(ns); err != nil {
 		return 0, err
 	}
+	if err := checkWrite(key, value); err != nil {
+		return 0, err
+	}
 	h.version++
 	h.values[kvKey{ns, key}] = &stored{value: append([]byte{}, value...), version: h.version, expiresAt: expiry(h.nowMs, ttlMs)}
 	return h.version, nil
@@ -831,6 +877,9 @@ func (e emulated) KVCompareAndSwap(ns, key string, expected uint64, value []byte
 	h := e.lock()
 	defer h.mu.Unlock()
 	if err := h.checkKV(ns); err != nil {
+		return 0, false, err
+	}
+	if err := checkWrite(key, value); err != nil {
 		return 0, false, err
 	}
 	k := kvKey{ns, key}
@@ -865,6 +914,9 @@ func (e emulated) KVIncrement(ns, key string, delta int64, ttlMs uint64) (int64,
 	if err := h.checkKV(ns); err != nil {
 		return 0, err
 	}
+	if err := checkWrite(key, nil); err != nil {
+		return 0, err
+	}
 	k := kvKey{ns, key}
 	c := h.counters[k]
 	if c == nil || expired(c.expiresAt, h.nowMs) {
@@ -872,9 +924,12 @@ func (e emulated) KVIncrement(ns, key string, delta int64, ttlMs uint64) (int64,
 		c = &counter{expiresAt: expiry(h.nowMs, ttlMs)}
 		h.counters[k] = c
 	}
+	// Saturating, as the proxy's counters are.
 	sum := c.value + delta
-	if (delta > 0 && sum < c.value) || (delta < 0 && sum > c.value) {
-		return 0, errf(weir.Failed, "kv counter %s/%s would overflow", ns, key)
+	if delta > 0 && sum < c.value {
+		sum = math.MaxInt64
+	} else if delta < 0 && sum > c.value {
+		sum = math.MinInt64
 	}
 	c.value = sum
 	return sum, nil
@@ -923,6 +978,9 @@ func (e emulated) KVTakeTokens(ns, key string, rate, periodMs, burst, cost uint6
 	h := e.lock()
 	defer h.mu.Unlock()
 	if err := h.checkKV(ns); err != nil {
+		return bridge.Bucket{}, err
+	}
+	if err := checkWrite(key, nil); err != nil {
 		return bridge.Bucket{}, err
 	}
 	if rate == 0 || periodMs == 0 || burst == 0 {

@@ -9,6 +9,7 @@
 // | loop | request-headers | never returns (the proxy's time budget must end it) |
 // | membomb | request-headers | allocates and touches 1 MiB chunks until allocation fails, then traps; `limit_mb` stops (and panics) earlier, for native tests |
 // | panic | request-headers | panics (a trap) |
+// | host-calls | request-headers | makes each call of `calls` (the shared table tests/filters/host-calls.json) and answers 200 with one line per call: `ok`, `ok <value>`, or the host error's kind |
 // | callout | request-headers | `GET path` (default /) to `target`, `timeout_ms` (default 1000); request header `x-callout` gets the status, or `kind: message` of the host error |
 // | body-upper | request-body, response-body | buffers each body to its end and uppercases ASCII |
 // | state | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
@@ -25,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -39,15 +41,91 @@ import (
 type Config struct {
 	Mode string
 
-	Value, Tag string // header-edit
-	Status     int    // respond
-	Body       string // respond
-	LimitMB    *int64 // membomb
-	Target     string // callout
-	Path       string // callout
-	TimeoutMs  uint64 // callout
-	NS, Key    string // kv-counter
-	Fail       bool   // bad-config
+	Value, Tag string     // header-edit
+	Status     int        // respond
+	Body       string     // respond
+	LimitMB    *int64     // membomb
+	Target     string     // callout
+	Path       string     // callout
+	TimeoutMs  uint64     // callout
+	NS, Key    string     // kv-counter
+	Fail       bool       // bad-config
+	Calls      []HostCall // host-calls
+}
+
+// HostCall is one call of the shared host-call table (tests/filters/host-calls.json), run alike
+// by the real proxy and by each SDK's emulator so they can be held to one answer.
+type HostCall struct {
+	Call      string      `json:"call"`
+	Name      string      `json:"name"`
+	Labels    [][2]string `json:"labels"`
+	Value     string      `json:"value"`
+	Namespace string      `json:"namespace"`
+	Key       string      `json:"key"`
+	Expect    string      `json:"expect"`
+}
+
+// Run makes the call: "ok", "ok <value>", or the host error's kind.
+func (c HostCall) Run(req *weir.Request) string {
+	labels := make([]weir.Label, len(c.Labels))
+	for i, l := range c.Labels {
+		labels[i] = weir.Label{Name: l[0], Value: l[1]}
+	}
+	var out string
+	var err error
+	switch c.Call {
+	case "metrics.counter-add":
+		delta, perr := strconv.ParseUint(c.Value, 10, 64)
+		if perr != nil {
+			delta = 1
+		}
+		err = weir.Metrics.CounterAdd(c.Name, delta, labels...)
+	case "metrics.gauge-set":
+		v, _ := strconv.ParseInt(c.Value, 10, 64)
+		err = weir.Metrics.GaugeSet(c.Name, v, labels...)
+	case "metrics.histogram-observe":
+		v, perr := strconv.ParseFloat(c.Value, 64)
+		if perr != nil && !strings.EqualFold(c.Value, "inf") && !strings.EqualFold(c.Value, "-inf") {
+			v = math.NaN()
+		}
+		err = weir.Metrics.HistogramObserve(c.Name, v, labels...)
+	case "kv.set":
+		_, err = weir.KV.Set(c.Namespace, c.Key, []byte(c.Value), 0)
+	case "kv.get":
+		var e weir.Entry
+		var found bool
+		e, found, err = weir.KV.Get(c.Namespace, c.Key)
+		out = "none"
+		if found {
+			out = string(e.Value)
+		}
+	case "kv.increment":
+		delta, perr := strconv.ParseInt(c.Value, 10, 64)
+		if perr != nil {
+			delta = 1
+		}
+		var n int64
+		n, err = weir.KV.Increment(c.Namespace, c.Key, delta, 0)
+		out = strconv.FormatInt(n, 10)
+	case "http.set-header":
+		err = req.SetHeader(c.Name, c.Value)
+	case "http.append-header":
+		err = req.AppendHeader(c.Name, c.Value)
+	case "http.remove-header":
+		err = req.RemoveHeader(c.Name)
+	default:
+		return fmt.Sprintf("unknown call %q", c.Call)
+	}
+	if err != nil {
+		if kind, ok := weir.ErrorKindOf(err); ok {
+			return kind.String()
+		}
+		return err.Error()
+	}
+	if out == "" {
+		return "ok"
+	}
+	return "ok " + out
 }
 
 type (
@@ -80,6 +158,10 @@ type (
 	badConfig struct {
 		Mode string
 		Fail *bool `json:"fail"`
+	}
+	hostCalls struct {
+		Mode  string
+		Calls *[]HostCall `json:"calls"`
 	}
 )
 
@@ -144,6 +226,15 @@ func ParseConfig(raw []byte) (Config, error) {
 		if err == nil && c.NS == "" {
 			return c, errors.New("kv-counter: ns must not be empty")
 		}
+	case "host-calls":
+		var m hostCalls
+		err = weir.DecodeConfig(raw, &m)
+		if err == nil && m.Calls == nil {
+			return c, errors.New("config: missing field `calls`")
+		}
+		if m.Calls != nil {
+			c.Calls = *m.Calls
+		}
 	case "bad-config":
 		var m badConfig
 		err = weir.DecodeConfig(raw, &m)
@@ -152,7 +243,7 @@ func ParseConfig(raw []byte) (Config, error) {
 			return c, errors.New(`testbed: bad-config mode rejects its config (set "fail": false to accept)`)
 		}
 	default:
-		return c, fmt.Errorf("config: unknown mode %q (expected noop, header-edit, respond, loop, membomb, panic, callout, body-upper, state, kv-counter or bad-config)", c.Mode)
+		return c, fmt.Errorf("config: unknown mode %q (expected noop, header-edit, host-calls, respond, loop, membomb, panic, callout, body-upper, state, kv-counter or bad-config)", c.Mode)
 	}
 	return c, err
 }
@@ -277,6 +368,12 @@ func (t *Testbed) OnRequestHeaders(ctx *weir.Context, req *weir.Request) weir.Ac
 	switch t.cfg.Mode {
 	case "header-edit":
 		return t.edit(req)
+	case "host-calls":
+		lines := make([]string, len(t.cfg.Calls))
+		for i, c := range t.cfg.Calls {
+			lines[i] = c.Run(req)
+		}
+		return weir.Respond(weir.Text(200, strings.Join(lines, "\n")))
 	case "respond":
 		return weir.Respond(weir.Text(t.cfg.Status, t.cfg.Body))
 	case "loop":

@@ -3,8 +3,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -349,5 +351,47 @@ func TestHostErrorsBecome500(t *testing.T) {
 	}
 	if errorValue(errors.New("a\nb\tc")) != "a b c" {
 		t.Fatal(errorValue(errors.New("a\nb\tc")))
+	}
+}
+
+// TestHostCallsAnswerAsTheSharedTableSays runs the host-call table (tests/filters/host-calls.json)
+// in the Go SDK's emulator: the same answers the real proxy gives (tests/e2e runs the table
+// there).
+func TestHostCallsAnswerAsTheSharedTableSays(t *testing.T) {
+	raw, err := os.ReadFile("../host-calls.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table struct {
+		Cases []HostCall `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &table); err != nil {
+		t.Fatal(err)
+	}
+	config, err := json.Marshal(map[string]any{"mode": "host-calls", "calls": table.Cases})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := weirtest.NewHost()
+	host.Quiet()
+	host.SetGrants(weirtest.NoGrants().KV("granted"))
+	h := testbed(t, string(config), weirtest.WithHost(host))
+	r := h.RequestHeaders(weirtest.Get("/calls")).Response()
+	if r == nil || r.Status != 200 {
+		t.Fatal("host-calls answers 200")
+	}
+	answers := strings.Split(string(r.Body), "\n")
+	if len(answers) != len(table.Cases) {
+		t.Fatalf("%d answers for %d calls", len(answers), len(table.Cases))
+	}
+	for i, c := range table.Cases {
+		if answers[i] != c.Expect {
+			name := c.Name
+			if len(name) > 40 {
+				name = name[:40] + "..."
+			}
+			t.Errorf("%s %q labels=%d ns=%q key(%d) value(%d): got %q, the table says %q",
+				c.Call, name, len(c.Labels), c.Namespace, len(c.Key), len(c.Value), answers[i], c.Expect)
+		}
 	}
 }

@@ -14,6 +14,7 @@
 // | `body-upper` | request-body, response-body | buffers each body to its end and uppercases ASCII |
 // | `state` | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
 // | `kv-counter` | request-headers, response-headers | increments counter `key` (default `requests`) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
+// | `host-calls` | request-headers | makes each call of `calls` (the shared table `tests/filters/host-calls.json`) and answers 200 with one line per call: `ok`, `ok <value>`, or the host error's kind |
 // | `bad-config` | request-headers | rejects the config unless `"fail": false` (then as `noop`) |
 //
 // Unknown modes and unknown fields are config errors. A host error the mode does not report in a
@@ -28,7 +29,9 @@ import {
   ConfigReader,
   ConfigResult,
   Filter,
+  Header,
   HostError,
+  JsonValue,
   LocalResponse,
   Phases,
   Request,
@@ -37,6 +40,7 @@ import {
   clock,
   debugQuote,
   kv,
+  metrics,
   registerFilter,
 } from "@weir/filter";
 
@@ -55,7 +59,81 @@ const MODES = [
   "state",
   "kv-counter",
   "bad-config",
+  "host-calls",
 ];
+
+/** A string member of a JSON object, or "" when absent or not a string. */
+function field(v: JsonValue, key: string): string {
+  const f = v.get(key);
+  if (f === null) return "";
+  const s = f.asString();
+  return s !== null ? s : "";
+}
+
+function parseF64(text: string): f64 {
+  if (text == "inf") return Infinity;
+  if (text == "-inf") return -Infinity;
+  return parseFloat(text);
+}
+
+function utf8(s: string): Uint8Array {
+  return Uint8Array.wrap(String.UTF8.encode(s));
+}
+
+/**
+ * One call of the shared host-call table (tests/filters/host-calls.json), run alike by the real
+ * proxy and by each SDK's emulator: `ok`, `ok <value>`, or the host error's kind.
+ */
+function hostCall(c: JsonValue, req: Request): string {
+  const call = field(c, "call");
+  const name = field(c, "name");
+  const value = field(c, "value");
+  const ns = field(c, "namespace");
+  const key = field(c, "key");
+  const labels = new Array<Header>();
+  const ls = c.get("labels");
+  if (ls !== null) {
+    for (let i = 0; i < ls.items.length; i++) {
+      const pair = ls.items[i].items;
+      const k = pair.length > 0 ? pair[0].asString() : null;
+      const v = pair.length > 1 ? pair[1].asString() : null;
+      labels.push(new Header(k !== null ? k : "", v !== null ? v : ""));
+    }
+  }
+  let error: HostError | null = null;
+  let out = "";
+  if (call == "metrics.counter-add") {
+    error = metrics.counterAdd(name, labels, value.length > 0 ? U64.parseInt(value) : 1);
+  } else if (call == "metrics.gauge-set") {
+    error = metrics.gaugeSet(name, labels, value.length > 0 ? I64.parseInt(value) : 0);
+  } else if (call == "metrics.histogram-observe") {
+    error = metrics.histogramObserve(name, labels, parseF64(value));
+  } else if (call == "kv.set") {
+    const r = kv.set(ns, key, utf8(value), 0);
+    if (!r.ok) error = r.error;
+  } else if (call == "kv.get") {
+    const r = kv.get(ns, key);
+    if (!r.ok) error = r.error;
+    else {
+      const e = r.value;
+      out = e === null ? "none" : String.UTF8.decodeUnsafe(e.value.dataStart, <usize>e.value.length);
+    }
+  } else if (call == "kv.increment") {
+    const r = kv.increment(ns, key, value.length > 0 ? I64.parseInt(value) : 1, 0);
+    if (!r.ok) error = r.error;
+    else out = r.value.toString();
+  } else if (call == "http.set-header") {
+    error = req.headers.set(name, value);
+  } else if (call == "http.append-header") {
+    error = req.headers.append(name, value);
+  } else if (call == "http.remove-header") {
+    error = req.headers.remove(name);
+  } else {
+    return "unknown call " + debugQuote(call);
+  }
+  if (error !== null) return error.kindName();
+  return out.length > 0 ? "ok " + out : "ok";
+}
 
 /** Per-request state. */
 class Context {
@@ -142,6 +220,7 @@ class Testbed extends Filter<Context> {
   timeoutMs: u32 = 1000;
   ns: string = "";
   key: string = "requests";
+  calls: Array<JsonValue> = new Array<JsonValue>();
 
   configure(config: string): ConfigResult {
     const c = ConfigReader.parse(config);
@@ -176,6 +255,10 @@ class Testbed extends Filter<Context> {
       phases = Phases.REQUEST_HEADERS | Phases.RESPONSE_HEADERS;
     } else if (mode == "bad-config") {
       fails = c.bool("fail", true);
+    } else if (mode == "host-calls") {
+      const calls = c.value("calls");
+      if (calls === null || !calls.isArray()) c.fail("config: missing field `calls`");
+      else this.calls = calls.items;
     }
     const error = c.finish();
     if (error !== null) return ConfigResult.reject(error);
@@ -207,6 +290,11 @@ class Testbed extends Filter<Context> {
       return orFail(e);
     }
     if (mode == "respond") return LocalResponse.text(this.status, this.body).action();
+    if (mode == "host-calls") {
+      const lines = new Array<string>();
+      for (let i = 0; i < this.calls.length; i++) lines.push(hostCall(this.calls[i], req));
+      return LocalResponse.text(200, lines.join("\n")).action();
+    }
     if (mode == "loop") spin();
     if (mode == "membomb") membomb(this.limitMb);
     if (mode == "panic") abort("testbed: panic mode");

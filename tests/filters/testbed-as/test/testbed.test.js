@@ -251,3 +251,20 @@ test("memory stays flat over many requests", () => {
   for (let i = 0; i < 50_000; i++) run();
   assert.equal(h.memoryBytes(), warm);
 });
+
+test("host calls answer as the shared table says (tests/filters/host-calls.json)", async () => {
+  const { readFile } = await import("node:fs/promises");
+  const table = JSON.parse(await readFile(new URL("../../host-calls.json", import.meta.url), "utf8"));
+  const host = new Emulator();
+  host.setGrants(Grants.none().kv("granted"));
+  const h = testbed({ mode: "host-calls", calls: table.cases }, host);
+  const r = h.requestHeaders(TestRequest.get("/calls"));
+  assert.equal(r.response.status, 200);
+  const answers = r.response.text.split("\n");
+  assert.equal(answers.length, table.cases.length, "one answer per call");
+  const wrong = table.cases
+    .map((c, i) => [c, answers[i]])
+    .filter(([c, a]) => c.expect !== a)
+    .map(([c, a]) => `${c.call} ${JSON.stringify(c.name ?? "").slice(0, 40)} ns=${JSON.stringify(c.namespace ?? "")} key(${(c.key ?? "").length}) value(${(c.value ?? "").length}) labels=${(c.labels ?? []).length}: got ${JSON.stringify(a)}, the table says ${JSON.stringify(c.expect)}`);
+  assert.deepEqual(wrong, [], "the AssemblyScript emulator disagrees with the table");
+});
