@@ -258,7 +258,7 @@ async fn route(shared: &Shared, via: Via, req: Request<Incoming>) -> Response<Fu
                         c.clusters.retain(|r| r.name != n);
                         before != c.clusters.len()
                     };
-                    if removed { Ok(()) } else { Err((404, format!("nothing named {n:?}"))) }
+                    if removed { Ok(()) } else { Err(control::Refused::not_found(format!("nothing named {n:?}"))) }
                 })
                 .await
                 .map(|()| serde_json::json!({ "deleted": name })),
@@ -267,8 +267,8 @@ async fn route(shared: &Shared, via: Via, req: Request<Incoming>) -> Response<Fu
         (&Method::POST, ["reload"]) => {
             let file = shared.control.lock().await.loaded.file.clone();
             let result = match weir_config::LoadedConfig::from_file(&file) {
-                Ok(l) => control::reload_file(shared, l).await.map_err(|e| (400, e.to_string())),
-                Err(e) => Err((400, e.to_string())),
+                Ok(l) => control::reload_file(shared, l).await.map_err(|e| control::Refused::bad(e.to_string())),
+                Err(e) => Err(control::Refused::bad(e.to_string())),
             };
             reply(result.map(|()| serde_json::json!({ "reloaded": file })))
         }
@@ -417,8 +417,8 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
     name_of: fn(&mut T) -> &mut String,
 ) -> Result<(), control::Refused> {
     // The name comes from the path; a body may repeat it, but not contradict it.
-    let mut value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| control::Refused::bad(format!("invalid JSON body: {e}")))?;
     match value.as_object_mut() {
         Some(obj) => match obj.get("name") {
             None => {
@@ -426,25 +426,22 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
             }
             Some(n) if n.as_str() == Some(name) => {}
             Some(n) => {
-                return Err((
-                    400,
-                    format!("the body names {n} but the path names {name:?}"),
-                ));
+                return Err(control::Refused::bad(format!(
+                    "the body names {n} but the path names {name:?}"
+                )));
             }
         },
-        None => return Err((400, "the body must be a JSON object".into())),
+        None => return Err(control::Refused::bad("the body must be a JSON object")),
     }
     // Files are named by whoever writes the config file, never through the API: a filter's
     // config error could otherwise echo any file the proxy can read.
     if crate::snapshot::names_a_file(&value) {
-        return Err((
-            400,
-            "$json_file and $text_file are only read from the config file, not from admin API edits"
-                .into(),
+        return Err(control::Refused::bad(
+            "$json_file and $text_file are only read from the config file, not from admin API edits",
         ));
     }
-    let item: T =
-        serde_json::from_value(value).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
+    let item: T = serde_json::from_value(value)
+        .map_err(|e| control::Refused::bad(format!("invalid JSON body: {e}")))?;
     let name = name.to_string();
     control::edit(shared, move |c| {
         let items = list(c);
@@ -513,10 +510,7 @@ async fn body(
 fn reply(result: Result<serde_json::Value, control::Refused>) -> Response<Full<Bytes>> {
     match result {
         Ok(v) => json(&v),
-        Err((status, msg)) => error(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            &msg,
-        ),
+        Err(r) => error(r.status, &r.message),
     }
 }
 

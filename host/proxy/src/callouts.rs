@@ -13,14 +13,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::Shared;
 use crate::body::ProxyBody;
 
 /// Callout responses are read whole; this caps them.
 const MAX_CALLOUT_BODY: usize = 4 << 20;
 
 pub(crate) struct ProxyCallouts {
-    shared: OnceLock<Weak<Shared>>,
+    /// The proxy's current config (set once the proxy is built: the filter runtime, which
+    /// needs these callouts, is made before the first snapshot). Weak: the snapshot holds the
+    /// filters that hold these callouts, and a cycle would keep its pools open after shutdown.
+    snapshot: OnceLock<Weak<arc_swap::ArcSwap<crate::Snapshot>>>,
     direct: Client<HttpConnector, ProxyBody>,
 }
 
@@ -30,13 +32,13 @@ impl ProxyCallouts {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(1)));
         Arc::new(ProxyCallouts {
-            shared: OnceLock::new(),
+            snapshot: OnceLock::new(),
             direct: Client::builder(TokioExecutor::new()).build(http),
         })
     }
 
-    pub fn attach(&self, shared: &Arc<Shared>) {
-        let _ = self.shared.set(Arc::downgrade(shared));
+    pub fn attach(&self, snapshot: &Arc<arc_swap::ArcSwap<crate::Snapshot>>) {
+        let _ = self.snapshot.set(Arc::downgrade(snapshot));
     }
 
     async fn send_inner(
@@ -45,12 +47,12 @@ impl ProxyCallouts {
         req: Request<Bytes>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, String> {
-        let shared = self
-            .shared
+        let snap = self
+            .snapshot
             .get()
             .and_then(Weak::upgrade)
-            .ok_or("the proxy is shutting down")?;
-        let snap = shared.snapshot.load_full();
+            .ok_or("the proxy is shutting down")?
+            .load_full();
         let (parts, body) = req.into_parts();
         let pq = parts
             .uri

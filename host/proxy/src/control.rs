@@ -36,8 +36,41 @@ impl Desired {
     }
 }
 
-/// Why an admin change was refused: an HTTP status and a message.
-pub(crate) type Refused = (u16, String);
+/// Why an admin change was refused: the HTTP status to answer, and what to tell the operator.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub status: http::StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    /// 400: the change itself is wrong.
+    pub fn bad(message: impl Into<String>) -> Refused {
+        Refused::with(http::StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404: it names nothing that exists.
+    pub fn not_found(message: impl Into<String>) -> Refused {
+        Refused::with(http::StatusCode::NOT_FOUND, message)
+    }
+
+    /// 409: it conflicts with what is there.
+    pub fn conflict(message: impl Into<String>) -> Refused {
+        Refused::with(http::StatusCode::CONFLICT, message)
+    }
+
+    /// 500: the proxy failed.
+    pub fn internal(message: impl Into<String>) -> Refused {
+        Refused::with(http::StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn with(status: http::StatusCode, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            message: message.into(),
+        }
+    }
+}
 
 async fn build(
     shared: &Shared,
@@ -84,12 +117,12 @@ pub(crate) async fn edit(
     let mut config = d.loaded.config.clone();
     f(&mut config)?;
     // Re-render and re-parse: one validation path for files and API edits alike.
-    let text = weir_config::to_yaml(&config).map_err(|e| (500, e))?;
+    let text = weir_config::to_yaml(&config).map_err(Refused::internal)?;
     let loaded =
-        LoadedConfig::from_str(&d.loaded.file, &text).map_err(|e| (400, strip_file(&e)))?;
+        LoadedConfig::from_str(&d.loaded.file, &text).map_err(|e| Refused::bad(strip_file(&e)))?;
     let snap = build(shared, loaded.clone(), &d.current_uploads())
         .await
-        .map_err(|e| (400, strip_file(&e)))?;
+        .map_err(|e| Refused::bad(strip_file(&e)))?;
     shared.publish(snap);
     d.loaded = loaded;
     Ok(())
@@ -119,16 +152,15 @@ pub(crate) async fn upload(
 ) -> Result<(String, bool), Refused> {
     let mut d = shared.control.lock().await;
     if !d.loaded.config.filters.iter().any(|f| f.name == name) {
-        return Err((
-            404,
-            format!("no filter named {name:?} in the config (add it to `filters:` first)"),
-        ));
+        return Err(Refused::not_found(format!(
+            "no filter named {name:?} in the config (add it to `filters:` first)"
+        )));
     }
     let mut uploads = d.current_uploads();
     uploads.insert(name.to_string(), Arc::new(bytes));
     let snap = build(shared, d.loaded.clone(), &uploads)
         .await
-        .map_err(|e| (400, strip_file(&e)))?;
+        .map_err(|e| Refused::bad(strip_file(&e)))?;
     let module = snap
         .filters
         .iter()
@@ -141,17 +173,18 @@ pub(crate) async fn upload(
     if history.len() > HISTORY {
         history.remove(0);
     }
-    module.ok_or((500, "the new module is missing from the snapshot".into()))
+    module.ok_or(Refused::internal(
+        "the new module is missing from the snapshot",
+    ))
 }
 
 /// Back to the previous version (the previous upload, or the config's file).
 pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refused> {
     let mut d = shared.control.lock().await;
     let Some(history) = d.uploads.get(name).filter(|h| !h.is_empty()) else {
-        return Err((
-            409,
-            format!("filter {name:?} has no uploaded version to roll back from"),
-        ));
+        return Err(Refused::conflict(format!(
+            "filter {name:?} has no uploaded version to roll back from"
+        )));
     };
     let mut uploads = d.current_uploads();
     match history.len() {
@@ -164,7 +197,7 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
     }
     let snap = build(shared, d.loaded.clone(), &uploads)
         .await
-        .map_err(|e| (400, strip_file(&e)))?;
+        .map_err(|e| Refused::bad(strip_file(&e)))?;
     let hash = snap
         .filters
         .iter()
@@ -191,10 +224,9 @@ pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), Ref
             .map(|r| r.name.as_str())
             .collect();
         if !users.is_empty() {
-            return Err((
-                409,
-                format!("filter {name:?} is used by routes {users:?}; remove it from them first"),
-            ));
+            return Err(Refused::conflict(format!(
+                "filter {name:?} is used by routes {users:?}; remove it from them first"
+            )));
         }
     }
     let n = name.to_string();
@@ -202,7 +234,7 @@ pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), Ref
         let before = c.filters.len();
         c.filters.retain(|f| f.name != n);
         if c.filters.len() == before {
-            Err((404, format!("no filter named {n:?}")))
+            Err(Refused::not_found(format!("no filter named {n:?}")))
         } else {
             Ok(())
         }

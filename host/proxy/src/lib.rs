@@ -15,6 +15,7 @@ mod health;
 mod listener;
 mod proxy;
 mod retry;
+mod shared;
 mod snapshot;
 mod tls;
 mod tunnel;
@@ -33,47 +34,7 @@ use weir_observe::Registry;
 
 pub use snapshot::{Snapshot, check};
 
-/// State shared by every connection of a server.
-pub(crate) struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub registry: Registry,
-    pub draining: AtomicBool,
-    /// Created with the first config that uses filters; kept for the life of the process.
-    pub runtime: std::sync::Mutex<Option<weir_filters::Runtime>>,
-    callouts: Arc<callouts::ProxyCallouts>,
-    /// What the operator asked for: the config (file plus admin API edits) and uploaded filter
-    /// versions. The lock serializes every change; requests never take it.
-    pub control: tokio::sync::Mutex<control::Desired>,
-    /// Notified when a new snapshot is published (accept loops re-read their limits).
-    pub published: tokio::sync::Notify,
-    /// The admin token writes need while the config sets no `admin.token`.
-    pub admin_token: std::sync::OnceLock<admin::GeneratedToken>,
-}
-
-impl Shared {
-    /// Makes `snap` the config every new request sees.
-    pub fn publish(&self, snap: Snapshot) {
-        self.snapshot.store(Arc::new(snap));
-        self.published.notify_waiters();
-    }
-
-    /// The filter runtime for a config, creating it on first need.
-    fn runtime_for(
-        &self,
-        loaded: &LoadedConfig,
-    ) -> Result<Option<weir_filters::Runtime>, ConfigError> {
-        let mut rt = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
-        if rt.is_none() {
-            *rt = snapshot::filter_runtime(
-                loaded,
-                Some(self.callouts.clone()),
-                self.registry.clone(),
-            )
-            .map_err(|e| loaded.error_at("filters", format!("{e:#}")))?;
-        }
-        Ok(rt.clone())
-    }
-}
+use shared::Shared;
 
 /// A bound listener.
 #[derive(Debug, Clone)]
@@ -122,7 +83,7 @@ impl Server {
         .await?;
         let config = snap.loaded.config.clone();
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snap),
+            snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             registry,
             draining: AtomicBool::new(false),
             runtime: std::sync::Mutex::new(runtime),
@@ -141,7 +102,7 @@ impl Server {
                 Some(file)
             }
         };
-        shared.callouts.attach(&shared);
+        shared.callouts.attach(&shared.snapshot);
         let (shutdown, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
 
