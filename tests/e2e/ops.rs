@@ -288,6 +288,14 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
             "bad.yaml:4: listeners[0].trusted_proxies[1]: \"10.0.0.1/8\" has host bits set beyond /8 (did you mean 10.0.0.0/8?)",
         ),
         (
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    backlog: 0\n",
+            "bad.yaml:4: listeners[0].backlog: 0 is out of range (1 to 65535)",
+        ),
+        (
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    backlog: -1\n",
+            "bad.yaml:4: listeners[0].backlog: invalid value",
+        ),
+        (
             "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    trusted_proxies: [ localhost ]\n",
             "bad.yaml:4: listeners[0].trusted_proxies[0]: \"localhost\" is not an IP address",
         ),

@@ -316,6 +316,15 @@ pub struct ListenerConfig {
     /// peer they are replaced. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Connections the kernel holds for the listener before it accepts them (`listen(2)`'s
+    /// backlog, capped by `net.core.somaxconn`). Default 4096; a connection that finds it full
+    /// waits for a SYN retransmit. Bound at start.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    4096
 }
 
 /// A listener's path normalization options (see the README's "Security model").

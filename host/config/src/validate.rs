@@ -136,6 +136,12 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             ),
             _ => {}
         }
+        if !(1..=65_535).contains(&l.backlog) {
+            err(
+                format!("{p}.backlog"),
+                format!("{} is out of range (1 to 65535)", l.backlog),
+            );
+        }
         for (j, t) in l.trusted_proxies.iter().enumerate() {
             if let Err(e) = crate::Cidr::parse(t) {
                 err(format!("{p}.trusted_proxies[{j}]"), e);

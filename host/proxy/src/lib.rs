@@ -115,8 +115,7 @@ impl Server {
         let mut bound = Vec::new();
         let mut sockets = Vec::new();
         for l in &config.listeners {
-            let sock = TcpListener::bind(l.listen)
-                .await
+            let sock = listen(l.listen, l.backlog)
                 .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.listen))?;
             bound.push(Bound {
                 name: l.name.clone(),
@@ -219,4 +218,16 @@ async fn revive_loop(shared: std::sync::Weak<Shared>) {
             c.revive();
         }
     }
+}
+
+/// A listening socket with the given accept backlog (tokio's `bind` fixes it at 1024).
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(backlog)
 }
