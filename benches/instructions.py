@@ -2,6 +2,7 @@
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
 Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints] [--retries-off]
+                               [--clients]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
@@ -11,7 +12,8 @@ X-Forwarded-For (an untrusted peer's, which the proxy replaces). Compare binarie
 the same invocation; a wall-clock ratio still needs benches/run.sh. --two-endpoints gives the
 cluster two endpoints (the same server on two ports), so the retry machinery is armed (a
 one-endpoint cluster never retries); --retries-off sets `retries: { attempts: 1 }` (resilience
-on vs off in one binary).
+on vs off in one binary). --clients measures each binary twice, with the upstream client
+`native` (Weir's own HTTP/1.1 client, the default) and `hyper` (hyper-util's pooled client).
 """
 import os
 import re
@@ -67,7 +69,7 @@ def client(n, xff):
     s.close()
 
 
-def collected(weir, n, xff, tmp, two, off=False):
+def collected(weir, n, xff, tmp, two, off=False, upstream_client=None):
     eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
     if two:
         eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
@@ -77,7 +79,7 @@ def collected(weir, n, xff, tmp, two, off=False):
 admin: {{ listen: 127.0.0.1:0 }}
 listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT} }} ]
 routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
-clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''} }} ]
+clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''}{f', client: {upstream_client}' if upstream_client else ''} }} ]
 """)
     err = open(os.path.join(tmp, "err.txt"), "w+")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
@@ -104,16 +106,20 @@ def main():
     xff = "--xff" in sys.argv
     two = "--two-endpoints" in sys.argv
     off = "--retries-off" in sys.argv
+    clients = ["native", "hyper"] if "--clients" in sys.argv else [None]
     if not args:
         sys.exit(__doc__)
     for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
         threading.Thread(target=upstream, args=(port,), daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
-            a, b = collected(weir, N1, xff, tmp, two, off), collected(weir, N2, xff, tmp, two, off)
-            print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
-                  f" ({'with' if xff else 'without'} a client X-Forwarded-For"
-                  f"{', two endpoints' if two else ''}{', retries off' if off else ''})")
+            for c in clients:
+                a = collected(weir, N1, xff, tmp, two, off, c)
+                b = collected(weir, N2, xff, tmp, two, off, c)
+                print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
+                      f" ({'with' if xff else 'without'} a client X-Forwarded-For"
+                      f"{', two endpoints' if two else ''}{', retries off' if off else ''}"
+                      f"{f', client: {c}' if c else ''})")
 
 
 if __name__ == "__main__":

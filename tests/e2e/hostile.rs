@@ -2304,7 +2304,7 @@ async fn run(weir: &Weir, log: &Log, v: &Vector) -> Row {
     }
 }
 
-fn config(admin: SocketAddr, public: SocketAddr) -> String {
+fn config(admin: SocketAddr, public: SocketAddr, client: &str) -> String {
     format!(
         r#"listeners:
   - {{ name: public, listen: 127.0.0.1:0 }}
@@ -2315,18 +2315,30 @@ routes:
   - {{ name: internal, match: {{ host: internal.test }}, cluster: admin }}
   - {{ name: public, match: {{}}, cluster: public }}
 clusters:
-  - {{ name: admin, endpoints: [ {{ address: "{admin}" }} ] }}
-  - {{ name: public, endpoints: [ {{ address: "{public}" }} ] }}
+  - {{ name: admin, client: {client}, endpoints: [ {{ address: "{admin}" }} ] }}
+  - {{ name: public, client: {client}, endpoints: [ {{ address: "{public}" }} ] }}
 "#
     )
 }
 
+/// The table through Weir's own HTTP/1.1 client (the default).
 #[tokio::test]
 async fn hostile_requests_reach_upstreams_exactly_as_routed() -> Result<()> {
+    hostile_table("native").await
+}
+
+/// The same table through hyper's client (`client: hyper`): both upstream paths keep the same
+/// guarantees.
+#[tokio::test]
+async fn hostile_requests_reach_upstreams_exactly_as_routed_through_hyper() -> Result<()> {
+    hostile_table("hyper").await
+}
+
+async fn hostile_table(client: &str) -> Result<()> {
     let log: Log = Arc::default();
     let admin = Recorder::start(ADMIN_UP, log.clone()).await?;
     let public = Recorder::start(PUBLIC_UP, log.clone()).await?;
-    let mut weir = Weir::start(&config(admin.addr, public.addr))?;
+    let mut weir = Weir::start(&config(admin.addr, public.addr, client))?;
     let started = Instant::now();
 
     let (h1s, h2s) = (h1_vectors(), h2_vectors());
@@ -2359,7 +2371,7 @@ async fn hostile_requests_reach_upstreams_exactly_as_routed() -> Result<()> {
 
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.problems.is_empty()).collect();
     println!(
-        "hostile: {} vectors (HTTP/1 {}, HTTP/2 {}) in {:.1}s, {} failed",
+        "hostile ({client} client): {} vectors (HTTP/1 {}, HTTP/2 {}) in {:.1}s, {} failed",
         rows.len(),
         h1s.len(),
         h2s.len(),
@@ -2388,7 +2400,7 @@ async fn hostile_requests_reach_upstreams_exactly_as_routed() -> Result<()> {
         return Ok(());
     }
     let mut report = format!(
-        "{} of {} hostile vectors failed:\n",
+        "{client} client: {} of {} hostile vectors failed:\n",
         failed.len(),
         rows.len()
     );
@@ -2417,7 +2429,7 @@ async fn hostile_requests_reach_upstreams_exactly_as_routed() -> Result<()> {
 // ------------------------------------------------------------------------------------------
 
 /// Raw responses, by request path, from an upstream that frames them ambiguously.
-const CANNED: [(&str, &[u8]); 5] = [
+const CANNED: [(&str, &[u8]); 10] = [
     (
         "/te-then-cl",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n\
@@ -2436,6 +2448,27 @@ const CANNED: [(&str, &[u8]); 5] = [
     (
         "/cl-twice-different",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 100\r\n\r\nhello",
+    ),
+    (
+        "/cl-signed",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    ),
+    (
+        "/cl-list-different",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello",
+    ),
+    (
+        "/obs-fold",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Folded: a\r\n b\r\n\r\nhello",
+    ),
+    (
+        "/space-before-colon",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello",
+    ),
+    (
+        "/interim-then-final",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
     ),
     ("/ok", OK),
 ];
@@ -2478,11 +2511,16 @@ async fn canned_upstream() -> Result<(SocketAddr, JoinHandle<()>)> {
 
 #[tokio::test]
 async fn ambiguous_upstream_framing_is_not_passed_through() -> Result<()> {
+    ambiguous_framing("native").await?;
+    ambiguous_framing("hyper").await
+}
+
+async fn ambiguous_framing(client: &str) -> Result<()> {
     let (up, task) = canned_upstream().await?;
     let weir = Weir::start(&format!(
         "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
          routes: [ {{ name: all, match: {{}}, cluster: up }} ]\n\
-         clusters: [ {{ name: up, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
+         clusters: [ {{ name: up, client: {client}, endpoints: [ {{ address: \"{up}\" }} ] }} ]\n"
     ))?;
     let addr = weir.addr("public");
     let mut problems = Vec::new();
@@ -2575,7 +2613,11 @@ async fn ambiguous_upstream_framing_is_not_passed_through() -> Result<()> {
     if stderr.contains("panicked") {
         problems.push(format!("weir panicked:\n{stderr}"));
     }
-    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    ensure!(
+        problems.is_empty(),
+        "{client} client:\n{}",
+        problems.join("\n")
+    );
     Ok(())
 }
 

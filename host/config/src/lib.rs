@@ -599,6 +599,12 @@ pub struct ClusterConfig {
     /// Upstream protocol. Default: `http1`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// The HTTP/1.1 client: `native` (Weir's own: the request's task writes the request and
+    /// reads the response on a pooled connection it holds) or `hyper` (hyper-util's pooled
+    /// client, a connection task per upstream connection). `h2` clusters and protocol upgrades
+    /// always use hyper. Default: `native`.
+    #[serde(default, skip_serializing_if = "Http1Client::is_default")]
+    pub client: Http1Client,
     /// TLS to the upstream; when present, connections use TLS (with ALPN for `h2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
@@ -678,6 +684,23 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2: cleartext prior knowledge (h2c) without `tls`, ALPN `h2` with `tls`.
     H2,
+}
+
+/// See [`ClusterConfig::client`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Client {
+    /// Weir's own HTTP/1.1 client.
+    #[default]
+    Native,
+    /// hyper-util's legacy pooled client.
+    Hyper,
+}
+
+impl Http1Client {
+    fn is_default(&self) -> bool {
+        *self == Http1Client::default()
+    }
 }
 
 /// TLS to upstream endpoints.

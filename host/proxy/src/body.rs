@@ -74,13 +74,56 @@ impl Idle {
 #[error("request body is larger than the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// A body read off a connection: hyper's (a client's request, an upstream response through
+/// hyper's client) or the native HTTP/1.1 client's.
+pub(crate) enum Source {
+    Hyper(Incoming),
+    /// Boxed: it carries its connection and buffers, and would size every body by them.
+    Native(Box<crate::h1::Body>),
+}
+
+pub(crate) enum SourceError {
+    Hyper(hyper::Error),
+    Native(crate::h1::Error),
+}
+
+impl Source {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, SourceError>>> {
+        match self {
+            Source::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(SourceError::Hyper))),
+            Source::Native(b) => Pin::new(b.as_mut())
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(SourceError::Native))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::Native(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Hyper(b) => b.size_hint(),
+            Source::Native(b) => b.size_hint(),
+        }
+    }
+}
+
 type Frames = tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>;
 
 enum Kind {
     Empty,
     Full(Option<Bytes>),
     Stream {
-        body: Incoming,
+        body: Source,
         limit: Option<u64>,
         /// A request body: its errors are the client's ([`ClientBodyError`]).
         from_client: bool,
@@ -151,7 +194,7 @@ impl ProxyBody {
     }
 
     /// A streamed response body, cut when it stalls for longer than `idle`.
-    pub(crate) fn stream(body: Incoming, idle: Idle) -> Self {
+    pub(crate) fn stream(body: Source, idle: Idle) -> Self {
         ProxyBody {
             kind: Kind::Stream {
                 body,
@@ -169,7 +212,7 @@ impl ProxyBody {
     pub(crate) fn request(body: Incoming, limit: Option<u64>, idle: Idle) -> Self {
         ProxyBody {
             kind: Kind::Stream {
-                body,
+                body: Source::Hyper(body),
                 limit,
                 from_client: true,
                 idle,
@@ -259,7 +302,7 @@ impl Body for ProxyBody {
                 idle,
             } => {
                 let limit = *limit;
-                let Poll::Ready(next) = Pin::new(body).poll_frame(cx) else {
+                let Poll::Ready(next) = body.poll_frame(cx) else {
                     if idle.expired(cx) {
                         idle.stats.fired(if *from_client {
                             TimeoutKind::RequestBody
@@ -288,10 +331,11 @@ impl Body for ProxyBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Some(Err(e)) if *from_client => {
+                    Some(Err(SourceError::Hyper(e))) if *from_client => {
                         Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
                     }
-                    Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Some(Err(SourceError::Hyper(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Some(Err(SourceError::Native(e))) => Poll::Ready(Some(Err(Box::new(e)))),
                     None => Poll::Ready(None),
                 }
             }

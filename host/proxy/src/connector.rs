@@ -173,51 +173,55 @@ impl tower_service::Service<Uri> for Connector {
                 .unwrap_or(uri),
             None => uri,
         };
-        Box::pin(async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or_default()
-                .to_string();
-            let stats = this.stats.get(&authority).cloned();
-            // A place under the cap is taken before connecting (connects in progress count),
-            // and given back when the connection closes or cannot be made.
-            let reserved = match &this.limit {
-                None => None,
-                Some(limit) => Some(limit.acquire().await?),
-            };
-            let result = tokio::time::timeout(this.timeout, this.connect(&uri, &authority)).await;
-            let conn = match result {
-                Ok(Ok(c)) => c,
-                Ok(Err(source)) => {
-                    if let Some(s) = &stats {
-                        s.connect_failures.fetch_add(1, Relaxed);
-                    }
-                    return Err(ConnectError::Failed {
-                        addr: authority,
-                        source,
-                    });
-                }
-                Err(_) => {
-                    if let Some(s) = &stats {
-                        s.connect_failures.fetch_add(1, Relaxed);
-                    }
-                    return Err(ConnectError::Timeout(authority));
-                }
-            };
-            if let Some(s) = &stats {
-                s.connections.open();
-            }
-            Ok(TokioIo::new(UpstreamConn {
-                io: conn,
-                stats,
-                _reserved: reserved,
-            }))
-        })
+        Box::pin(async move { this.open(&uri).await.map(TokioIo::new) })
     }
 }
 
 impl Connector {
+    /// A new connection to the endpoint `uri` names (or to `fixed`): a place under the
+    /// cluster's connection cap, then TCP (and TLS) within the connect timeout.
+    pub(crate) async fn open(&self, uri: &Uri) -> Result<UpstreamConn, ConnectError> {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let stats = self.stats.get(&authority).cloned();
+        // A place under the cap is taken before connecting (connects in progress count),
+        // and given back when the connection closes or cannot be made.
+        let reserved = match &self.limit {
+            None => None,
+            Some(limit) => Some(limit.acquire().await?),
+        };
+        let result = tokio::time::timeout(self.timeout, self.connect(uri, &authority)).await;
+        let conn = match result {
+            Ok(Ok(c)) => c,
+            Ok(Err(source)) => {
+                if let Some(s) = &stats {
+                    s.connect_failures.fetch_add(1, Relaxed);
+                }
+                return Err(ConnectError::Failed {
+                    addr: authority,
+                    source,
+                });
+            }
+            Err(_) => {
+                if let Some(s) = &stats {
+                    s.connect_failures.fetch_add(1, Relaxed);
+                }
+                return Err(ConnectError::Timeout(authority));
+            }
+        };
+        if let Some(s) = &stats {
+            s.connections.open();
+        }
+        Ok(UpstreamConn {
+            io: conn,
+            stats,
+            _reserved: reserved,
+        })
+    }
+
     async fn connect(&self, uri: &Uri, authority: &str) -> io::Result<Io> {
         let host = uri.host().unwrap_or_default();
         let port = uri
@@ -263,6 +267,23 @@ impl Drop for Reserved {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Relaxed);
         self.0.freed.notify_one();
+    }
+}
+
+impl UpstreamConn {
+    /// Whether an idle pooled connection can be used again: it has nothing to read. A
+    /// keep-alive HTTP/1.1 connection between requests has nothing to say, so readable bytes
+    /// (stray data, a TLS close_notify) or end of file (the upstream closed it) mean it is done.
+    /// Looks at readiness the runtime already knows; no wait.
+    pub(crate) fn is_quiet(&self) -> bool {
+        let tcp = match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_peek(&mut cx, &mut buf).is_pending()
     }
 }
 

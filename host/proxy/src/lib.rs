@@ -10,6 +10,7 @@ mod connector;
 mod control;
 mod error;
 mod filtering;
+mod h1;
 mod head;
 mod health;
 mod listener;

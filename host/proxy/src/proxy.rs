@@ -31,7 +31,9 @@ use weir_filters::Answer;
 use weir_observe::{AccessRecord, TimeoutKind};
 
 use crate::Shared;
-use crate::body::{BodyStalled, BodyTooLarge, ClientBodyError, Finish, Idle, ProxyBody};
+use crate::body::{
+    BodyStalled, BodyTooLarge, BoxError, ClientBodyError, Finish, Idle, ProxyBody, Source,
+};
 use crate::connector::{ConnectError, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filtering::{FilterRun, local_response};
@@ -149,17 +151,40 @@ struct Tries<'s> {
     deadline: tokio::time::Instant,
 }
 
+/// Which client a try goes through.
+enum Via<'s> {
+    Hyper(&'s Client<Connector, ProxyBody>),
+    /// The native HTTP/1.1 client, to this endpoint.
+    Native(&'s crate::h1::Client, usize),
+}
+
+impl Via<'_> {
+    /// The response head (its body still to read), or why there is none.
+    async fn send(self, req: Request<ProxyBody>) -> Result<Response<Source>, BoxError> {
+        match self {
+            Via::Hyper(client) => match client.request(req).await {
+                Ok(res) => Ok(res.map(Source::Hyper)),
+                Err(e) => Err(Box::new(e)),
+            },
+            Via::Native(client, ep) => match client.send(ep, req).await {
+                Ok(res) => Ok(res.map(|b| Source::Native(Box::new(b)))),
+                Err(e) => Err(Box::new(e)),
+            },
+        }
+    }
+}
+
 /// How one try ended, when it did not end the request.
 enum TryEnd {
     /// The client's answer.
-    Answer(Response<Incoming>),
+    Answer(Response<Source>),
     /// A failed try of kind `on`; `last` is what the client gets if no retry follows.
     Failed { on: RetryOn, last: Last },
 }
 
 enum Last {
     /// The upstream's own error response, passed on as it is.
-    Response(Response<Incoming>),
+    Response(Response<Source>),
     Error(ProxyError),
 }
 
@@ -207,8 +232,8 @@ impl<'s> Session<'s> {
         // Phase 4, tries: each awaited here, so no future holds another.
         let mut tries = self.send(route, up)?;
         let res = loop {
-            let (client, req) = self.next_try(&mut tries)?;
-            let sent = tokio::time::timeout_at(tries.deadline, client.request(req)).await;
+            let (via, req) = self.next_try(&mut tries)?;
+            let sent = tokio::time::timeout_at(tries.deadline, via.send(req)).await;
             let end = match sent {
                 Ok(Ok(res)) => Self::answered(&route.cluster, tries.ep, res),
                 Ok(Err(e)) => self.failed(&tries, e).await?,
@@ -453,10 +478,7 @@ impl<'s> Session<'s> {
 
     /// The next try: an endpoint not tried yet, counted in flight and logged, and the request
     /// for it.
-    fn next_try(
-        &mut self,
-        tries: &mut Tries<'s>,
-    ) -> Result<(&'s Client<Connector, ProxyBody>, Request<ProxyBody>), Stop> {
+    fn next_try(&mut self, tries: &mut Tries<'s>) -> Result<(Via<'s>, Request<ProxyBody>), Stop> {
         let cluster = &tries.route.cluster;
         let ep = pick_untried(cluster, tries.hash, tries.tried.as_slice());
         tries.tried.push(ep);
@@ -490,18 +512,19 @@ impl<'s> Session<'s> {
         tries.deadline = cluster.retry.per_try_timeout.map_or(self.deadline, |t| {
             self.deadline.min(tokio::time::Instant::now() + t)
         });
-        let client = endpoint.h2_client.as_ref().unwrap_or(&cluster.client);
-        Ok((client, req))
+        // Upgrades go through hyper, which hands over the upgraded connection.
+        let via = match (&endpoint.h2_client, &cluster.native) {
+            (Some(h2), _) => Via::Hyper(h2),
+            (None, Some(native)) if self.upgrade.is_none() => Via::Native(native, ep),
+            _ => Via::Hyper(&cluster.client),
+        };
+        Ok((via, req))
     }
 
     /// After a try: the response to pass on, or `None` when a retry was admitted (the policy
     /// allows it for this failure and method, the body can be sent again, there is time, and
     /// the cluster's retry budget has room).
-    fn retry(
-        &self,
-        tries: &mut Tries<'s>,
-        end: TryEnd,
-    ) -> Result<Option<Response<Incoming>>, Stop> {
+    fn retry(&self, tries: &mut Tries<'s>, end: TryEnd) -> Result<Option<Response<Source>>, Stop> {
         let (on, last) = match end {
             TryEnd::Answer(res) => return Ok(Some(res)),
             TryEnd::Failed { on, last } => (on, last),
@@ -529,7 +552,7 @@ impl<'s> Session<'s> {
     }
 
     /// How a try that got a response head ended; feeds passive health.
-    fn answered(cluster: &Cluster, ep: usize, res: Response<Incoming>) -> TryEnd {
+    fn answered(cluster: &Cluster, ep: usize, res: Response<Source>) -> TryEnd {
         cluster.answered(ep, res.status());
         match cluster.retry.retried_status(res.status()) {
             Some(on) => TryEnd::Failed {
@@ -561,11 +584,7 @@ impl<'s> Session<'s> {
 
     /// A try the client (hyper) failed: a filter's answer, the client's own body fault, or the
     /// endpoint's failure (see `classify`).
-    async fn failed(
-        &self,
-        tries: &Tries<'_>,
-        e: hyper_util::client::legacy::Error,
-    ) -> Result<TryEnd, Stop> {
+    async fn failed(&self, tries: &Tries<'_>, e: BoxError) -> Result<TryEnd, Stop> {
         // A request-body filter that answered stopped the body: its answer stands.
         if let Some(run) = &self.filters
             && let Some(answer) = run.take_answer().await
@@ -588,7 +607,7 @@ impl<'s> Session<'s> {
 
     /// Phase 5, for a `101 Switching Protocols`: the connection's own task relays the two
     /// upgraded connections once hyper hands them over.
-    async fn tunnel(&mut self, mut res: Response<Incoming>) -> Result<Response<ProxyBody>, Stop> {
+    async fn tunnel(&mut self, res: Response<Source>) -> Result<Response<ProxyBody>, Stop> {
         // A switch the client did not ask for (or that is not allowed) cannot be relayed: the
         // client would read the new protocol as HTTP.
         let Some(down) = self.upgrade.take() else {
@@ -597,6 +616,14 @@ impl<'s> Session<'s> {
             )
             .into());
         };
+        // Upgrades only go through hyper's client (see `next_try`).
+        let (parts, body) = res.into_parts();
+        let Source::Hyper(body) = body else {
+            return Err(
+                ProxyError::upstream("101 Switching Protocols from the native client").into(),
+            );
+        };
+        let mut res = Response::from_parts(parts, body);
         let up = hyper::upgrade::on(&mut res);
         *self.conn.tunnel.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(crate::tunnel::Tunnel { down, up });
@@ -612,7 +639,7 @@ impl<'s> Session<'s> {
     }
 
     /// Phase 5: the upstream's response as the client gets it.
-    fn response(&self, route: &Route, res: Response<Incoming>) -> Response<ProxyBody> {
+    fn response(&self, route: &Route, res: Response<Source>) -> Response<ProxyBody> {
         let (mut parts, body) = res.into_parts();
         head::drop_stale_length(&mut parts.headers);
         head::strip_hop_by_hop(&mut parts.headers);
@@ -748,14 +775,9 @@ fn upstream_request(
 
 /// What a client error from a try means: the failure, and (as its `retry`) the kind of failed
 /// try when another endpoint could help. Feeds passive health with connect failures and resets.
-fn classify(
-    snap: &Snapshot,
-    cluster: &Cluster,
-    ep: usize,
-    e: hyper_util::client::legacy::Error,
-) -> ProxyError {
+fn classify(snap: &Snapshot, cluster: &Cluster, ep: usize, e: BoxError) -> ProxyError {
     let (kind, retry) = 'found: {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
         while let Some(s) = src {
             if let Some(c) = s.downcast_ref::<ConnectError>() {
                 if let ConnectError::Overflow(max) = c {
@@ -792,7 +814,7 @@ fn classify(
     };
     ProxyError {
         kind,
-        source: Some(Box::new(e)),
+        source: Some(e),
         retry,
     }
 }

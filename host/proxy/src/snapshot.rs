@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use http::Uri;
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -77,6 +78,9 @@ pub(crate) struct Cluster {
     pub balancer: Arc<Balancer>,
     pub endpoints: Vec<Endpoint>,
     pub client: Client<Connector, ProxyBody>,
+    /// The native HTTP/1.1 client (`client: native`, HTTP/1.1 clusters): used for every request
+    /// but protocol upgrades, which go through `client`.
+    pub native: Option<crate::h1::Client>,
     pub scheme: Scheme,
     pub h2: bool,
     pub hash_on: Option<HashOn>,
@@ -684,12 +688,29 @@ fn build_cluster(
             ep.h2_client = Some(builder.build(fixed));
         }
     }
+    let native = (!h2 && cc.client == weir_config::Http1Client::Native).then(|| {
+        let uris = endpoints.iter().map(|ep| {
+            Uri::builder()
+                .scheme(scheme.clone())
+                .authority(ep.authority.clone())
+                .path_and_query("/")
+                .build()
+                .expect("scheme and authority are valid")
+        });
+        crate::h1::Client::new(
+            connector.clone(),
+            uris,
+            cc.max_idle_per_endpoint,
+            cc.timeouts.idle,
+        )
+    });
     let client = builder.build(connector);
     Ok(Cluster {
         name: cc.name.as_str().into(),
         balancer: Arc::new(balancer),
         endpoints,
         client,
+        native,
         scheme,
         h2,
         hash_on: cc
