@@ -2304,12 +2304,14 @@ async fn run(weir: &Weir, log: &Log, v: &Vector) -> Row {
     }
 }
 
-fn config(admin: SocketAddr, public: SocketAddr, client: &str) -> String {
+/// `path`: `native` (Weir's own HTTP/1.1 server and client) or `hyper` (hyper's for both).
+fn config(admin: SocketAddr, public: SocketAddr, path: &str) -> String {
+    let client = path;
     format!(
         r#"listeners:
-  - {{ name: public, listen: 127.0.0.1:0 }}
-  - {{ name: lenient, listen: 127.0.0.1:0, paths: {{ escaped_slashes: keep, parameters: keep }} }}
-  - {{ name: decoding, listen: 127.0.0.1:0, paths: {{ escaped_slashes: decode, parameters: strip }} }}
+  - {{ name: public, listen: 127.0.0.1:0, server: {path} }}
+  - {{ name: lenient, listen: 127.0.0.1:0, server: {path}, paths: {{ escaped_slashes: keep, parameters: keep }} }}
+  - {{ name: decoding, listen: 127.0.0.1:0, server: {path}, paths: {{ escaped_slashes: decode, parameters: strip }} }}
 routes:
   - {{ name: admin, match: {{ path_prefix: /admin, case_sensitive: false }}, cluster: admin }}
   - {{ name: internal, match: {{ host: internal.test }}, cluster: admin }}
@@ -2321,20 +2323,21 @@ clusters:
     )
 }
 
-/// The table through Weir's own HTTP/1.1 client (the default).
+/// The table through Weir's own HTTP/1.1 server and client (the defaults).
 #[tokio::test]
 async fn hostile_requests_reach_upstreams_exactly_as_routed() -> Result<()> {
     hostile_table("native").await
 }
 
-/// The same table through hyper's client (`client: hyper`): both upstream paths keep the same
-/// guarantees.
+/// The same table through hyper's server and client (`server: hyper`, `client: hyper`): both
+/// paths keep the same guarantees.
 #[tokio::test]
 async fn hostile_requests_reach_upstreams_exactly_as_routed_through_hyper() -> Result<()> {
     hostile_table("hyper").await
 }
 
-async fn hostile_table(client: &str) -> Result<()> {
+async fn hostile_table(path: &str) -> Result<()> {
+    let client = path;
     let log: Log = Arc::default();
     let admin = Recorder::start(ADMIN_UP, log.clone()).await?;
     let public = Recorder::start(PUBLIC_UP, log.clone()).await?;
@@ -2371,7 +2374,7 @@ async fn hostile_table(client: &str) -> Result<()> {
 
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.problems.is_empty()).collect();
     println!(
-        "hostile ({client} client): {} vectors (HTTP/1 {}, HTTP/2 {}) in {:.1}s, {} failed",
+        "hostile ({client} server and client): {} vectors (HTTP/1 {}, HTTP/2 {}) in {:.1}s, {} failed",
         rows.len(),
         h1s.len(),
         h2s.len(),
@@ -2400,7 +2403,7 @@ async fn hostile_table(client: &str) -> Result<()> {
         return Ok(());
     }
     let mut report = format!(
-        "{client} client: {} of {} hostile vectors failed:\n",
+        "{client} server and client: {} of {} hostile vectors failed:\n",
         failed.len(),
         rows.len()
     );

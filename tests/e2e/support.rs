@@ -95,7 +95,10 @@ impl Weir {
             .arg("run")
             .arg(&config)
             .args(args)
-            .env("WEIR_LOG", "warn")
+            .env(
+                "WEIR_LOG",
+                std::env::var("E2E_WEIR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -321,6 +321,29 @@ pub struct ListenerConfig {
     /// waits for a SYN retransmit. Bound at start.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Which server reads plain HTTP/1.1 on this listener: `native` (Weir's own: the
+    /// connection's task reads each head with httparse and writes the response itself; HTTP/2,
+    /// upgrades and `Expect: 100-continue` are handed to hyper on the same connection) or
+    /// `hyper`. TLS listeners use hyper. Default: `native`. Bound at start.
+    #[serde(default, skip_serializing_if = "Http1Server::is_default")]
+    pub server: Http1Server,
+}
+
+/// See [`ListenerConfig::server`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Server {
+    /// Weir's own HTTP/1.1 server.
+    #[default]
+    Native,
+    /// hyper's server.
+    Hyper,
+}
+
+impl Http1Server {
+    fn is_default(&self) -> bool {
+        *self == Http1Server::default()
+    }
 }
 
 fn default_backlog() -> u32 {

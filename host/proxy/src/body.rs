@@ -23,7 +23,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// is refused with 400, not blamed on the upstream.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed request body: {0}")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub struct ClientBodyError(#[source] pub BoxError);
 
 /// A body stalled: no frame arrived within its idle limit.
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +75,13 @@ impl Idle {
 pub struct BodyTooLarge(pub u64);
 
 /// A body read off a connection: hyper's (a client's request, an upstream response through
-/// hyper's client) or the native HTTP/1.1 client's.
+/// hyper's client), the native HTTP/1.1 client's, or a request body the native HTTP/1.1
+/// server reads.
 pub(crate) enum Source {
     Hyper(Incoming),
     /// Boxed: it carries its connection and buffers, and would size every body by them.
     Native(Box<crate::h1::Body>),
+    Client(crate::h1::server::RequestBody),
 }
 
 pub(crate) enum SourceError {
@@ -99,6 +101,9 @@ impl Source {
             Source::Native(b) => Pin::new(b.as_mut())
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(SourceError::Native))),
+            Source::Client(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(SourceError::Native))),
         }
     }
 
@@ -106,6 +111,7 @@ impl Source {
         match self {
             Source::Hyper(b) => b.is_end_stream(),
             Source::Native(b) => b.is_end_stream(),
+            Source::Client(b) => b.is_end_stream(),
         }
     }
 
@@ -113,6 +119,7 @@ impl Source {
         match self {
             Source::Hyper(b) => b.size_hint(),
             Source::Native(b) => b.size_hint(),
+            Source::Client(b) => b.size_hint(),
         }
     }
 }
@@ -209,10 +216,10 @@ impl ProxyBody {
 
     /// A streamed request body, optionally capped at `limit` bytes, failed when it stalls for
     /// longer than `idle`.
-    pub(crate) fn request(body: Incoming, limit: Option<u64>, idle: Idle) -> Self {
+    pub(crate) fn request(body: Source, limit: Option<u64>, idle: Idle) -> Self {
         ProxyBody {
             kind: Kind::Stream {
-                body: Source::Hyper(body),
+                body,
                 limit,
                 from_client: true,
                 idle,
@@ -331,11 +338,17 @@ impl Body for ProxyBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Some(Err(SourceError::Hyper(e))) if *from_client => {
-                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+                    Some(Err(e)) => {
+                        let e: BoxError = match e {
+                            SourceError::Hyper(e) => Box::new(e),
+                            SourceError::Native(e) => Box::new(e),
+                        };
+                        if *from_client {
+                            Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+                        } else {
+                            Poll::Ready(Some(Err(e)))
+                        }
                     }
-                    Some(Err(SourceError::Hyper(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-                    Some(Err(SourceError::Native(e))) => Poll::Ready(Some(Err(Box::new(e)))),
                     None => Poll::Ready(None),
                 }
             }

@@ -648,7 +648,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     }
 }
 
-fn trim(mut v: &[u8]) -> &[u8] {
+pub(crate) fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
     }
@@ -659,7 +659,7 @@ fn trim(mut v: &[u8]) -> &[u8] {
 }
 
 /// Digits only, at most 19 of them (no sign, no spaces, no overflow).
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -668,7 +668,7 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// Where a response body stands.
 #[derive(Clone, Copy, Debug)]
-enum State {
+pub(crate) enum State {
     /// Bytes left of a `Content-Length` body.
     Length(u64),
     Chunked(Chunk),
@@ -678,7 +678,7 @@ enum State {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// A chunk-size line is next.
     Size,
     /// Bytes left of a chunk's data.
@@ -707,24 +707,6 @@ pub(crate) struct Body {
 }
 
 impl Body {
-    /// Reads more of the body into `buf`: how many bytes came (0 at the connection's end).
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<Result<usize, Error>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        let want = (want.min(MAX_READ as u64) as usize).max(FIRST_READ);
-        if self.buf.capacity() - self.buf.len() < want / 2 {
-            self.buf.reserve(want);
-        }
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(conn),
-            cx,
-            &mut self.buf
-        ))
-        .map_err(Error::Io)?;
-        Poll::Ready(Ok(n))
-    }
-
     /// The body ended as framed: the connection goes back to the pool if nothing else is on it.
     fn done(&mut self) {
         self.state = State::Done;
@@ -764,12 +746,6 @@ impl Body {
             Poll::Pending => {}
         }
         Ok(())
-    }
-
-    /// Up to `n` bytes of data already read.
-    fn take(&mut self, n: u64) -> Bytes {
-        let k = (n.min(self.buf.len() as u64)) as usize;
-        self.buf.split_to(k).freeze()
     }
 }
 
@@ -820,119 +796,180 @@ impl http_body::Body for Body {
     }
 }
 
-impl Body {
-    /// The next frame of the response.
-    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = self;
-        loop {
-            match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(0) => {
-                    this.done();
-                    return Poll::Ready(None);
+/// Where more body bytes come from: the decoder asks for at least `want` more when the buffer
+/// does not hold the next piece.
+pub(crate) trait Fill {
+    /// Reads more into `buf`: how many bytes came (0 at the connection's end).
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: u64,
+    ) -> Poll<io::Result<usize>>;
+}
+
+/// Reads into `buf` from `io`, reserving room for about `want` bytes (bounded).
+pub(crate) fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: u64,
+) -> Poll<io::Result<usize>> {
+    let want = (want.min(MAX_READ as u64) as usize).max(FIRST_READ);
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// The next frame of a body framed as `state` says (one decoder for responses read from
+/// upstreams and requests read from clients). At the body's end `state` is `Done`: after the
+/// last data frame when the length was known, so a reader that stops at `is_end_stream` leaves
+/// nothing behind. Errors leave `state` as it was; the caller ends the body.
+pub(crate) fn poll_decode(
+    state: &mut State,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    src: &mut impl Fill,
+) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    // Reads more, or fails with `short` at the connection's end.
+    macro_rules! fill {
+        ($want:expr, $short:expr) => {
+            match ready!(src.poll_fill(cx, buf, $want)) {
+                Ok(0) => return Poll::Ready(Some(Err(Error::Invalid($short)))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+            }
+        };
+    }
+    loop {
+        match *state {
+            State::Done => return Poll::Ready(None),
+            State::Length(0) => {
+                *state = State::Done;
+                return Poll::Ready(None);
+            }
+            State::Length(n) | State::Chunked(Chunk::Data(n)) => {
+                if buf.is_empty() {
+                    fill!(n, "body cut short");
+                    continue;
                 }
-                State::Length(n) | State::Chunked(Chunk::Data(n)) => {
-                    if !this.buf.is_empty() {
-                        let data = this.take(n);
-                        let left = n - data.len() as u64;
-                        this.state = match this.state {
-                            State::Length(_) => State::Length(left),
-                            _ if left == 0 => State::Chunked(Chunk::DataEnd),
-                            _ => State::Chunked(Chunk::Data(left)),
+                let k = (n.min(buf.len() as u64)) as usize;
+                let data = buf.split_to(k).freeze();
+                let left = n - k as u64;
+                *state = match *state {
+                    State::Length(_) if left == 0 => State::Done,
+                    State::Length(_) => State::Length(left),
+                    _ if left == 0 => State::Chunked(Chunk::DataEnd),
+                    _ => State::Chunked(Chunk::Data(left)),
+                };
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            State::Eof => {
+                if !buf.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
+                }
+                match ready!(src.poll_fill(cx, buf, MAX_READ as u64)) {
+                    Ok(0) => {
+                        *state = State::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+                }
+            }
+            State::Chunked(Chunk::Size) => match memchr::memchr(b'\n', buf) {
+                Some(end) => {
+                    let line = buf.split_to(end + 1);
+                    let Some(size) = chunk_size(&line) else {
+                        return Poll::Ready(Some(Err(Error::Invalid("malformed chunk size"))));
+                    };
+                    *state = State::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                None if buf.len() > MAX_CHUNK_LINE => {
+                    return Poll::Ready(Some(Err(Error::Invalid("chunk size line too long"))));
+                }
+                None => fill!(FIRST_READ as u64, "chunked body cut short"),
+            },
+            State::Chunked(Chunk::DataEnd) => {
+                if buf.len() >= 2 {
+                    if &buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(Error::Invalid(
+                            "chunk data not followed by CRLF",
+                        ))));
+                    }
+                    buf.advance(2);
+                    *state = State::Chunked(Chunk::Size);
+                    continue;
+                }
+                fill!(FIRST_READ as u64, "chunked body cut short");
+            }
+            State::Chunked(Chunk::Trailers) => {
+                let end = if buf.starts_with(b"\r\n") {
+                    Some(2)
+                } else {
+                    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
+                };
+                match end {
+                    Some(end) => {
+                        let section = buf.split_to(end);
+                        let trailers = match parse_trailers(&section) {
+                            Ok(t) => t,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
                         };
-                        // The last bytes: done now, since a reader that sees the end
-                        // (`is_end_stream`) polls no more.
-                        if let State::Length(0) = this.state {
-                            this.done();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(this.poll_fill(cx, n)) {
-                        Ok(0) => return this.fail(Error::Invalid("response body cut short")),
-                        Ok(_) => {}
-                        Err(e) => return this.fail(e),
-                    }
-                }
-                State::Eof => {
-                    if !this.buf.is_empty() {
-                        let data = this.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(this.poll_fill(cx, MAX_READ as u64)) {
-                        Ok(0) => {
-                            this.reusable = false;
-                            this.done();
+                        *state = State::Done;
+                        if trailers.is_empty() {
                             return Poll::Ready(None);
                         }
-                        Ok(_) => {}
-                        Err(e) => return this.fail(e),
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
+                    None if buf.len() > MAX_TRAILERS => {
+                        return Poll::Ready(Some(Err(Error::Invalid("trailer section too large"))));
+                    }
+                    None => fill!(FIRST_READ as u64, "chunked body cut short"),
                 }
-                State::Chunked(Chunk::Size) => match memchr::memchr(b'\n', &this.buf) {
-                    Some(end) => {
-                        let line = this.buf.split_to(end + 1);
-                        let Some(size) = chunk_size(&line) else {
-                            return this.fail(Error::Invalid("malformed chunk size"));
-                        };
-                        this.state = State::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    }
-                    None if this.buf.len() > MAX_CHUNK_LINE => {
-                        return this.fail(Error::Invalid("chunk size line too long"));
-                    }
-                    None => match ready!(this.poll_fill(cx, FIRST_READ as u64)) {
-                        Ok(0) => return this.fail(Error::Invalid("chunked body cut short")),
-                        Ok(_) => {}
-                        Err(e) => return this.fail(e),
-                    },
-                },
-                State::Chunked(Chunk::DataEnd) => {
-                    if this.buf.len() >= 2 {
-                        if &this.buf[..2] != b"\r\n" {
-                            return this.fail(Error::Invalid("chunk data not followed by CRLF"));
-                        }
-                        this.buf.advance(2);
-                        this.state = State::Chunked(Chunk::Size);
-                        continue;
-                    }
-                    match ready!(this.poll_fill(cx, FIRST_READ as u64)) {
-                        Ok(0) => return this.fail(Error::Invalid("chunked body cut short")),
-                        Ok(_) => {}
-                        Err(e) => return this.fail(e),
-                    }
+            }
+        }
+    }
+}
+
+/// The upstream connection, as the response body's source.
+struct ConnFill<'a>(&'a mut Option<UpstreamConn>);
+
+impl Fill for ConnFill<'_> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: u64,
+    ) -> Poll<io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(conn) => poll_read_into(conn, cx, buf, want),
+            None => Poll::Ready(Ok(0)),
+        }
+    }
+}
+
+impl Body {
+    /// The next frame of the response; the connection is parked as soon as the body is over.
+    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let next = ready!(poll_decode(
+            &mut self.state,
+            &mut self.buf,
+            cx,
+            &mut ConnFill(&mut self.conn)
+        ));
+        match next {
+            Some(Err(e)) => self.fail(e),
+            next => {
+                if matches!(self.state, State::Done) {
+                    self.done();
                 }
-                State::Chunked(Chunk::Trailers) => {
-                    let end = if this.buf.starts_with(b"\r\n") {
-                        Some(2)
-                    } else {
-                        memchr::memmem::find(&this.buf, b"\r\n\r\n").map(|i| i + 4)
-                    };
-                    match end {
-                        Some(end) => {
-                            let section = this.buf.split_to(end);
-                            let trailers = match parse_trailers(&section) {
-                                Ok(t) => t,
-                                Err(e) => return this.fail(e),
-                            };
-                            this.done();
-                            if trailers.is_empty() {
-                                return Poll::Ready(None);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                        None if this.buf.len() > MAX_TRAILERS => {
-                            return this.fail(Error::Invalid("trailer section too large"));
-                        }
-                        None => match ready!(this.poll_fill(cx, FIRST_READ as u64)) {
-                            Ok(0) => return this.fail(Error::Invalid("chunked body cut short")),
-                            Ok(_) => {}
-                            Err(e) => return this.fail(e),
-                        },
-                    }
-                }
+                Poll::Ready(next)
             }
         }
     }
@@ -984,6 +1021,8 @@ fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Error> {
     }
     Ok(trailers)
 }
+
+pub(crate) mod server;
 
 #[cfg(test)]
 mod tests;

@@ -143,6 +143,7 @@ impl Server {
                 name: l.name.as_str().into(),
                 tls: tls.map(tokio_rustls::TlsAcceptor::from),
                 stats: shared.registry.listener(&l.name),
+                native: l.server == weir_config::Http1Server::Native,
             });
             tokio::spawn(listener::accept_loop(
                 sock,

@@ -132,6 +132,8 @@ pub(crate) struct ListenerRuntime {
     pub name: Arc<str>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub stats: Arc<ListenerStats>,
+    /// Plain HTTP/1.1 through Weir's own server (`listeners[].server: native`).
+    pub native: bool,
 }
 
 pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -267,6 +269,9 @@ pub(crate) async fn accept_loop(
             rt.stats.connections.open();
             let conn = Arc::new(ConnInfo::new(client, rt.name.clone(), rt.tls.is_some()));
             match &rt.tls {
+                None if rt.native => {
+                    crate::h1::server::serve(stream, conn, shared, limits, builder, shutdown).await
+                }
                 None => serve(stream, conn, &builder, shared, &limits, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.request_head_timeout, acceptor.accept(stream))
@@ -286,7 +291,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     conn: Arc<ConnInfo>,
     builder: &auto::Builder<TokioExecutor>,
@@ -302,7 +307,10 @@ async fn serve<I>(
         let shared = shared.clone();
         service_fn(move |req| {
             let (shared, conn) = (shared.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await) }
+            async move {
+                let req = req.map(crate::body::Source::Hyper);
+                Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await)
+            }
         })
     };
     let io = Watched {

@@ -23,7 +23,6 @@ use std::time::{Instant, SystemTime};
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use weir_config::RetryOn;
@@ -66,7 +65,7 @@ impl From<ErrorKind> for Stop {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    mut req: Request<Source>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     conn.request_started(req.version() == Version::HTTP_2);
@@ -193,7 +192,7 @@ impl<'s> Session<'s> {
         snap: &'s Snapshot,
         conn: &'s Arc<ConnInfo>,
         request_id: HeaderValue,
-        req: &Request<Incoming>,
+        req: &Request<Source>,
         start: Instant,
     ) -> Session<'s> {
         let log = snap
@@ -222,7 +221,7 @@ impl<'s> Session<'s> {
     }
 
     /// The phases, in order.
-    async fn proxy(&mut self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Stop> {
+    async fn proxy(&mut self, req: Request<Source>) -> Result<Response<ProxyBody>, Stop> {
         let (route, target) = self.route(&req)?;
         let mut up = self.upstream_head(route, req, &target);
         // Async phases are entered only when they have work: each await moves a whole future.
@@ -258,7 +257,7 @@ impl<'s> Session<'s> {
 
     /// Phase 1: one host and one path, decided here for routing, filters, the log and the
     /// upstream; then the route.
-    fn route(&mut self, req: &Request<Incoming>) -> Result<(&'s Route, Target), Stop> {
+    fn route(&mut self, req: &Request<Source>) -> Result<(&'s Route, Target), Stop> {
         let site = head::site(req).map_err(|e| ErrorKind::BadRequest(e.message()))?;
         if !head::expectation_met(req.headers()) {
             return Err(ErrorKind::Expectation.into());
@@ -316,7 +315,7 @@ impl<'s> Session<'s> {
     fn upstream_head(
         &mut self,
         route: &Route,
-        mut req: Request<Incoming>,
+        mut req: Request<Source>,
         target: &Target,
     ) -> Outbound {
         let snap = self.snap;
@@ -841,7 +840,7 @@ fn pick_untried(cluster: &Cluster, hash: Option<u64>, tried: &[usize]) -> usize 
     untried(true).or_else(|| untried(false)).unwrap_or(first)
 }
 
-fn record_for(conn: &ConnInfo, req: &Request<Incoming>, request_id: &HeaderValue) -> AccessRecord {
+fn record_for<B>(conn: &ConnInfo, req: &Request<B>, request_id: &HeaderValue) -> AccessRecord {
     AccessRecord {
         time: weir_observe::rfc3339(SystemTime::now()),
         client: conn.client.to_string(),

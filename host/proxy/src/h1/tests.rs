@@ -310,7 +310,7 @@ async fn a_body_dropped_early_or_cut_short_never_returns_its_connection() {
     let res = client.send(0, get("/a")).await.unwrap();
     assert!(matches!(
         body_of(res).await,
-        Err(Error::Invalid("response body cut short"))
+        Err(Error::Invalid("body cut short"))
     ));
     assert_eq!(client.idle(0), 0);
 }
