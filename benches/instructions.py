@@ -2,7 +2,7 @@
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
 Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints] [--retries-off]
-                               [--clients]
+                               [--clients] [--servers]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
@@ -14,6 +14,8 @@ cluster two endpoints (the same server on two ports), so the retry machinery is 
 one-endpoint cluster never retries); --retries-off sets `retries: { attempts: 1 }` (resilience
 on vs off in one binary). --clients measures each binary twice, with the upstream client
 `native` (Weir's own HTTP/1.1 client, the default) and `hyper` (hyper-util's pooled client).
+--servers does the same for the listener's server: `native` (Weir's own HTTP/1.1 server, the
+default) and `hyper` (hyper's server); with both flags, all four pairs.
 """
 import os
 import re
@@ -69,7 +71,7 @@ def client(n, xff):
     s.close()
 
 
-def collected(weir, n, xff, tmp, two, off=False, upstream_client=None):
+def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=None):
     eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
     if two:
         eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
@@ -77,7 +79,7 @@ def collected(weir, n, xff, tmp, two, off=False, upstream_client=None):
     with open(cfg, "w") as f:
         f.write(f"""workers: 1
 admin: {{ listen: 127.0.0.1:0 }}
-listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT} }} ]
+listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT}{f', server: {server}' if server else ''} }} ]
 routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
 clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''}{f', client: {upstream_client}' if upstream_client else ''} }} ]
 """)
@@ -107,19 +109,22 @@ def main():
     two = "--two-endpoints" in sys.argv
     off = "--retries-off" in sys.argv
     clients = ["native", "hyper"] if "--clients" in sys.argv else [None]
+    servers = ["native", "hyper"] if "--servers" in sys.argv else [None]
     if not args:
         sys.exit(__doc__)
     for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
         threading.Thread(target=upstream, args=(port,), daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
-            for c in clients:
-                a = collected(weir, N1, xff, tmp, two, off, c)
-                b = collected(weir, N2, xff, tmp, two, off, c)
-                print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
-                      f" ({'with' if xff else 'without'} a client X-Forwarded-For"
-                      f"{', two endpoints' if two else ''}{', retries off' if off else ''}"
-                      f"{f', client: {c}' if c else ''})")
+            for srv in servers:
+                for c in clients:
+                    a = collected(weir, N1, xff, tmp, two, off, c, srv)
+                    b = collected(weir, N2, xff, tmp, two, off, c, srv)
+                    print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
+                          f" ({'with' if xff else 'without'} a client X-Forwarded-For"
+                          f"{', two endpoints' if two else ''}{', retries off' if off else ''}"
+                          f"{f', server: {srv}' if srv else ''}"
+                          f"{f', client: {c}' if c else ''})")
 
 
 if __name__ == "__main__":

@@ -1249,3 +1249,129 @@ async fn request_ids_are_generated_or_kept_and_match_on_both_sides() -> Result<(
     assert_eq!(up.count(), 4);
     Ok(())
 }
+
+/// Reads from `s` until the peer closes (or `WAIT` passes): everything it sent.
+async fn read_to_close(s: &mut TcpStream) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut all))
+        .await
+        .context("the connection was not closed")??;
+    Ok(String::from_utf8_lossy(&all).into_owned())
+}
+
+/// What HTTP/1.1 clients do on one connection, through the native server and through hyper's:
+/// pipelined requests (with bodies, by length and chunked) answered in order, HTTP/1.0 with and
+/// without keep-alive, and a connection that switches to HTTP/2 or WebSocket after requests it
+/// already made (the native server hands it to hyper with what it read).
+#[tokio::test]
+async fn one_connection_carries_pipelined_http10_and_switched_requests_on_both_servers()
+-> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("up").await;
+    for server in ["native", "hyper"] {
+        let config = simple_config(&up, "").replace(
+            "listen: 127.0.0.1:0 }",
+            &format!("listen: 127.0.0.1:0, server: {server} }}"),
+        );
+        let weir = Weir::start(&config)?;
+        let addr = weir.addr("public");
+
+        // Three requests in one write; the last closes.
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(
+            b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nfirst\
+              POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nsec\r\n3\r\nond\r\n0\r\n\r\n\
+              GET /c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        let all = read_to_close(&mut s).await?;
+        let statuses: Vec<_> = all.match_indices("HTTP/1.1 200 OK\r\n").collect();
+        assert_eq!(statuses.len(), 3, "{server}: three answers in {all:?}");
+        // The second body went upstream chunked and may come back in other chunks.
+        let at = |s: &str| all.find(s);
+        let (first, sec, ond) = (at("first"), at("sec"), at("ond"));
+        assert!(
+            first.is_some() && first < sec && sec < ond,
+            "{server}: bodies echoed in order: {all:?}"
+        );
+        let last = &all[statuses[2].0..];
+        assert!(
+            last.to_ascii_lowercase().contains("connection: close"),
+            "{server}: the last answer says it closes: {last:?}"
+        );
+
+        // HTTP/1.0: closed after the answer unless the client asks to keep it.
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /d HTTP/1.0\r\nHost: t\r\n\r\n").await?;
+        // (hyper answers in HTTP/1.0, the native server in 1.1 as nginx does: both valid.)
+        let all = read_to_close(&mut s).await?;
+        assert!(
+            all.starts_with("HTTP/1.") && all.contains(" 200 OK\r\n"),
+            "{server}: {all:?}"
+        );
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /e HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\nGET /f HTTP/1.0\r\nHost: t\r\n\r\n")
+            .await?;
+        let all = read_to_close(&mut s).await?;
+        let lower = all.to_ascii_lowercase();
+        // hyper's server closes after the first (the proxied response carries no keep-alive
+        // of its own); the native server keeps the connection, as nginx does.
+        let want = if server == "native" { 2 } else { 1 };
+        assert_eq!(
+            lower.matches(" 200 ok\r\n").count(),
+            want,
+            "{server}: HTTP/1.0 requests answered on one connection: {all:?}"
+        );
+        if server == "native" {
+            assert!(
+                lower.contains("connection: keep-alive"),
+                "{server}: keep-alive confirmed to the HTTP/1.0 client: {all:?}"
+            );
+        }
+
+        // A request, then the HTTP/2 preface on the same connection is not HTTP/2 (only a
+        // connection's first bytes may be): refused or closed, the first answer stands.
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /g HTTP/1.1\r\nHost: t\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await?;
+        let all = read_to_close(&mut s).await?;
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{server}: {all:?}");
+        assert_eq!(
+            all.matches("HTTP/").count() - all.matches("HTTP/1.1 400 Bad Request\r\n").count(),
+            1,
+            "{server}: the late preface is not served: {all:?}"
+        );
+
+        // h2c with prior knowledge is served whole (hyper, on the native listener too).
+        let got = send(
+            &h2c_client(),
+            Request::get(weir.url("public", "/h")).body(full(""))?,
+        )
+        .await?;
+        assert_eq!((got.status, got.version), (StatusCode::OK, Version::HTTP_2));
+
+        // A request, then an `Expect: 100-continue` upload on the same connection.
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /i HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+        let mut head = vec![0u8; 4096];
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(WAIT, s.read(&mut head)).await??;
+        assert!(head[..n].starts_with(b"HTTP/1.1 200 OK\r\n"), "{server}");
+        s.write_all(b"POST /j HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            .await?;
+        let n = tokio::time::timeout(WAIT, s.read(&mut head)).await??;
+        assert!(
+            head[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"),
+            "{server}: {:?}",
+            String::from_utf8_lossy(&head[..n])
+        );
+        s.write_all(b"upload").await?;
+        let all = read_to_close(&mut s).await?;
+        assert!(
+            all.contains("200 OK") && all.ends_with("upload"),
+            "{server}: {all:?}"
+        );
+    }
+    Ok(())
+}
