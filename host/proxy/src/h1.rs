@@ -232,11 +232,15 @@ impl Client {
         let mut body = (framing != Framing::Empty).then_some(body);
         let mut fresh = false;
         loop {
+            // A pooled connection at once; connecting (or waiting for one) is boxed, so the
+            // common case's future does not carry the connector's.
             let (mut conn, reused) = if fresh {
-                let c = self.connector.open(&pool.uri).await;
+                let c = Box::pin(self.connector.open(&pool.uri)).await;
                 (c.map_err(Error::Connect)?, false)
+            } else if let Some(c) = pool.checkout() {
+                (c, true)
             } else {
-                self.connection(pool).await?
+                Box::pin(self.connection(pool)).await?
             };
             let mut ex = Exchange {
                 upload: Some(Upload {
@@ -552,9 +556,14 @@ impl Head {
 /// Interim (`1xx` other than `101`) heads are dropped on the way.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut fields);
-        let len = match res.parse(buf) {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {

@@ -83,7 +83,9 @@ pub(crate) async fn handle(
     let mut ex = Session::new(&snap, &conn, request_id, &req, start);
     let res = match ex.proxy(req).await {
         Ok(res) => res,
-        Err(stop) => ex.stopped(stop).await,
+        // Boxed, as every phase that is not on every request's way: a future is as large as
+        // its largest await, and this one is moved with each request.
+        Err(stop) => Box::pin(ex.stopped(stop)).await,
     };
     ex.respond(res, &shared.registry)
 }
@@ -226,7 +228,7 @@ impl<'s> Session<'s> {
         let mut up = self.upstream_head(route, req, &target);
         // Async phases are entered only when they have work: each await moves a whole future.
         if let Some(chain) = &route.chain {
-            self.request_filters(route, chain, &mut up, &target).await?;
+            Box::pin(self.request_filters(route, chain, &mut up, &target)).await?;
         }
         // Phase 4, tries: each awaited here, so no future holds another.
         let mut tries = self.send(route, up)?;
@@ -235,7 +237,7 @@ impl<'s> Session<'s> {
             let sent = tokio::time::timeout_at(tries.deadline, via.send(req)).await;
             let end = match sent {
                 Ok(Ok(res)) => Self::answered(&route.cluster, tries.ep, res),
-                Ok(Err(e)) => self.failed(&tries, e).await?,
+                Ok(Err(e)) => Box::pin(self.failed(&tries, e)).await?,
                 Err(_) => self.timed_out(&tries)?,
             };
             if let Some(res) = self.retry(&mut tries, end)? {
@@ -246,11 +248,11 @@ impl<'s> Session<'s> {
         // response filters run).
         tries.retrying = None;
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return self.tunnel(res).await;
+            return Box::pin(self.tunnel(res)).await;
         }
         let res = self.response(route, res);
         match &self.filters {
-            Some(run) => self.response_filters(run.clone(), route, res).await,
+            Some(run) => Box::pin(self.response_filters(run.clone(), route, res)).await,
             None => Ok(res),
         }
     }

@@ -25,7 +25,9 @@
 //! for its next request.
 
 use std::cell::RefCell;
+use std::future::Future as _;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -61,6 +63,38 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// thrown away before closing, so the client reads the answer instead of a reset.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
+
+/// Buffers of idle connections, kept per thread for the next busy one: an idle keep-alive
+/// connection holds none, and a busy one does not pay the allocator for them. Bounded: at most
+/// [`POOL_MAX`] buffers of about [`POOL_BUF`] bytes per thread.
+const POOL_BUF: usize = 8 * 1024;
+const POOL_MAX: usize = 256;
+
+thread_local! {
+    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> BytesMut {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(POOL_BUF))
+}
+
+/// Gives `buf` up (to the pool, when it is empty and of the pool's size).
+fn give_buf(buf: &mut BytesMut) {
+    let b = std::mem::take(buf);
+    if b.is_empty() && (POOL_BUF / 2..=2 * POOL_BUF).contains(&b.capacity()) {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(b);
+            }
+        });
+    }
+}
+
+/// How long a keep-alive connection waits for its next request before it releases its
+/// buffers and request slot (requests in a row reuse them).
+const RELEASE_AFTER: Duration = Duration::from_millis(50);
 
 /// The read half of a connection and what was read from it, shared by the connection's task
 /// (request heads) and the request body (its bytes).
@@ -198,16 +232,18 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
     }
     let max_fields = limits.max_request_headers;
     let max_head = (limits.max_request_header_bytes.bytes() as usize).max(1024);
-    let mut stack = [httparse::EMPTY_HEADER; STACK_FIELDS];
+    // Uninitialized: httparse writes only the fields it finds.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
     let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if max_fields <= STACK_FIELDS {
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if max_fields <= STACK_FIELDS {
         &mut stack[..max_fields]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; max_fields.min(64 * 1024)];
+        heap = Vec::with_capacity(max_fields.min(64 * 1024));
+        heap.resize_with(max_fields.min(64 * 1024), MaybeUninit::uninit);
         &mut heap
     };
-    let mut req = httparse::Request::new(fields);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(len)) if len > max_head => {
             return Err(Next::Refuse(Refusal(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -237,35 +273,36 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
         return Err(Next::HandOver);
     }
     let target = req.path.unwrap_or_default();
-    let uri = target
-        .parse::<Uri>()
-        .map_err(|_| refuse(bad("invalid request target")))?;
-    // origin-form, absolute-form, or `*` for OPTIONS (authority-form is CONNECT's).
-    let form_ok = if target.starts_with('/') {
-        true
-    } else if target == "*" {
-        method == Method::OPTIONS
-    } else {
-        uri.scheme().is_some() && uri.authority().is_some()
-    };
+    // origin-form, absolute-form, or `*` for OPTIONS (authority-form is CONNECT's); the URI
+    // itself is parsed below, from the head's own bytes.
+    let absolute = !target.starts_with('/') && target != "*";
+    let form_ok = target != "*" || method == Method::OPTIONS;
     if !form_ok {
         return Err(refuse(bad("invalid request target")));
     }
+    // Where a slice of `buf` starts and ends: values are taken from the head's bytes once the
+    // parser lets go of them, without a copy each.
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        (
+            s.as_ptr() as usize - base,
+            s.as_ptr() as usize - base + s.len(),
+        )
+    };
+    let target = span(target.as_bytes());
     let version = if req.version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut fields = Vec::with_capacity(req.headers.len());
     let (mut close, mut keep_alive, mut trailers) = (false, false, false);
     let mut length: Option<u64> = None;
     let (mut codings, mut chunked, mut chunked_last) = (0usize, 0usize, false);
     for f in req.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| refuse(bad("invalid header name")))?;
-        let value =
-            HeaderValue::from_bytes(f.value).map_err(|_| refuse(bad("invalid header value")))?;
         if name == header::CONTENT_LENGTH {
             for v in f.value.split(|&b| b == b',') {
                 let n = super::parse_length(super::trim(v))
@@ -300,6 +337,18 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
             // Upgrades and `100 Continue` are hyper's (see the module docs).
             return Err(Next::HandOver);
         }
+        fields.push((name, span(f.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
+        .map_err(|_| refuse(bad("invalid request target")))?;
+    if absolute && (uri.scheme().is_none() || uri.authority().is_none()) {
+        return Err(refuse(bad("invalid request target")));
+    }
+    let mut headers = HeaderMap::with_capacity(fields.len() + 1);
+    for (name, (from, to)) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(from..to))
+            .map_err(|_| refuse(bad("invalid header value")))?;
         headers.append(name, value);
     }
     let body = if codings > 0 {
@@ -322,7 +371,6 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
             Some(n) => Progress::Reading(State::Length(n)),
         }
     };
-    bytes::Buf::advance(buf, len);
     let mut parts = Request::new(()).into_parts().0;
     parts.method = method.clone();
     parts.uri = uri;
@@ -501,6 +549,9 @@ async fn write_response(
     close: &mut bool,
 ) -> io::Result<bool> {
     let mut watching = true;
+    if out.buf.capacity() == 0 {
+        out.buf = take_buf();
+    }
     let framing = encode_head(&mut out.buf, &mut res, asked, close);
     let mut body = res.into_body();
     if framing == Framing::None {
@@ -643,12 +694,14 @@ pub(crate) async fn serve(
         timeouts,
     };
     let max_head = limits.max_request_header_bytes.bytes() as usize;
+    let mut handling = None;
     let mut first = true;
     loop {
         let head_since = first.then_some(accepted);
         let parsed = match next_head(
             &side,
             &mut out,
+            &mut handling,
             &limits,
             head_since,
             &mut shutdown,
@@ -659,7 +712,12 @@ pub(crate) async fn serve(
             Next::Request(p) => p,
             Next::Closed => return,
             Next::HandOver => {
-                hand_over(side, out, conn, shared, &limits, &builder, shutdown).await;
+                drop(handling);
+                // Boxed: hyper's connection future is large, and rarely needed.
+                Box::pin(hand_over(
+                    side, out, conn, shared, &limits, &builder, shutdown,
+                ))
+                .await;
                 return;
             }
             Next::Refuse(r) => {
@@ -683,30 +741,39 @@ pub(crate) async fn serve(
                 request,
             }),
         );
-        let mut closing = *shutdown.borrow();
-        // Boxed: the connection's own future stays small while it idles.
-        let mut handling = Box::pin(crate::proxy::handle(shared.clone(), conn.clone(), req));
+        // The request runs in the connection's slot (boxed: the connection's own future stays
+        // small while it idles; kept while the connection is busy, so requests in a row
+        // allocate nothing for it).
+        let slot = handling.get_or_insert_with(|| Box::pin(None));
+        slot.set(Some(crate::proxy::handle(
+            shared.clone(),
+            conn.clone(),
+            req,
+        )));
         // Without a body to read, the connection is watched while the request is handled: a
         // client that goes away cancels its request (as hyper does); bytes of a next request
         // wait in the buffer.
         let mut watching = !has_body;
         let res = loop {
+            let run = std::future::poll_fn(|cx| match slot.as_mut().as_pin_mut() {
+                Some(f) => f.poll(cx),
+                None => Poll::Pending,
+            });
             tokio::select! {
                 biased;
-                res = &mut handling => break res,
+                res = run => break res,
                 gone = watch(&side, max_head), if watching => match gone {
                     Some(true) => return,
                     Some(false) => {}
                     None => watching = false,
                 },
-                _ = shutdown.changed(), if !closing => closing = true,
             }
         };
-        drop(handling);
+        slot.set(None);
         // A request body not read to its end by now leaves the connection mid-message: the
         // response says it closes.
         let unread = |side: &Side| !matches!(lock(side).body, Progress::Done);
-        let mut close = closing || !asked.keep_alive || *shutdown.borrow() || unread(&side);
+        let mut close = !asked.keep_alive || *shutdown.borrow() || unread(&side);
         match write_response(&mut out, &side, max_head, res, &asked, &mut close).await {
             Ok(true) if !close && !unread(&side) => {}
             Ok(_) => {
@@ -742,16 +809,21 @@ async fn watch(side: &Side, max: usize) -> Option<bool> {
 
 /// Reads the next request head. `head_since`: when the head timer started (at accept for a
 /// connection's first request; otherwise at the head's first byte).
-async fn next_head(
+async fn next_head<T>(
     side: &Side,
     out: &mut Out,
+    held: &mut Option<T>,
     limits: &Limits,
     mut head_since: Option<tokio::time::Instant>,
     shutdown: &mut watch::Receiver<bool>,
     timeouts: &'static TimeoutStats,
 ) -> Next {
     let first = head_since.is_some();
-    let idle_until = tokio::time::Instant::now() + limits.idle_timeout;
+    let now = tokio::time::Instant::now();
+    let idle_until = now + limits.idle_timeout;
+    // A connection that has waited this long lets go of its buffers and request slot.
+    let release_at = now + RELEASE_AFTER;
+    let mut released = false;
     loop {
         {
             let mut g = lock(side);
@@ -765,14 +837,15 @@ async fn next_head(
             } else if *shutdown.borrow() {
                 // Draining: an idle connection closes.
                 return Next::Closed;
-            } else if g.buf.capacity() > 0 || out.buf.capacity() > 0 {
-                // Idle: no buffer is held while waiting.
-                g.buf = BytesMut::new();
-                out.buf = BytesMut::new();
+            } else if released || first {
+                give_buf(&mut g.buf);
+                give_buf(&mut out.buf);
+                *held = None;
             }
         }
         let deadline = match head_since {
             Some(t) => t + limits.request_head_timeout,
+            None if !released => release_at.min(idle_until),
             None => idle_until,
         };
         tokio::select! {
@@ -785,8 +858,13 @@ async fn next_head(
                     // Slowloris (or a connection that never spoke): no answer, just closed.
                     timeouts.fired(TimeoutKind::RequestHead);
                     tracing::debug!(first, "request head timeout");
+                    return Next::Closed;
                 }
-                return Next::Closed;
+                if released || deadline >= idle_until {
+                    return Next::Closed;
+                }
+                // Idle for a moment: nothing is held while it waits on.
+                released = true;
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }
@@ -799,7 +877,7 @@ async fn read_more(side: &Side) -> io::Result<usize> {
         let mut g = lock(side);
         if g.buf.capacity() == 0 {
             std::task::ready!(g.io.as_ref().poll_read_ready(cx))?;
-            g.buf.reserve(HEAD_READ);
+            g.buf = take_buf();
         }
         let ReadSide { io, buf, .. } = &mut *g;
         let want = (buf.len() as u64).max(HEAD_READ as u64);
