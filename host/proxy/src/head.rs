@@ -268,6 +268,21 @@ pub(crate) fn is_upgrade<B>(req: &Request<B>, allowed: &[String]) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in Connection.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (no hashing) says so.
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == header::TRAILER
+            || n == header::PROXY_AUTHENTICATE
+            || n == header::PROXY_AUTHORIZATION
+            || n == header::TE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         // Every Connection line counts (HeaderMap::remove would return only the first value).
         let named: Vec<HeaderName> = h
