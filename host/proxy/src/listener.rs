@@ -268,16 +268,23 @@ pub(crate) async fn accept_loop(
             let _drain = drain;
             rt.stats.connections.open();
             let conn = Arc::new(ConnInfo::new(client, rt.name.clone(), rt.tls.is_some()));
+            // A task is as large as its largest future, for its whole life: hyper's connection
+            // futures are several times the native server's, so they are boxed.
             match &rt.tls {
                 None if rt.native => {
                     crate::h1::server::serve(stream, conn, shared, limits, builder, shutdown).await
                 }
-                None => serve(stream, conn, &builder, shared, &limits, shutdown).await,
+                None => Box::pin(serve(stream, conn, &builder, shared, &limits, shutdown)).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.request_head_timeout, acceptor.accept(stream))
-                        .await
+                    match Box::pin(tokio::time::timeout(
+                        limits.request_head_timeout,
+                        acceptor.accept(stream),
+                    ))
+                    .await
                     {
-                        Ok(Ok(tls)) => serve(tls, conn, &builder, shared, &limits, shutdown).await,
+                        Ok(Ok(tls)) => {
+                            Box::pin(serve(tls, conn, &builder, shared, &limits, shutdown)).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
                         Err(_) => {
                             shared.registry.timeouts().fired(TimeoutKind::RequestHead);

@@ -25,7 +25,7 @@
 //! for its next request.
 
 use std::cell::RefCell;
-use std::future::Future as _;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -540,20 +540,31 @@ fn encode_head(
 
 /// Writes a response: head and small bodies gathered into one write, larger data written as
 /// it is. `Ok(true)` when the response went out whole and framed (the connection may go on).
-async fn write_response(
+fn begin_response(
     out: &mut Out,
-    side: &Side,
-    max_head: usize,
     mut res: Response<ProxyBody>,
     asked: &Asked,
     close: &mut bool,
-) -> io::Result<bool> {
-    let mut watching = true;
+) -> (Framing, ProxyBody) {
     if out.buf.capacity() == 0 {
         out.buf = take_buf();
     }
     let framing = encode_head(&mut out.buf, &mut res, asked, close);
-    let mut body = res.into_body();
+    (framing, res.into_body())
+}
+
+/// Writes what [`begin_response`] began: the head gathered in `out`, then the body as framed.
+/// The body is the caller's (held once, in the connection's future, which is as large as its
+/// largest await).
+async fn write_body(
+    out: &mut Out,
+    side: &Side,
+    max_head: usize,
+    body: &mut ProxyBody,
+    framing: Framing,
+    send_trailers: bool,
+) -> io::Result<bool> {
+    let mut watching = true;
     if framing == Framing::None {
         out.write(None).await?;
         return Ok(true);
@@ -566,7 +577,7 @@ async fn write_response(
     loop {
         // What the body has ready now; when it has nothing, what is gathered goes out first.
         let next = std::future::poll_fn(|cx| {
-            Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(f) => Some(f),
                 Poll::Pending => None,
             })
@@ -581,7 +592,7 @@ async fn write_response(
                 // While the body waits, the connection is watched (when its request body was
                 // read): a client that went away ends the response (as hyper does).
                 loop {
-                    let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                    let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
                     if !watching || !matches!(lock(side).body, Progress::Done) {
                         break frame.await;
                     }
@@ -647,7 +658,7 @@ async fn write_response(
     match framing {
         Framing::Chunked => {
             out.buf.extend_from_slice(b"0\r\n");
-            if let Some(t) = trailers.filter(|_| asked.trailers) {
+            if let Some(t) = trailers.filter(|_| send_trailers) {
                 for (name, value) in &t {
                     out.buf.extend_from_slice(name.as_str().as_bytes());
                     out.buf.extend_from_slice(b": ");
@@ -665,7 +676,6 @@ async fn write_response(
         _ => {}
     }
     out.write(None).await?;
-    drop(body);
     Ok(framing != Framing::Close)
 }
 
@@ -774,7 +784,19 @@ pub(crate) async fn serve(
         // response says it closes.
         let unread = |side: &Side| !matches!(lock(side).body, Progress::Done);
         let mut close = !asked.keep_alive || *shutdown.borrow() || unread(&side);
-        match write_response(&mut out, &side, max_head, res, &asked, &mut close).await {
+        let (framing, mut body) = begin_response(&mut out, res, &asked, &mut close);
+        let written = write_body(
+            &mut out,
+            &side,
+            max_head,
+            &mut body,
+            framing,
+            asked.trailers,
+        )
+        .await;
+        // The response is over (its `Finish` runs here: the access log, in-flight counts).
+        drop(body);
+        match written {
             Ok(true) if !close && !unread(&side) => {}
             Ok(_) => {
                 finish(&side, &mut out, unread(&side)).await;
@@ -875,13 +897,20 @@ async fn next_head<T>(
 async fn read_more(side: &Side) -> io::Result<usize> {
     std::future::poll_fn(|cx| {
         let mut g = lock(side);
-        if g.buf.capacity() == 0 {
+        let took = g.buf.capacity() == 0;
+        if took {
             std::task::ready!(g.io.as_ref().poll_read_ready(cx))?;
             g.buf = take_buf();
         }
         let ReadSide { io, buf, .. } = &mut *g;
         let want = (buf.len() as u64).max(HEAD_READ as u64);
-        poll_read_into(io, cx, buf, want)
+        let read = poll_read_into(io, cx, buf, want);
+        // Readiness can be stale (a new connection starts out ready): a buffer taken for a read
+        // that found nothing goes back.
+        if took && read.is_pending() && buf.is_empty() {
+            give_buf(buf);
+        }
+        read
     })
     .await
 }
@@ -898,7 +927,8 @@ async fn refuse(side: &Side, out: &mut Out, Refusal(status, reason): Refusal) {
         trailers: false,
         version: Version::HTTP_11,
     };
-    if write_response(out, side, 0, res, &asked, &mut true)
+    let (framing, mut body) = begin_response(out, res, &asked, &mut true);
+    if write_body(out, side, 0, &mut body, framing, false)
         .await
         .is_ok()
     {
