@@ -276,25 +276,35 @@ pub(crate) async fn accept_loop(
                 }
                 None => Box::pin(serve(stream, conn, &builder, shared, &limits, shutdown)).await,
                 Some(acceptor) => {
-                    match Box::pin(tokio::time::timeout(
-                        limits.request_head_timeout,
-                        acceptor.accept(stream),
+                    Box::pin(serve_tls(
+                        stream, acceptor, conn, &builder, shared, &limits, shutdown,
                     ))
                     .await
-                    {
-                        Ok(Ok(tls)) => {
-                            Box::pin(serve(tls, conn, &builder, shared, &limits, shutdown)).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
-                        Err(_) => {
-                            shared.registry.timeouts().fired(TimeoutKind::RequestHead);
-                            tracing::debug!(%client, "tls handshake timed out")
-                        }
-                    }
                 }
             }
             rt.stats.connections.close();
         });
+    }
+}
+
+/// A TLS handshake (bounded by the head timeout), then hyper's server.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    conn: Arc<ConnInfo>,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    limits: &Limits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let client = conn.client;
+    match tokio::time::timeout(limits.request_head_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve(tls, conn, builder, shared, limits, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
+        Err(_) => {
+            shared.registry.timeouts().fired(TimeoutKind::RequestHead);
+            tracing::debug!(%client, "tls handshake timed out")
+        }
     }
 }
 
