@@ -1373,6 +1373,28 @@ async fn one_connection_carries_pipelined_http10_and_switched_requests_on_both_s
             all.contains("200 OK") && all.ends_with("upload"),
             "{server}: {all:?}"
         );
+
+        if server == "native" {
+            // A keep-alive connection that waits gives its buffers back to the (bounded) pool,
+            // and the gauge shows them.
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n").await?;
+            let n = tokio::time::timeout(WAIT, s.read(&mut head)).await??;
+            assert!(head[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (_, metrics) = weir.admin_get("/metrics").await?;
+            let pooled = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("weir_buffer_pool_bytes "))
+                .context("no weir_buffer_pool_bytes")?
+                .trim()
+                .parse::<f64>()?;
+            assert!(
+                pooled > 0.0 && pooled <= (4 * 256 * 16 * 1024) as f64,
+                "pooled bytes: {pooled}"
+            );
+            drop(s);
+        }
     }
     Ok(())
 }

@@ -12,8 +12,8 @@ mod timeouts;
 
 pub use access_log::{AccessLog, AccessRecord, rfc3339};
 pub use metrics::{
-    ClusterStats, ConnGauge, EndpointStats, FilterStats, Histogram, ListenerStats, Registry,
-    RouteStats,
+    BUFFER_POOL_BYTES, ClusterStats, ConnGauge, EndpointStats, FilterStats, Histogram,
+    ListenerStats, Registry, RouteStats,
 };
 pub use queues::{QueueStats, Waiting};
 pub use timeouts::{TimeoutKind, TimeoutStats};

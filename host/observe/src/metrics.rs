@@ -227,6 +227,10 @@ const CUSTOM_BUCKETS_US: &[u64] = &[
     100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000,
 ];
 
+/// Bytes of idle connection buffers the HTTP/1.1 server keeps pooled for reuse (process-wide:
+/// the pools are per worker thread, each bounded), `weir_buffer_pool_bytes`.
+pub static BUFFER_POOL_BYTES: AtomicU64 = AtomicU64::new(0);
+
 /// All metrics of the process. Cheap to clone (an `Arc` inside).
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
@@ -608,6 +612,12 @@ impl Registry {
             out,
             "weir_access_log_dropped_total {}",
             self.inner.access_log_dropped.load(Relaxed)
+        );
+        out.push_str("# HELP weir_buffer_pool_bytes Idle connection buffers kept for reuse (at most 2 MiB per worker thread).\n# TYPE weir_buffer_pool_bytes gauge\n");
+        let _ = writeln!(
+            out,
+            "weir_buffer_pool_bytes {}",
+            BUFFER_POOL_BYTES.load(Relaxed)
         );
 
         let mut ls: Vec<(String, Arc<ListenerStats>)> = self

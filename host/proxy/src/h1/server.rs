@@ -29,6 +29,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -44,7 +45,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use weir_config::Limits;
-use weir_observe::{TimeoutKind, TimeoutStats};
+use weir_observe::{BUFFER_POOL_BYTES, TimeoutKind, TimeoutStats};
 
 use super::{Chunk, Error, Fill, State, poll_decode, poll_read_into};
 use crate::Shared;
@@ -75,8 +76,13 @@ thread_local! {
 }
 
 fn take_buf() -> BytesMut {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| BytesMut::with_capacity(POOL_BUF))
+    match POOL.with(|p| p.borrow_mut().pop()) {
+        Some(b) => {
+            BUFFER_POOL_BYTES.fetch_sub(b.capacity() as u64, Relaxed);
+            b
+        }
+        None => BytesMut::with_capacity(POOL_BUF),
+    }
 }
 
 /// Gives `buf` up (to the pool, when it is empty and of the pool's size).
@@ -86,6 +92,7 @@ fn give_buf(buf: &mut BytesMut) {
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             if p.len() < POOL_MAX {
+                BUFFER_POOL_BYTES.fetch_add(b.capacity() as u64, Relaxed);
                 p.push(b);
             }
         });
@@ -1033,5 +1040,36 @@ impl AsyncWrite for Rewind {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool is bounded per thread, holds only empty buffers of its size, and its gauge counts
+    /// what it holds.
+    #[test]
+    fn the_buffer_pool_is_bounded_and_counted() {
+        let before = BUFFER_POOL_BYTES.load(Relaxed);
+        let mut taken: Vec<BytesMut> = (0..POOL_MAX + 10).map(|_| take_buf()).collect();
+        for b in &mut taken {
+            give_buf(b);
+        }
+        let pooled = POOL.with(|p| p.borrow().len());
+        assert_eq!(pooled, POOL_MAX);
+        let held = POOL.with(|p| p.borrow().iter().map(|b| b.capacity() as u64).sum::<u64>());
+        assert!(held <= (POOL_MAX * 2 * POOL_BUF) as u64);
+        assert_eq!(BUFFER_POOL_BYTES.load(Relaxed) - before, held);
+        POOL.with(|p| p.borrow_mut().clear());
+        BUFFER_POOL_BYTES.fetch_sub(held, Relaxed);
+        // Not pooled: a buffer holding bytes, and one grown far past the pool's size.
+        let mut full = take_buf();
+        full.extend_from_slice(b"pending");
+        give_buf(&mut full);
+        let mut big = BytesMut::with_capacity(64 * POOL_BUF);
+        give_buf(&mut big);
+        assert_eq!(POOL.with(|p| p.borrow().len()), 0);
+        assert_eq!(BUFFER_POOL_BYTES.load(Relaxed), before);
     }
 }
