@@ -218,6 +218,17 @@ async fn send_one(weir: &Weir, method: &str) -> Result<(u16, String)> {
     Ok((status, text))
 }
 
+/// The status of a GET without a body. (`send_one`'s GET carries a body, which the test
+/// upstream does not read: whether it then keeps the connection depends on whether the body
+/// arrived with the head, so connection counts after it are a race.)
+async fn get_status(weir: &Weir) -> Result<u16> {
+    let req = Request::get(weir.url("public", "/x")).body(full(""))?;
+    let res = tokio::time::timeout(Duration::from_secs(20), h1_client().request(req)).await??;
+    let status = res.status().as_u16();
+    http_body_util::BodyExt::collect(res.into_body()).await?;
+    Ok(status)
+}
+
 /// The table: each fault × {GET, POST} on a [bad, good] cluster with the default retry policy
 /// (`attempts: 2, on: [connect-failure, reset]`). GETs are answered by the good endpoint
 /// whenever the fault is one the policy retries; a POST is retried only when it never reached
@@ -452,7 +463,7 @@ async fn pools_and_health_survive_a_reload_that_leaves_the_cluster_alone() -> Re
     .replace("health: { max_failures: 0 }, ", "");
     let weir = Weir::start(&config)?;
     assert_eq!(
-        send_one(&weir, "GET").await?.0,
+        get_status(&weir).await?,
         200,
         "retried on the live endpoint"
     );
@@ -472,7 +483,7 @@ async fn pools_and_health_survive_a_reload_that_leaves_the_cluster_alone() -> Re
         .await?;
     assert_eq!(status, 200, "{body}");
     for _ in 0..3 {
-        assert_eq!(send_one(&weir, "GET").await?.0, 200);
+        assert_eq!(get_status(&weir).await?, 200);
     }
     assert_eq!(
         live.connections.load(Relaxed),
@@ -496,7 +507,7 @@ async fn pools_and_health_survive_a_reload_that_leaves_the_cluster_alone() -> Re
         endpoints_of(&weir).await?[&dead.addr.to_string()]["healthy"],
         true
     );
-    assert_eq!(send_one(&weir, "GET").await?.0, 200);
+    assert_eq!(get_status(&weir).await?, 200);
     assert_eq!(
         live.connections.load(Relaxed),
         2,
