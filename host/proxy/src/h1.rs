@@ -805,18 +805,6 @@ impl http_body::Body for Body {
     }
 }
 
-/// Where more body bytes come from: the decoder asks for at least `want` more when the buffer
-/// does not hold the next piece.
-pub(crate) trait Fill {
-    /// Reads more into `buf`: how many bytes came (0 at the connection's end).
-    fn poll_fill(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-        want: u64,
-    ) -> Poll<io::Result<usize>>;
-}
-
 /// Reads into `buf` from `io`, reserving room for about `want` bytes (bounded).
 pub(crate) fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
     io: &mut R,
@@ -835,16 +823,16 @@ pub(crate) fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
 /// upstreams and requests read from clients). At the body's end `state` is `Done`: after the
 /// last data frame when the length was known, so a reader that stops at `is_end_stream` leaves
 /// nothing behind. Errors leave `state` as it was; the caller ends the body.
-pub(crate) fn poll_decode(
+pub(crate) fn poll_decode<R: tokio::io::AsyncRead + Unpin>(
     state: &mut State,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
-    src: &mut impl Fill,
+    io: &mut R,
 ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
     // Reads more, or fails with `short` at the connection's end.
     macro_rules! fill {
         ($want:expr, $short:expr) => {
-            match ready!(src.poll_fill(cx, buf, $want)) {
+            match ready!(poll_read_into(io, cx, buf, $want)) {
                 Ok(0) => return Poll::Ready(Some(Err(Error::Invalid($short)))),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
@@ -878,7 +866,7 @@ pub(crate) fn poll_decode(
                 if !buf.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
                 }
-                match ready!(src.poll_fill(cx, buf, MAX_READ as u64)) {
+                match ready!(poll_read_into(io, cx, buf, MAX_READ as u64)) {
                     Ok(0) => {
                         *state = State::Done;
                         return Poll::Ready(None);
@@ -946,32 +934,14 @@ pub(crate) fn poll_decode(
     }
 }
 
-/// The upstream connection, as the response body's source.
-struct ConnFill<'a>(&'a mut Option<UpstreamConn>);
-
-impl Fill for ConnFill<'_> {
-    fn poll_fill(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-        want: u64,
-    ) -> Poll<io::Result<usize>> {
-        match self.0.as_mut() {
-            Some(conn) => poll_read_into(conn, cx, buf, want),
-            None => Poll::Ready(Ok(0)),
-        }
-    }
-}
-
 impl Body {
     /// The next frame of the response; the connection is parked as soon as the body is over.
     fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let next = ready!(poll_decode(
-            &mut self.state,
-            &mut self.buf,
-            cx,
-            &mut ConnFill(&mut self.conn)
-        ));
+        // The connection goes only when the body is over (`done`, `fail`).
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = ready!(poll_decode(&mut self.state, &mut self.buf, cx, conn));
         match next {
             Some(Err(e)) => self.fail(e),
             next => {

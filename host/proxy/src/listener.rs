@@ -2,6 +2,8 @@
 //! limits, idle timeouts, and graceful drain.
 
 use std::convert::Infallible;
+
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -274,7 +276,18 @@ pub(crate) async fn accept_loop(
                 None if rt.native => {
                     crate::h1::server::serve(stream, conn, shared, limits, builder, shutdown).await
                 }
-                None => Box::pin(serve(stream, conn, &builder, shared, &limits, shutdown)).await,
+                None => {
+                    Box::pin(serve(
+                        stream,
+                        Bytes::new(),
+                        conn,
+                        &builder,
+                        shared,
+                        &limits,
+                        shutdown,
+                    ))
+                    .await
+                }
                 Some(acceptor) => {
                     Box::pin(serve_tls(
                         stream, acceptor, conn, &builder, shared, &limits, shutdown,
@@ -299,7 +312,7 @@ async fn serve_tls(
 ) {
     let client = conn.client;
     match tokio::time::timeout(limits.request_head_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve(tls, conn, builder, shared, limits, shutdown).await,
+        Ok(Ok(tls)) => serve(tls, Bytes::new(), conn, builder, shared, limits, shutdown).await,
         Ok(Err(e)) => tracing::debug!(%client, "tls handshake failed: {e}"),
         Err(_) => {
             shared.registry.timeouts().fired(TimeoutKind::RequestHead);
@@ -308,8 +321,11 @@ async fn serve_tls(
     }
 }
 
+/// hyper's server on `io`; `pre`: bytes already read from it (the native server hands a
+/// connection over with what it read), served first.
 pub(crate) async fn serve<I>(
     io: I,
+    pre: bytes::Bytes,
     conn: Arc<ConnInfo>,
     builder: &auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
@@ -332,6 +348,7 @@ pub(crate) async fn serve<I>(
     };
     let io = Watched {
         io,
+        pre,
         conn: info.clone(),
     };
     let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -394,9 +411,11 @@ pub(crate) async fn serve<I>(
     }
 }
 
-/// The downstream IO, noting when bytes arrive (for the request head timeout).
+/// The downstream IO, noting when bytes arrive (for the request head timeout), with bytes
+/// read before hyper took it put back in front.
 struct Watched<I> {
     io: I,
+    pre: bytes::Bytes,
     conn: Arc<ConnInfo>,
 }
 
@@ -406,6 +425,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let pre = self.pre.split_to(n);
+            buf.put_slice(&pre);
+            self.conn.bytes_read();
+            return std::task::Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {

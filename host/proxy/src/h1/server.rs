@@ -40,14 +40,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use weir_config::Limits;
 use weir_observe::{BUFFER_POOL_BYTES, TimeoutKind, TimeoutStats};
 
-use super::{Chunk, Error, Fill, State, poll_decode, poll_read_into};
+use super::{Chunk, Error, State, poll_decode, poll_read_into};
 use crate::Shared;
 use crate::body::{ProxyBody, Source};
 use crate::listener::ConnInfo;
@@ -128,19 +128,6 @@ fn lock(side: &Side) -> MutexGuard<'_, ReadSide> {
     side.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct ReadFill<'a>(&'a mut OwnedReadHalf);
-
-impl Fill for ReadFill<'_> {
-    fn poll_fill(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-        want: u64,
-    ) -> Poll<io::Result<usize>> {
-        poll_read_into(self.0, cx, buf, want)
-    }
-}
-
 /// A request body read off the client's connection.
 pub(crate) struct RequestBody {
     side: Side,
@@ -174,7 +161,7 @@ impl http_body::Body for RequestBody {
             }
             Progress::Reading(state) => state,
         };
-        let next = std::task::ready!(poll_decode(state, buf, cx, &mut ReadFill(io)));
+        let next = std::task::ready!(poll_decode(state, buf, cx, io));
         if matches!(next, Some(Err(_))) {
             *body = Progress::Broken;
         } else if matches!(state, State::Done) {
@@ -566,7 +553,6 @@ fn begin_response(
 async fn write_body(
     out: &mut Out,
     side: &Side,
-    max_head: usize,
     body: &mut ProxyBody,
     framing: Framing,
     send_trailers: bool,
@@ -606,7 +592,7 @@ async fn write_body(
                     tokio::select! {
                         biased;
                         f = frame => break f,
-                        gone = watch(side, max_head) => match gone {
+                        gone = watch(side) => match gone {
                             Some(true) => return Err(io::ErrorKind::ConnectionReset.into()),
                             Some(false) => {}
                             None => watching = false,
@@ -710,7 +696,6 @@ pub(crate) async fn serve(
         send_timeout: limits.send_timeout,
         timeouts,
     };
-    let max_head = limits.max_request_header_bytes.bytes() as usize;
     let mut handling = None;
     let mut first = true;
     loop {
@@ -744,13 +729,13 @@ pub(crate) async fn serve(
         };
         first = false;
         let Parsed { parts, body, asked } = *parsed;
+        let has_body = !matches!(body, Progress::Done);
         let request = {
             let mut g = lock(&side);
             g.request += 1;
             g.body = body;
             g.request
         };
-        let has_body = !matches!(lock(&side).body, Progress::Done);
         let req = Request::from_parts(
             parts,
             Source::Client(RequestBody {
@@ -779,7 +764,7 @@ pub(crate) async fn serve(
             tokio::select! {
                 biased;
                 res = run => break res,
-                gone = watch(&side, max_head), if watching => match gone {
+                gone = watch(&side), if watching => match gone {
                     Some(true) => return,
                     Some(false) => {}
                     None => watching = false,
@@ -792,15 +777,7 @@ pub(crate) async fn serve(
         let unread = |side: &Side| !matches!(lock(side).body, Progress::Done);
         let mut close = !asked.keep_alive || *shutdown.borrow() || unread(&side);
         let (framing, mut body) = begin_response(&mut out, res, &asked, &mut close);
-        let written = write_body(
-            &mut out,
-            &side,
-            max_head,
-            &mut body,
-            framing,
-            asked.trailers,
-        )
-        .await;
+        let written = write_body(&mut out, &side, &mut body, framing, asked.trailers).await;
         // The response is over (its `Finish` runs here: the access log, in-flight counts).
         drop(body);
         match written {
@@ -820,14 +797,14 @@ pub(crate) async fn serve(
 /// Watches the connection while a request without a body is handled: `Some(true)` when the
 /// client went away, `Some(false)` when bytes came (kept for the next request), `None` when
 /// there is no more to watch (the buffer holds a next request already).
-async fn watch(side: &Side, max: usize) -> Option<bool> {
+async fn watch(side: &Side) -> Option<bool> {
     std::future::poll_fn(|cx| {
         let mut g = lock(side);
         if !g.buf.is_empty() {
             return Poll::Ready(None);
         }
         let ReadSide { io, buf, .. } = &mut *g;
-        match poll_read_into(io, cx, buf, HEAD_READ.min(max.max(1)) as u64) {
+        match poll_read_into(io, cx, buf, HEAD_READ as u64) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Some(true)),
             Poll::Ready(Ok(_)) => Poll::Ready(Some(false)),
             Poll::Pending => Poll::Pending,
@@ -935,7 +912,7 @@ async fn refuse(side: &Side, out: &mut Out, Refusal(status, reason): Refusal) {
         version: Version::HTTP_11,
     };
     let (framing, mut body) = begin_response(out, res, &asked, &mut true);
-    if write_body(out, side, 0, &mut body, framing, false)
+    if write_body(out, side, &mut body, framing, false)
         .await
         .is_ok()
     {
@@ -982,65 +959,23 @@ async fn hand_over(
 ) {
     // A body of an earlier request still held somewhere: the connection cannot be whole.
     let Ok(side) = Arc::try_unwrap(side) else {
+        tracing::debug!(client = %conn.client, "not handed over: an earlier request body is still held");
         return;
     };
     let side = side.into_inner().unwrap_or_else(|e| e.into_inner());
     let Ok(stream) = side.io.reunite(out.io) else {
         return;
     };
-    let io = Rewind {
-        pre: side.buf.freeze(),
-        io: stream,
-    };
-    crate::listener::serve(io, conn, builder, shared, limits, shutdown).await;
-}
-
-/// A connection with bytes already read from it put back in front.
-struct Rewind {
-    pre: Bytes,
-    io: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            let pre = self.pre.split_to(n);
-            buf.put_slice(&pre);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    crate::listener::serve(
+        stream,
+        side.buf.freeze(),
+        conn,
+        builder,
+        shared,
+        limits,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
