@@ -327,6 +327,83 @@ pub struct ListenerConfig {
     /// `hyper`. TLS listeners use hyper. Default: `native`. Bound at start.
     #[serde(default, skip_serializing_if = "Http1Server::is_default")]
     pub server: Http1Server,
+    /// `tcp` listeners: the cluster every connection is relayed to (balanced over its
+    /// endpoints; hashing balancers hash the client's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `tls_passthrough` listeners: the ClientHello's server name picks the cluster; exact
+    /// names before `*.suffix` wildcards (longest first), `*` takes the rest (and hellos
+    /// without a server name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniRoute>,
+    /// The PROXY protocol: `accept` it from `trusted_proxies` (any listener), `send` it to
+    /// upstreams (`tcp` and `tls_passthrough` listeners).
+    #[serde(default, skip_serializing_if = "ProxyProtocolConfig::is_default")]
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// `tcp` and `tls_passthrough` listeners: a connection that moves no byte either way for
+    /// this long is closed. Default: `10m`.
+    #[serde(
+        default,
+        with = "units::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// `tcp` and `tls_passthrough` listeners on Linux: relay with `splice(2)` through a pipe,
+    /// without copying through user space. `false` copies. Default: `true`.
+    #[serde(default = "defaults::yes", skip_serializing_if = "defaults::is_true")]
+    pub splice: bool,
+}
+
+/// One `sni` entry of a `tls_passthrough` listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// `api.example.com`, `*.example.com` (any name ending in `.example.com`) or `*`.
+    pub server_names: Vec<String>,
+    /// The cluster that gets these connections.
+    pub cluster: String,
+}
+
+/// `listeners[].proxy_protocol`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolConfig {
+    /// Peers in `trusted_proxies` must open each connection with a PROXY header of this
+    /// version (`v1`, `v2` or `any`); its source address is then the client's. Peers not
+    /// trusted are served as if this were not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept: Option<ProxyAccept>,
+    /// Open each upstream connection with a PROXY header (`v1` or `v2`) naming the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send: Option<ProxyVersion>,
+}
+
+impl ProxyProtocolConfig {
+    fn is_default(&self) -> bool {
+        *self == ProxyProtocolConfig::default()
+    }
+}
+
+/// A PROXY protocol version to send.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyVersion {
+    /// The text form.
+    V1,
+    /// The binary form.
+    V2,
+}
+
+/// The PROXY protocol versions a listener accepts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyAccept {
+    /// Only the text form.
+    V1,
+    /// Only the binary form.
+    V2,
+    /// Either.
+    Any,
 }
 
 /// See [`ListenerConfig::server`].
@@ -483,6 +560,21 @@ pub enum ListenerProtocol {
     Http,
     /// TLS 1.2/1.3 termination; HTTP/2 or HTTP/1.1 chosen by ALPN.
     Https,
+    /// Layer 4: each connection's bytes are relayed to an endpoint of `cluster`.
+    Tcp,
+    /// Layer 4 with TLS left to the upstream: the ClientHello's server name (SNI) picks the
+    /// cluster (`sni`), then the bytes are relayed untouched.
+    TlsPassthrough,
+}
+
+impl ListenerProtocol {
+    /// Whether connections are relayed as bytes (`tcp`, `tls_passthrough`).
+    pub fn is_l4(self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough
+        )
+    }
 }
 
 /// TLS settings of an `https` listener.

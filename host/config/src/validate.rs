@@ -121,6 +121,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 ),
             );
         }
+        check_l4(l, &p, &c.clusters, &mut err);
         match (l.protocol, &l.tls) {
             (ListenerProtocol::Https, None) => err(
                 format!("{p}.tls"),
@@ -133,6 +134,12 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             (ListenerProtocol::Http, Some(_)) => err(
                 format!("{p}.tls"),
                 "tls is only for `protocol: https`".into(),
+            ),
+            (ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough, Some(_)) => err(
+                format!("{p}.tls"),
+                "tls is only for `protocol: https` (a tls_passthrough listener leaves TLS to \
+                 its upstreams)"
+                    .into(),
             ),
             _ => {}
         }
@@ -487,4 +494,132 @@ fn first_line(s: &str) -> String {
         .unwrap_or(s)
         .trim()
         .to_string()
+}
+
+/// The fields of `tcp` and `tls_passthrough` listeners, and PROXY protocol settings.
+fn check_l4(
+    l: &crate::ListenerConfig,
+    p: &str,
+    clusters: &[crate::ClusterConfig],
+    err: &mut impl FnMut(String, String),
+) {
+    let known = |name: &str, at: String, err: &mut dyn FnMut(String, String)| match clusters
+        .iter()
+        .find(|c| c.name == name)
+    {
+        None => {
+            let mut msg = format!("unknown cluster {name:?}");
+            if let Some(s) = did_you_mean(name, clusters.iter().map(|c| c.name.as_str())) {
+                msg.push_str(&format!(" (did you mean {s:?}?)"));
+            }
+            err(at, msg);
+        }
+        Some(c) if c.tls.is_some() => err(
+            at,
+            format!(
+                "cluster {name:?} has tls: an L4 listener relays bytes as they come and does \
+                 not originate TLS"
+            ),
+        ),
+        Some(_) => {}
+    };
+    let proto = l.protocol;
+    match (proto, &l.cluster) {
+        (ListenerProtocol::Tcp, None) => err(
+            format!("{p}.cluster"),
+            "a tcp listener needs the cluster its connections go to".into(),
+        ),
+        (ListenerProtocol::Tcp, Some(c)) => known(c, format!("{p}.cluster"), err),
+        (_, Some(_)) => err(
+            format!("{p}.cluster"),
+            "cluster is only for `protocol: tcp` (http listeners route with `routes`, \
+             tls_passthrough with `sni`)"
+                .into(),
+        ),
+        _ => {}
+    }
+    if proto == ListenerProtocol::TlsPassthrough && l.sni.is_empty() {
+        err(
+            format!("{p}.sni"),
+            "a tls_passthrough listener needs `sni: [ { server_names: [..], cluster: .. } ]`"
+                .into(),
+        );
+    }
+    if proto != ListenerProtocol::TlsPassthrough && !l.sni.is_empty() {
+        err(
+            format!("{p}.sni"),
+            "sni is only for `protocol: tls_passthrough`".into(),
+        );
+    }
+    let mut names = HashSet::new();
+    for (j, r) in l.sni.iter().enumerate() {
+        known(&r.cluster, format!("{p}.sni[{j}].cluster"), err);
+        if r.server_names.is_empty() {
+            err(
+                format!("{p}.sni[{j}].server_names"),
+                "give at least one name (`*` takes every other)".into(),
+            );
+        }
+        for (k, n) in r.server_names.iter().enumerate() {
+            let at = format!("{p}.sni[{j}].server_names[{k}]");
+            if let Err(e) = check_server_name(n) {
+                err(at, e);
+            } else if !names.insert(n.to_ascii_lowercase()) {
+                err(at, format!("{n:?} is listed twice"));
+            }
+        }
+    }
+    if !proto.is_l4() {
+        if l.idle_timeout.is_some() {
+            err(
+                format!("{p}.idle_timeout"),
+                "idle_timeout is for tcp and tls_passthrough listeners (http listeners use \
+                 limits.idle_timeout)"
+                    .into(),
+            );
+        }
+        if !l.splice {
+            err(
+                format!("{p}.splice"),
+                "splice is for tcp and tls_passthrough listeners".into(),
+            );
+        }
+        if l.proxy_protocol.send.is_some() {
+            err(
+                format!("{p}.proxy_protocol.send"),
+                "send is for tcp and tls_passthrough listeners".into(),
+            );
+        }
+    }
+    if l.idle_timeout.is_some_and(|d| d.is_zero()) {
+        err(format!("{p}.idle_timeout"), "must be greater than 0".into());
+    }
+    if l.proxy_protocol.accept.is_some() && l.trusted_proxies.is_empty() {
+        err(
+            format!("{p}.proxy_protocol.accept"),
+            "list the peers that may send PROXY headers in trusted_proxies (a header from \
+             anyone else would let them pick their own address)"
+                .into(),
+        );
+    }
+}
+
+/// `api.example.com`, `*.example.com` or `*`: DNS labels of letters, digits, `-` and `_`.
+fn check_server_name(n: &str) -> Result<(), String> {
+    if n == "*" {
+        return Ok(());
+    }
+    let name = n.strip_prefix("*.").unwrap_or(n);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{n:?} is not a server name: write api.example.com, *.example.com or *"
+        ));
+    }
+    Ok(())
 }

@@ -40,6 +40,36 @@ pub struct AccessRecord {
     pub request_id: String,
 }
 
+/// One line per connection of a `tcp` or `tls_passthrough` listener, written when it closes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionRecord {
+    /// RFC 3339 time the connection was accepted, UTC, millisecond precision.
+    pub time: String,
+    /// `tcp` or `tls_passthrough`: tells these lines from requests'.
+    pub kind: &'static str,
+    /// Client address (`ip:port`; from the PROXY header when a trusted peer sent one).
+    pub client: String,
+    /// Listener name.
+    pub listener: String,
+    /// The ClientHello's server name (`tls_passthrough`), empty when none.
+    pub sni: String,
+    /// Cluster name, empty when none was picked.
+    pub cluster: String,
+    /// The endpoint connected to, empty when none was.
+    pub upstream: String,
+    /// Endpoints tried.
+    pub attempts: u32,
+    /// Bytes relayed from the client to the upstream.
+    pub bytes_received: u64,
+    /// Bytes relayed from the upstream to the client.
+    pub bytes_sent: u64,
+    /// Milliseconds from accept to close.
+    pub duration_ms: f64,
+    /// Why the connection closed: `closed` (both sides finished), `client_reset`,
+    /// `upstream_reset`, `idle_timeout`, `drain`, `connect_failed`, or why it was refused.
+    pub close: &'static str,
+}
+
 /// Lines queued for the writer thread at most; past that, lines are dropped and counted
 /// (`weir_access_log_dropped_total`) rather than grow memory behind a disk that cannot keep up.
 pub const ACCESS_LOG_QUEUE: usize = 16 * 1024;
@@ -88,7 +118,7 @@ impl AccessLog {
     }
 
     /// Queues one record, or counts it dropped when the queue is full.
-    pub fn write(&self, record: &AccessRecord) {
+    pub fn write<R: Serialize>(&self, record: &R) {
         if let Ok(mut line) = serde_json::to_string(record) {
             line.push('\n');
             if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(line) {

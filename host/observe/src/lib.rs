@@ -10,10 +10,10 @@ mod metrics;
 mod queues;
 mod timeouts;
 
-pub use access_log::{AccessLog, AccessRecord, rfc3339};
+pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, rfc3339};
 pub use metrics::{
     BUFFER_POOL_BYTES, ClusterStats, ConnGauge, EndpointStats, FilterStats, Histogram,
-    ListenerStats, Registry, RouteStats,
+    ListenerStats, Refusal, Registry, RouteStats,
 };
 pub use queues::{QueueStats, Waiting};
 pub use timeouts::{TimeoutKind, TimeoutStats};

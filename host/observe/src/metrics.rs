@@ -176,6 +176,63 @@ pub struct ClusterStats {
 pub struct ListenerStats {
     /// Downstream connections.
     pub connections: ConnGauge,
+    /// L4 listeners: bytes relayed from clients to upstreams.
+    pub bytes_received: AtomicU64,
+    /// L4 listeners: bytes relayed from upstreams to clients.
+    pub bytes_sent: AtomicU64,
+    /// L4 listeners: connections for which no endpoint could be connected.
+    pub connect_failures: AtomicU64,
+    /// Connections closed before they were served, by [`Refusal`].
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl ListenerStats {
+    /// A connection was closed before it was served, for `why`.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+    /// Connections refused for `why` so far.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Relaxed)
+    }
+}
+
+/// Why a listener closed a connection before serving it (`weir_listener_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A trusted peer's PROXY header was missing, malformed or too slow.
+    ProxyProtocol,
+    /// A `tls_passthrough` connection did not open with a TLS ClientHello.
+    NotTls,
+    /// The ClientHello was malformed or too large.
+    ClientHello,
+    /// No `sni` entry takes the ClientHello's server name.
+    NoRoute,
+    /// The first flight (PROXY header or ClientHello) did not arrive in
+    /// `limits.request_head_timeout`.
+    Timeout,
+}
+
+impl Refusal {
+    /// Every reason, in rendering order.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::ProxyProtocol,
+        Refusal::NotTls,
+        Refusal::ClientHello,
+        Refusal::NoRoute,
+        Refusal::Timeout,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ProxyProtocol => "proxy_protocol",
+            Refusal::NotTls => "not_tls",
+            Refusal::ClientHello => "client_hello",
+            Refusal::NoRoute => "no_route",
+            Refusal::Timeout => "timeout",
+        }
+    }
 }
 
 /// Per (filter, route): calls, call durations, failures by kind, budget breaches.
@@ -646,6 +703,40 @@ impl Registry {
                 escape(name),
                 s.connections.total()
             );
+        }
+        for (metric, help, read) in [
+            (
+                "weir_listener_received_bytes_total",
+                "Bytes relayed from clients to upstreams (tcp and tls_passthrough listeners).",
+                (|s: &ListenerStats| s.bytes_received.load(Relaxed)) as fn(&ListenerStats) -> u64,
+            ),
+            (
+                "weir_listener_sent_bytes_total",
+                "Bytes relayed from upstreams to clients (tcp and tls_passthrough listeners).",
+                |s| s.bytes_sent.load(Relaxed),
+            ),
+            (
+                "weir_listener_connect_failures_total",
+                "Connections no endpoint could be connected for (tcp and tls_passthrough listeners).",
+                |s| s.connect_failures.load(Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (name, s) in &ls {
+                let _ = writeln!(out, "{metric}{{listener=\"{}\"}} {}", escape(name), read(s));
+            }
+        }
+        out.push_str("# HELP weir_listener_refused_total Connections closed before they were served, by reason.\n# TYPE weir_listener_refused_total counter\n");
+        for (name, s) in &ls {
+            for why in Refusal::ALL {
+                let _ = writeln!(
+                    out,
+                    "weir_listener_refused_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                    escape(name),
+                    why.as_str(),
+                    s.refusals(why)
+                );
+            }
         }
         out
     }

@@ -20,11 +20,14 @@ pub enum TimeoutKind {
     Send,
     /// An upgraded connection moved no bytes for `limits.tunnel_idle_timeout`.
     TunnelIdle,
+    /// A `tcp` or `tls_passthrough` connection moved no bytes for its listener's
+    /// `idle_timeout`.
+    TcpIdle,
 }
 
 impl TimeoutKind {
     /// Every kind, in rendering order.
-    pub const ALL: [TimeoutKind; 7] = [
+    pub const ALL: [TimeoutKind; 8] = [
         TimeoutKind::RequestHead,
         TimeoutKind::RequestBody,
         TimeoutKind::UpstreamConnect,
@@ -32,6 +35,7 @@ impl TimeoutKind {
         TimeoutKind::UpstreamBody,
         TimeoutKind::Send,
         TimeoutKind::TunnelIdle,
+        TimeoutKind::TcpIdle,
     ];
 
     /// The `kind` label.
@@ -44,6 +48,7 @@ impl TimeoutKind {
             TimeoutKind::UpstreamBody => "upstream_body",
             TimeoutKind::Send => "send",
             TimeoutKind::TunnelIdle => "tunnel_idle",
+            TimeoutKind::TcpIdle => "tcp_idle",
         }
     }
 }

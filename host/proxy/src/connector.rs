@@ -106,7 +106,7 @@ impl ConnLimit {
             .map(|_| Reserved(self.clone()))
     }
 
-    async fn acquire(self: &Arc<Self>) -> Result<Reserved, ConnectError> {
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Reserved, ConnectError> {
         if let Some(r) = self.try_take() {
             return Ok(r);
         }
@@ -261,7 +261,7 @@ pub struct UpstreamConn {
 }
 
 /// A place under a cluster's `limits.max_connections`, given back on drop (waking a waiter).
-struct Reserved(Arc<ConnLimit>);
+pub(crate) struct Reserved(Arc<ConnLimit>);
 
 impl Drop for Reserved {
     fn drop(&mut self) {

@@ -375,7 +375,7 @@ pub(crate) fn hash_of_parts(
     }
 }
 
-fn client_hash(client: SocketAddr) -> u64 {
+pub(crate) fn client_hash(client: SocketAddr) -> u64 {
     match client.ip() {
         std::net::IpAddr::V4(ip) => weir_balance::hash_key(&ip.octets()),
         std::net::IpAddr::V6(ip) => weir_balance::hash_key(&ip.octets()),

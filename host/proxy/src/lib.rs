@@ -13,8 +13,10 @@ mod filtering;
 mod h1;
 mod head;
 mod health;
+mod l4;
 mod listener;
 mod proxy;
+mod proxy_protocol;
 mod retry;
 mod shared;
 mod snapshot;
@@ -144,6 +146,7 @@ impl Server {
                 tls: tls.map(tokio_rustls::TlsAcceptor::from),
                 stats: shared.registry.listener(&l.name),
                 native: l.server == weir_config::Http1Server::Native,
+                protocol: l.protocol,
             });
             tokio::spawn(listener::accept_loop(
                 sock,

@@ -136,6 +136,8 @@ pub(crate) struct ListenerRuntime {
     pub stats: Arc<ListenerStats>,
     /// Plain HTTP/1.1 through Weir's own server (`listeners[].server: native`).
     pub native: bool,
+    /// What the listener was bound as.
+    pub protocol: weir_config::ListenerProtocol,
 }
 
 pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -269,26 +271,64 @@ pub(crate) async fn accept_loop(
             let _slot = slot;
             let _drain = drain;
             rt.stats.connections.open();
+            let mut stream = stream;
+            let (mut client, mut destination, mut pre) = (client, None, Bytes::new());
+            let accept = {
+                let snap = shared.snapshot.load();
+                let policy = snap.policy(&rt.name);
+                policy.proxy_accept.filter(|_| policy.trusts(client.ip()))
+            };
+            if let Some(accept) = accept {
+                match Box::pin(proxied(&mut stream, accept, &limits, &rt)).await {
+                    Some((source, dest, rest)) => {
+                        client = source.unwrap_or(client);
+                        destination = dest;
+                        pre = rest;
+                    }
+                    None => {
+                        rt.stats.connections.close();
+                        return;
+                    }
+                }
+            }
+            if rt.protocol.is_l4() {
+                let destination = match destination {
+                    Some(d) => d,
+                    None => stream.local_addr().unwrap_or(client),
+                };
+                let accepted = crate::l4::Accepted {
+                    stream,
+                    pre: bytes::BytesMut::from(&pre[..]),
+                    client,
+                    destination,
+                    listener: rt.name.clone(),
+                    protocol: rt.protocol,
+                    stats: rt.stats.clone(),
+                };
+                Box::pin(crate::l4::serve(accepted, shared, shutdown)).await;
+                rt.stats.connections.close();
+                return;
+            }
             let conn = Arc::new(ConnInfo::new(client, rt.name.clone(), rt.tls.is_some()));
             // A task is as large as its largest future, for its whole life: hyper's connection
             // futures are several times the native server's, so they are boxed.
             match &rt.tls {
                 None if rt.native => {
-                    crate::h1::server::serve(stream, conn, shared, limits, builder, shutdown).await
+                    crate::h1::server::serve(stream, pre, conn, shared, limits, builder, shutdown)
+                        .await
                 }
                 None => {
                     Box::pin(serve(
-                        stream,
-                        Bytes::new(),
-                        conn,
-                        &builder,
-                        shared,
-                        &limits,
-                        shutdown,
+                        stream, pre, conn, &builder, shared, &limits, shutdown,
                     ))
                     .await
                 }
                 Some(acceptor) => {
+                    let stream = Watched {
+                        io: stream,
+                        pre,
+                        conn: conn.clone(),
+                    };
                     Box::pin(serve_tls(
                         stream, acceptor, conn, &builder, shared, &limits, shutdown,
                     ))
@@ -300,9 +340,43 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Reads the PROXY header a trusted peer opens with: the client and destination it names
+/// (`None`: the peer's own connection) and the bytes read past it. `None` when there is no
+/// valid header in time: the connection is closed and counted.
+async fn proxied(
+    stream: &mut tokio::net::TcpStream,
+    accept: weir_config::ProxyAccept,
+    limits: &Limits,
+    rt: &ListenerRuntime,
+) -> Option<(Option<SocketAddr>, Option<SocketAddr>, Bytes)> {
+    use crate::proxy_protocol::{Bad, Header, canonical, read};
+    match read(stream, accept, limits.request_head_timeout).await {
+        Ok((
+            Header::Proxied {
+                source,
+                destination,
+            },
+            rest,
+        )) => Some((
+            Some(canonical(source)),
+            Some(canonical(destination)),
+            rest.freeze(),
+        )),
+        Ok((Header::Local, rest)) => Some((None, None, rest.freeze())),
+        Err(e) => {
+            rt.stats.refused(match e {
+                Bad::Timeout => weir_observe::Refusal::Timeout,
+                _ => weir_observe::Refusal::ProxyProtocol,
+            });
+            tracing::debug!(listener = %rt.name, "connection closed: {e}");
+            None
+        }
+    }
+}
+
 /// A TLS handshake (bounded by the head timeout), then hyper's server.
 async fn serve_tls(
-    stream: tokio::net::TcpStream,
+    stream: Watched<tokio::net::TcpStream>,
     acceptor: &tokio_rustls::TlsAcceptor,
     conn: Arc<ConnInfo>,
     builder: &auto::Builder<TokioExecutor>,
@@ -413,7 +487,7 @@ pub(crate) async fn serve<I>(
 
 /// The downstream IO, noting when bytes arrive (for the request head timeout), with bytes
 /// read before hyper took it put back in front.
-struct Watched<I> {
+pub(crate) struct Watched<I> {
     io: I,
     pre: bytes::Bytes,
     conn: Arc<ConnInfo>,

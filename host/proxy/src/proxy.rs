@@ -822,7 +822,7 @@ fn classify(snap: &Snapshot, cluster: &Cluster, ep: usize, e: BoxError) -> Proxy
 
 /// The balancer's pick if it has not been tried yet; else another endpoint not tried (a fresh
 /// draw, then the first healthy one in order: the hash policies give one answer per key).
-fn pick_untried(cluster: &Cluster, hash: Option<u64>, tried: &[usize]) -> usize {
+pub(crate) fn pick_untried(cluster: &Cluster, hash: Option<u64>, tried: &[usize]) -> usize {
     let b = &cluster.balancer;
     let first = b.pick(hash);
     if !tried.contains(&first) || tried.len() >= b.len() {

@@ -94,7 +94,9 @@ pub(crate) struct Cluster {
     /// Upstream TLS (active health checks connect with it too).
     pub tls: Option<TlsClient>,
     /// `limits.max_connections` (shared with the connector).
-    conn_limit: Option<Arc<crate::connector::ConnLimit>>,
+    pub conn_limit: Option<Arc<crate::connector::ConnLimit>>,
+    /// `timeouts.connect`.
+    pub connect_timeout: Duration,
     /// What the cluster was built from: a new snapshot whose cluster has the same fingerprint
     /// takes this one over whole — pool, health, counters. `None` (a file could not be read):
     /// never taken over.
@@ -308,6 +310,10 @@ impl Cluster {
 pub(crate) struct RequestPolicy {
     pub paths: PathOptions,
     pub trusted_proxies: Vec<weir_config::Cidr>,
+    /// `proxy_protocol.accept`: trusted peers open connections with a PROXY header.
+    pub proxy_accept: Option<weir_config::ProxyAccept>,
+    /// `tcp` and `tls_passthrough` listeners: where connections go.
+    pub l4: Option<crate::l4::L4Route>,
 }
 
 /// The defaults, for a listener a reload removed while its connections still serve.
@@ -317,10 +323,15 @@ static DEFAULT_POLICY: RequestPolicy = RequestPolicy {
         parameters: PathParameters::Reject,
     },
     trusted_proxies: Vec::new(),
+    proxy_accept: None,
+    l4: None,
 };
 
 impl RequestPolicy {
-    fn new(l: &weir_config::ListenerConfig) -> RequestPolicy {
+    fn new(
+        l: &weir_config::ListenerConfig,
+        clusters: &HashMap<&str, &Arc<Cluster>>,
+    ) -> RequestPolicy {
         use weir_config::{EscapedSlashesAction as E, PathParametersAction as P};
         RequestPolicy {
             paths: PathOptions {
@@ -341,6 +352,8 @@ impl RequestPolicy {
                 .iter()
                 .filter_map(|t| weir_config::Cidr::parse(t).ok())
                 .collect(),
+            proxy_accept: l.proxy_protocol.accept,
+            l4: crate::l4::L4Route::new(l, clusters),
         }
     }
 
@@ -480,6 +493,11 @@ impl Snapshot {
                 cluster,
             });
         }
+        let listeners = c
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str().into(), RequestPolicy::new(l, &by_name)))
+            .collect();
         let router = Router::new(specs)
             .map_err(|e| loaded.error_at(format!("routes[{}].match", e.route()), e.to_string()))?;
 
@@ -492,11 +510,6 @@ impl Snapshot {
             None => None,
         };
         let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
-        let listeners = c
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str().into(), RequestPolicy::new(l)))
-            .collect();
         Ok(Snapshot {
             listeners,
             filters,
@@ -719,6 +732,7 @@ fn build_cluster(
             .or(cc.lb.is_hash().then_some(HashOn::ClientIp)),
         health: cc.health.clone(),
         body_timeout: cc.timeouts.body,
+        connect_timeout: cc.timeouts.connect,
         retry: crate::retry::RetryPolicy::new(&cc.retries),
         stats: registry.cluster(&cc.name),
         max_requests: cc.limits.max_requests,

@@ -27,7 +27,7 @@ pub(crate) async fn run(
     idle: Duration,
     drain: Duration,
     timeouts: &'static TimeoutStats,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let (down, up) = match tokio::try_join!(t.down, t.up) {
         Ok(x) => x,
@@ -36,51 +36,96 @@ pub(crate) async fn run(
             return;
         }
     };
-    let born = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::new());
     let mut down = Active {
         io: TokioIo::new(down),
-        last: last.clone(),
-        born,
+        activity: activity.clone(),
     };
     let mut up = Active {
         io: TokioIo::new(up),
-        last: last.clone(),
-        born,
+        activity: activity.clone(),
     };
     let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
+    match supervise(relay, &activity, idle, drain, shutdown).await {
+        Ended::Done(Err(e)) => tracing::debug!("tunnel ended: {e}"),
+        Ended::Done(Ok(_)) => {}
+        Ended::Idle(quiet) => {
+            timeouts.fired(TimeoutKind::TunnelIdle);
+            tracing::debug!("tunnel idle for {quiet:?}: closed");
+        }
+        Ended::Drain => tracing::debug!("drain deadline: tunnel closed"),
+    }
+}
+
+/// When bytes last moved on a relayed connection.
+pub(crate) struct Activity {
+    born: Instant,
+    /// Milliseconds since `born`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes moved now.
+    pub fn touch(&self) {
+        self.last
+            .store(self.born.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn quiet(&self) -> Duration {
+        self.born
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Relaxed)))
+    }
+}
+
+/// How a supervised relay ended.
+pub(crate) enum Ended<T> {
+    /// The relay finished by itself.
+    Done(T),
+    /// Nothing moved for this long (at least the idle timeout).
+    Idle(Duration),
+    /// Drain's deadline passed.
+    Drain,
+}
+
+/// Runs `relay` (a byte relay that `touch`es `activity`) until it finishes, nothing moves for
+/// `idle`, or `drain` has passed since shutdown began; the relay is dropped at either deadline.
+pub(crate) async fn supervise<F: std::future::Future>(
+    relay: F,
+    activity: &Activity,
+    idle: Duration,
+    drain: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ended<F::Output> {
     tokio::pin!(relay);
     let mut deadline: Option<tokio::time::Instant> = None;
     if *shutdown.borrow() {
         deadline = Some(tokio::time::Instant::now() + drain);
     }
     loop {
-        let quiet = born
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        let quiet = activity.quiet();
         if quiet >= idle {
-            timeouts.fired(TimeoutKind::TunnelIdle);
-            tracing::debug!("tunnel idle for {quiet:?}: closed");
-            return;
+            return Ended::Idle(quiet);
         }
         let mut wake = tokio::time::Instant::now() + (idle - quiet);
         if let Some(d) = deadline {
             wake = wake.min(d);
         }
         tokio::select! {
-            r = &mut relay => {
-                if let Err(e) = r {
-                    tracing::debug!("tunnel ended: {e}");
-                }
-                return;
-            }
+            r = &mut relay => return Ended::Done(r),
             _ = shutdown.changed(), if deadline.is_none() => {
                 deadline = Some(tokio::time::Instant::now() + drain);
             }
             () = tokio::time::sleep_until(wake) => {
                 if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
-                    tracing::debug!("drain deadline: tunnel closed");
-                    return;
+                    return Ended::Drain;
                 }
             }
         }
@@ -90,8 +135,7 @@ pub(crate) async fn run(
 /// One side of a tunnel, noting when bytes arrive from it.
 struct Active<I> {
     io: I,
-    last: Arc<AtomicU64>,
-    born: Instant,
+    activity: Arc<Activity>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Active<I> {
@@ -103,8 +147,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Active<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let now = self.born.elapsed().as_millis() as u64;
-            self.last.store(now, Relaxed);
+            self.activity.touch();
         }
         r
     }

@@ -252,6 +252,8 @@ fn run(path: &Path, quickstart: bool, watch: bool) -> anyhow::Result<()> {
             let scheme = match l.protocol {
                 weir_config::ListenerProtocol::Http => "http",
                 weir_config::ListenerProtocol::Https => "https",
+                weir_config::ListenerProtocol::Tcp => "tcp",
+                weir_config::ListenerProtocol::TlsPassthrough => "tls+passthrough",
             };
             eprintln!(
                 "weir: listener {} listening on {scheme}://{}",

@@ -675,6 +675,7 @@ async fn write_body(
 /// Serves one plain-TCP connection.
 pub(crate) async fn serve(
     stream: TcpStream,
+    pre: bytes::Bytes,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
@@ -686,7 +687,12 @@ pub(crate) async fn serve(
     let (rd, wr) = stream.into_split();
     let side: Side = Arc::new(Mutex::new(ReadSide {
         io: rd,
-        buf: BytesMut::new(),
+        // Bytes read past a PROXY header are the first of the first head.
+        buf: if pre.is_empty() {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&pre[..])
+        },
         body: Progress::Done,
         request: 0,
     }));

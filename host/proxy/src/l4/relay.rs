@@ -1,0 +1,204 @@
+//! Bytes both ways between a client and an upstream until both sides have finished. On Linux
+//! each direction moves through a pipe with `splice(2)` — socket to pipe, pipe to socket — so
+//! the bytes never cross into user space; elsewhere (or `splice: false`) through a buffer.
+//!
+//! A side that finishes (end of file) has its peer's write side shut (half-close), and the
+//! other direction goes on; an error on either side ends both.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use weir_observe::ListenerStats;
+
+use crate::tunnel::Activity;
+
+/// Bytes relayed so far by one connection (readable after the relay is dropped).
+#[derive(Default)]
+pub(crate) struct Counts {
+    /// Client to upstream.
+    pub received: AtomicU64,
+    /// Upstream to client.
+    pub sent: AtomicU64,
+}
+
+/// How a relay ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Both sides finished.
+    Closed,
+    /// Reading from or writing to the client failed.
+    ClientReset,
+    /// Reading from or writing to the upstream failed.
+    UpstreamReset,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientReset => "client_reset",
+            End::UpstreamReset => "upstream_reset",
+        }
+    }
+}
+
+/// Which side failed.
+struct Failed(End);
+
+/// Relays until both directions finish or one fails.
+pub(crate) async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    splice: bool,
+    counts: &Counts,
+    stats: &ListenerStats,
+    activity: &Activity,
+) -> End {
+    let up = Direction {
+        from: client,
+        to: upstream,
+        from_fails: End::ClientReset,
+        to_fails: End::UpstreamReset,
+        count: &counts.received,
+        total: &stats.bytes_received,
+        activity,
+    };
+    let down = Direction {
+        from: upstream,
+        to: client,
+        from_fails: End::UpstreamReset,
+        to_fails: End::ClientReset,
+        count: &counts.sent,
+        total: &stats.bytes_sent,
+        activity,
+    };
+    match tokio::try_join!(up.run(splice), down.run(splice)) {
+        Ok(_) => End::Closed,
+        Err(Failed(end)) => end,
+    }
+}
+
+/// One direction of a relay.
+struct Direction<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    from_fails: End,
+    to_fails: End,
+    count: &'a AtomicU64,
+    total: &'a AtomicU64,
+    activity: &'a Activity,
+}
+
+/// The most moved per read (a pipe holds 64 KiB by default).
+const CHUNK: usize = 64 * 1024;
+
+impl Direction<'_> {
+    async fn run(self, splice: bool) -> Result<(), Failed> {
+        #[cfg(target_os = "linux")]
+        if splice {
+            match rustix::pipe::pipe_with(
+                rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+            ) {
+                Ok(pipe) => return self.spliced(pipe).await,
+                // Out of descriptors for a pipe: copy instead.
+                Err(e) => tracing::debug!("no pipe for splice ({e}): copying"),
+            }
+        }
+        let _ = splice;
+        self.copied().await
+    }
+
+    fn moved(&self, n: usize) {
+        self.count.fetch_add(n as u64, Relaxed);
+        self.total.fetch_add(n as u64, Relaxed);
+        self.activity.touch();
+    }
+
+    /// The reader finished: the writer's side is shut, so its peer sees the end too.
+    fn finish(&self) -> Result<(), Failed> {
+        match rustix::net::shutdown(self.to, rustix::net::Shutdown::Write) {
+            // The peer may be gone already; the other direction will find out.
+            Ok(()) | Err(rustix::io::Errno::NOTCONN) => Ok(()),
+            Err(_) => Err(Failed(self.to_fails)),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn spliced(
+        self,
+        (pipe_r, pipe_w): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    ) -> Result<(), Failed> {
+        use rustix::pipe::{SpliceFlags, splice};
+        let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+        loop {
+            // The pipe is empty here, so `EAGAIN` can only mean the socket has nothing.
+            let n = loop {
+                self.from
+                    .readable()
+                    .await
+                    .map_err(|_| Failed(self.from_fails))?;
+                match self.from.try_io(Interest::READABLE, || {
+                    splice(self.from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
+                }) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Err(Failed(self.from_fails)),
+                }
+            };
+            if n == 0 {
+                return self.finish();
+            }
+            // And here it holds `left` bytes, so `EAGAIN` means the socket is full.
+            let mut left = n;
+            while left > 0 {
+                self.to
+                    .writable()
+                    .await
+                    .map_err(|_| Failed(self.to_fails))?;
+                match self.to.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_r, None, self.to, None, left, flags).map_err(io::Error::from)
+                }) {
+                    Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Err(Failed(self.to_fails)),
+                }
+            }
+            self.moved(n);
+        }
+    }
+
+    async fn copied(self) -> Result<(), Failed> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = loop {
+                self.from
+                    .readable()
+                    .await
+                    .map_err(|_| Failed(self.from_fails))?;
+                match self.from.try_read(&mut buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Err(Failed(self.from_fails)),
+                }
+            };
+            if n == 0 {
+                return self.finish();
+            }
+            let mut sent = 0;
+            while sent < n {
+                self.to
+                    .writable()
+                    .await
+                    .map_err(|_| Failed(self.to_fails))?;
+                match self.to.try_write(&buf[sent..n]) {
+                    Ok(m) => sent += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Err(Failed(self.to_fails)),
+                }
+            }
+            self.moved(n);
+        }
+    }
+}
