@@ -28,18 +28,20 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import chart  # noqa: E402
-from scenarios import chains, h2, hotswap, memory, plain, realistic, summary, tls  # noqa: E402
+from scenarios import chains, h2, hotswap, l4, memory, plain, realistic, summary, tls  # noqa: E402
 from scenarios.common import (ADMIN_PORT, DIRECT_CPU0_PORT, PROXY_PORT, PROXY_TLS_PORT, RESULTS, ROOT, RUN_MODE, UPSTREAM_H2C_PORT,  # noqa: E402
                               UPSTREAM_PORT, free, oha_path, pin_self_to_cpu1, raise_nofile, stop, wait_port)
 from scenarios.peers import Ctx, start_upstream  # noqa: E402
 
-SCENARIOS = ["plain", "http2", "tls", "chains", "realistic", "memory", "hotswap"]
+SCENARIOS = ["plain", "http2", "tls", "l4", "chains", "realistic", "memory", "hotswap"]
 
 
 def preflight(args, todo):
     tools = ["taskset", "wrk", "nginx", "openssl"]
     if {"plain", "http2", "tls", "memory"} & set(todo):
         tools += ["haproxy", "caddy"]
+    if "l4" in todo:
+        tools += ["haproxy"]
     if {"http2", "tls"} & set(todo):
         tools += ["h2load"]
     for t in tools:
@@ -48,6 +50,8 @@ def preflight(args, todo):
     exes = [args.weir]
     if {"plain", "http2", "memory"} & set(todo):
         exes.append(os.path.join(os.path.dirname(args.weir), "bare-forwarder"))
+    if "l4" in todo:
+        exes.append(os.path.join(os.path.dirname(args.weir), "tcp-bench"))
     for e in exes:
         if not os.access(e, os.X_OK):
             sys.exit(f"missing {e}: run benches/setup.sh first")
@@ -134,6 +138,8 @@ def run_one(s, ctx, args):
         h2.run(ctx)
     elif s == "tls":
         tls.run(ctx)
+    elif s == "l4":
+        l4.run(ctx)
     elif s == "chains":
         chains.run(ctx)
     elif s == "realistic":

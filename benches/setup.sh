@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the benchmark peers and load generators (Debian: nginx, nginx's Lua module, HAProxy,
+# Installs the benchmark peers and load generators (Debian: nginx, nginx's Lua and stream modules, HAProxy,
 # Caddy, wrk, h2load; crates.io: oha), and builds what the benchmarks run: Weir and the bare
 # forwarder (release), and the wasm filters the scenarios load.
 # WEIR_BENCH_NO_OHA=1 skips oha (its first build takes several minutes); without it the plain
@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_rust
 need_wasm_target
-need_debs nginx-light haproxy caddy wrk nghttp2-client libnginx-mod-http-lua lua-cjson openssl util-linux
+need_debs nginx-light haproxy caddy wrk nghttp2-client libnginx-mod-http-lua libnginx-mod-stream lua-cjson openssl util-linux
 
-step build cargo build --release --locked -p weir -p weir-benches --bin weir --bin bare-forwarder
+step build cargo build --release --locked -p weir -p weir-benches --bin weir --bin bare-forwarder --bin tcp-bench
 
 # The filters the scenarios load: the testbed (mode noop) for chains and memory, the first-party
 # jwt-auth, rate-limit and transform for the realistic chain.

@@ -26,8 +26,8 @@ def r3(t):
 
 
 def write(ctx, elapsed=None, mode=""):
-    plain, h2, tls, chains, real, mem, hot = (load(n) for n in (
-        "plain-http1", "http2", "tls", "filter-chains", "realistic-chain", "memory", "hot-swap"))
+    plain, h2, tls, l4, chains, real, mem, hot = (load(n) for n in (
+        "plain-http1", "http2", "tls", "l4", "filter-chains", "realistic-chain", "memory", "hot-swap"))
     L = ["# Weir side-by-side benchmarks", "",
          f"Summary written {now_stamp()}{f' after a {mode} run of {elapsed / 60:.1f} min' if elapsed else ''}; "
          f"{machine_line()}.", "", "Versions: " + ctx.versions_line(), "",
@@ -78,6 +78,19 @@ def write(ctx, elapsed=None, mode=""):
             if w:
                 L.append(f"| TLS 1.3 {key} | {what} | {r3(w['cpu_us_per_req']):.1f} µs | {b} {r3(br['cpu_us_per_req']):.1f} µs | "
                          f"**{w['ratio']:.2f}×** | " + link("tls") + " |")
+    if l4:
+        rows = l4["rows"]
+        ext = {k: v for k, v in rows.items() if k in ("haproxy-splice", "haproxy", "nginx-stream")}
+        w = rows.get("weir")
+        if w and ext:
+            bb = max(ext, key=lambda k: r3(ext[k]["gbit_per_core_s"]))
+            bc = max(ext, key=lambda k: r3(ext[k]["conns_per_core_s"]))
+            wb, pb = r3(w["gbit_per_core_s"]), r3(ext[bb]["gbit_per_core_s"])
+            wc, pc = r3(w["conns_per_core_s"]), r3(ext[bc]["conns_per_core_s"])
+            L.append(f"| L4 TCP bulk | Gbit relayed per proxy core-second | {wb:.1f} | {bb} {pb:.1f} | "
+                     f"**{wb / pb if pb else 0:.2f}×** | " + link("l4") + " |")
+            L.append(f"| L4 TCP connections | connections per proxy core-second | {wc:.0f} | {bc} {pc:.0f} | "
+                     f"**{wc / pc if pc else 0:.2f}×** | " + link("l4") + " |")
     if chains:
         L.append(f"| no-op filter chains 0–8 | µs CPU / request per no-op filter (slope) | **{chains['slope_us']:.2f} µs** "
                  f"per filter | – | – | " + link("filter-chains") + " |")
@@ -113,14 +126,14 @@ def write(ctx, elapsed=None, mode=""):
                  f"{s.get('requests', '?')} | – (no peer swaps code under load) | – | " + link("hot-swap") + " |")
 
     goals = []
-    for d in (plain, chains, real, mem, hot):
+    for d in (plain, l4, chains, real, mem, hot):
         if d:
             goals += d.get("goals", [])
     L += ["", "## Goals (reported, not asserted)", "", "| goal | measured | met |", "|---|---|---|"]
     for g in goals:
         L.append(f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |")
 
-    mine = {"README.md", "plain-http1.md", "http2.md", "tls.md", "filter-chains.md", "realistic-chain.md",
+    mine = {"README.md", "plain-http1.md", "http2.md", "tls.md", "l4.md", "filter-chains.md", "realistic-chain.md",
             "memory.md", "hot-swap.md", "analysis.md"}
     others = sorted(f for f in os.listdir(RESULTS) if f.endswith(".md") and f not in mine)
     extra = ["analysis.md"] if os.path.exists(os.path.join(RESULTS, "analysis.md")) else []
@@ -129,7 +142,6 @@ def write(ctx, elapsed=None, mode=""):
     L += ["", "## Not measured yet", "",
           "| scenario | why |", "|---|---|",
           "| WebSocket echo | needs a WebSocket echo upstream and generator in the suite; Weir passes upgrades through |",
-          "| L4 (TCP) bulk throughput and connections/s vs HAProxy `mode tcp` | not yet: Weir has no L4 listener |",
           "| HTTP/2 over TLS (ALPN h2) and h2 to the upstream | not yet in the suite (h2c downstream only) |",
           "| Envoy | not installable here (no Debian package, no downloads); never quoted as measured |",
           "", "## Method", "",

@@ -135,8 +135,9 @@ pub(crate) struct Accepted {
     pub pre: BytesMut,
     /// The client: the peer, or the source a trusted PROXY header named.
     pub client: SocketAddr,
-    /// Where the client connected to: this socket's address, or the PROXY header's.
-    pub destination: SocketAddr,
+    /// Where the client connected to, from a PROXY header (else this socket's address, read
+    /// when a PROXY header is sent on).
+    pub destination: Option<SocketAddr>,
     pub listener: Arc<str>,
     pub protocol: weir_config::ListenerProtocol,
     pub stats: Arc<ListenerStats>,
@@ -145,32 +146,50 @@ pub(crate) struct Accepted {
 /// The largest first flight buffered while looking for the ClientHello's end.
 const MAX_FIRST_FLIGHT: usize = 64 * 1024;
 
+/// What a connection did, for its log line (formatted only when there is an access log).
+#[derive(Default)]
+struct Outcome {
+    sni: Option<String>,
+    cluster: Option<Arc<Cluster>>,
+    /// The endpoint connected to (or last tried).
+    endpoint: Option<usize>,
+    connected: bool,
+    attempts: u32,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
 /// Serves one L4 connection to its end, then logs it.
 pub(crate) async fn serve(a: Accepted, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    let began = Instant::now();
+    let (began, at) = (Instant::now(), SystemTime::now());
     let snap = shared.snapshot.load_full();
-    let mut log = ConnectionRecord {
-        time: weir_observe::rfc3339(SystemTime::now()),
-        kind: match a.protocol {
+    let (client, listener, protocol) = (a.client, a.listener.clone(), a.protocol);
+    let mut out = Outcome::default();
+    let close = run(a, &snap, shutdown, &mut out).await;
+    let Some(sink) = &snap.access_log else {
+        return;
+    };
+    let upstream = match (&out.cluster, out.endpoint) {
+        (Some(c), Some(i)) if out.connected => c.endpoints[i].address.clone(),
+        _ => String::new(),
+    };
+    sink.write(&ConnectionRecord {
+        time: weir_observe::rfc3339(at),
+        kind: match protocol {
             weir_config::ListenerProtocol::TlsPassthrough => "tls_passthrough",
             _ => "tcp",
         },
-        client: a.client.to_string(),
-        listener: a.listener.to_string(),
-        sni: String::new(),
-        cluster: String::new(),
-        upstream: String::new(),
-        attempts: 0,
-        bytes_received: 0,
-        bytes_sent: 0,
-        duration_ms: 0.0,
-        close: "closed",
-    };
-    log.close = run(a, &snap, shutdown, &mut log).await;
-    log.duration_ms = began.elapsed().as_secs_f64() * 1000.0;
-    if let Some(sink) = &snap.access_log {
-        sink.write(&log);
-    }
+        client: client.to_string(),
+        listener: listener.to_string(),
+        sni: out.sni.unwrap_or_default(),
+        cluster: out.cluster.map(|c| c.name.to_string()).unwrap_or_default(),
+        upstream,
+        attempts: out.attempts,
+        bytes_received: out.bytes_received,
+        bytes_sent: out.bytes_sent,
+        duration_ms: began.elapsed().as_secs_f64() * 1000.0,
+        close,
+    });
 }
 
 /// The connection's path; returns why it closed.
@@ -178,19 +197,20 @@ async fn run(
     a: Accepted,
     snap: &crate::Snapshot,
     shutdown: watch::Receiver<bool>,
-    log: &mut ConnectionRecord,
+    out: &mut Outcome,
 ) -> &'static str {
     let Accepted {
         mut stream,
         mut pre,
         client,
         destination,
+        listener,
         stats,
         ..
     } = a;
-    let Some(route) = snap.policy(&log.listener).l4.as_ref() else {
+    let Some(route) = snap.policy(&listener).l4.as_ref() else {
         // A reload turned this listener into another kind; it serves what it was bound as.
-        tracing::warn!(listener = %log.listener, "no L4 route for this listener since a reload: connection closed");
+        tracing::warn!(%listener, "no L4 route for this listener since a reload: connection closed");
         return "no_route";
     };
     let cluster = match &route.target {
@@ -201,12 +221,13 @@ async fn run(
                 Ok(h) => h,
                 Err(why) => {
                     stats.refused(why);
-                    tracing::debug!(%client, listener = %log.listener, "first flight refused: {}", why.as_str());
+                    tracing::debug!(%client, %listener, "first flight refused: {}", why.as_str());
                     return why.as_str();
                 }
             };
-            log.sni = hello.server_name.clone().unwrap_or_default();
-            match table.pick(hello.server_name.as_deref()) {
+            let picked = table.pick(hello.server_name.as_deref());
+            out.sni = hello.server_name;
+            match picked {
                 Some(c) => c,
                 None => {
                     stats.refused(Refusal::NoRoute);
@@ -215,16 +236,19 @@ async fn run(
             }
         }
     };
-    log.cluster = cluster.name.to_string();
+    out.cluster = Some(cluster.clone());
 
-    let mut first = Vec::with_capacity(pre.len() + 64);
+    let mut first = Vec::new();
     if let Some(v) = route.send {
+        let destination = destination
+            .or_else(|| stream.local_addr().ok())
+            .unwrap_or(client);
         crate::proxy_protocol::write(v, client, destination, &mut first);
     }
     first.extend_from_slice(&pre);
     let from_client = pre.len() as u64;
     drop(pre);
-    let Some(up) = connect(cluster, client, &first, snap.timeouts, log).await else {
+    let Some(up) = connect(cluster, client, &first, snap.timeouts, out).await else {
         stats.connect_failures.fetch_add(1, Relaxed);
         return "connect_failed";
     };
@@ -242,8 +266,8 @@ async fn run(
     let relay = relay::relay(&stream, &upstream, route.splice, &counts, &stats, &activity);
     let ended = crate::tunnel::supervise(relay, &activity, route.idle, drain, shutdown).await;
     ep.stats.connections.close();
-    log.bytes_received = counts.received.load(Relaxed) + from_client;
-    log.bytes_sent = counts.sent.load(Relaxed);
+    out.bytes_received = counts.received.load(Relaxed) + from_client;
+    out.bytes_sent = counts.sent.load(Relaxed);
     stats.bytes_received.fetch_add(from_client, Relaxed);
     match ended {
         Ended::Done(end) => end.as_str(),
@@ -306,7 +330,7 @@ async fn connect(
     client: SocketAddr,
     first: &[u8],
     timeouts: &'static weir_observe::TimeoutStats,
-    log: &mut ConnectionRecord,
+    out: &mut Outcome,
 ) -> Option<Upstream> {
     let hash = cluster
         .hash_on
@@ -321,9 +345,9 @@ async fn connect(
     for _ in 0..attempts {
         let i = crate::proxy::pick_untried(cluster, hash, tried.as_slice());
         tried.push(i);
-        log.attempts += 1;
+        out.attempts += 1;
+        out.endpoint = Some(i);
         let ep = &cluster.endpoints[i];
-        log.upstream = ep.address.clone();
         let reserved = match &cluster.conn_limit {
             Some(limit) => match limit.acquire().await {
                 Ok(r) => Some(r),
@@ -347,6 +371,7 @@ async fn connect(
         match connected {
             Ok(Ok(stream)) => {
                 cluster.answered(i, http::StatusCode::OK);
+                out.connected = true;
                 return Some(Upstream {
                     stream,
                     index: i,
@@ -365,6 +390,5 @@ async fn connect(
         ep.stats.connect_failures.fetch_add(1, Relaxed);
         cluster.try_failed(i);
     }
-    log.upstream.clear();
     None
 }

@@ -292,10 +292,6 @@ pub(crate) async fn accept_loop(
                 }
             }
             if rt.protocol.is_l4() {
-                let destination = match destination {
-                    Some(d) => d,
-                    None => stream.local_addr().unwrap_or(client),
-                };
                 let accepted = crate::l4::Accepted {
                     stream,
                     pre: bytes::BytesMut::from(&pre[..]),

@@ -91,23 +91,67 @@ struct Direction<'a> {
     activity: &'a Activity,
 }
 
-/// The most moved per read (a pipe holds 64 KiB by default).
+/// The most moved per splice (a pipe holds 64 KiB by default).
 const CHUNK: usize = 64 * 1024;
 
+/// The buffer a spliced direction starts with: a read that fills it turns to splice.
+const SMALL: usize = 4096;
+
 impl Direction<'_> {
+    /// Copies through a small buffer first: short exchanges (a request and its answer) never
+    /// pay for a pipe. A read that fills the buffer means bulk: on Linux with `splice`, the
+    /// rest moves through a pipe.
     async fn run(self, splice: bool) -> Result<(), Failed> {
-        #[cfg(target_os = "linux")]
-        if splice {
-            match rustix::pipe::pipe_with(
-                rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-            ) {
-                Ok(pipe) => return self.spliced(pipe).await,
-                // Out of descriptors for a pipe: copy instead.
-                Err(e) => tracing::debug!("no pipe for splice ({e}): copying"),
+        let mut buf = vec![0u8; if splice { SMALL } else { 16 * 1024 }];
+        loop {
+            let n = self.copy_once(&mut buf).await?;
+            if n == 0 {
+                return self.finish();
+            }
+            #[cfg(target_os = "linux")]
+            if splice && n == buf.len() {
+                use rustix::pipe::{PipeFlags, pipe_with};
+                match pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+                    Ok(pipe) => {
+                        drop(buf);
+                        return self.spliced(pipe).await;
+                    }
+                    // Out of descriptors for a pipe: copy instead.
+                    Err(e) => tracing::debug!("no pipe for splice ({e}): copying"),
+                }
             }
         }
-        let _ = splice;
-        self.copied().await
+    }
+
+    /// One read and its writes; returns the bytes moved (0 at end of file).
+    async fn copy_once(&self, buf: &mut [u8]) -> Result<usize, Failed> {
+        let n = loop {
+            self.from
+                .readable()
+                .await
+                .map_err(|_| Failed(self.from_fails))?;
+            match self.from.try_read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(Failed(self.from_fails)),
+            }
+        };
+        let mut sent = 0;
+        while sent < n {
+            self.to
+                .writable()
+                .await
+                .map_err(|_| Failed(self.to_fails))?;
+            match self.to.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(Failed(self.to_fails)),
+            }
+        }
+        if n > 0 {
+            self.moved(n);
+        }
+        Ok(n)
     }
 
     fn moved(&self, n: usize) {
@@ -161,39 +205,6 @@ impl Direction<'_> {
                     splice(&pipe_r, None, self.to, None, left, flags).map_err(io::Error::from)
                 }) {
                     Ok(m) => left -= m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Err(Failed(self.to_fails)),
-                }
-            }
-            self.moved(n);
-        }
-    }
-
-    async fn copied(self) -> Result<(), Failed> {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = loop {
-                self.from
-                    .readable()
-                    .await
-                    .map_err(|_| Failed(self.from_fails))?;
-                match self.from.try_read(&mut buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Err(Failed(self.from_fails)),
-                }
-            };
-            if n == 0 {
-                return self.finish();
-            }
-            let mut sent = 0;
-            while sent < n {
-                self.to
-                    .writable()
-                    .await
-                    .map_err(|_| Failed(self.to_fails))?;
-                match self.to.try_write(&buf[sent..n]) {
-                    Ok(m) => sent += m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => return Err(Failed(self.to_fails)),
                 }
