@@ -705,3 +705,64 @@ async fn l4_config_mistakes_name_the_field() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn active_tcp_checks_take_a_dead_endpoint_out_before_connections_try_it() -> Result<()> {
+    let live = Echo::start("live").await;
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        l.local_addr()?
+    };
+    let weir = Weir::start(&tcp_config(
+        &[dead, live.addr],
+        ", health: { active: { tcp: true, interval: 100ms, timeout: 200ms, unhealthy: 1 } }",
+    ))?;
+    weir.eventually("the probe takes the dead endpoint out", async || {
+        let (_, body) = weir.admin_get("/clusters").await.unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v[0]["endpoints"][0]["probes"] == "failing"
+    })
+    .await?;
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(weir.addr("db")).await?;
+        assert_eq!(greeting(&mut s).await?, "live");
+    }
+    let lines = access_lines(&weir, 6).await?;
+    assert!(
+        lines.iter().all(|l| l["attempts"] == 1),
+        "no connection tried the endpoint the probes took out: {lines:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_l4_listener_accepts_proxy_protocol_and_passes_the_client_on() -> Result<()> {
+    // client (127.0.0.2) → outer tcp (sends v2) → inner tcp (accepts v2, sends v1) → gateway
+    // (accepts v1) → app: the app sees the first client.
+    let app = xff_upstream().await;
+    let gateway = Weir::start(&format!(
+        "listeners:\n\
+  - {{ name: in, listen: 127.0.0.1:0, proxy_protocol: {{ accept: v1 }}, trusted_proxies: [ 127.0.0.1 ] }}\n\
+routes: [ {{ name: r, cluster: app }} ]\n\
+clusters: [ {{ name: app, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        app.addr
+    ))?;
+    let inner = Weir::start(&format!(
+        "listeners:\n\
+  - {{ name: inner, listen: 127.0.0.1:0, protocol: tcp, cluster: gw, trusted_proxies: [ 127.0.0.1 ], proxy_protocol: {{ accept: v2, send: v1 }} }}\n\
+clusters: [ {{ name: gw, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        gateway.addr("in")
+    ))?;
+    let outer = Weir::start(&format!(
+        "listeners:\n\
+  - {{ name: outer, listen: 127.0.0.1:0, protocol: tcp, cluster: inner, proxy_protocol: {{ send: v2 }} }}\n\
+clusters: [ {{ name: inner, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        inner.addr("inner")
+    ))?;
+    let mut s = connect_from("127.0.0.2", outer.addr("outer")).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await?;
+    let text = String::from_utf8(read_to_close(&mut s).await)?;
+    assert!(text.ends_with("\r\n\r\n127.0.0.2"), "{text}");
+    Ok(())
+}
