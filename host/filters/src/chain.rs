@@ -9,7 +9,7 @@ use weir_observe::FilterStats;
 
 use crate::bindings::weir::filter::types;
 use crate::host::{Exchange, LocalResponse, Phase};
-use crate::pool::{Binding, Called, Failure, InstancePool};
+use crate::pool::{Binding, Failure, InstancePool};
 use crate::{FailureKind, Phases};
 
 /// The chain's own answer, which replaces the upstream's: what every phase returns as its
@@ -54,13 +54,6 @@ pub struct ChainRequest {
     held: Vec<Vec<u8>>,
 }
 
-enum Step {
-    Continue,
-    Buffer,
-    Respond(LocalResponse),
-    Fail(FailureKind),
-}
-
 impl Chain {
     /// A chain of instance pools (one per filter), each with its stats for this route.
     pub fn new(links: Vec<(Arc<InstancePool>, Arc<FilterStats>)>) -> Chain {
@@ -98,6 +91,8 @@ impl Chain {
         }
     }
 
+    /// Runs `phase` of filter `i`: `Ok(true)` when it asks to buffer, `Ok(false)` to go on,
+    /// or the chain's answer (a local response, or a fail-closed failure).
     async fn step(
         &self,
         i: usize,
@@ -105,7 +100,7 @@ impl Chain {
         phase: Phase,
         ex: &mut Exchange,
         end: bool,
-    ) -> Step {
+    ) -> Result<bool, Answer> {
         let link = &self.links[i];
         let started = Instant::now();
         let mut result = self.bound_call(i, cr, phase, ex, end).await;
@@ -121,9 +116,9 @@ impl Chain {
         }
         link.stats.call(started.elapsed());
         match result {
-            Ok(Called::Action(types::Action::Continue)) | Ok(Called::Done) => Step::Continue,
-            Ok(Called::Action(types::Action::Buffer)) => Step::Buffer,
-            Ok(Called::Action(types::Action::Respond(r))) => Step::Respond(local(r)),
+            Ok(Some(types::Action::Continue)) | Ok(None) => Ok(false),
+            Ok(Some(types::Action::Buffer)) => Ok(true),
+            Ok(Some(types::Action::Respond(r))) => Err(Answer::Respond(local(r))),
             Err(Failure { kind, error }) => {
                 link.stats.fail(kind.as_str(), kind.is_budget());
                 cr.bound[i] = None;
@@ -139,9 +134,12 @@ impl Chain {
                 match spec.on_error {
                     FailurePolicy::FailOpen => {
                         cr.skipped[i] = true;
-                        Step::Continue
+                        Ok(false)
                     }
-                    FailurePolicy::FailClosed => Step::Fail(kind),
+                    FailurePolicy::FailClosed => Err(Answer::Fail {
+                        filter: spec.filter.clone(),
+                        kind,
+                    }),
                 }
             }
         }
@@ -155,7 +153,7 @@ impl Chain {
         phase: Phase,
         ex: &mut Exchange,
         end: bool,
-    ) -> Result<Called, Failure> {
+    ) -> Result<Option<types::Action>, Failure> {
         let pool = &self.links[i].pool;
         match cr.bound[i] {
             Some(b) => pool.call(b, Some(phase), ex, end).await,
@@ -182,14 +180,9 @@ impl Chain {
                 continue;
             }
             match self.step(i, cr, Phase::RequestHeaders, ex, false).await {
-                Step::Continue | Step::Buffer => {}
-                Step::Respond(r) => return self.local_back_through(i, cr, ex, r).await,
-                Step::Fail(kind) => {
-                    return Err(Answer::Fail {
-                        filter: self.links[i].pool.spec().filter.clone(),
-                        kind,
-                    });
-                }
+                Ok(_) => {}
+                Err(Answer::Respond(r)) => return self.local_back_through(i, cr, ex, r).await,
+                Err(fail) => return Err(fail),
             }
         }
         Ok(())
@@ -221,16 +214,7 @@ impl Chain {
             if !self.runs(j, cr, Phases::RESPONSE_HEADERS) {
                 continue;
             }
-            match self.step(j, cr, Phase::ResponseHeaders, ex, false).await {
-                Step::Continue | Step::Buffer => {}
-                Step::Respond(r2) => return Err(Answer::Respond(r2)),
-                Step::Fail(kind) => {
-                    return Err(Answer::Fail {
-                        filter: self.links[j].pool.spec().filter.clone(),
-                        kind,
-                    });
-                }
-            }
+            self.step(j, cr, Phase::ResponseHeaders, ex, false).await?;
         }
         let headers = std::mem::take(&mut ex.response_headers)
             .iter()
@@ -258,16 +242,7 @@ impl Chain {
             if !self.runs(i, cr, Phases::RESPONSE_HEADERS) {
                 continue;
             }
-            match self.step(i, cr, Phase::ResponseHeaders, ex, false).await {
-                Step::Continue | Step::Buffer => {}
-                Step::Respond(r) => return Err(Answer::Respond(r)),
-                Step::Fail(kind) => {
-                    return Err(Answer::Fail {
-                        filter: self.links[i].pool.spec().filter.clone(),
-                        kind,
-                    });
-                }
-            }
+            self.step(i, cr, Phase::ResponseHeaders, ex, false).await?;
         }
         Ok(())
     }
@@ -304,7 +279,7 @@ impl Chain {
             let step = self.step(i, cr, phase, ex, end).await;
             let out = std::mem::take(&mut ex.body);
             match step {
-                Step::Buffer if !end => {
+                Ok(true) if !end => {
                     if out.len() > self.links[i].pool.spec().max_body {
                         let stats = &self.links[i].stats;
                         stats.fail(FailureKind::BodyLimit.as_str(), true);
@@ -322,19 +297,8 @@ impl Chain {
                     cr.held[i] = out;
                     data = Bytes::new();
                 }
-                Step::Continue | Step::Buffer => data = Bytes::from(out),
-                Step::Respond(r) => return Err(Answer::Respond(r)),
-                Step::Fail(kind) => {
-                    if cr.skipped[i] {
-                        // Fail-open: the bytes this filter held go on untouched.
-                        data = Bytes::from(out);
-                        continue;
-                    }
-                    return Err(Answer::Fail {
-                        filter: self.links[i].pool.spec().filter.clone(),
-                        kind,
-                    });
-                }
+                Ok(_) => data = Bytes::from(out),
+                Err(answer) => return Err(answer),
             }
         }
         Ok(data)

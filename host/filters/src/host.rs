@@ -13,7 +13,7 @@ use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metr
 use crate::budget::Budget;
 use crate::kv::KvError;
 use crate::pool::PoolShared;
-use crate::series::Kind;
+use crate::series::{Kind, Refused};
 
 type HostError = types::HostError;
 
@@ -253,9 +253,6 @@ pub const MAX_MAP_HEADERS: usize = 1024;
 /// Most bytes of names and values a filter may grow a header map (or a callout's headers) to.
 pub const MAX_HEADER_BYTES: usize = 256 << 10;
 
-/// A header bound a call would break: (limit label, message).
-type Bound = (&'static str, String);
-
 fn header_bytes<'a>(h: impl Iterator<Item = (&'a str, usize)>) -> (usize, usize) {
     h.fold((0, 0), |(lines, bytes), (n, v)| {
         (lines + 1, bytes + n.len() + v)
@@ -269,7 +266,7 @@ fn grows_within(
     replace: bool,
     name: &HeaderName,
     value: &HeaderValue,
-) -> Result<(), Bound> {
+) -> Result<(), Refused> {
     let (lines, bytes) = header_bytes(m.iter().map(|(n, v)| (n.as_str(), v.len())));
     let (gone_lines, gone_bytes) = if replace {
         header_bytes(m.get_all(name).iter().map(|v| (name.as_str(), v.len())))
@@ -279,25 +276,29 @@ fn grows_within(
     let new_lines = lines - gone_lines + 1;
     let new_bytes = bytes - gone_bytes + name.as_str().len() + value.len();
     if new_lines > MAX_MAP_HEADERS && new_lines > lines {
-        return Err((
-            "header_lines",
-            format!("a header map may hold at most {MAX_MAP_HEADERS} lines"),
-        ));
+        return Err(Refused {
+            limit: Some("header_lines"),
+            message: format!("a header map may hold at most {MAX_MAP_HEADERS} lines"),
+        });
     }
     if new_bytes > MAX_HEADER_BYTES && new_bytes > bytes {
-        return Err((
-            "header_bytes",
-            format!("a header map may hold at most {MAX_HEADER_BYTES} bytes of names and values"),
-        ));
+        return Err(Refused {
+            limit: Some("header_bytes"),
+            message: format!(
+                "a header map may hold at most {MAX_HEADER_BYTES} bytes of names and values"
+            ),
+        });
     }
     Ok(())
 }
 
 impl HostState {
     /// A header bound as the filter sees it (`invalid`), counted on `/metrics`.
-    fn header_refused(&self, (limit, message): Bound) -> HostError {
-        (self.shared.runtime.registry).filter_limit_hit(&self.shared.spec.filter, limit);
-        HostError::Invalid(message)
+    fn header_refused(&self, r: Refused) -> HostError {
+        if let Some(limit) = r.limit {
+            (self.shared.runtime.registry).filter_limit_hit(&self.shared.spec.filter, limit);
+        }
+        HostError::Invalid(r.message)
     }
 }
 
@@ -700,22 +701,22 @@ impl callout::Host for HostState {
             )));
         }
         if headers.len() > MAX_CALL_HEADERS {
-            return Err(self.header_refused((
-                "headers_per_call",
-                format!(
+            return Err(self.header_refused(Refused {
+                limit: Some("headers_per_call"),
+                message: format!(
                     "a callout may carry at most {MAX_CALL_HEADERS} headers, not {}",
                     headers.len()
                 ),
-            )));
+            }));
         }
         let (_, bytes) = header_bytes(headers.iter().map(|(n, v)| (n.as_str(), v.len())));
         if bytes > MAX_HEADER_BYTES {
-            return Err(self.header_refused((
-                "header_bytes",
-                format!(
+            return Err(self.header_refused(Refused {
+                limit: Some("header_bytes"),
+                message: format!(
                     "a callout may carry at most {MAX_HEADER_BYTES} bytes of header names and values"
                 ),
-            )));
+            }));
         }
         let Some(client) = self.shared.runtime.callouts.clone() else {
             return Err(HostError::Unavailable(
@@ -751,7 +752,7 @@ impl callout::Host for HostState {
         self.budget.pause();
         let res = client.send(&target, req, timeout).await;
         self.budget.resume();
-        let res = res.map_err(HostError::Failed)?;
+        let res = res.map_err(|e| HostError::Failed(e.chain()))?;
         let (parts, body) = res.into_parts();
         Ok(types::CalloutResponse {
             status: parts.status.as_u16(),

@@ -47,8 +47,61 @@ pub trait Callouts: Send + Sync + 'static {
         req: http::Request<bytes::Bytes>,
         timeout: std::time::Duration,
     ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<http::Response<bytes::Bytes>, String>> + Send + '_>,
+        Box<dyn Future<Output = Result<http::Response<bytes::Bytes>, CalloutError>> + Send + '_>,
     >;
+}
+
+/// The cause of a failure, for what crosses into logs and filters.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a callout got no whole response. Sources are kept: the filter sees the whole chain
+/// (`hyper`'s own message alone says only "client error (Connect)").
+#[derive(Debug, thiserror::Error)]
+pub enum CalloutError {
+    /// The proxy is stopping; nothing more goes out.
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    /// `target` does not make a URI.
+    #[error("invalid callout target {target:?}")]
+    Target {
+        target: String,
+        #[source]
+        source: Cause,
+    },
+    /// No response head within the timeout (or its body stalled).
+    #[error("callout to {target} timed out after {after:?}")]
+    Timeout {
+        target: String,
+        after: std::time::Duration,
+    },
+    /// Connecting, sending or reading the head failed.
+    #[error("callout to {target} failed")]
+    Failed {
+        target: String,
+        #[source]
+        source: Cause,
+    },
+    /// The response body failed or was too large.
+    #[error("callout to {target}: response body")]
+    Body {
+        target: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl CalloutError {
+    /// The error and its sources, outermost first: `a: b: c`.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
 }
 
 /// Headers that frame a message or belong to one connection (lowercase). Only the proxy sets

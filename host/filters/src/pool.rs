@@ -85,12 +85,6 @@ impl Failure {
     }
 }
 
-/// What a phase call returned.
-pub(crate) enum Called {
-    Action(types::Action),
-    Done,
-}
-
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A filter module with one config: a pool of instances configured with it.
@@ -264,15 +258,16 @@ impl InstancePool {
         }))
     }
 
-    /// Runs one phase (or `context-done`) of a bound request. `ex` is moved into the store for
-    /// the call and back. Any trap discards the instance.
+    /// Runs one phase (or `context-done`) of a bound request and returns the guest's action
+    /// (`None` from `on-log` and `context-done`, which answer nothing). `ex` is moved into the
+    /// store for the call and back. Any trap discards the instance.
     pub(crate) async fn call(
         &self,
         b: Binding,
         phase: Option<Phase>,
         ex: &mut Exchange,
         end: bool,
-    ) -> Result<Called, Failure> {
+    ) -> Result<Option<types::Action>, Failure> {
         // Uncontended (the usual case): no acquire future, no waiter node.
         let slot = &self.slots[b.slot].live;
         let mut guard = match slot.try_lock() {
@@ -290,7 +285,7 @@ impl InstancePool {
         phase: Option<Phase>,
         ex: &mut Exchange,
         end: bool,
-    ) -> Result<Called, Failure> {
+    ) -> Result<Option<types::Action>, Failure> {
         let live = match guard.as_mut() {
             Some(l) if l.generation == b.generation && !l.in_call => l,
             _ => {
@@ -314,27 +309,27 @@ impl InstancePool {
             Some(Phase::RequestHeaders) => f
                 .call_on_request_headers(&mut *store, b.ctx)
                 .await
-                .map(Called::Action),
+                .map(Some),
             Some(Phase::RequestBody) => f
                 .call_on_request_body(&mut *store, b.ctx, end)
                 .await
-                .map(Called::Action),
+                .map(Some),
             Some(Phase::ResponseHeaders) => f
                 .call_on_response_headers(&mut *store, b.ctx)
                 .await
-                .map(Called::Action),
+                .map(Some),
             Some(Phase::ResponseBody) => f
                 .call_on_response_body(&mut *store, b.ctx, end)
                 .await
-                .map(Called::Action),
+                .map(Some),
             Some(Phase::Log) => f
                 .call_on_log(&mut *store, b.ctx)
                 .await
-                .map(|()| Called::Done),
+                .map(|()| None),
             Some(Phase::Configure) | None => f
                 .call_context_done(&mut *store, b.ctx)
                 .await
-                .map(|()| Called::Done),
+                .map(|()| None),
         };
         live.in_call = false;
         let data = live.store.data_mut();

@@ -3,11 +3,10 @@
 //!
 //! Who may do what: `/healthz` and `/ready` are open; with `admin.token` set everything else
 //! needs it; without, reads stay open on loopback and writes need the token generated into
-//! `admin.token_file` (see `token.rs`). On TCP the `Host` must name this listener, so a web
+//! `admin.token_file` (see `admin_token.rs`). On TCP the `Host` must name this listener, so a web
 //! page cannot reach the API through DNS rebinding. Connections, request heads and bodies are
 //! bounded like the data path's.
 
-mod token;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +28,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::{Shared, control};
 
-pub(crate) use token::{Generated as GeneratedToken, file_for as token_file_for};
 
 /// Open admin connections, TCP and Unix together; more wait in the kernel's backlog. The admin
 /// API is for operators and scripts, not traffic: a client that opens many cannot starve it
@@ -41,13 +39,6 @@ pub(crate) const MAX_JSON_BODY: usize = 1 << 20;
 pub(crate) const MAX_UPLOAD_BODY: usize = 64 << 20;
 /// Largest admin request head.
 const MAX_HEAD_BYTES: usize = 64 << 10;
-
-/// Reads or creates the generated token for a config without `admin.token`.
-pub(crate) fn generated_token(
-    loaded: &weir_config::LoadedConfig,
-) -> Result<GeneratedToken, String> {
-    token::load_or_create(&token_file_for(loaded))
-}
 
 /// Where an admin request came in.
 #[derive(Clone, Copy)]

@@ -14,7 +14,7 @@ use weir_balance::InFlight;
 use weir_observe::{AccessRecord, TimeoutKind, TimeoutStats};
 
 use crate::filtering::FilterRun;
-use crate::listener::ConnInfo;
+use crate::conn::ConnInfo;
 
 /// Errors across body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

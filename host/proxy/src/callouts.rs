@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use weir_filters::CalloutError;
+
 use crate::body::ProxyBody;
 
 /// Callout responses are read whole; this caps them.
@@ -46,13 +48,17 @@ impl ProxyCallouts {
         target: &str,
         req: Request<Bytes>,
         timeout: Duration,
-    ) -> Result<Response<Bytes>, String> {
+    ) -> Result<Response<Bytes>, CalloutError> {
         let snap = self
             .snapshot
             .get()
             .and_then(Weak::upgrade)
-            .ok_or("the proxy is shutting down")?
+            .ok_or(CalloutError::ShuttingDown)?
             .load_full();
+        let invalid = |e: http::Error| CalloutError::Target {
+            target: target.to_string(),
+            source: e.into(),
+        };
         let (parts, body) = req.into_parts();
         let pq = parts
             .uri
@@ -69,12 +75,11 @@ impl ProxyCallouts {
                     .authority(ep.authority.clone())
                     .path_and_query(pq)
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(invalid)?;
                 if !up.headers().contains_key(header::HOST) {
-                    up.headers_mut().insert(
-                        header::HOST,
-                        http::HeaderValue::from_str(&ep.address).map_err(|e| e.to_string())?,
-                    );
+                    let host = http::HeaderValue::from_str(&ep.address)
+                        .map_err(|e| invalid(e.into()))?;
+                    up.headers_mut().insert(header::HOST, host);
                 }
                 let client = ep.h2_client.as_ref().unwrap_or(&cluster.client).clone();
                 client.request(up)
@@ -85,22 +90,32 @@ impl ProxyCallouts {
                     .authority(target)
                     .path_and_query(pq)
                     .build()
-                    .map_err(|e| format!("invalid callout target {target:?}: {e}"))?;
+                    .map_err(invalid)?;
                 self.direct.request(up)
             }
         };
+        let timed_out = || CalloutError::Timeout {
+            target: target.to_string(),
+            after: timeout,
+        };
         let res = tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| format!("callout to {target} timed out after {timeout:?}"))?
-            .map_err(|e| format!("callout to {target} failed: {e}"))?;
+            .map_err(|_| timed_out())?
+            .map_err(|e| CalloutError::Failed {
+                target: target.to_string(),
+                source: e.into(),
+            })?;
         let (parts, body) = res.into_parts();
         let body = tokio::time::timeout(
             timeout,
             http_body_util::Limited::new(body, MAX_CALLOUT_BODY).collect(),
         )
         .await
-        .map_err(|_| format!("callout to {target}: body timed out"))?
-        .map_err(|e| format!("callout to {target}: body: {e}"))?
+        .map_err(|_| timed_out())?
+        .map_err(|e| CalloutError::Body {
+            target: target.to_string(),
+            source: e,
+        })?
         .to_bytes();
         Ok(Response::from_parts(parts, body))
     }
@@ -112,7 +127,7 @@ impl weir_filters::Callouts for ProxyCallouts {
         target: &str,
         req: Request<Bytes>,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, String>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Bytes>, CalloutError>> + Send + '_>> {
         let target = target.to_string();
         Box::pin(async move { self.send_inner(&target, req, timeout).await })
     }

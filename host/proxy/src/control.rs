@@ -95,7 +95,7 @@ pub(crate) async fn reload_file(shared: &Shared, loaded: LoadedConfig) -> Result
     let mut d = shared.control.lock().await;
     // A file that drops `admin.token` leaves writes protected by a generated one.
     if loaded.config.admin.token.is_none() && shared.admin_token.get().is_none() {
-        let g = crate::admin::generated_token(&loaded).map_err(|e| loaded.error_at("admin", e))?;
+        let g = crate::admin_token::generated(&loaded).map_err(|e| loaded.error_at("admin", e))?;
         tracing::warn!(
             "admin writes now need the token in {} (Authorization: Bearer)",
             g.file.display()

@@ -17,6 +17,8 @@ use crate::retry::ClientFault;
 pub(crate) enum ErrorKind {
     /// A malformed request: the reason is safe to show the client.
     BadRequest(&'static str),
+    /// A request head over `limits.max_request_header_bytes` or `max_request_headers`.
+    HeadTooLarge(&'static str),
     /// An `Expect` other than `100-continue` (RFC 9110 §10.1.1).
     Expectation,
     NoRoute,
@@ -32,6 +34,23 @@ pub(crate) enum ErrorKind {
     Overflow(&'static str, usize),
     /// A fail-closed filter failed.
     Filter(Arc<str>),
+}
+
+impl ErrorKind {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ErrorKind::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::Expectation => StatusCode::EXPECTATION_FAILED,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+            ErrorKind::Overflow(..) | ErrorKind::Filter(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 /// A request the proxy answers itself, and why.
@@ -63,16 +82,7 @@ impl ProxyError {
     }
 
     pub fn status(&self) -> StatusCode {
-        match self.kind {
-            ErrorKind::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ErrorKind::Expectation => StatusCode::EXPECTATION_FAILED,
-            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
-            ErrorKind::Overflow(..) | ErrorKind::Filter(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.kind.status()
     }
 
     /// The response the client gets: status, what happened in a few words, and the request id
@@ -113,7 +123,7 @@ impl From<ClientFault> for ProxyError {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ErrorKind::BadRequest(why) => f.write_str(why),
+            ErrorKind::BadRequest(why) | ErrorKind::HeadTooLarge(why) => f.write_str(why),
             ErrorKind::Expectation => f.write_str("only the expectation 100-continue is supported"),
             ErrorKind::NoRoute => f.write_str("no route matches this request"),
             ErrorKind::TooLarge => f.write_str("request body too large"),

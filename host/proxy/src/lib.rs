@@ -4,8 +4,10 @@
 //! a new config atomically; [`Server::shutdown`] drains.
 
 mod admin;
+mod admin_token;
 mod body;
 mod callouts;
+mod conn;
 mod connector;
 mod control;
 mod error;
@@ -99,7 +101,7 @@ impl Server {
             Some(_) => None,
             None => {
                 let g =
-                    admin::generated_token(&loaded).map_err(|e| anyhow::anyhow!("admin: {e}"))?;
+                    admin_token::generated(&loaded).map_err(|e| anyhow::anyhow!("admin: {e}"))?;
                 let file = g.file.clone();
                 let _ = shared.admin_token.set(g);
                 Some(file)

@@ -37,7 +37,7 @@ use crate::connector::{ConnectError, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filtering::{FilterRun, local_response};
 use crate::head::{self, X_REQUEST_ID};
-use crate::listener::ConnInfo;
+use crate::conn::ConnInfo;
 use crate::retry::{Resend, Slot, Tried};
 use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
 

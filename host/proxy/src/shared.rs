@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     /// Notified when a new snapshot is published (accept loops re-read their limits).
     pub published: tokio::sync::Notify,
     /// The admin token writes need while the config sets no `admin.token`.
-    pub admin_token: std::sync::OnceLock<crate::admin::GeneratedToken>,
+    pub admin_token: std::sync::OnceLock<crate::admin_token::Generated>,
 }
 
 impl Shared {

@@ -50,7 +50,8 @@ use weir_observe::{BUFFER_POOL_BYTES, TimeoutKind, TimeoutStats};
 use super::{Chunk, Error, State, poll_decode, poll_read_into};
 use crate::Shared;
 use crate::body::{ProxyBody, Source};
-use crate::listener::ConnInfo;
+use crate::conn::ConnInfo;
+use crate::error::ErrorKind;
 
 /// Fields parsed on the stack; a limit above this parses into a vector.
 const STACK_FIELDS: usize = 128;
@@ -195,11 +196,8 @@ struct Asked {
     version: Version,
 }
 
-/// Why a head is refused: the status and a reason safe to show.
-struct Refusal(StatusCode, &'static str);
-
-fn bad(reason: &'static str) -> Refusal {
-    Refusal(StatusCode::BAD_REQUEST, reason)
+fn bad(reason: &'static str) -> ErrorKind {
+    ErrorKind::BadRequest(reason)
 }
 
 /// What comes next on a connection.
@@ -209,7 +207,8 @@ enum Next {
     Closed,
     /// A request this path does not serve: hyper takes the connection.
     HandOver,
-    Refuse(Refusal),
+    /// A head refused before any request runs (400, 431).
+    Refuse(ErrorKind),
 }
 
 struct Parsed {
@@ -239,28 +238,19 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(len)) if len > max_head => {
-            return Err(Next::Refuse(Refusal(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head too large",
-            )));
+            return Err(Next::Refuse(ErrorKind::HeadTooLarge("request head too large")));
         }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
-            return Err(Next::Refuse(Refusal(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head too large",
-            )));
+            return Err(Next::Refuse(ErrorKind::HeadTooLarge("request head too large")));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Next::Refuse(Refusal(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "too many header fields",
-            )));
+            return Err(Next::Refuse(ErrorKind::HeadTooLarge("too many header fields")));
         }
         Err(_) => return Err(Next::Refuse(bad("malformed request head"))),
     };
-    let refuse = |r: Refusal| Next::Refuse(r);
+    let refuse = Next::Refuse;
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| refuse(bad("invalid method")))?;
     if method == Method::CONNECT {
@@ -906,8 +896,9 @@ async fn read_more(side: &Side) -> io::Result<usize> {
 }
 
 /// Answers a refused head and closes.
-async fn refuse(side: &Side, out: &mut Out, Refusal(status, reason): Refusal) {
-    tracing::debug!(%status, reason, "request refused");
+async fn refuse(side: &Side, out: &mut Out, why: ErrorKind) {
+    let status = why.status();
+    tracing::debug!(%status, reason = %why, "request refused");
     // No body: nothing of what the client sent is echoed (as hyper answers).
     let mut res = Response::new(ProxyBody::empty());
     *res.status_mut() = status;

@@ -15,6 +15,11 @@ pub(crate) struct Generated {
     pub file: PathBuf,
 }
 
+/// Reads or creates the generated token for a config without `admin.token`.
+pub(crate) fn generated(loaded: &LoadedConfig) -> Result<Generated, String> {
+    load_or_create(&file_for(loaded))
+}
+
 /// Where a config without `admin.token` keeps its generated token.
 pub(crate) fn file_for(loaded: &LoadedConfig) -> PathBuf {
     let name = loaded
