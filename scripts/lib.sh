@@ -3,8 +3,12 @@
 step() {
   local name=$1; shift
   echo "==> $name: $*"
-  local t0=$SECONDS
-  "$@"
+  local t0=$SECONDS rc=0
+  "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "==> $name: FAILED (exit $rc) after $((SECONDS - t0))s" >&2
+    return "$rc"
+  fi
   echo "==> $name: done in $((SECONDS - t0))s"
 }
 

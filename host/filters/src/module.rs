@@ -210,7 +210,7 @@ impl Runtime {
     /// Loads a filter from its bytes: from the in-memory cache, the disk cache, or by compiling
     /// (and then caching). Checks that it is a component exporting the filter interface.
     pub fn load(&self, name: &str, bytes: &[u8]) -> anyhow::Result<Arc<Module>> {
-        let hash = hex(&Sha256::digest(bytes));
+        let hash = hex::encode(Sha256::digest(bytes));
         if let Some(m) = self.inner.modules.get(&hash) {
             return Ok(m.clone());
         }
@@ -348,7 +348,7 @@ fn engine_tag(engine: &Engine) -> String {
     }
     let mut h = Sha(Sha256::new());
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
-    hex(&h.0.finalize()[..8])
+    hex::encode(&h.0.finalize()[..8])
 }
 
 /// Creates `dir` (mode 0700) if it does not exist, then checks that it is private.
@@ -409,10 +409,6 @@ fn prune_cache(dir: &Path) {
     for (_, p) in &files[..files.len() - KEEP_CACHED_FILES] {
         let _ = std::fs::remove_file(p);
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -322,14 +322,10 @@ impl InstancePool {
                 .call_on_response_body(&mut *store, b.ctx, end)
                 .await
                 .map(Some),
-            Some(Phase::Log) => f
-                .call_on_log(&mut *store, b.ctx)
-                .await
-                .map(|()| None),
-            Some(Phase::Configure) | None => f
-                .call_context_done(&mut *store, b.ctx)
-                .await
-                .map(|()| None),
+            Some(Phase::Log) => f.call_on_log(&mut *store, b.ctx).await.map(|()| None),
+            Some(Phase::Configure) | None => {
+                f.call_context_done(&mut *store, b.ctx).await.map(|()| None)
+            }
         };
         live.in_call = false;
         let data = live.store.data_mut();

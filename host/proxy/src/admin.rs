@@ -7,7 +7,6 @@
 //! page cannot reach the API through DNS rebinding. Connections, request heads and bodies are
 //! bounded like the data path's.
 
-
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -27,7 +26,6 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::{Shared, control};
-
 
 /// Open admin connections, TCP and Unix together; more wait in the kernel's backlog. The admin
 /// API is for operators and scripts, not traffic: a client that opens many cannot starve it
@@ -249,7 +247,7 @@ async fn route(shared: &Shared, via: Via, req: Request<Incoming>) -> Response<Fu
                         c.clusters.retain(|r| r.name != n);
                         before != c.clusters.len()
                     };
-                    if removed { Ok(()) } else { Err(control::Refused::not_found(format!("nothing named {n:?}"))) }
+                    if removed { Ok(()) } else { Err(control::AdminError::not_found(format!("nothing named {n:?}"))) }
                 })
                 .await
                 .map(|()| serde_json::json!({ "deleted": name })),
@@ -258,8 +256,8 @@ async fn route(shared: &Shared, via: Via, req: Request<Incoming>) -> Response<Fu
         (&Method::POST, ["reload"]) => {
             let file = shared.control.lock().await.loaded.file.clone();
             let result = match weir_config::LoadedConfig::from_file(&file) {
-                Ok(l) => control::reload_file(shared, l).await.map_err(|e| control::Refused::bad(e.to_string())),
-                Err(e) => Err(control::Refused::bad(e.to_string())),
+                Ok(l) => control::reload_file(shared, l).await.map_err(|e| control::AdminError::bad(e.to_string())),
+                Err(e) => Err(control::AdminError::bad(e.to_string())),
             };
             reply(result.map(|()| serde_json::json!({ "reloaded": file })))
         }
@@ -406,10 +404,10 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
     name: &str,
     list: fn(&mut weir_config::Config) -> &mut Vec<T>,
     name_of: fn(&mut T) -> &mut String,
-) -> Result<(), control::Refused> {
+) -> Result<(), control::AdminError> {
     // The name comes from the path; a body may repeat it, but not contradict it.
     let mut value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| control::Refused::bad(format!("invalid JSON body: {e}")))?;
+        .map_err(|e| control::AdminError::bad(format!("invalid JSON body: {e}")))?;
     match value.as_object_mut() {
         Some(obj) => match obj.get("name") {
             None => {
@@ -417,22 +415,22 @@ async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
             }
             Some(n) if n.as_str() == Some(name) => {}
             Some(n) => {
-                return Err(control::Refused::bad(format!(
+                return Err(control::AdminError::bad(format!(
                     "the body names {n} but the path names {name:?}"
                 )));
             }
         },
-        None => return Err(control::Refused::bad("the body must be a JSON object")),
+        None => return Err(control::AdminError::bad("the body must be a JSON object")),
     }
     // Files are named by whoever writes the config file, never through the API: a filter's
     // config error could otherwise echo any file the proxy can read.
     if crate::snapshot::names_a_file(&value) {
-        return Err(control::Refused::bad(
+        return Err(control::AdminError::bad(
             "$json_file and $text_file are only read from the config file, not from admin API edits",
         ));
     }
     let item: T = serde_json::from_value(value)
-        .map_err(|e| control::Refused::bad(format!("invalid JSON body: {e}")))?;
+        .map_err(|e| control::AdminError::bad(format!("invalid JSON body: {e}")))?;
     let name = name.to_string();
     control::edit(shared, move |c| {
         let items = list(c);
@@ -498,7 +496,7 @@ async fn body(
     }
 }
 
-fn reply(result: Result<serde_json::Value, control::Refused>) -> Response<Full<Bytes>> {
+fn reply(result: Result<serde_json::Value, control::AdminError>) -> Response<Full<Bytes>> {
     match result {
         Ok(v) => json(&v),
         Err(r) => error(r.status, &r.message),

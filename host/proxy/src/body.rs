@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use weir_balance::InFlight;
 use weir_observe::{AccessRecord, TimeoutKind, TimeoutStats};
 
-use crate::filtering::FilterRun;
 use crate::conn::ConnInfo;
+use crate::filtering::FilterRun;
 
 /// Errors across body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -77,8 +77,8 @@ impl ProxyCallouts {
                     .build()
                     .map_err(invalid)?;
                 if !up.headers().contains_key(header::HOST) {
-                    let host = http::HeaderValue::from_str(&ep.address)
-                        .map_err(|e| invalid(e.into()))?;
+                    let host =
+                        http::HeaderValue::from_str(&ep.address).map_err(|e| invalid(e.into()))?;
                     up.headers_mut().insert(header::HOST, host);
                 }
                 let client = ep.h2_client.as_ref().unwrap_or(&cluster.client).clone();

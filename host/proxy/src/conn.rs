@@ -118,4 +118,3 @@ impl ConnInfo {
         self.born.elapsed().saturating_sub(last)
     }
 }
-

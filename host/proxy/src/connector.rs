@@ -29,7 +29,7 @@ pub enum ConnectError {
     /// The cluster already has `limits.max_connections` open (circuit breaking).
     #[error("the cluster is at its limit of {0} connections")]
     Overflow(usize),
-    /// Refused, unreachable, TLS failure, or no address.
+    /// AdminError, unreachable, TLS failure, or no address.
     #[error("connect to {addr}: {source}")]
     Failed {
         /// The endpoint.

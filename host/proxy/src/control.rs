@@ -38,34 +38,34 @@ impl Desired {
 
 /// Why an admin change was refused: the HTTP status to answer, and what to tell the operator.
 #[derive(Debug)]
-pub(crate) struct Refused {
+pub(crate) struct AdminError {
     pub status: http::StatusCode,
     pub message: String,
 }
 
-impl Refused {
+impl AdminError {
     /// 400: the change itself is wrong.
-    pub fn bad(message: impl Into<String>) -> Refused {
-        Refused::with(http::StatusCode::BAD_REQUEST, message)
+    pub fn bad(message: impl Into<String>) -> AdminError {
+        AdminError::with(http::StatusCode::BAD_REQUEST, message)
     }
 
     /// 404: it names nothing that exists.
-    pub fn not_found(message: impl Into<String>) -> Refused {
-        Refused::with(http::StatusCode::NOT_FOUND, message)
+    pub fn not_found(message: impl Into<String>) -> AdminError {
+        AdminError::with(http::StatusCode::NOT_FOUND, message)
     }
 
     /// 409: it conflicts with what is there.
-    pub fn conflict(message: impl Into<String>) -> Refused {
-        Refused::with(http::StatusCode::CONFLICT, message)
+    pub fn conflict(message: impl Into<String>) -> AdminError {
+        AdminError::with(http::StatusCode::CONFLICT, message)
     }
 
     /// 500: the proxy failed.
-    pub fn internal(message: impl Into<String>) -> Refused {
-        Refused::with(http::StatusCode::INTERNAL_SERVER_ERROR, message)
+    pub fn internal(message: impl Into<String>) -> AdminError {
+        AdminError::with(http::StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    fn with(status: http::StatusCode, message: impl Into<String>) -> Refused {
-        Refused {
+    fn with(status: http::StatusCode, message: impl Into<String>) -> AdminError {
+        AdminError {
             status,
             message: message.into(),
         }
@@ -111,18 +111,18 @@ pub(crate) async fn reload_file(shared: &Shared, loaded: LoadedConfig) -> Result
 /// Edits the config (admin API): validated as a whole like a file, then built and swapped.
 pub(crate) async fn edit(
     shared: &Shared,
-    f: impl FnOnce(&mut Config) -> Result<(), Refused>,
-) -> Result<(), Refused> {
+    f: impl FnOnce(&mut Config) -> Result<(), AdminError>,
+) -> Result<(), AdminError> {
     let mut d = shared.control.lock().await;
     let mut config = d.loaded.config.clone();
     f(&mut config)?;
     // Re-render and re-parse: one validation path for files and API edits alike.
-    let text = weir_config::to_yaml(&config).map_err(Refused::internal)?;
-    let loaded =
-        LoadedConfig::from_str(&d.loaded.file, &text).map_err(|e| Refused::bad(strip_file(&e)))?;
+    let text = weir_config::to_yaml(&config).map_err(AdminError::internal)?;
+    let loaded = LoadedConfig::from_str(&d.loaded.file, &text)
+        .map_err(|e| AdminError::bad(strip_file(&e)))?;
     let snap = build(shared, loaded.clone(), &d.current_uploads())
         .await
-        .map_err(|e| Refused::bad(strip_file(&e)))?;
+        .map_err(|e| AdminError::bad(strip_file(&e)))?;
     shared.publish(snap);
     d.loaded = loaded;
     Ok(())
@@ -149,10 +149,10 @@ pub(crate) async fn upload(
     shared: &Shared,
     name: &str,
     bytes: Vec<u8>,
-) -> Result<(String, bool), Refused> {
+) -> Result<(String, bool), AdminError> {
     let mut d = shared.control.lock().await;
     if !d.loaded.config.filters.iter().any(|f| f.name == name) {
-        return Err(Refused::not_found(format!(
+        return Err(AdminError::not_found(format!(
             "no filter named {name:?} in the config (add it to `filters:` first)"
         )));
     }
@@ -160,7 +160,7 @@ pub(crate) async fn upload(
     uploads.insert(name.to_string(), Arc::new(bytes));
     let snap = build(shared, d.loaded.clone(), &uploads)
         .await
-        .map_err(|e| Refused::bad(strip_file(&e)))?;
+        .map_err(|e| AdminError::bad(strip_file(&e)))?;
     let module = snap
         .filters
         .iter()
@@ -173,16 +173,16 @@ pub(crate) async fn upload(
     if history.len() > HISTORY {
         history.remove(0);
     }
-    module.ok_or(Refused::internal(
+    module.ok_or(AdminError::internal(
         "the new module is missing from the snapshot",
     ))
 }
 
 /// Back to the previous version (the previous upload, or the config's file).
-pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refused> {
+pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, AdminError> {
     let mut d = shared.control.lock().await;
     let Some(history) = d.uploads.get(name).filter(|h| !h.is_empty()) else {
-        return Err(Refused::conflict(format!(
+        return Err(AdminError::conflict(format!(
             "filter {name:?} has no uploaded version to roll back from"
         )));
     };
@@ -197,7 +197,7 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
     }
     let snap = build(shared, d.loaded.clone(), &uploads)
         .await
-        .map_err(|e| Refused::bad(strip_file(&e)))?;
+        .map_err(|e| AdminError::bad(strip_file(&e)))?;
     let hash = snap
         .filters
         .iter()
@@ -212,7 +212,7 @@ pub(crate) async fn rollback(shared: &Shared, name: &str) -> Result<String, Refu
 }
 
 /// Removes a filter no route uses.
-pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), Refused> {
+pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), AdminError> {
     {
         let d = shared.control.lock().await;
         let users: Vec<&str> = d
@@ -224,7 +224,7 @@ pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), Ref
             .map(|r| r.name.as_str())
             .collect();
         if !users.is_empty() {
-            return Err(Refused::conflict(format!(
+            return Err(AdminError::conflict(format!(
                 "filter {name:?} is used by routes {users:?}; remove it from them first"
             )));
         }
@@ -234,7 +234,7 @@ pub(crate) async fn delete_filter(shared: &Shared, name: &str) -> Result<(), Ref
         let before = c.filters.len();
         c.filters.retain(|f| f.name != n);
         if c.filters.len() == before {
-            Err(Refused::not_found(format!("no filter named {n:?}")))
+            Err(AdminError::not_found(format!("no filter named {n:?}")))
         } else {
             Ok(())
         }

@@ -33,11 +33,11 @@ use crate::Shared;
 use crate::body::{
     BodyStalled, BodyTooLarge, BoxError, ClientBodyError, Finish, Idle, ProxyBody, Source,
 };
+use crate::conn::ConnInfo;
 use crate::connector::{ConnectError, Connector};
 use crate::error::{ErrorKind, ProxyError};
 use crate::filtering::{FilterRun, local_response};
 use crate::head::{self, X_REQUEST_ID};
-use crate::conn::ConnInfo;
 use crate::retry::{Resend, Slot, Tried};
 use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
 
@@ -281,18 +281,7 @@ impl<'s> Session<'s> {
             uri,
             normalized,
         };
-        if let Some(log) = &mut self.finish.log {
-            // The log shows what was routed: the request's one host and its normalized path.
-            if let Some(site) = &target.site {
-                log.0.host = site.to_str().unwrap_or_default().to_owned();
-            }
-            if let Some(path) = &target.normalized {
-                log.0.path = match target.uri.query() {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path.clone(),
-                };
-            }
-        }
+        self.log_target(&target);
         let Some(idx) = self.snap.router.find(
             req.method(),
             target.site.as_ref().map(head::host_of),
@@ -313,6 +302,22 @@ impl<'s> Session<'s> {
         Ok((route, target))
     }
 
+    /// The log shows what was routed: the request's one host and its normalized path.
+    fn log_target(&mut self, target: &Target) {
+        let Some(log) = &mut self.finish.log else {
+            return;
+        };
+        if let Some(site) = &target.site {
+            log.0.host = site.to_str().unwrap_or_default().to_owned();
+        }
+        if let Some(path) = &target.normalized {
+            log.0.path = match target.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+        }
+    }
+
     /// Phase 2: the request as the upstream will get it, before filters.
     fn upstream_head(
         &mut self,
@@ -330,38 +335,7 @@ impl<'s> Session<'s> {
             .or(target.site.as_ref())
             .cloned();
 
-        let h = &mut parts.headers;
-        let upgrade_proto = match self.upgrade {
-            Some(_) => h.get(header::UPGRADE).cloned(),
-            None => None,
-        };
-        head::drop_stale_length(h);
-        head::strip_hop_by_hop(h);
-        // This hop met the expectation (hyper sends `100 Continue` when the body is first read).
-        h.remove(header::EXPECT);
-        if let Some(proto) = upgrade_proto {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, proto);
-        }
-        // For HTTP/2 upstreams Host is kept identical to `:authority` (RFC 9113 §8.3.1 allows
-        // that when converting from HTTP/1.1, and some frameworks read only Host).
-        match &site {
-            Some(s) => h.insert(header::HOST, s.clone()),
-            None => h.remove(header::HOST),
-        };
-        let trusted = snap
-            .policy(&self.conn.listener)
-            .trusts(self.conn.client.ip());
-        head::set_forwarding(
-            h,
-            &self.conn.client_ip,
-            trusted,
-            target.site.as_ref(),
-            self.conn.tls,
-        );
-        head::append_via(h, self.downstream);
-        h.insert(X_REQUEST_ID.clone(), self.request_id.clone());
-
+        self.upstream_headers(&mut parts.headers, site.as_ref(), target);
         let path_and_query = head::rewrite_path(
             route.prefix_rewrite.as_ref(),
             target.path(),
@@ -382,6 +356,45 @@ impl<'s> Session<'s> {
             site,
             body: ProxyBody::request(body, snap.max_body, idle),
         }
+    }
+
+    /// The request's headers as the upstream gets them: this hop's (framing, hop-by-hop,
+    /// `Expect`) go, an allowed upgrade stays, then `Host`, the forwarding headers, `Via` and
+    /// the request id.
+    fn upstream_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        site: Option<&HeaderValue>,
+        target: &Target,
+    ) {
+        let upgrade_proto = match self.upgrade {
+            Some(_) => h.get(header::UPGRADE).cloned(),
+            None => None,
+        };
+        head::drop_stale_length(h);
+        head::strip_hop_by_hop(h);
+        // This hop met the expectation (hyper sends `100 Continue` when the body is first read).
+        h.remove(header::EXPECT);
+        if let Some(proto) = upgrade_proto {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, proto);
+        }
+        // For HTTP/2 upstreams Host is kept identical to `:authority` (RFC 9113 §8.3.1 allows
+        // that when converting from HTTP/1.1, and some frameworks read only Host).
+        match site {
+            Some(s) => h.insert(header::HOST, s.clone()),
+            None => h.remove(header::HOST),
+        };
+        let trusted = (self.snap.policy(&self.conn.listener)).trusts(self.conn.client.ip());
+        head::set_forwarding(
+            h,
+            &self.conn.client_ip,
+            trusted,
+            target.site.as_ref(),
+            self.conn.tls,
+        );
+        head::append_via(h, self.downstream);
+        h.insert(X_REQUEST_ID.clone(), self.request_id.clone());
     }
 
     /// Phase 3: the route's filters see the request as it will go upstream, and may change it
@@ -564,7 +577,8 @@ impl<'s> Session<'s> {
         }
     }
 
-    /// A try that got no response head by `try_deadline`: a failed try for passive health too,
+    /// A try that got no response head by its deadline (`tries.deadline`): a failed try for
+    /// passive health too,
     /// unless the client was still sending its body or the try waited at the cluster's
     /// connection cap. At the request's own deadline, the request ends.
     fn timed_out(&self, tries: &Tries<'_>) -> Result<TryEnd, Stop> {
@@ -583,8 +597,8 @@ impl<'s> Session<'s> {
         })
     }
 
-    /// A try the client (hyper) failed: a filter's answer, the client's own body fault, or the
-    /// endpoint's failure (see `classify`).
+    /// A try the upstream client (native or hyper's) failed: a filter's answer, the client's
+    /// own body fault, or the endpoint's failure (see `classify`).
     async fn failed(&self, tries: &Tries<'_>, e: BoxError) -> Result<TryEnd, Stop> {
         // A request-body filter that answered stopped the body: its answer stands.
         if let Some(run) = &self.filters

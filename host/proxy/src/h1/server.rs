@@ -238,15 +238,21 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(len)) if len > max_head => {
-            return Err(Next::Refuse(ErrorKind::HeadTooLarge("request head too large")));
+            return Err(Next::Refuse(ErrorKind::HeadTooLarge(
+                "request head too large",
+            )));
         }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
-            return Err(Next::Refuse(ErrorKind::HeadTooLarge("request head too large")));
+            return Err(Next::Refuse(ErrorKind::HeadTooLarge(
+                "request head too large",
+            )));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Next::Refuse(ErrorKind::HeadTooLarge("too many header fields")));
+            return Err(Next::Refuse(ErrorKind::HeadTooLarge(
+                "too many header fields",
+            )));
         }
         Err(_) => return Err(Next::Refuse(bad("malformed request head"))),
     };
