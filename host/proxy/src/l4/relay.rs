@@ -102,9 +102,18 @@ impl Direction<'_> {
     /// pay for a pipe. A read that fills the buffer means bulk: on Linux with `splice`, the
     /// rest moves through a pipe.
     async fn run(self, splice: bool) -> Result<(), Failed> {
-        let mut buf = vec![0u8; if splice { SMALL } else { 16 * 1024 }];
+        // The small buffer lives in the connection's task (allocated with it); a copying
+        // relay's larger one is allocated when the relay starts.
+        let mut small = [0u8; SMALL];
+        let mut large = Vec::new();
+        let buf: &mut [u8] = if splice {
+            &mut small
+        } else {
+            large.resize(16 * 1024, 0);
+            &mut large
+        };
         loop {
-            let n = self.copy_once(&mut buf).await?;
+            let n = self.copy_once(buf).await?;
             if n == 0 {
                 return self.finish();
             }
@@ -112,10 +121,7 @@ impl Direction<'_> {
             if splice && n == buf.len() {
                 use rustix::pipe::{PipeFlags, pipe_with};
                 match pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
-                    Ok(pipe) => {
-                        drop(buf);
-                        return self.spliced(pipe).await;
-                    }
+                    Ok(pipe) => return self.spliced(pipe).await,
                     // Out of descriptors for a pipe: copy instead.
                     Err(e) => tracing::debug!("no pipe for splice ({e}): copying"),
                 }
