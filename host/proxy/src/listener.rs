@@ -251,10 +251,12 @@ async fn proxied(
         )),
         Ok((Header::Local, rest)) => Some((None, None, rest.freeze())),
         Err(e) => {
-            rt.stats.refused(match e {
-                Bad::Timeout => weir_observe::Refusal::Timeout,
-                _ => weir_observe::Refusal::ProxyProtocol,
-            });
+            match e {
+                // A peer's TCP health check: it connects and closes.
+                Bad::Silent => {}
+                Bad::Timeout => rt.stats.refused(weir_observe::Refusal::Timeout),
+                _ => rt.stats.refused(weir_observe::Refusal::ProxyProtocol),
+            }
             tracing::debug!(listener = %rt.name, "connection closed: {e}");
             None
         }

@@ -39,6 +39,8 @@ pub(crate) enum Bad {
     Malformed(&'static str),
     /// The peer closed before the header was complete.
     Closed,
+    /// The peer closed without sending a byte (a TCP health check): not an error.
+    Silent,
     /// The header did not complete in time.
     Timeout,
 }
@@ -49,6 +51,7 @@ impl std::fmt::Display for Bad {
             Bad::Missing => f.write_str("no PROXY header"),
             Bad::Malformed(why) => write!(f, "malformed PROXY header: {why}"),
             Bad::Closed => f.write_str("closed before the PROXY header was complete"),
+            Bad::Silent => f.write_str("closed without sending anything"),
             Bad::Timeout => f.write_str("PROXY header timed out"),
         }
     }
@@ -189,6 +192,7 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
             }
             buf.reserve(256);
             match io.read_buf(&mut buf).await {
+                Ok(0) if buf.is_empty() => return Err(Bad::Silent),
                 Ok(0) | Err(_) => return Err(Bad::Closed),
                 Ok(_) => {}
             }
