@@ -26,4 +26,6 @@ step "format" cargo fmt --all -- --check
 step "lint" cargo clippy --locked --workspace --all-targets -- -D warnings
 step "build" cargo build --locked --workspace --all-targets
 step "test" cargo test --locked --workspace --no-fail-fast
+# The L4-in-front-of-gateways example, as a user runs it (fixed ports 8000-8092, 9910-9912).
+step "l4 example" env WEIR_BIN=target/debug/weir bash examples/l4-front/run.sh --check
 step "doc tests and docs" env RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps
