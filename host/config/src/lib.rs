@@ -61,6 +61,96 @@ pub struct Config {
     /// or `~/.cache/weir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_cache: Option<PathBuf>,
+    /// Where filters' shared state (KV, counters, token buckets) lives. Default: in this process.
+    #[serde(default, skip_serializing_if = "StateConfig::is_default")]
+    pub state: StateConfig,
+}
+
+/// Where filters' shared state lives: in this process (`embedded`), or in Redis, shared by every
+/// gateway instance that points at the same server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `embedded` (default) or `redis`.
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// The Redis server, for `backend: redis`: `redis://[user:password@]host:port[/db]` or
+    /// `redis+unix:///path/to/socket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Connections and the time budget of one operation.
+    #[serde(default)]
+    pub pool: StatePool,
+    /// What a filter's state call does while Redis cannot be reached: `local` (default: use this
+    /// process's own store, counted in `weir_state_fallbacks_total`) or `fail` (the call fails
+    /// with `failed`, and the filter's own error handling decides).
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Prepended to every Redis key, so several deployments can share one server. Default:
+    /// `weir:`.
+    #[serde(default = "defaults::key_prefix")]
+    pub key_prefix: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Embedded,
+            url: None,
+            pool: StatePool::default(),
+            on_unavailable: OnUnavailable::Local,
+            key_prefix: defaults::key_prefix(),
+        }
+    }
+}
+
+impl StateConfig {
+    fn is_default(&self) -> bool {
+        *self == StateConfig::default()
+    }
+}
+
+/// The shared-state backends.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    /// In this process: fast, but each instance has its own.
+    #[default]
+    Embedded,
+    /// A Redis server (or anything that speaks its protocol and Lua scripting, like Valkey).
+    Redis,
+}
+
+/// Connections to the state backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatePool {
+    /// Connections, each pipelining every request's commands. Default: 4.
+    pub size: usize,
+    /// Longest wait for one operation; past it the operation counts as unavailable. Default:
+    /// `50ms`.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for StatePool {
+    fn default() -> Self {
+        StatePool {
+            size: 4,
+            timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What state calls do while the backend cannot be reached.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Use this process's own store until the backend is back.
+    #[default]
+    Local,
+    /// Fail the call (`failed`).
+    Fail,
 }
 
 /// A WebAssembly filter: a module, its default config, its budgets and its grants.
@@ -223,7 +313,22 @@ impl Config {
                 }
             }
         }
+        if let Some(url) = &mut c.state.url {
+            *url = redact_userinfo(url);
+        }
         c
+    }
+}
+
+/// A URL with its user and password (everything before `@` in the authority) replaced.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return REDACTED.into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -1060,6 +1165,9 @@ mod defaults {
     }
     pub fn max_idle_per_endpoint() -> usize {
         64
+    }
+    pub fn key_prefix() -> String {
+        "weir:".into()
     }
     pub fn empty_object() -> serde_json::Value {
         serde_json::Value::Object(Default::default())

@@ -524,3 +524,141 @@ fn yaml_rendering_reads_back_the_same() {
     let text = crate::to_yaml(&value).unwrap();
     assert_eq!(crate::yaml_value(&text).unwrap(), value, "{text}");
 }
+
+#[test]
+fn state_backends_parse_with_defaults_and_bad_ones_name_their_field() {
+    let c = load("{}").unwrap().config;
+    assert_eq!(c.state, StateConfig::default());
+    assert_eq!(c.state.backend, StateBackend::Embedded);
+    let c = load(
+        "state: { backend: redis, url: \"redis://127.0.0.1:6379/2\", pool: { size: 16, timeout: 20ms }, on_unavailable: fail, key_prefix: \"edge:\" }\n",
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.state.backend, StateBackend::Redis);
+    assert_eq!(c.state.pool.size, 16);
+    assert_eq!(c.state.pool.timeout, std::time::Duration::from_millis(20));
+    assert_eq!(c.state.on_unavailable, OnUnavailable::Fail);
+    assert_eq!(c.state.key_prefix, "edge:");
+    // Round trip through YAML (admin API edits re-render the config).
+    let again = load(&crate::to_yaml(&c).unwrap()).unwrap().config;
+    assert_eq!(again.state, c.state);
+    assert!(
+        !crate::to_yaml(&load("{}").unwrap().config)
+            .unwrap()
+            .contains("state"),
+        "the default is not rendered"
+    );
+
+    for (text, field, says) in [
+        ("state: { backend: redis }", "state.url", "needs a url"),
+        (
+            "state: { url: \"redis://h:1\" }",
+            "state.url",
+            "only used with backend: redis",
+        ),
+        (
+            "state: { backend: redis, url: \"http://h:1\" }",
+            "state.url",
+            "must start with redis://",
+        ),
+        (
+            "state: { backend: redis, url: \"127.0.0.1:6379\" }",
+            "state.url",
+            "must start with redis://",
+        ),
+        (
+            "state: { backend: redis, url: \"rediss://h:1\" }",
+            "state.url",
+            "not supported yet",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", pool: { size: 0 } }",
+            "state.pool.size",
+            "between 1 and 256",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", pool: { size: 100000 } }",
+            "state.pool.size",
+            "between 1 and 256",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", pool: { timeout: 0s } }",
+            "state.pool.timeout",
+            "greater than 0",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", pool: { timeout: 1h } }",
+            "state.pool.timeout",
+            "at most 10s",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", key_prefix: \"a b\" }",
+            "state.key_prefix",
+            "visible ASCII",
+        ),
+        (
+            "state: { backend: memcached }",
+            "state.backend",
+            "unknown variant",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", on_unavailable: maybe }",
+            "state.on_unavailable",
+            "unknown variant",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", pool: { size: 1, extra: 2 } }",
+            "state.pool",
+            "unknown field",
+        ),
+    ] {
+        let e = err(&format!("{text}\n"));
+        assert!(e.contains(field) && e.contains(says), "{text}: {e}");
+    }
+}
+
+#[test]
+fn a_redis_password_is_never_echoed() {
+    for url in [
+        "redis://:hunter2-s3cret@127.0.0.1:6379/0",
+        "redis://alice:hunter2-s3cret@127.0.0.1:6379/0",
+        "redis://s3cret-token@redis.example:6380",
+        "rediss://s3cret-token@redis.example:6380",
+        "http://alice:s3cret@h:1",
+    ] {
+        // A valid URL: /config shows it without the credentials.
+        let text = format!("state: {{ backend: redis, url: \"{url}\" }}\n");
+        match load(&text) {
+            Ok(l) => {
+                let shown = l.config.redacted();
+                let out = serde_json::to_string(&shown).unwrap();
+                assert!(!out.contains("s3cret"), "{out}");
+                let shown_url = shown.state.url.unwrap();
+                assert!(shown_url.contains(REDACTED), "{shown_url}");
+                assert!(
+                    shown_url.ends_with(url.rsplit('@').next().unwrap()),
+                    "{shown_url}"
+                );
+            }
+            // An invalid one: the error does not quote it.
+            Err(e) => assert!(!e.to_string().contains("s3cret"), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn kv_namespaces_must_be_simple_names() {
+    let base = |ns: &str| {
+        format!("filters: [ {{ name: f, module: f.wasm, grants: {{ kv: [ {ns} ] }} }} ]\n")
+    };
+    assert!(load(&base("ratelimit")).is_ok());
+    assert!(load(&base("rl-go.v2_x")).is_ok());
+    for bad in ["\"a:b\"", "\"\"", "\"a b\"", "\"ns/../x\"", &"x".repeat(65)] {
+        let e = err(&base(bad));
+        assert!(
+            e.contains("filters[0].grants.kv[0]") && e.contains("not a namespace name"),
+            "{bad}: {e}"
+        );
+    }
+}

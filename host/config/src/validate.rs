@@ -189,6 +189,22 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 "must be between 1 and 1024".into(),
             );
         }
+        for (j, ns) in f.grants.kv.iter().enumerate() {
+            // Namespaces name Redis keys (`<prefix><namespace>:<kind>:<key>`): no separator in them.
+            let ok = !ns.is_empty()
+                && ns.len() <= 64
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok {
+                err(
+                    format!("{p}.grants.kv[{j}]"),
+                    format!(
+                        "{ns:?} is not a namespace name: 1 to 64 letters, digits, '_', '-' or '.'"
+                    ),
+                );
+            }
+        }
         for (j, t) in f.grants.callouts.iter().enumerate() {
             if !cluster_names.contains(&t.as_str()) && check_address(t).is_err() {
                 err(
@@ -198,6 +214,7 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             }
         }
     }
+    check_state(&c.state, &mut err);
     for (i, r) in c.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if !cluster_names.contains(&r.cluster.as_str()) {
@@ -622,4 +639,51 @@ fn check_server_name(n: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The shared-state backend. A URL may carry a password: no message here quotes it.
+fn check_state(s: &crate::StateConfig, err: &mut impl FnMut(String, String)) {
+    use crate::StateBackend;
+    match (s.backend, &s.url) {
+        (StateBackend::Redis, None) => err(
+            "state.url".into(),
+            "backend: redis needs a url, like redis://127.0.0.1:6379/0".into(),
+        ),
+        (StateBackend::Embedded, Some(_)) => err(
+            "state.url".into(),
+            "a url is only used with backend: redis".into(),
+        ),
+        (StateBackend::Redis, Some(url)) => {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if scheme == "rediss" && url.contains("://") {
+                err(
+                    "state.url".into(),
+                    "TLS to Redis (rediss://) is not supported yet: use redis:// on a trusted \
+                     network, or a local TLS tunnel"
+                        .into(),
+                );
+            } else if !url.contains("://") || !matches!(scheme, "redis" | "redis+unix" | "unix") {
+                err(
+                    "state.url".into(),
+                    "must start with redis:// or redis+unix://".into(),
+                );
+            }
+        }
+        (StateBackend::Embedded, None) => {}
+    }
+    if s.pool.size == 0 || s.pool.size > 256 {
+        err("state.pool.size".into(), "must be between 1 and 256".into());
+    }
+    if s.pool.timeout.is_zero() || s.pool.timeout > std::time::Duration::from_secs(10) {
+        err(
+            "state.pool.timeout".into(),
+            "must be greater than 0 and at most 10s (it bounds a request's wait)".into(),
+        );
+    }
+    if s.key_prefix.len() > 64 || s.key_prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+        err(
+            "state.key_prefix".into(),
+            "must be at most 64 visible ASCII characters".into(),
+        );
+    }
 }
