@@ -8,6 +8,7 @@
 mod access_log;
 mod metrics;
 mod queues;
+mod state;
 mod timeouts;
 
 pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, rfc3339};
@@ -16,4 +17,5 @@ pub use metrics::{
     ListenerStats, Refusal, Registry, RouteStats,
 };
 pub use queues::{QueueStats, Waiting};
+pub use state::{StateOp, StateOutcome, StateStats};
 pub use timeouts::{TimeoutKind, TimeoutStats};

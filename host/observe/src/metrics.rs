@@ -312,6 +312,8 @@ struct Inner {
     queues: DashMap<String, Arc<crate::QueueStats>>,
     /// Access log lines dropped because the writer fell behind.
     access_log_dropped: Arc<AtomicU64>,
+    /// The shared-state backend.
+    state: Arc<crate::StateStats>,
 }
 
 /// The registry's timeout counters, `'static` so every body and connection can hold them for
@@ -329,6 +331,11 @@ impl Registry {
     /// A new, empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// The shared-state backend's metrics (`weir_state_*`).
+    pub fn state(&self) -> Arc<crate::StateStats> {
+        self.inner.state.clone()
     }
 
     /// Access log lines dropped because the writer fell behind (`weir_access_log_dropped_total`).
@@ -664,6 +671,7 @@ impl Registry {
         self.render_filters(&mut out);
         self.inner.timeouts.0.render(&mut out);
         self.render_queues(&mut out);
+        self.inner.state.render(&mut out);
         out.push_str("# HELP weir_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE weir_access_log_dropped_total counter\n");
         let _ = writeln!(
             out,
