@@ -11,9 +11,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metrics, types};
 use crate::budget::Budget;
-use crate::kv::KvError;
+use crate::module::RuntimeInner;
 use crate::pool::PoolShared;
 use crate::series::{Kind, Refused};
+use crate::state::{State, StateError};
 
 type HostError = types::HostError;
 
@@ -574,85 +575,135 @@ impl metrics::Host for HostState {
 }
 
 impl HostState {
-    /// A KV refusal as the filter sees it (`invalid` for an oversized key or value, `failed`
-    /// for a full namespace: the same call may work once keys expire), counted on `/metrics`.
-    fn kv_refused(&self, e: KvError) -> HostError {
-        self.shared
-            .runtime
-            .registry
-            .filter_limit_hit(&self.shared.spec.filter, e.limit());
-        if e.is_invalid_argument() {
-            HostError::Invalid(e.to_string())
-        } else {
-            HostError::Failed(e.to_string())
+    /// A state call's failure as the filter sees it: `invalid` for an oversized key or value,
+    /// `failed` for a full namespace (the same call may work once keys expire) or a backend that
+    /// failed. Bounds hit are counted on `/metrics`.
+    fn state_failed(&self, e: StateError) -> HostError {
+        match e {
+            StateError::Refused(e) => {
+                self.shared
+                    .runtime
+                    .registry
+                    .filter_limit_hit(&self.shared.spec.filter, e.limit());
+                if e.is_invalid_argument() {
+                    HostError::Invalid(e.to_string())
+                } else {
+                    HostError::Failed(e.to_string())
+                }
+            }
+            StateError::Failed(m) => HostError::Failed(m),
         }
+    }
+
+    /// Before a state call: checks the grant, bounds the wait by the backend's timeout and the
+    /// request's deadline, and keeps a remote backend's network wait out of the CPU budget.
+    fn state_begin(&mut self, namespace: &str) -> Result<StateCall, HostError> {
+        self.granted_kv(namespace)?;
+        let runtime = self.shared.runtime.clone();
+        let Some(remote) = runtime.state.remote() else {
+            return Ok(StateCall {
+                runtime,
+                wait: Duration::ZERO,
+                remote: false,
+            });
+        };
+        let mut wait = remote.config().pool.timeout;
+        if let Some(deadline) = self.ex.deadline {
+            wait = wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        self.budget.pause();
+        Ok(StateCall {
+            runtime,
+            wait,
+            remote: true,
+        })
+    }
+
+    /// After a state call.
+    fn state_end<T>(
+        &mut self,
+        call: &StateCall,
+        res: Result<T, StateError>,
+    ) -> Result<T, HostError> {
+        if call.remote {
+            self.budget.resume();
+        }
+        res.map_err(|e| self.state_failed(e))
+    }
+}
+
+/// A state call under way (see [`HostState::state_begin`]).
+struct StateCall {
+    runtime: Arc<RuntimeInner>,
+    /// How long the backend may take.
+    wait: Duration,
+    /// Whether the filter's budget is paused.
+    remote: bool,
+}
+
+impl StateCall {
+    fn state(&self) -> &State {
+        &self.runtime.state
     }
 }
 
 impl kv::Host for HostState {
-    fn get(
+    async fn get(
         &mut self,
         namespace: String,
         key: String,
-    ) -> wasmtime::Result<Result<Option<kv::Entry>, HostError>> {
-        Ok(self.granted_kv(&namespace).map(|()| {
-            self.shared
-                .runtime
-                .kv
-                .get(&namespace, &key)
-                .map(|(value, version)| kv::Entry { value, version })
-        }))
+    ) -> Result<Option<kv::Entry>, HostError> {
+        let c = self.state_begin(&namespace)?;
+        let res = c.state().get(&namespace, &key, c.wait).await;
+        self.state_end(&c, res)
+            .map(|e| e.map(|(value, version)| kv::Entry { value, version }))
     }
-    fn set(
+    async fn set(
         &mut self,
         namespace: String,
         key: String,
         value: Vec<u8>,
         ttl_ms: u64,
-    ) -> wasmtime::Result<Result<u64, HostError>> {
-        Ok(self.granted_kv(&namespace).and_then(|()| {
-            (self.shared.runtime.kv)
-                .set(&namespace, &key, value, ttl_ms)
-                .map_err(|e| self.kv_refused(e))
-        }))
+    ) -> Result<u64, HostError> {
+        let c = self.state_begin(&namespace)?;
+        let res = c.state().set(&namespace, &key, value, ttl_ms, c.wait).await;
+        self.state_end(&c, res)
     }
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &mut self,
         namespace: String,
         key: String,
         expected: u64,
         value: Vec<u8>,
         ttl_ms: u64,
-    ) -> wasmtime::Result<Result<Option<u64>, HostError>> {
-        Ok(self.granted_kv(&namespace).and_then(|()| {
-            (self.shared.runtime.kv)
-                .compare_and_swap(&namespace, &key, expected, value, ttl_ms)
-                .map_err(|e| self.kv_refused(e))
-        }))
+    ) -> Result<Option<u64>, HostError> {
+        let c = self.state_begin(&namespace)?;
+        let res = c
+            .state()
+            .compare_and_swap(&namespace, &key, expected, value, ttl_ms, c.wait)
+            .await;
+        self.state_end(&c, res)
     }
-    fn delete(
-        &mut self,
-        namespace: String,
-        key: String,
-    ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(self
-            .granted_kv(&namespace)
-            .map(|()| self.shared.runtime.kv.delete(&namespace, &key)))
+    async fn delete(&mut self, namespace: String, key: String) -> Result<(), HostError> {
+        let c = self.state_begin(&namespace)?;
+        let res = c.state().delete(&namespace, &key, c.wait).await;
+        self.state_end(&c, res)
     }
-    fn increment(
+    async fn increment(
         &mut self,
         namespace: String,
         key: String,
         delta: i64,
         ttl_ms: u64,
-    ) -> wasmtime::Result<Result<i64, HostError>> {
-        Ok(self.granted_kv(&namespace).and_then(|()| {
-            (self.shared.runtime.kv)
-                .increment(&namespace, &key, delta, ttl_ms)
-                .map_err(|e| self.kv_refused(e))
-        }))
+    ) -> Result<i64, HostError> {
+        let c = self.state_begin(&namespace)?;
+        let res = c
+            .state()
+            .increment(&namespace, &key, delta, ttl_ms, c.wait)
+            .await;
+        self.state_end(&c, res)
     }
-    fn take_tokens(
+    async fn take_tokens(
         &mut self,
         namespace: String,
         key: String,
@@ -660,27 +711,23 @@ impl kv::Host for HostState {
         period_ms: u64,
         burst: u64,
         cost: u64,
-    ) -> wasmtime::Result<Result<kv::BucketResult, HostError>> {
-        if let Err(e) = self.granted_kv(&namespace) {
-            return Ok(Err(e));
-        }
+    ) -> Result<kv::BucketResult, HostError> {
         if rate == 0 || period_ms == 0 || burst == 0 {
-            return Ok(Err(HostError::Invalid(
+            return Err(HostError::Invalid(
                 "rate, period-ms and burst must be greater than 0".into(),
-            )));
+            ));
         }
-        let t = match (self.shared.runtime.kv)
-            .take_tokens(&namespace, &key, rate, period_ms, burst, cost)
-        {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(self.kv_refused(e))),
-        };
-        Ok(Ok(kv::BucketResult {
+        let c = self.state_begin(&namespace)?;
+        let res = c
+            .state()
+            .take_tokens(&namespace, &key, rate, period_ms, burst, cost, c.wait)
+            .await;
+        self.state_end(&c, res).map(|t| kv::BucketResult {
             allowed: t.allowed,
             remaining: t.remaining,
             retry_after_ms: t.retry_after_ms,
             reset_ms: t.reset_ms,
-        }))
+        })
     }
 }
 

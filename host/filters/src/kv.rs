@@ -261,7 +261,7 @@ impl Kv {
         self.version.fetch_add(1, Relaxed) + 1
     }
 
-    fn check_key(&self, k: &str) -> Result<(), KvError> {
+    pub(crate) fn check_key(&self, k: &str) -> Result<(), KvError> {
         let max = self.limits.max_key_bytes;
         if k.len() > max {
             return Err(KvError::KeyTooLong { len: k.len(), max });
@@ -269,7 +269,7 @@ impl Kv {
         Ok(())
     }
 
-    fn check_value(&self, v: &[u8]) -> Result<(), KvError> {
+    pub(crate) fn check_value(&self, v: &[u8]) -> Result<(), KvError> {
         let max = self.limits.max_value_bytes;
         if v.len() > max {
             return Err(KvError::ValueTooLarge { len: v.len(), max });

@@ -17,6 +17,12 @@ mod bindings {
         world: "filter-world",
         imports: {
             "weir:filter/callout.send": async,
+            "weir:filter/kv.get": async,
+            "weir:filter/kv.set": async,
+            "weir:filter/kv.compare-and-swap": async,
+            "weir:filter/kv.delete": async,
+            "weir:filter/kv.increment": async,
+            "weir:filter/kv.take-tokens": async,
             default: trappable,
         },
         exports: { default: async },
@@ -31,12 +37,14 @@ mod kv;
 mod module;
 mod pool;
 mod series;
+mod state;
 
 pub use chain::{Answer, Chain, ChainRequest};
 pub use host::{Exchange, LocalResponse, Props};
 pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};
 pub use pool::{FilterSpec, InstancePool};
+pub use state::{Redis, State, StateError};
 
 /// Sends filter callouts (implemented by the proxy, which knows clusters and pools).
 pub trait Callouts: Send + Sync + 'static {

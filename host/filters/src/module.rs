@@ -15,7 +15,7 @@ use weir_observe::Registry;
 use crate::bindings::FilterWorldPre;
 use crate::componentize::{WasmKind, componentize, wasm_kind};
 use crate::host::HostState;
-use crate::{Callouts, Kv, KvLimits};
+use crate::{Callouts, KvLimits};
 
 /// Largest linear memory any filter may be given (`limits.memory` is checked against it).
 pub const MAX_MEMORY: usize = 256 << 20;
@@ -59,7 +59,7 @@ pub(crate) struct RuntimeInner {
     cache_dir: Option<PathBuf>,
     /// Names the engine configuration in cache file names (see [`engine_tag`]).
     engine_tag: String,
-    pub kv: Kv,
+    pub state: crate::state::State,
     /// The series filter metrics have created, to bound them.
     pub series: crate::series::Series,
     pub callouts: Option<Arc<dyn Callouts>>,
@@ -182,7 +182,7 @@ impl Runtime {
                 modules: DashMap::new(),
                 cache_dir,
                 engine_tag,
-                kv: Kv::new(opts.kv_limits),
+                state: crate::state::State::new(opts.kv_limits, opts.registry.state()),
                 series: Default::default(),
                 callouts: opts.callouts,
                 registry: opts.registry,
@@ -321,9 +321,9 @@ impl Runtime {
         self.inner.modules.len()
     }
 
-    /// The shared key-value store.
-    pub fn kv(&self) -> &Kv {
-        &self.inner.kv
+    /// The shared state (the embedded store, and the Redis backend when one is in use).
+    pub fn state(&self) -> &crate::state::State {
+        &self.inner.state
     }
 }
 

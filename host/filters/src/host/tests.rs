@@ -63,8 +63,8 @@ fn must<T>(r: wasmtime::Result<Result<T, HostError>>) -> anyhow::Result<T> {
     }
 }
 
-#[test]
-fn kv_bounds_reach_the_filter_as_typed_errors() -> anyhow::Result<()> {
+#[tokio::test]
+async fn kv_bounds_reach_the_filter_as_typed_errors() -> anyhow::Result<()> {
     let mut s = state(KvLimits {
         max_key_bytes: 8,
         max_value_bytes: 8,
@@ -74,12 +74,14 @@ fn kv_bounds_reach_the_filter_as_typed_errors() -> anyhow::Result<()> {
     let ns = || "ns".to_string();
     let long = || "k".repeat(9);
     let got = [
-        kind(s.set(ns(), long(), vec![], 0)),
-        kind(s.compare_and_swap(ns(), long(), 0, vec![], 0)),
-        kind(s.increment(ns(), long(), 1, 0)),
-        kind(s.take_tokens(ns(), long(), 1, 1, 1, 1)),
-        kind(s.set(ns(), "k".into(), vec![0; 9], 0)),
-        kind(s.compare_and_swap(ns(), "k".into(), 0, vec![0; 9], 0)),
+        kind(Ok(s.set(ns(), long(), vec![], 0).await)),
+        kind(Ok(s.compare_and_swap(ns(), long(), 0, vec![], 0).await)),
+        kind(Ok(s.increment(ns(), long(), 1, 0).await)),
+        kind(Ok(s.take_tokens(ns(), long(), 1, 1, 1, 1).await)),
+        kind(Ok(s.set(ns(), "k".into(), vec![0; 9], 0).await)),
+        kind(Ok(s
+            .compare_and_swap(ns(), "k".into(), 0, vec![0; 9], 0)
+            .await)),
     ];
     assert_eq!(got, ["invalid"; 6].map(String::from));
     assert_eq!(
@@ -87,18 +89,21 @@ fn kv_bounds_reach_the_filter_as_typed_errors() -> anyhow::Result<()> {
         (4, 2)
     );
     // A full namespace fails (it may work again once keys expire), every kind of write alike.
-    must(s.set(ns(), "a".into(), vec![], 0))?;
-    must(s.increment(ns(), "b".into(), 1, 0))?;
+    must(Ok(s.set(ns(), "a".into(), vec![], 0).await))?;
+    must(Ok(s.increment(ns(), "b".into(), 1, 0).await))?;
     let got = [
-        kind(s.set(ns(), "c".into(), vec![], 0)),
-        kind(s.compare_and_swap(ns(), "c".into(), 0, vec![], 0)),
-        kind(s.increment(ns(), "c".into(), 1, 0)),
-        kind(s.take_tokens(ns(), "c".into(), 1, 1, 1, 1)),
+        kind(Ok(s.set(ns(), "c".into(), vec![], 0).await)),
+        kind(Ok(s.compare_and_swap(ns(), "c".into(), 0, vec![], 0).await)),
+        kind(Ok(s.increment(ns(), "c".into(), 1, 0).await)),
+        kind(Ok(s.take_tokens(ns(), "c".into(), 1, 1, 1, 1).await)),
     ];
     assert_eq!(got, ["failed"; 4].map(String::from));
     assert_eq!(hits(&s, "kv_entries"), 4);
     // Not granted stays `denied`, whatever the size.
-    assert_eq!(kind(s.set("other".into(), long(), vec![], 0)), "denied");
+    assert_eq!(
+        kind(Ok(s.set("other".into(), long(), vec![], 0).await)),
+        "denied"
+    );
     Ok(())
 }
 
