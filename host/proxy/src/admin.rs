@@ -539,6 +539,7 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
         }
         "/clusters" => json(&shared.snapshot.load().clusters_json()),
         "/filters" => json(&shared.snapshot.load().filters_json()),
+        "/state" => json(&state_json(shared)),
         "/" => text(
             StatusCode::OK,
             "weir admin: see the admin API in README.md\n",
@@ -548,6 +549,29 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
             "not found: see the admin API in README.md\n",
         ),
     }
+}
+
+/// `GET /state`: the shared-state backend and its health. Never the URL's credentials.
+fn state_json(shared: &Shared) -> serde_json::Value {
+    let stats = shared.registry.state();
+    let snap = shared.snapshot.load();
+    let Some(redis) = &snap.state else {
+        return serde_json::json!({ "backend": "embedded", "healthy": true });
+    };
+    let c = redis.config();
+    serde_json::json!({
+        "backend": "redis",
+        "address": redis.addr(),
+        "healthy": redis.connections() > 0,
+        "connections": redis.connections(),
+        "pool": { "size": c.pool.size, "timeout_ms": c.pool.timeout.as_millis() as u64 },
+        "on_unavailable": match c.on_unavailable {
+            weir_config::OnUnavailable::Local => "local",
+            weir_config::OnUnavailable::Fail => "fail",
+        },
+        "key_prefix": c.key_prefix,
+        "fallbacks": stats.fallbacks(),
+    })
 }
 
 fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -107,6 +107,7 @@ impl Server {
                 Some(file)
             }
         };
+        shared.use_state(&shared.snapshot.load());
         shared.callouts.attach(&shared.snapshot);
         let (shutdown, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);

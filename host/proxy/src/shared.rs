@@ -30,8 +30,17 @@ pub(crate) struct Shared {
 impl Shared {
     /// Makes `snap` the config every new request sees.
     pub fn publish(&self, snap: Snapshot) {
+        self.use_state(&snap);
         self.snapshot.store(Arc::new(snap));
         self.published.notify_waiters();
+    }
+
+    /// Makes the snapshot's state backend the one filters use.
+    pub(crate) fn use_state(&self, snap: &Snapshot) {
+        let rt = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rt) = rt.as_ref() {
+            rt.state().use_backend(snap.state.clone());
+        }
     }
 
     /// The filter runtime for a config, creating it on first need.

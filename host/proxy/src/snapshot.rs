@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub(crate) listeners: Vec<(Arc<str>, RequestPolicy)>,
     /// Every configured filter's loaded module, in config order.
     pub(crate) filters: Vec<LoadedFilter>,
+    /// The Redis state backend (`state.backend: redis`); `None` for the embedded store. Made
+    /// the runtime's backend when the snapshot is published.
+    pub(crate) state: Option<Arc<weir_filters::Redis>>,
 }
 
 /// A filter's module as loaded into a snapshot.
@@ -409,6 +412,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
         let (chains, filters) = build_chains(&loaded, registry, runtime, uploads).await?;
+        let state = build_state(&loaded, registry, previous)?;
         let c = &loaded.config;
         let mut clusters = Vec::with_capacity(c.clusters.len());
         for (i, cc) in c.clusters.iter().enumerate() {
@@ -522,6 +526,7 @@ impl Snapshot {
             limits: Arc::new(c.limits.clone()),
             drain_timeout: c.drain_timeout,
             timeouts: registry.timeouts(),
+            state,
             loaded,
         })
     }
@@ -1026,6 +1031,28 @@ pub async fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     Snapshot::build(no_log, &registry, runtime.as_ref(), &Uploads::new(), None)
         .await
         .map(|_| ())
+}
+
+/// The Redis state backend a config asks for. The previous snapshot's is kept (connections and
+/// all) when `state` did not change; a new one connects only once it is published.
+fn build_state(
+    loaded: &LoadedConfig,
+    registry: &Registry,
+    previous: Option<&Snapshot>,
+) -> Result<Option<Arc<weir_filters::Redis>>, ConfigError> {
+    let c = &loaded.config.state;
+    if c.backend == weir_config::StateBackend::Embedded {
+        return Ok(None);
+    }
+    let kept = previous
+        .and_then(|p| p.state.clone())
+        .filter(|r| r.config() == c);
+    if kept.is_some() {
+        return Ok(kept);
+    }
+    let redis = weir_filters::Redis::new(c, registry.state())
+        .map_err(|e| loaded.error_at("state.url", format!("{e:#}")))?;
+    Ok(Some(Arc::new(redis)))
 }
 
 /// A filter runtime for a config that uses filters (`None` when no route has any).
