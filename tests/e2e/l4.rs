@@ -82,14 +82,6 @@ async fn connect_from(from: &str, addr: SocketAddr) -> Result<TcpStream> {
     Ok(sock.connect(addr).await?)
 }
 
-/// The value of one sample (`name{labels}`) on `/metrics`, 0 when absent.
-async fn sample(weir: &Weir, series: &str) -> Result<f64> {
-    let (_, m) = weir.admin_get("/metrics").await?;
-    Ok(m.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0))
-}
-
 /// Reads until the peer closes (or resets), within `WAIT`.
 async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -172,7 +164,9 @@ async fn tcp_listeners_balance_and_relay_bytes_exactly_with_splice_and_with_copy
             "{listener}: round robin reaches both: {seen:?}"
         );
     }
-    let received = sample(&weir, "weir_listener_received_bytes_total{listener=\"db\"}").await?;
+    let received = weir
+        .sample("weir_listener_received_bytes_total{listener=\"db\"}")
+        .await?;
     assert_eq!(received, (4u64 << 20) as f64);
     let lines = access_lines(&weir, 8).await?;
     assert_eq!(lines.len(), 8, "one line per connection: {lines:?}");
@@ -220,12 +214,9 @@ async fn a_refused_connect_is_retried_on_another_endpoint_before_any_byte_moves(
     let mut s = TcpStream::connect(weir.addr("db")).await?;
     assert!(read_to_close(&mut s).await.is_empty());
     weir.eventually("a connect failure counted", async || {
-        sample(
-            &weir,
-            "weir_listener_connect_failures_total{listener=\"db\"}",
-        )
-        .await
-        .unwrap_or(0.0)
+        weir.sample("weir_listener_connect_failures_total{listener=\"db\"}")
+            .await
+            .unwrap_or(0.0)
             >= 1.0
     })
     .await?;
@@ -477,13 +468,13 @@ async fn first_flights_that_are_not_a_routable_client_hello_are_closed_and_count
     for (flight, reason) in cases {
         let series =
             format!("weir_listener_refused_total{{listener=\"edge\",reason=\"{reason}\"}}");
-        let before = sample(&weir, &series).await?;
+        let before = weir.sample(&series).await?;
         let mut s = TcpStream::connect(edge).await?;
         s.write_all(flight).await?;
         let back = read_to_close(&mut s).await;
         assert!(back.is_empty(), "{reason}: nothing comes back: {back:?}");
         assert_eq!(
-            sample(&weir, &series).await?,
+            weir.sample(&series).await?,
             before + 1.0,
             "{reason}: {flight:?}"
         );
@@ -500,7 +491,7 @@ async fn first_flights_that_are_not_a_routable_client_hello_are_closed_and_count
             .is_err()
     );
     weir.eventually("no_route counted", async || {
-        sample(&weir, series).await.unwrap_or(0.0) == 1.0
+        weir.sample(series).await.unwrap_or(0.0) == 1.0
     })
     .await?;
     // The listener still serves.
@@ -574,11 +565,9 @@ clusters: [ {{ name: gateways, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await?;
         assert!(read_to_close(&mut s).await.is_empty(), "{version}");
         assert_eq!(
-            sample(
-                &gateway,
-                "weir_listener_refused_total{listener=\"in\",reason=\"proxy_protocol\"}"
-            )
-            .await?,
+            gateway
+                .sample("weir_listener_refused_total{listener=\"in\",reason=\"proxy_protocol\"}")
+                .await?,
             1.0
         );
         let mut s = connect_from("127.0.0.3", gateway.addr("in")).await?;
@@ -619,7 +608,8 @@ clusters: [ {{ name: echo, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         "closed after {waited:?}"
     );
     assert_eq!(
-        sample(&weir, "weir_timeouts_total{kind=\"tcp_idle\"}").await?,
+        weir.sample("weir_timeouts_total{kind=\"tcp_idle\"}")
+            .await?,
         1.0
     );
     Ok(())

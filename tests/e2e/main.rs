@@ -18,4 +18,5 @@ mod reliability;
 mod reload;
 mod resilience;
 mod routing;
+mod state;
 mod traffic_filters;

@@ -18,14 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The value of one sample line (`name{labels}`) in a Prometheus text page, 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn timeouts(weir: &Weir, kind: &str) -> Result<f64> {
     let (_, m) = weir.admin_get("/metrics").await?;
     Ok(sample(

@@ -264,6 +264,12 @@ impl Weir {
             .unwrap_or(0)
     }
 
+    /// The value of one sample (`name{labels}`) on `/metrics`, 0 when absent.
+    pub async fn sample(&self, series: &str) -> Result<f64> {
+        let (_, m) = self.admin_get("/metrics").await?;
+        Ok(sample(&m, series))
+    }
+
     pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String)> {
         let res = get(&format!("http://{}{path}", self.admin)).await?;
         Ok((res.status, res.text()))
@@ -275,6 +281,14 @@ impl Drop for Weir {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of one sample line (`name{labels}`) in a Prometheus text page, 0 when absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// What an upstream saw and answered.
@@ -649,4 +663,115 @@ fn build_project(dir: &str) -> PathBuf {
         .expect("run weir filter build");
     assert!(status.success(), "weir filter build {dir} failed");
     out
+}
+
+/// A real `redis-server` (Debian's package, installed by `scripts/test.sh`) on a loopback port,
+/// with persistence off; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts one on a free port. Without `redis-server` on this machine, `None` with the reason
+    /// printed — unless `WEIR_REQUIRE_REDIS` is set (the test script sets it: it installs Redis),
+    /// then an error.
+    pub fn start() -> Result<Option<RedisServer>> {
+        let Some(bin) = redis_server_bin() else {
+            if std::env::var_os("WEIR_REQUIRE_REDIS").is_some() {
+                bail!("redis-server is not installed (scripts/test.sh installs it)");
+            }
+            eprintln!("skipped: redis-server is not installed (scripts/test.sh installs it)");
+            return Ok(None);
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir: TempDir::new(),
+        };
+        r.spawn(&bin)?;
+        Ok(Some(r))
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn spawn(&mut self, bin: &Path) -> Result<()> {
+        let child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn redis-server")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.command("PING").is_ok_and(|r| r.starts_with("+PONG")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server did not answer PING on port {}", self.port)
+    }
+
+    /// Sends one inline command and returns the first line of the reply.
+    pub fn command(&self, cmd: &str) -> Result<String> {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(format!("{cmd}\r\n").as_bytes())?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: persistence is off).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let bin = redis_server_bin().context("redis-server")?;
+        self.spawn(&bin)
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a server that accepts but never answers.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            let sig = if paused { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill();
+    }
+}
+
+fn redis_server_bin() -> Option<PathBuf> {
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
