@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_rust
 need_wasm_target
-need_debs curl
+# redis-server: the state tests share filter state through a real one (on a loopback port).
+need_debs curl redis-server
+export WEIR_REQUIRE_REDIS=1
 need_go
 need_node
 # The Go SDK, the Go testbed and the Go examples: vet (natively and for wasip1), native tests
@@ -28,4 +30,7 @@ step "build" cargo build --locked --workspace --all-targets
 step "test" cargo test --locked --workspace --no-fail-fast
 # The L4-in-front-of-gateways example, as a user runs it (fixed ports 8000-8092, 9910-9912).
 step "l4 example" env WEIR_BIN=target/debug/weir bash examples/l4-front/run.sh --check
+# Scale-out: two gateways sharing one rate limit through a real redis-server, behind an L4 front
+# (fixed ports 6390, 8100-8192, 9920-9922).
+step "scale-out example" env WEIR_BIN=target/debug/weir bash examples/scale-out/run.sh --check
 step "doc tests and docs" env RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps

@@ -16,72 +16,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-check=${WEIR_EXAMPLE_ONESHOT:-}
-[ "$check" = 0 ] && check=
-case "${1:-}" in
-  --check) check=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
-
-# The binary: one that validates front.yaml knows the L4 fields.
-knows_l4() { [ -x "$1" ] && "$1" validate "$here/front.yaml" >/dev/null 2>&1; }
-weir=${WEIR_BIN:-}
-if [ -z "$weir" ]; then
-  for b in "$root/target/release/weir" "$root/target/debug/weir"; do
-    if knows_l4 "$b"; then weir=$b; break; fi
-  done
-fi
-if [ -z "$weir" ]; then
-  echo "==> no weir binary with L4 listeners in target/: cargo build --release -p weir"
-  (cd "$root" && source scripts/lib.sh && need_rust && cargo build --release --locked -p weir)
-  weir=$root/target/release/weir
-fi
-for f in front gateway-1 gateway-2; do
-  "$weir" validate "$here/$f.yaml" >/dev/null \
-    || { echo "$weir refuses $f.yaml (a build older than L4 listeners?)" >&2; exit 1; }
-done
-
-ports=(8000 8081 8082 8091 8092 9910 9911 9912)
-for p in "${ports[@]}"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "127.0.0.1:$p is in use; this example needs ${ports[*]} free" >&2
-    exit 1
-  fi
-done
-
-logs=${WEIR_EXAMPLE_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/weir-l4-front.XXXXXX")}
-mkdir -p "$logs"
-pids=()
-stop() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap stop EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME READY COMMAND...: runs COMMAND in the background and waits (10s at most) until
-# NAME.log has a line matching READY.
-start() {
-  local name=$1 ready=$2 pid i
-  shift 2
-  "$@" >"$logs/$name.access.log" 2>"$logs/$name.log" &
-  pid=$!
-  pids+=("$pid")
-  for i in $(seq 100); do
-    if grep -q "$ready" "$logs/$name.log"; then
-      sed -n 's/^weir: \(.*listening on [a-z+]*:.*\)/==> '"$name"': \1/p' "$logs/$name.log" | grep -v admin || true
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2
-  cat "$logs/$name.log" >&2
-  exit 1
-}
+source "$here/../lib.sh"
+example_args "$@"
+find_weir front gateway-1 gateway-2
+ports_free 8000 8081 8082 8091 8092 9910 9911 9912
+start_logs l4-front
 
 # One at a time: the three configs share the admin token file beside them, which the first one
 # creates.
@@ -117,25 +56,10 @@ kill ${pids[3]}   # stop gateway-2: its connects are retried on gateway-1, then 
 
 Ctrl-C stops everything.
 EOF
-  names=(app-1 app-2 gateway-1 gateway-2 front)
-  gone=()
-  while :; do
-    for i in "${!pids[@]}"; do
-      if [ -z "${gone[$i]:-}" ] && ! kill -0 "${pids[$i]}" 2>/dev/null; then
-        gone[$i]=1
-        echo "${names[$i]} exited; see $logs/${names[$i]}.log" >&2
-      fi
-    done
-    sleep 1
-  done
+  wait_forever app-1 app-2 gateway-1 gateway-2 front
 fi
 
 # --check: the same, verified.
-fail() {
-  echo "check failed: $*" >&2
-  for f in "$logs"/*.log; do echo "--- $f" >&2; tail -n 20 "$f" >&2; done
-  exit 1
-}
 echo "==> 4 requests from $from, one connection each"
 served=()
 for i in 1 2 3 4; do
