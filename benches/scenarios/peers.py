@@ -259,14 +259,16 @@ def run_caddy(ctx, mode, conns=4096):
 
 # ---------------------------------------------------------------- Weir and the bare forwarder
 
-def weir_yaml(ctx, mode="http", filters=(), route_filters=(), conns=None):
+def weir_yaml(ctx, mode="http", filters=(), route_filters=(), conns=None, extra=()):
     """A Weir config: one listener, one route to the upstream, optional filters.
-    `filters`: list of dicts {name, module, config, grants?}; `route_filters`: names, in order."""
+    `filters`: list of dicts {name, module, config, grants?}; `route_filters`: names, in order;
+    `extra`: more top-level lines (`state: ...`)."""
     lines = [
         "workers: 1",
         f"admin: {{ listen: 127.0.0.1:{ADMIN_PORT} }}",
         "drain_timeout: 1s",
         f"filter_cache: {ctx.filter_cache}",
+        *extra,
     ]
     if conns:
         lines.append(f"limits: {{ max_connections: {conns} }}")
@@ -297,11 +299,11 @@ def to_flow(v):
     return json.dumps(v)
 
 
-def run_weir(ctx, mode="http", conns=None, filters=(), route_filters=(), tag=None):
+def run_weir(ctx, mode="http", conns=None, filters=(), route_filters=(), tag=None, extra=()):
     tag = tag or f"weir-{mode}"
     path = os.path.join(ctx.tmp, f"{tag}.yaml")
     with open(path, "w") as f:
-        f.write(weir_yaml(ctx, mode, filters, route_filters, conns))
+        f.write(weir_yaml(ctx, mode, filters, route_filters, conns, extra))
     return start([ctx.weir, "run", path], 0, tag, env=dict(os.environ, WEIR_LOG="error"),
                  log=ctx.log(tag), ready=f"http://127.0.0.1:{ADMIN_PORT}/ready")
 

@@ -26,8 +26,8 @@ def r3(t):
 
 
 def write(ctx, elapsed=None, mode=""):
-    plain, h2, tls, l4, chains, real, mem, hot = (load(n) for n in (
-        "plain-http1", "http2", "tls", "l4", "filter-chains", "realistic-chain", "memory", "hot-swap"))
+    plain, h2, tls, l4, chains, real, state, mem, hot = (load(n) for n in (
+        "plain-http1", "http2", "tls", "l4", "filter-chains", "realistic-chain", "state", "memory", "hot-swap"))
     L = ["# Weir side-by-side benchmarks", "",
          f"Summary written {now_stamp()}{f' after a {mode} run of {elapsed / 60:.1f} min' if elapsed else ''}; "
          f"{machine_line()}.", "", "Versions: " + ctx.versions_line(), "",
@@ -99,6 +99,11 @@ def write(ctx, elapsed=None, mode=""):
         L.append(f"| JWT + rate limit + transform | µs CPU / request, Weir filters vs nginx + Lua | "
                  f"{r3(w['cpu_us_per_req']):.1f} µs (chain {w['chain_cost_us']:.1f}) | nginx + Lua {r3(n['cpu_us_per_req']):.1f} µs "
                  f"(chain {n['chain_cost_us']:.1f}) | **{w['ratio']:.2f}×** | " + link("realistic-chain") + " |")
+    if state:
+        e, r = state["rows"]["embedded"], state["rows"]["redis"]
+        L.append(f"| rate limit on Redis | requests per Weir core-second, Redis vs embedded state; Redis "
+                 f"commands / request | {r3(r['req_per_core_s']):.0f} vs {r3(e['req_per_core_s']):.0f}; "
+                 f"{r3(r['redis_cmds_per_req']):.2f} | – (no peer here) | **{r['ratio']:.2f}×** | " + link("state") + " |")
     if mem:
         rows = mem["rows"]
         if "weir" in rows:
@@ -126,7 +131,7 @@ def write(ctx, elapsed=None, mode=""):
                  f"{s.get('requests', '?')} | – (no peer swaps code under load) | – | " + link("hot-swap") + " |")
 
     goals = []
-    for d in (plain, l4, chains, real, mem, hot):
+    for d in (plain, l4, chains, real, state, mem, hot):
         if d:
             goals += d.get("goals", [])
     L += ["", "## Goals (reported, not asserted)", "", "| goal | measured | met |", "|---|---|---|"]
@@ -134,7 +139,7 @@ def write(ctx, elapsed=None, mode=""):
         L.append(f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |")
 
     mine = {"README.md", "plain-http1.md", "http2.md", "tls.md", "l4.md", "filter-chains.md", "realistic-chain.md",
-            "memory.md", "hot-swap.md", "analysis.md"}
+            "state.md", "memory.md", "hot-swap.md", "analysis.md"}
     others = sorted(f for f in os.listdir(RESULTS) if f.endswith(".md") and f not in mine)
     extra = ["analysis.md"] if os.path.exists(os.path.join(RESULTS, "analysis.md")) else []
     if others or extra:
