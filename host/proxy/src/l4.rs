@@ -148,7 +148,7 @@ const MAX_FIRST_FLIGHT: usize = 64 * 1024;
 
 /// What a connection did, for its log line (formatted only when there is an access log).
 #[derive(Default)]
-struct Outcome {
+struct ConnRecord {
     sni: Option<String>,
     cluster: Option<Arc<Cluster>>,
     /// The endpoint connected to (or last tried).
@@ -164,7 +164,7 @@ pub(crate) async fn serve(a: Accepted, shared: Arc<Shared>, shutdown: watch::Rec
     let (began, at) = (Instant::now(), SystemTime::now());
     let snap = shared.snapshot.load_full();
     let (client, listener, protocol) = (a.client, a.listener.clone(), a.protocol);
-    let mut out = Outcome::default();
+    let mut out = ConnRecord::default();
     let close = run(a, &snap, shutdown, &mut out).await;
     let Some(sink) = &snap.access_log else {
         return;
@@ -197,7 +197,7 @@ async fn run(
     a: Accepted,
     snap: &crate::Snapshot,
     shutdown: watch::Receiver<bool>,
-    out: &mut Outcome,
+    out: &mut ConnRecord,
 ) -> &'static str {
     let Accepted {
         mut stream,
@@ -330,7 +330,7 @@ async fn connect(
     client: SocketAddr,
     first: &[u8],
     timeouts: &'static weir_observe::TimeoutStats,
-    out: &mut Outcome,
+    out: &mut ConnRecord,
 ) -> Option<Upstream> {
     let hash = cluster
         .hash_on
