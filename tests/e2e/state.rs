@@ -21,7 +21,7 @@ async fn store(redis: Option<&RedisServer>) -> Result<(State, Arc<StateStats>)> 
         let config: StateConfig = serde_json::from_value(serde_json::json!({
             "backend": "redis", "url": r.url(), "pool": { "size": 4, "timeout": "2s" }
         }))?;
-        let backend = Arc::new(Redis::new(&config, stats.clone())?);
+        let backend = Arc::new(Redis::new(&config, None, stats.clone())?);
         state.use_backend(Some(backend.clone()));
         let deadline = Instant::now() + Duration::from_secs(5);
         while backend.connections() < 4 {
@@ -337,6 +337,60 @@ async fn two_gateways_enforce_one_global_limit_through_redis() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_leases_save_round_trips_and_never_admit_more() -> Result<()> {
+    let Some(redis) = RedisServer::start()? else {
+        return Ok(());
+    };
+    let up = Upstream::start("up").await;
+    let limit = "{ rate: 100, per: 60s, burst: 100 }";
+    // Each Redis call also takes 10 tokens ahead (0.1 x burst), usable for 5s.
+    let state = redis_state(&redis, ", lease: { share: 0.1, max_age: 5s }");
+    let a = Weir::start(&gateway(&up, &state, limit))?;
+    let b = Weir::start(&gateway(&up, &state, limit))?;
+    let urls = [a.url("public", "/x"), b.url("public", "/x")];
+    let t0 = Instant::now();
+    let statuses = burst(&urls, 1000, 16).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + limited, 1000, "only 200s and 429s: {statuses:?}");
+    // Never more than the limit; fewer by at most what two leases can hold unused.
+    let refill = (secs * 100.0 / 60.0).ceil() as usize;
+    assert!(
+        (100 - 2 * 10..=100 + refill).contains(&admitted),
+        "{admitted} admitted against a global 100 (+{refill} refilled, -20 leased)"
+    );
+    assert_eq!(up.count(), admitted);
+    let (mut trips, mut leased) = (0.0, 0.0);
+    for g in [&a, &b] {
+        trips += g
+            .sample("weir_state_ops_total{op=\"take_tokens\",outcome=\"ok\"}")
+            .await?;
+        leased += g.sample("weir_state_leased_takes_total").await?;
+        assert_eq!(
+            g.sample("weir_state_fallbacks_total{op=\"take_tokens\"}")
+                .await?,
+            0.0
+        );
+        assert!(g.sample("weir_state_leases").await? >= 1.0);
+    }
+    println!(
+        "1000 requests, {admitted} admitted: {trips} Redis round trips ({:.3} per request), {leased} answered from leases",
+        trips / 1000.0
+    );
+    assert_eq!(trips + leased, 1000.0, "every take answered once");
+    assert!(trips < 200.0, "{trips} round trips for 1000 requests");
+    // A remembered refusal ends when the bucket can have refilled: one token per 600 ms.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let after: Vec<u16> = burst(&urls, 2, 1).await?;
+    assert!(
+        after.contains(&200),
+        "a refilled token is used again: {after:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_traffic_falls_back_then_recovers() -> Result<()> {
     let Some(mut redis) = RedisServer::start()? else {
         return Ok(());
@@ -543,5 +597,159 @@ async fn the_backend_switches_live_and_never_shows_its_password() -> Result<()> 
             .await?,
         1.0
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_to_redis_verifies_the_server_and_presents_a_client_certificate() -> Result<()> {
+    let Some((redis, files)) = RedisServer::start_tls(true)? else {
+        return Ok(());
+    };
+    let up = Upstream::start("up").await;
+    let limit = "{ rate: 1, per: 60s, burst: 2 }";
+    let tls = |ca: &std::path::Path, client: Option<(&std::path::Path, &std::path::Path)>| {
+        let client = client.map_or(String::new(), |(c, k)| {
+            format!(", cert: \"{}\", key: \"{}\"", c.display(), k.display())
+        });
+        format!(
+            "{{ backend: redis, url: \"{}\", tls: {{ ca: \"{}\"{client} }} }}",
+            redis.tls_url(),
+            ca.display()
+        )
+    };
+    let mine = Some((files.client_cert.as_path(), files.client_key.as_path()));
+    let good = tls(&files.ca, mine);
+
+    // Verified both ways: the bucket lives in Redis, reached over TLS only.
+    let weir = Weir::start(&gateway(&up, &good, limit))?;
+    let url = weir.url("public", "/");
+    weir.eventually("connected over TLS", async || {
+        weir.sample("weir_state_up").await.unwrap_or(0.0) == 1.0
+    })
+    .await?;
+    let got: Vec<u16> = [
+        get(&url).await?.status,
+        get(&url).await?.status,
+        get(&url).await?.status,
+    ]
+    .iter()
+    .map(|s| s.as_u16())
+    .collect();
+    assert_eq!(got, [200, 200, 429]);
+    assert_eq!(
+        redis.command("DBSIZE")?,
+        ":1",
+        "the bucket and nothing else"
+    );
+    let (_, s) = weir.admin_get("/state").await?;
+    let v: serde_json::Value = serde_json::from_str(&s)?;
+    assert_eq!(
+        (v["tls"].clone(), v["healthy"].clone()),
+        (true.into(), true.into()),
+        "{v}"
+    );
+
+    // Every way the handshake can be wrong: never connected, said so, requests still answered.
+    let other = test_ca(&weir.dir.0, "other");
+    let theirs = Some((other.client_cert.as_path(), other.client_key.as_path()));
+    for (what, state, why) in [
+        (
+            "a server certificate we do not trust",
+            tls(&other.ca, mine),
+            "UnknownIssuer",
+        ),
+        (
+            "no client certificate",
+            tls(&files.ca, None),
+            "CertificateRequired",
+        ),
+        (
+            "a client certificate the server does not trust",
+            tls(&files.ca, theirs),
+            "UnknownCA",
+        ),
+    ] {
+        let text = std::fs::read_to_string(&weir.config)?;
+        let (head, _) = text.split_once("state: ").context("state line")?;
+        let (_, tail) = text.split_once("\nclusters:").context("clusters line")?;
+        std::fs::write(
+            &weir.config,
+            format!("{head}state: {state}\nclusters:{tail}"),
+        )?;
+        let (status, body) = weir.admin("POST", "/reload", "").await?;
+        assert_eq!(status, 200, "{what}: {body}");
+        let failed = "weir_state_connects_total{outcome=\"failed\"}";
+        let before = weir.sample(failed).await?;
+        weir.eventually(what, async || {
+            weir.sample(failed).await.unwrap_or(0.0) > before
+        })
+        .await?;
+        assert_eq!(weir.sample("weir_state_up").await?, 0.0, "{what}");
+        let fallbacks = "weir_state_fallbacks_total{op=\"take_tokens\"}";
+        let before = weir.sample(fallbacks).await?;
+        let t = Instant::now();
+        let status = get(&url).await?.status.as_u16();
+        assert!(matches!(status, 200 | 429), "{what}: {status}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(weir.sample(fallbacks).await?, before + 1.0, "{what}");
+        // Logged once, with the handshake's reason.
+        let log = weir.stderr_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("is unavailable (") && l.contains(why)),
+            "{what}: {log}"
+        );
+    }
+    assert_eq!(
+        redis.command("DBSIZE")?,
+        ":1",
+        "nothing written by an unverified peer"
+    );
+    // Files that are not what they should be: the reload is refused, naming the field and the
+    // file, never what is in it.
+    let secret = weir.dir.write("secret.txt", "hunter2-s3cret\n");
+    let config = std::fs::read_to_string(&weir.config)?;
+    let (head, _) = config.split_once("state: ").context("state line")?;
+    let (_, tail) = config.split_once("\nclusters:").context("clusters line")?;
+    let missing = weir.dir.path("absent.key");
+    for (state, field) in [
+        (tls(&secret, mine), "state.tls.ca"),
+        (
+            tls(&files.ca, Some((&secret, &files.client_key))),
+            "state.tls.cert",
+        ),
+        (
+            tls(&files.ca, Some((&files.client_cert, &secret))),
+            "state.tls.key",
+        ),
+        (
+            tls(&files.ca, Some((&files.client_cert, &missing))),
+            "state.tls.key",
+        ),
+    ] {
+        std::fs::write(
+            &weir.config,
+            format!("{head}state: {state}\nclusters:{tail}"),
+        )?;
+        let (status, body) = weir.admin("POST", "/reload", "").await?;
+        assert_eq!(status, 400, "{state}: {body}");
+        assert!(body.contains(field), "{field} in {body}");
+        assert!(!body.contains("hunter2"), "{body}");
+    }
+    std::fs::write(
+        &weir.config,
+        format!("{head}state: {good}\nclusters:{tail}"),
+    )?;
+    let (status, body) = weir.admin("POST", "/reload", "").await?;
+    assert_eq!(status, 200, "{body}");
+    weir.eventually("back on the verified server", async || {
+        weir.sample("weir_state_up").await.unwrap_or(0.0) == 1.0
+    })
+    .await?;
+    assert_eq!(get(&url).await?.status, 429, "the shared bucket again");
     Ok(())
 }

@@ -671,6 +671,50 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// Also listening with TLS here (`start_tls`).
+    tls_port: Option<u16>,
+    tls_args: Vec<String>,
+}
+
+/// PEM files for a TLS Redis: a CA, the server's certificate for 127.0.0.1 and a client
+/// certificate, both signed by that CA.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// A CA and two leaf certificates signed by it (server: for 127.0.0.1; client), as PEM files in
+/// `dir` named `<stem>-ca.pem`, `<stem>-server.{pem,key}`, `<stem>-client.{pem,key}`.
+pub fn test_ca(dir: &Path, stem: &str) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    // Distinct subject names: a leaf named like its issuer would look self-signed to OpenSSL.
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{stem} test CA"));
+    let ca = params.self_signed(&ca_key).expect("ca");
+    std::fs::write(dir.join(format!("{stem}-ca.pem")), ca.pem()).unwrap();
+    for (leaf, names) in [
+        ("server", vec!["127.0.0.1".to_string()]),
+        ("client", vec!["client.test".to_string()]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{stem} {leaf}"));
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("signed");
+        std::fs::write(dir.join(format!("{stem}-{leaf}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}-{leaf}.key")), key.serialize_pem()).unwrap();
+    }
+    TlsFiles {
+        ca: dir.join(format!("{stem}-ca.pem")),
+        client_cert: dir.join(format!("{stem}-client.pem")),
+        client_key: dir.join(format!("{stem}-client.key")),
+    }
 }
 
 impl RedisServer {
@@ -692,9 +736,46 @@ impl RedisServer {
             child: None,
             port,
             dir: TempDir::new(),
+            tls_port: None,
+            tls_args: Vec::new(),
         };
         r.spawn(&bin)?;
         Ok(Some(r))
+    }
+
+    /// Starts one that also listens with TLS (a certificate for 127.0.0.1 from a new test CA),
+    /// requiring client certificates from that CA when `client_auth`. The files are in its
+    /// folder; the plain port stays open for the test's own commands.
+    pub fn start_tls(client_auth: bool) -> Result<Option<(RedisServer, TlsFiles)>> {
+        let Some(mut r) = RedisServer::start()? else {
+            return Ok(None);
+        };
+        r.kill();
+        let files = test_ca(&r.dir.0, "redis");
+        let tls_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = r.dir.0.display().to_string();
+        r.tls_port = Some(tls_port);
+        r.tls_args = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            format!("{dir}/redis-server.pem"),
+            "--tls-key-file".into(),
+            format!("{dir}/redis-server.key"),
+            "--tls-ca-cert-file".into(),
+            format!("{dir}/redis-ca.pem"),
+            "--tls-auth-clients".into(),
+            if client_auth { "yes" } else { "no" }.into(),
+        ];
+        r.spawn(&redis_server_bin().context("redis-server")?)?;
+        Ok(Some((r, files)))
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/0` (after `start_tls`).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls_port.unwrap_or(0))
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -706,6 +787,7 @@ impl RedisServer {
         let child = Command::new(bin)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.tls_args)
             .arg("--dir")
             .arg(&self.dir.0)
             .stdin(Stdio::null())

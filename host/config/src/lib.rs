@@ -74,10 +74,14 @@ pub struct StateConfig {
     /// `embedded` (default) or `redis`.
     #[serde(default)]
     pub backend: StateBackend,
-    /// The Redis server, for `backend: redis`: `redis://[user:password@]host:port[/db]` or
-    /// `redis+unix:///path/to/socket`.
+    /// The Redis server, for `backend: redis`: `redis://[user:password@]host:port[/db]`,
+    /// `rediss://…` (TLS; see `tls`) or `redis+unix:///path/to/socket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// For `rediss://`: the CA to trust (default: the system's roots) and a client certificate
+    /// for servers that require one (`tls-auth-clients yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StateTls>,
     /// Connections and the time budget of one operation.
     #[serde(default)]
     pub pool: StatePool,
@@ -90,6 +94,42 @@ pub struct StateConfig {
     /// `weir:`.
     #[serde(default = "defaults::key_prefix")]
     pub key_prefix: String,
+    /// Token leases: a token-bucket call that goes to Redis also takes a share of the bucket's
+    /// burst for this process, and the next calls are served from it without a round trip.
+    /// Off by default (every call asks Redis: exact).
+    #[serde(default, skip_serializing_if = "TokenLease::is_off")]
+    pub lease: TokenLease,
+}
+
+/// How much of a token bucket one process may take ahead, and for how long.
+///
+/// The global limit is never exceeded (leased tokens are taken from the shared bucket first);
+/// the cost is that tokens leased to one instance cannot serve another: with N instances, up to
+/// `N × share × burst` tokens may sit unused in leases, and a lease's leftover is lost when it
+/// expires.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenLease {
+    /// Share of the bucket's burst taken ahead per Redis call, from 0 (off) to 0.5. Default: 0.
+    pub share: f64,
+    /// A lease is used for at most this long. Default: `1s`.
+    #[serde(with = "units::duration")]
+    pub max_age: Duration,
+}
+
+impl Default for TokenLease {
+    fn default() -> Self {
+        TokenLease {
+            share: 0.0,
+            max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TokenLease {
+    fn is_off(&self) -> bool {
+        *self == TokenLease::default()
+    }
 }
 
 impl Default for StateConfig {
@@ -97,9 +137,11 @@ impl Default for StateConfig {
         StateConfig {
             backend: StateBackend::Embedded,
             url: None,
+            tls: None,
             pool: StatePool::default(),
             on_unavailable: OnUnavailable::Local,
             key_prefix: defaults::key_prefix(),
+            lease: TokenLease::default(),
         }
     }
 }
@@ -108,6 +150,22 @@ impl StateConfig {
     fn is_default(&self) -> bool {
         *self == StateConfig::default()
     }
+}
+
+/// TLS to Redis (`rediss://`). Paths are relative to the config file. The server's name (or IP)
+/// in the URL is verified against its certificate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateTls {
+    /// PEM file of CA certificates to trust instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain presented to the server; needs `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// The shared-state backends.

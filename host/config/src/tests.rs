@@ -543,6 +543,30 @@ fn state_backends_parse_with_defaults_and_bad_ones_name_their_field() {
     // Round trip through YAML (admin API edits re-render the config).
     let again = load(&crate::to_yaml(&c).unwrap()).unwrap().config;
     assert_eq!(again.state, c.state);
+    let c = load(
+        "state: { backend: redis, url: \"rediss://r.internal:6380/0\", tls: { ca: ca.pem, cert: c.pem, key: c.key } }\n",
+    )
+    .unwrap()
+    .config;
+    let c2 = load(
+        "state: { backend: redis, url: \"redis://h:1\", lease: { share: 0.05, max_age: 250ms } }\n",
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c2.state.lease.share, 0.05);
+    assert_eq!(
+        c2.state.lease.max_age,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        load(&crate::to_yaml(&c2).unwrap()).unwrap().config.state,
+        c2.state
+    );
+    let tls = c.state.tls.clone().unwrap();
+    assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+    assert_eq!(tls.key.as_deref(), Some(std::path::Path::new("c.key")));
+    let again = load(&crate::to_yaml(&c).unwrap()).unwrap().config;
+    assert_eq!(again.state, c.state);
     assert!(
         !crate::to_yaml(&load("{}").unwrap().config)
             .unwrap()
@@ -568,9 +592,24 @@ fn state_backends_parse_with_defaults_and_bad_ones_name_their_field() {
             "must start with redis://",
         ),
         (
-            "state: { backend: redis, url: \"rediss://h:1\" }",
+            "state: { backend: redis, url: \"rediss://h:1/0#insecure\" }",
             "state.url",
-            "not supported yet",
+            "certificate checks cannot be turned off",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", tls: { ca: ca.pem } }",
+            "state.tls",
+            "only used with a rediss:// url",
+        ),
+        (
+            "state: { backend: redis, url: \"rediss://h:1\", tls: { cert: c.pem } }",
+            "state.tls",
+            "cert and key go together",
+        ),
+        (
+            "state: { backend: redis, url: \"rediss://h:1\", tls: { ca: a, verify: no } }",
+            "state.tls",
+            "unknown field",
         ),
         (
             "state: { backend: redis, url: \"redis://h:1\", pool: { size: 0 } }",
@@ -596,6 +635,26 @@ fn state_backends_parse_with_defaults_and_bad_ones_name_their_field() {
             "state: { backend: redis, url: \"redis://h:1\", key_prefix: \"a b\" }",
             "state.key_prefix",
             "visible ASCII",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", lease: { share: 0.9 } }",
+            "state.lease.share",
+            "between 0 (off) and 0.5",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", lease: { share: -0.1 } }",
+            "state.lease.share",
+            "between 0 (off) and 0.5",
+        ),
+        (
+            "state: { backend: redis, url: \"redis://h:1\", lease: { share: 0.1, max_age: 0s } }",
+            "state.lease.max_age",
+            "greater than 0",
+        ),
+        (
+            "state: { lease: { share: 0.1 } }",
+            "state.lease",
+            "for backend: redis",
         ),
         (
             "state: { backend: memcached }",

@@ -655,21 +655,35 @@ fn check_state(s: &crate::StateConfig, err: &mut impl FnMut(String, String)) {
         ),
         (StateBackend::Redis, Some(url)) => {
             let scheme = url.split("://").next().unwrap_or_default();
-            if scheme == "rediss" && url.contains("://") {
+            if !url.contains("://") || !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix")
+            {
                 err(
                     "state.url".into(),
-                    "TLS to Redis (rediss://) is not supported yet: use redis:// on a trusted \
-                     network, or a local TLS tunnel"
-                        .into(),
+                    "must start with redis://, rediss:// or redis+unix://".into(),
                 );
-            } else if !url.contains("://") || !matches!(scheme, "redis" | "redis+unix" | "unix") {
+            } else if url.contains('#') {
+                // `#insecure` would ask the client to skip certificate checks.
                 err(
                     "state.url".into(),
-                    "must start with redis:// or redis+unix://".into(),
+                    "must not have a #fragment (certificate checks cannot be turned off)".into(),
+                );
+            }
+            if s.tls.is_some() && scheme != "rediss" {
+                err(
+                    "state.tls".into(),
+                    "is only used with a rediss:// url".into(),
                 );
             }
         }
         (StateBackend::Embedded, None) => {}
+    }
+    if let Some(t) = &s.tls
+        && t.cert.is_some() != t.key.is_some()
+    {
+        err(
+            "state.tls".into(),
+            "cert and key go together: set both or neither".into(),
+        );
     }
     if s.pool.size == 0 || s.pool.size > 256 {
         err("state.pool.size".into(), "must be between 1 and 256".into());
@@ -678,6 +692,25 @@ fn check_state(s: &crate::StateConfig, err: &mut impl FnMut(String, String)) {
         err(
             "state.pool.timeout".into(),
             "must be greater than 0 and at most 10s (it bounds a request's wait)".into(),
+        );
+    }
+    // `contains` is false for NaN too.
+    if !(0.0..=0.5).contains(&s.lease.share) {
+        err(
+            "state.lease.share".into(),
+            "must be between 0 (off) and 0.5".into(),
+        );
+    }
+    if s.lease.max_age.is_zero() || s.lease.max_age > std::time::Duration::from_secs(60) {
+        err(
+            "state.lease.max_age".into(),
+            "must be greater than 0 and at most 60s".into(),
+        );
+    }
+    if s.lease.share > 0.0 && s.backend == crate::StateBackend::Embedded {
+        err(
+            "state.lease".into(),
+            "leases are for backend: redis (the embedded store has no round trip to save)".into(),
         );
     }
     if s.key_prefix.len() > 64 || s.key_prefix.bytes().any(|b| !b.is_ascii_graphic()) {

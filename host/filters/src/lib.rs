@@ -44,7 +44,7 @@ pub use host::{Exchange, LocalResponse, Props};
 pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};
 pub use pool::{FilterSpec, InstancePool};
-pub use state::{Redis, State, StateError};
+pub use state::{Redis, RedisTls, State, StateError};
 
 /// Sends filter callouts (implemented by the proxy, which knows clusters and pools).
 pub trait Callouts: Send + Sync + 'static {

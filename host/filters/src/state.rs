@@ -18,8 +18,8 @@ use crate::kv::{Kv, KvError, KvLimits, Take};
 
 mod redis;
 
-use self::redis::Fail;
-pub use self::redis::Redis;
+use self::redis::RemoteError;
+pub use self::redis::{Redis, RedisTls};
 
 /// Why a state call failed, as the host turns it into a WIT `host-error`.
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +102,15 @@ impl State {
         &self,
         op: StateOp,
         redis: &Redis,
-        e: Fail,
+        e: RemoteError,
         local: impl FnOnce(&Kv) -> Result<T, KvError>,
     ) -> Result<T, StateError> {
         match e {
-            Fail::Unavailable(_) if redis.on_unavailable() == OnUnavailable::Local => {
+            RemoteError::Unavailable(_) if redis.on_unavailable() == OnUnavailable::Local => {
                 self.stats.fallback(op);
                 local(&self.local).map_err(StateError::Refused)
             }
-            Fail::Unavailable(m) | Fail::Error(m) => Err(StateError::Failed(m)),
+            RemoteError::Unavailable(m) | RemoteError::Failed(m) => Err(StateError::Failed(m)),
         }
     }
 

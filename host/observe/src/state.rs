@@ -92,6 +92,10 @@ pub struct StateStats {
     connections: AtomicI64,
     connects_ok: AtomicU64,
     connects_failed: AtomicU64,
+    /// Token-bucket takes served from this process's lease, without a round trip.
+    leased: AtomicU64,
+    /// Token leases held now.
+    leases: AtomicI64,
 }
 
 impl Default for StateStats {
@@ -104,6 +108,8 @@ impl Default for StateStats {
             connections: AtomicI64::new(0),
             connects_ok: AtomicU64::new(0),
             connects_failed: AtomicU64::new(0),
+            leased: AtomicU64::new(0),
+            leases: AtomicI64::new(0),
         }
     }
 }
@@ -138,6 +144,21 @@ impl StateStats {
     /// Operations served by the local store because the backend was unavailable.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// A token-bucket take was served from a lease.
+    pub fn leased_take(&self) {
+        self.leased.fetch_add(1, Relaxed);
+    }
+
+    /// Takes served from leases.
+    pub fn leased_takes(&self) -> u64 {
+        self.leased.load(Relaxed)
+    }
+
+    /// Token leases held now changed by `delta`.
+    pub fn leases_held(&self, delta: i64) {
+        self.leases.fetch_add(delta, Relaxed);
     }
 
     /// A connection attempt ended.
@@ -199,6 +220,10 @@ impl StateStats {
                 self.fallbacks[op as usize].load(Relaxed)
             );
         }
+        out.push_str("# HELP weir_state_leased_takes_total Token-bucket takes served from this process's token lease, without a round trip.\n# TYPE weir_state_leased_takes_total counter\n");
+        let _ = writeln!(out, "weir_state_leased_takes_total {}", self.leased_takes());
+        out.push_str("# HELP weir_state_leases Token leases this process holds now (bounded).\n# TYPE weir_state_leases gauge\n");
+        let _ = writeln!(out, "weir_state_leases {}", self.leases.load(Relaxed));
         out.push_str("# HELP weir_state_op_duration_seconds Shared-state backend operation time.\n# TYPE weir_state_op_duration_seconds histogram\n");
         self.latency.render(
             out,
@@ -238,6 +263,8 @@ mod tests {
             Duration::from_millis(50),
         );
         s.fallback(StateOp::Get);
+        s.leased_take();
+        s.leases_held(1);
         let mut out = String::new();
         s.render(&mut out);
         for line in [
@@ -248,6 +275,8 @@ mod tests {
             "weir_state_ops_total{op=\"get\",outcome=\"unavailable\"} 1\n",
             "weir_state_fallbacks_total{op=\"get\"} 1\n",
             "weir_state_op_duration_seconds_count{backend=\"redis\"} 2\n",
+            "weir_state_leased_takes_total 1\n",
+            "weir_state_leases 1\n",
         ] {
             assert!(out.contains(line), "{line} missing from\n{out}");
         }

@@ -562,6 +562,7 @@ fn state_json(shared: &Shared) -> serde_json::Value {
     serde_json::json!({
         "backend": "redis",
         "address": redis.addr(),
+        "tls": redis.uses_tls(),
         "healthy": redis.connections() > 0,
         "connections": redis.connections(),
         "pool": { "size": c.pool.size, "timeout_ms": c.pool.timeout.as_millis() as u64 },

@@ -1044,15 +1044,71 @@ fn build_state(
     if c.backend == weir_config::StateBackend::Embedded {
         return Ok(None);
     }
+    let tls = c.tls.as_ref().map(|t| state_tls(loaded, t)).transpose()?;
+    // Unchanged config and unchanged files: keep the connections.
     let kept = previous
         .and_then(|p| p.state.clone())
-        .filter(|r| r.config() == c);
+        .filter(|r| r.config() == c && r.tls() == tls.as_ref());
     if kept.is_some() {
         return Ok(kept);
     }
-    let redis = weir_filters::Redis::new(c, registry.state())
-        .map_err(|e| loaded.error_at("state.url", format!("{e:#}")))?;
+    let field = if tls.is_some() {
+        "state.tls"
+    } else {
+        "state.url"
+    };
+    let redis = weir_filters::Redis::new(c, tls, registry.state())
+        .map_err(|e| loaded.error_at(field, format!("{e:#}")))?;
     Ok(Some(Arc::new(redis)))
+}
+
+/// Reads and checks the PEM files `state.tls` names. Errors name the field and the file, never
+/// what is in it.
+fn state_tls(
+    loaded: &LoadedConfig,
+    t: &weir_config::StateTls,
+) -> Result<weir_filters::RedisTls, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |field: &str, path: &std::path::Path| {
+        let path = loaded.resolve(path);
+        std::fs::read(&path).map_err(|e| {
+            loaded.error_at(
+                format!("state.tls.{field}"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let certs = |field: &str, path: &std::path::Path| {
+        let pem = read(field, path)?;
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|_| ()))
+            .collect::<Result<Vec<()>, _>>()
+            .map_or(0, |v| v.len());
+        if n == 0 {
+            return Err(loaded.error_at(
+                format!("state.tls.{field}"),
+                format!("{}: no PEM certificate in it", path.display()),
+            ));
+        }
+        Ok(pem)
+    };
+    let ca = t.ca.as_deref().map(|p| certs("ca", p)).transpose()?;
+    let client = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let chain = certs("cert", cert)?;
+            let pem = read("key", key)?;
+            if PrivateKeyDer::from_pem_slice(&pem).is_err() {
+                return Err(loaded.error_at(
+                    "state.tls.key",
+                    format!("{}: no PEM private key in it", key.display()),
+                ));
+            }
+            Some((chain, pem))
+        }
+        _ => None,
+    };
+    Ok(weir_filters::RedisTls { ca, client })
 }
 
 /// A filter runtime for a config that uses filters (`None` when no route has any).

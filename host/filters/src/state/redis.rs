@@ -11,6 +11,13 @@
 //! time), so the first requests are not counted locally only because they came first. An operation waits at most `pool.timeout` (or the request's remaining time); past it,
 //! or on a broken connection, it is unavailable and the caller applies `on_unavailable`.
 //!
+//! Token leases (`state.lease.share` > 0): a take that goes to Redis also takes up to
+//! `share × burst` more tokens for this process, and later takes on the same bucket are served
+//! from them until they run out or `max_age` passes; a refusal is remembered the same way until
+//! the bucket can have refilled (at most `max_age`). The script grants leases only from tokens the
+//! bucket has, so the global limit holds; what a lease leaves unused is lost (fewer admitted,
+//! never more).
+//!
 //! Keys: `<prefix><namespace>:kv:<key>` (a hash of value `v` and version `ver`),
 //! `<prefix><namespace>:n:<key>` (a counter), `<prefix><namespace>:tb:<key>` (a token bucket:
 //! tokens `t` and last refill `l`, in ms), and `<prefix>version`, the one version sequence (so a
@@ -22,7 +29,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, RetryMethod, Script};
+use redis::{
+    AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, RedisError, RetryMethod, Script,
+};
 use weir_config::{OnUnavailable, StateConfig};
 use weir_observe::{StateOp, StateOutcome, StateStats};
 
@@ -38,11 +47,11 @@ const MAX_TTL_MS: u64 = 1 << 50;
 
 /// Why an operation did not succeed.
 #[derive(Debug)]
-pub(crate) enum Fail {
+pub(crate) enum RemoteError {
     /// Not reachable in time: down, slow, restarting, or no connection up yet.
     Unavailable(String),
     /// It answered with an error (not an outage; no fallback).
-    Error(String),
+    Failed(String),
 }
 
 enum Slot {
@@ -60,6 +69,24 @@ struct Scripts {
     take: Script,
 }
 
+/// The PEM contents of `state.tls`, read by the caller (it resolves the config's paths).
+#[derive(Clone, Default, PartialEq)]
+pub struct RedisTls {
+    /// CA certificates to trust instead of the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
 /// A Redis server as the state backend. Cheap to share (`Arc`).
 pub struct Redis {
     inner: Arc<Inner>,
@@ -68,6 +95,9 @@ pub struct Redis {
 struct Inner {
     client: redis::Client,
     config: StateConfig,
+    tls: Option<RedisTls>,
+    /// Token leases by bucket key (`state.lease`), at most [`MAX_LEASES`].
+    leases: dashmap::DashMap<String, Lease>,
     /// `host:port/db`, for logs and the admin API (never the password).
     addr: String,
     slots: Box<[Mutex<Slot>]>,
@@ -83,21 +113,48 @@ struct Inner {
 }
 
 impl Redis {
-    /// A backend for this config. Nothing connects until [`start`](Self::start); a URL that does
-    /// not parse is an error (which never quotes the URL: it may hold a password).
-    pub fn new(config: &StateConfig, stats: Arc<StateStats>) -> anyhow::Result<Redis> {
+    /// A backend for this config (`tls`: for a `rediss://` URL, what `state.tls` names). Nothing
+    /// connects until `start`; a URL that does not parse is an error (which never
+    /// quotes the URL: it may hold a password).
+    pub fn new(
+        config: &StateConfig,
+        tls: Option<RedisTls>,
+        stats: Arc<StateStats>,
+    ) -> anyhow::Result<Redis> {
         let url = config
             .url
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("backend: redis needs a url"))?;
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("not a usable Redis URL ({:?})", e.kind()))?;
+        let bad_url = |e: RedisError| anyhow::anyhow!("not a usable Redis URL ({:?})", e.kind());
+        let client = if url.starts_with("rediss://") {
+            let info = url.into_connection_info().map_err(bad_url)?;
+            let t = tls.clone().unwrap_or_default();
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: t
+                        .client
+                        .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }),
+                    root_cert: t.ca,
+                },
+            )
+            // These messages name what did not parse, never the contents.
+            .map_err(|e| anyhow::anyhow!("TLS to Redis: {e}"))?
+        } else {
+            anyhow::ensure!(tls.is_none(), "TLS settings need a rediss:// url");
+            redis::Client::open(url).map_err(bad_url)?
+        };
         let info = client.get_connection_info();
         let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
         Ok(Redis {
             inner: Arc::new(Inner {
                 client,
                 config: config.clone(),
+                tls,
+                leases: dashmap::DashMap::new(),
                 addr,
                 slots: (0..config.pool.size.max(1))
                     .map(|_| Mutex::new(Slot::Idle))
@@ -121,6 +178,20 @@ impl Redis {
     /// The config it was made from.
     pub fn config(&self) -> &StateConfig {
         &self.inner.config
+    }
+
+    /// The TLS material it was made with (for a reload to tell whether anything changed).
+    pub fn tls(&self) -> Option<&RedisTls> {
+        self.inner.tls.as_ref()
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.inner
+            .config
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"))
     }
 
     /// `host:port/db`.
@@ -147,6 +218,10 @@ impl Redis {
     /// Closes every connection; connection attempts under way give up.
     pub(crate) fn stop(&self) {
         self.inner.stopped.store(true, Relaxed);
+        // Leases belong to this backend: their tokens are not carried to the next one.
+        let held = self.inner.leases.len();
+        self.inner.leases.clear();
+        self.inner.stats.leases_held(-(held as i64));
         for slot in self.inner.slots.iter() {
             let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
             if matches!(*s, Slot::Up(_)) {
@@ -175,7 +250,7 @@ impl Redis {
         ns: &str,
         key: &str,
         wait: Duration,
-    ) -> Result<Option<(Vec<u8>, u64)>, Fail> {
+    ) -> Result<Option<(Vec<u8>, u64)>, RemoteError> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.key(ns, "kv", key)).arg("v").arg("ver");
         let (v, ver): (Option<Vec<u8>>, Option<u64>) =
@@ -190,7 +265,7 @@ impl Redis {
         value: &[u8],
         ttl_ms: u64,
         wait: Duration,
-    ) -> Result<u64, Fail> {
+    ) -> Result<u64, RemoteError> {
         let mut s = self.inner.scripts.set.prepare_invoke();
         s.key(self.key(ns, "kv", key))
             .key(self.version_key())
@@ -207,7 +282,7 @@ impl Redis {
         value: &[u8],
         ttl_ms: u64,
         wait: Duration,
-    ) -> Result<Option<u64>, Fail> {
+    ) -> Result<Option<u64>, RemoteError> {
         let mut s = self.inner.scripts.cas.prepare_invoke();
         s.key(self.key(ns, "kv", key))
             .key(self.version_key())
@@ -218,7 +293,12 @@ impl Redis {
             .await
     }
 
-    pub(crate) async fn delete(&self, ns: &str, key: &str, wait: Duration) -> Result<(), Fail> {
+    pub(crate) async fn delete(
+        &self,
+        ns: &str,
+        key: &str,
+        wait: Duration,
+    ) -> Result<(), RemoteError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.key(ns, "kv", key));
         let _: i64 = self.run(StateOp::Delete, wait, Call::Cmd(cmd)).await?;
@@ -232,7 +312,7 @@ impl Redis {
         delta: i64,
         ttl_ms: u64,
         wait: Duration,
-    ) -> Result<i64, Fail> {
+    ) -> Result<i64, RemoteError> {
         let mut s = self.inner.scripts.increment.prepare_invoke();
         s.key(self.key(ns, "n", key))
             .arg(delta)
@@ -250,23 +330,43 @@ impl Redis {
         burst: u64,
         cost: u64,
         wait: Duration,
-    ) -> Result<Take, Fail> {
-        let mut s = self.inner.scripts.take.prepare_invoke();
-        s.key(self.key(ns, "tb", key))
+    ) -> Result<Take, RemoteError> {
+        let inner = &self.inner;
+        let k = self.key(ns, "tb", key);
+        let bucket = (rate, period_ms, burst);
+        let lease = inner.lease_size(burst);
+        let extra = if lease > 0 {
+            match inner.ahead(&k, bucket, cost, lease, wait) {
+                Ahead::Answer(t) => return Ok(t),
+                Ahead::Ask(n) => n,
+            }
+        } else {
+            0
+        };
+        let mut s = inner.scripts.take.prepare_invoke();
+        s.key(&k)
             .arg(rate)
             .arg(period_ms.max(1))
             .arg(burst.max(1))
-            .arg(cost);
-        let (allowed, remaining, retry_after_ms, reset_ms): (i64, String, String, String) =
+            .arg(cost)
+            .arg(extra);
+        type Answer = (i64, String, String, String, String);
+        let (allowed, remaining, retry_after_ms, reset_ms, granted): Answer =
             self.run(StateOp::TakeTokens, wait, Call::Script(s)).await?;
         // `as` saturates, and `inf` parses: the embedded store's answers for the same numbers.
-        let ms = |s: String| s.parse::<f64>().map_or(u64::MAX, |f| f.max(0.0) as u64);
-        Ok(Take {
+        let num = |s: String| s.parse::<f64>().map_or(u64::MAX, |f| f.max(0.0) as u64);
+        let mut t = Take {
             allowed: allowed == 1,
-            remaining: ms(remaining),
-            retry_after_ms: ms(retry_after_ms),
-            reset_ms: ms(reset_ms),
-        })
+            remaining: num(remaining),
+            retry_after_ms: num(retry_after_ms),
+            reset_ms: num(reset_ms),
+        };
+        let granted = num(granted);
+        if lease > 0 {
+            t.remaining = t.remaining.saturating_add(granted);
+            inner.keep_lease(&k, cost, extra, granted, &t);
+        }
+        Ok(t)
     }
 
     /// Runs one command or script on a connection that is up, within `wait`.
@@ -275,7 +375,7 @@ impl Redis {
         op: StateOp,
         wait: Duration,
         call: Call<'_>,
-    ) -> Result<T, Fail> {
+    ) -> Result<T, RemoteError> {
         let inner = &self.inner;
         let t0 = Instant::now();
         let mut picked = inner.pick();
@@ -287,7 +387,7 @@ impl Redis {
         let wait = wait.saturating_sub(t0.elapsed());
         let Some((slot, mut con)) = picked else {
             inner.stats.op(op, StateOutcome::Unavailable, t0.elapsed());
-            return Err(Fail::Unavailable(
+            return Err(RemoteError::Unavailable(
                 "the shared state backend is unavailable".into(),
             ));
         };
@@ -307,19 +407,21 @@ impl Redis {
             Ok(Err(e)) if !is_outage(&e) => {
                 inner.stats.op(op, StateOutcome::Error, took);
                 tracing::warn!(op = op.as_str(), "state: redis at {}: {e}", inner.addr);
-                Err(Fail::Error(format!("the shared state backend failed: {e}")))
+                Err(RemoteError::Failed(format!(
+                    "the shared state backend failed: {e}"
+                )))
             }
             Ok(Err(e)) => {
                 inner.stats.op(op, StateOutcome::Unavailable, took);
                 inner.lost(slot, &e.to_string());
-                Err(Fail::Unavailable(
+                Err(RemoteError::Unavailable(
                     "the shared state backend is unavailable".into(),
                 ))
             }
             Err(_) => {
                 inner.stats.op(op, StateOutcome::Unavailable, took);
                 inner.lost(slot, &format!("no answer in {wait:?}"));
-                Err(Fail::Unavailable(format!(
+                Err(RemoteError::Unavailable(format!(
                     "the shared state backend did not answer in {wait:?}"
                 )))
             }
@@ -349,7 +451,151 @@ fn is_outage(e: &RedisError) -> bool {
     }
 }
 
+/// What this process knows ahead about one shared bucket (`state.lease`): tokens it took ahead,
+/// and a refusal that stands until the bucket can have refilled.
+struct Lease {
+    /// (rate, period ms, burst): a call with other parameters starts it over.
+    bucket: (u64, u64, u64),
+    tokens: u64,
+    /// Tokens are usable until then.
+    until: Instant,
+    /// Redis refused this cost: any take of at least it is refused here until then.
+    refused: Option<(u64, Instant)>,
+    /// A call asking for more tokens is under way (until then at most): others do not ask too,
+    /// so one process never holds more than one lease's worth.
+    fetching: Option<Instant>,
+    /// The bucket's state at the last answer: what a call served from here reports.
+    shared_left: u64,
+    reset_ms: u64,
+}
+
+/// Leases held at once, at most: one per busy key (a client, for a per-client limit).
+const MAX_LEASES: usize = 16_384;
+
+/// What the lease on a bucket says about a take.
+enum Ahead {
+    /// Answered here, without Redis.
+    Answer(Take),
+    /// Ask Redis, taking this many tokens ahead too.
+    Ask(u64),
+}
+
 impl Inner {
+    /// Tokens to take ahead from a bucket of this burst (0: leases are off).
+    fn lease_size(&self, burst: u64) -> u64 {
+        let share = self.config.lease.share;
+        if share > 0.0 {
+            (burst.max(1) as f64 * share).floor() as u64
+        } else {
+            0
+        }
+    }
+
+    /// Answers a take from what this process holds on `key` (tokens leased, or a refusal that
+    /// still stands), or says how many tokens to ask for ahead: up to `lease`, and only if no
+    /// other call is asking already.
+    fn ahead(
+        &self,
+        key: &str,
+        bucket: (u64, u64, u64),
+        cost: u64,
+        lease: u64,
+        wait: Duration,
+    ) -> Ahead {
+        use dashmap::mapref::entry::Entry;
+        let now = Instant::now();
+        if !self.leases.contains_key(key) && self.leases.len() >= MAX_LEASES {
+            // Sweep what has expired (never while holding an entry: that would deadlock).
+            let before = self.leases.len();
+            self.leases.retain(|_, l| {
+                l.until > now
+                    || l.refused.is_some_and(|(_, u)| u > now)
+                    || l.fetching.is_some_and(|f| f > now)
+            });
+            self.stats
+                .leases_held(self.leases.len() as i64 - before as i64);
+            if self.leases.len() >= MAX_LEASES {
+                return Ahead::Ask(0); // full of live leases: no new one
+            }
+        }
+        let mut l = match self.leases.entry(key.to_string()) {
+            Entry::Occupied(o) => o.into_ref(),
+            Entry::Vacant(v) => {
+                self.stats.leases_held(1);
+                v.insert(Lease {
+                    bucket,
+                    tokens: 0,
+                    until: now,
+                    refused: None,
+                    fetching: None,
+                    shared_left: 0,
+                    reset_ms: 0,
+                })
+            }
+        };
+        if l.bucket != bucket {
+            (l.bucket, l.tokens, l.refused) = (bucket, 0, None);
+        }
+        if l.until > now && l.tokens >= cost {
+            l.tokens -= cost;
+            self.stats.leased_take();
+            return Ahead::Answer(Take {
+                allowed: true,
+                remaining: l.shared_left.saturating_add(l.tokens),
+                retry_after_ms: 0,
+                reset_ms: l.reset_ms,
+            });
+        }
+        if let Some((refused, until)) = l.refused
+            && cost >= refused
+            && now < until
+        {
+            self.stats.leased_take();
+            return Ahead::Answer(Take {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: (until - now).as_millis().max(1) as u64,
+                reset_ms: l.reset_ms,
+            });
+        }
+        if l.fetching.is_some_and(|f| f > now) {
+            return Ahead::Ask(0);
+        }
+        l.fetching = Some(now + wait);
+        let left = if l.until > now { l.tokens } else { 0 };
+        Ahead::Ask(lease.saturating_sub(left))
+    }
+
+    /// Remembers Redis's answer `t` to a take of `cost` on `key` that asked for `asked` tokens
+    /// ahead and was granted `granted` (already counted in `t.remaining`).
+    fn keep_lease(&self, key: &str, cost: u64, asked: u64, granted: u64, t: &Take) {
+        let Some(mut l) = self.leases.get_mut(key) else {
+            return; // swept meanwhile: granted tokens go unused
+        };
+        let now = Instant::now();
+        let max_age = self.config.lease.max_age;
+        if asked > 0 {
+            l.fetching = None;
+        }
+        if granted > 0 {
+            l.tokens = if l.until > now {
+                l.tokens + granted
+            } else {
+                granted
+            };
+            l.until = now + max_age;
+        }
+        // A refusal stands until enough tokens can be back, and never past `max_age`.
+        l.refused = (!t.allowed).then(|| {
+            (
+                cost,
+                now + Duration::from_millis(t.retry_after_ms).min(max_age),
+            )
+        });
+        l.shared_left = t.remaining - granted;
+        l.reset_ms = t.reset_ms;
+    }
+
     /// A connection that is up, round robin.
     fn pick(&self) -> Option<(usize, MultiplexedConnection)> {
         let n = self.slots.len();
@@ -532,9 +778,12 @@ end
 local elapsed = now - last
 if elapsed < 0 then elapsed = 0 end
 tokens = math.min(burst, tokens + elapsed * per_ms)
+local extra = tonumber(ARGV[5])
 local allowed = 0
+local granted = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  granted = math.max(0, math.min(extra, math.floor(tokens - cost)))
+  tokens = tokens - cost - granted
   allowed = 1
 end
 local function ms_for(n)
@@ -553,5 +802,5 @@ end
 -- As text: Lua numbers past 2^63 do not convert to Redis integers (a huge rate or burst), and
 -- a rate of 0 makes the waits infinite ('inf'); the host reads them as the embedded store does.
 local function num(n) return string.format('%.0f', n) end
-return {allowed, num(math.floor(tokens)), num(retry), num(reset)}
+return {allowed, num(math.floor(tokens)), num(retry), num(reset), num(granted)}
 ";
