@@ -101,9 +101,14 @@ def write(ctx, elapsed=None, mode=""):
                  f"(chain {n['chain_cost_us']:.1f}) | **{w['ratio']:.2f}×** | " + link("realistic-chain") + " |")
     if state:
         e, r = state["rows"]["embedded"], state["rows"]["redis"]
+        lz = state["rows"].get("redis-leased")
+        trips = "redis_trips_per_req" if "redis_trips_per_req" in r else "redis_cmds_per_req"
+        leased = (f"; leased {r3(lz['req_per_core_s']):.0f}, {r3(lz[trips]):.4f} round trips"
+                  f" ({lz['ratio']:.2f}×)") if lz else ""
         L.append(f"| rate limit on Redis | requests per Weir core-second, Redis vs embedded state; Redis "
-                 f"commands / request | {r3(r['req_per_core_s']):.0f} vs {r3(e['req_per_core_s']):.0f}; "
-                 f"{r3(r['redis_cmds_per_req']):.2f} | – (no peer here) | **{r['ratio']:.2f}×** | " + link("state") + " |")
+                 f"round trips / request | {r3(r['req_per_core_s']):.0f} vs {r3(e['req_per_core_s']):.0f}; "
+                 f"{r3(r[trips]):.2f}{leased} | – (no peer here) | **{r['ratio']:.2f}×** exact | "
+                 + link("state") + " |")
     if mem:
         rows = mem["rows"]
         if "weir" in rows:
