@@ -378,7 +378,9 @@ async fn token_leases_save_round_trips_and_never_admit_more() -> Result<()> {
         "1000 requests, {admitted} admitted: {trips} Redis round trips ({:.3} per request), {leased} answered from leases",
         trips / 1000.0
     );
-    assert_eq!(trips + leased, 1000.0, "every take answered once");
+    // Every take was answered from a lease or by Redis; Redis also saw the background top-ups.
+    assert!(trips + leased >= 1000.0, "{trips} + {leased}");
+    assert!(leased >= 800.0, "{leased} answered from leases");
     assert!(trips < 200.0, "{trips} round trips for 1000 requests");
     // A remembered refusal ends when the bucket can have refilled: one token per 600 ms.
     tokio::time::sleep(Duration::from_millis(1300)).await;

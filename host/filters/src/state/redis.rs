@@ -13,7 +13,8 @@
 //!
 //! Token leases (`state.lease.share` > 0): a take that goes to Redis also takes up to
 //! `share × burst` more tokens for this process, and later takes on the same bucket are served
-//! from them until they run out or `max_age` passes; a refusal is remembered the same way until
+//! from them until they run out or `max_age` passes (below half a lease, one call tops it up in
+//! the background, so a busy bucket's lease does not run dry under concurrent calls); a refusal is remembered the same way until
 //! the bucket can have refilled (at most `max_age`). The script grants leases only from tokens the
 //! bucket has, so the global limit holds; what a lease leaves unused is lost (fewer admitted,
 //! never more).
@@ -337,14 +338,46 @@ impl Redis {
         let lease = inner.lease_size(burst);
         let extra = if lease > 0 {
             match inner.ahead(&k, bucket, cost, lease, wait) {
-                Ahead::Answer(t) => return Ok(t),
+                Ahead::Answer(t, 0) => return Ok(t),
+                Ahead::Answer(t, refill) => {
+                    // Running low: top the lease up in the background, before it runs dry and
+                    // every concurrent call has to ask Redis itself.
+                    let me = Redis {
+                        inner: inner.clone(),
+                    };
+                    let wait = inner.config.pool.timeout;
+                    tokio::spawn(async move {
+                        if let Ok((t, granted)) = me.take_remote(&k, bucket, 0, refill, wait).await
+                        {
+                            me.inner.keep_lease(&k, 0, refill, granted, &t);
+                        }
+                    });
+                    return Ok(t);
+                }
                 Ahead::Ask(n) => n,
             }
         } else {
             0
         };
-        let mut s = inner.scripts.take.prepare_invoke();
-        s.key(&k)
+        let (t, granted) = self.take_remote(&k, bucket, cost, extra, wait).await?;
+        if lease > 0 {
+            inner.keep_lease(&k, cost, extra, granted, &t);
+        }
+        Ok(t)
+    }
+
+    /// One token-bucket script call: takes `cost` (and up to `extra` more ahead) from bucket
+    /// `k`. Returns the answer (ahead tokens counted in `remaining`) and the tokens granted ahead.
+    async fn take_remote(
+        &self,
+        k: &str,
+        (rate, period_ms, burst): (u64, u64, u64),
+        cost: u64,
+        extra: u64,
+        wait: Duration,
+    ) -> Result<(Take, u64), RemoteError> {
+        let mut s = self.inner.scripts.take.prepare_invoke();
+        s.key(k)
             .arg(rate)
             .arg(period_ms.max(1))
             .arg(burst.max(1))
@@ -355,18 +388,16 @@ impl Redis {
             self.run(StateOp::TakeTokens, wait, Call::Script(s)).await?;
         // `as` saturates, and `inf` parses: the embedded store's answers for the same numbers.
         let num = |s: String| s.parse::<f64>().map_or(u64::MAX, |f| f.max(0.0) as u64);
-        let mut t = Take {
-            allowed: allowed == 1,
-            remaining: num(remaining),
-            retry_after_ms: num(retry_after_ms),
-            reset_ms: num(reset_ms),
-        };
         let granted = num(granted);
-        if lease > 0 {
-            t.remaining = t.remaining.saturating_add(granted);
-            inner.keep_lease(&k, cost, extra, granted, &t);
-        }
-        Ok(t)
+        Ok((
+            Take {
+                allowed: allowed == 1,
+                remaining: num(remaining).saturating_add(granted),
+                retry_after_ms: num(retry_after_ms),
+                reset_ms: num(reset_ms),
+            },
+            granted,
+        ))
     }
 
     /// Runs one command or script on a connection that is up, within `wait`.
@@ -474,8 +505,9 @@ const MAX_LEASES: usize = 16_384;
 
 /// What the lease on a bucket says about a take.
 enum Ahead {
-    /// Answered here, without Redis.
-    Answer(Take),
+    /// Answered here, without Redis; then, when not 0, top the lease up with that many tokens
+    /// in the background.
+    Answer(Take, u64),
     /// Ask Redis, taking this many tokens ahead too.
     Ask(u64),
 }
@@ -539,24 +571,34 @@ impl Inner {
         if l.until > now && l.tokens >= cost {
             l.tokens -= cost;
             self.stats.leased_take();
-            return Ahead::Answer(Take {
+            // Below half a lease, and nobody asking yet: this call starts a top-up.
+            let refill =
+                if l.tokens.saturating_mul(2) < lease && l.fetching.is_none_or(|f| f <= now) {
+                    l.fetching = Some(now + self.config.pool.timeout);
+                    lease - l.tokens
+                } else {
+                    0
+                };
+            let t = Take {
                 allowed: true,
                 remaining: l.shared_left.saturating_add(l.tokens),
                 retry_after_ms: 0,
                 reset_ms: l.reset_ms,
-            });
+            };
+            return Ahead::Answer(t, refill);
         }
         if let Some((refused, until)) = l.refused
             && cost >= refused
             && now < until
         {
             self.stats.leased_take();
-            return Ahead::Answer(Take {
+            let t = Take {
                 allowed: false,
                 remaining: 0,
                 retry_after_ms: (until - now).as_millis().max(1) as u64,
                 reset_ms: l.reset_ms,
-            });
+            };
+            return Ahead::Answer(t, 0);
         }
         if l.fetching.is_some_and(|f| f > now) {
             return Ahead::Ask(0);
