@@ -64,8 +64,7 @@ enum Slot {
 }
 
 struct Scripts {
-    set: Script,
-    cas: Script,
+    write: Script,
     increment: Script,
     take: Script,
 }
@@ -99,6 +98,8 @@ struct Inner {
     tls: Option<RedisTls>,
     /// Token leases by bucket key (`state.lease`), at most [`MAX_LEASES`].
     leases: dashmap::DashMap<String, Lease>,
+    /// When a full lease map may be swept next.
+    next_sweep: Mutex<Instant>,
     /// `host:port/db`, for logs and the admin API (never the password).
     addr: String,
     slots: Box<[Mutex<Slot>]>,
@@ -156,6 +157,7 @@ impl Redis {
                 config: config.clone(),
                 tls,
                 leases: dashmap::DashMap::new(),
+                next_sweep: Mutex::new(Instant::now()),
                 addr,
                 slots: (0..config.pool.size.max(1))
                     .map(|_| Mutex::new(Slot::Idle))
@@ -167,8 +169,7 @@ impl Redis {
                 settled: tokio::sync::watch::Sender::new(false),
                 stats,
                 scripts: Scripts {
-                    set: Script::new(SET),
-                    cas: Script::new(CAS),
+                    write: Script::new(WRITE),
                     increment: Script::new(INCREMENT),
                     take: Script::new(TAKE),
                 },
@@ -267,12 +268,9 @@ impl Redis {
         ttl_ms: u64,
         wait: Duration,
     ) -> Result<u64, RemoteError> {
-        let mut s = self.inner.scripts.set.prepare_invoke();
-        s.key(self.key(ns, "kv", key))
-            .key(self.version_key())
-            .arg(value)
-            .arg(ttl_ms.min(MAX_TTL_MS));
-        self.run(StateOp::Set, wait, Call::Script(s)).await
+        self.write(StateOp::Set, ns, key, None, value, ttl_ms, wait)
+            .await?
+            .ok_or_else(|| RemoteError::Failed("an unconditional set was refused".into()))
     }
 
     pub(crate) async fn compare_and_swap(
@@ -284,14 +282,38 @@ impl Redis {
         ttl_ms: u64,
         wait: Duration,
     ) -> Result<Option<u64>, RemoteError> {
-        let mut s = self.inner.scripts.cas.prepare_invoke();
-        s.key(self.key(ns, "kv", key))
-            .key(self.version_key())
-            .arg(expected)
-            .arg(value)
-            .arg(ttl_ms.min(MAX_TTL_MS));
-        self.run(StateOp::CompareAndSwap, wait, Call::Script(s))
-            .await
+        self.write(
+            StateOp::CompareAndSwap,
+            ns,
+            key,
+            Some(expected),
+            value,
+            ttl_ms,
+            wait,
+        )
+        .await
+    }
+
+    /// The write script: if the version is `expected` (`None`: whatever it is).
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        op: StateOp,
+        ns: &str,
+        key: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        ttl_ms: u64,
+        wait: Duration,
+    ) -> Result<Option<u64>, RemoteError> {
+        let mut s = self.inner.scripts.write.prepare_invoke();
+        s.key(self.key(ns, "kv", key)).key(self.version_key());
+        match expected {
+            Some(v) => s.arg(v),
+            None => s.arg("*"),
+        };
+        s.arg(value).arg(ttl_ms.min(MAX_TTL_MS));
+        self.run(op, wait, Call::Script(s)).await
     }
 
     pub(crate) async fn delete(
@@ -502,6 +524,8 @@ struct Lease {
 
 /// Leases held at once, at most: one per busy key (a client, for a per-client limit).
 const MAX_LEASES: usize = 16_384;
+/// A full lease map is swept of expired leases at most this often.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// What the lease on a bucket says about a take.
 enum Ahead {
@@ -534,35 +558,29 @@ impl Inner {
         lease: u64,
         wait: Duration,
     ) -> Ahead {
-        use dashmap::mapref::entry::Entry;
         let now = Instant::now();
-        if !self.leases.contains_key(key) && self.leases.len() >= MAX_LEASES {
-            // Sweep what has expired (never while holding an entry: that would deadlock).
-            let before = self.leases.len();
-            self.leases.retain(|_, l| {
-                l.until > now
-                    || l.refused.is_some_and(|(_, u)| u > now)
-                    || l.fetching.is_some_and(|f| f > now)
-            });
-            self.stats
-                .leases_held(self.leases.len() as i64 - before as i64);
-            if self.leases.len() >= MAX_LEASES {
-                return Ahead::Ask(0); // full of live leases: no new one
-            }
-        }
-        let mut l = match self.leases.entry(key.to_string()) {
-            Entry::Occupied(o) => o.into_ref(),
-            Entry::Vacant(v) => {
-                self.stats.leases_held(1);
-                v.insert(Lease {
-                    bucket,
-                    tokens: 0,
-                    until: now,
-                    refused: None,
-                    fetching: None,
-                    shared_left: 0,
-                    reset_ms: 0,
-                })
+        // The common case, a bucket this process knows: no allocation.
+        let mut l = match self.leases.get_mut(key) {
+            Some(l) => l,
+            None => {
+                if self.leases.len() >= MAX_LEASES && !self.sweep(now) {
+                    return Ahead::Ask(0); // full of live leases: no new one
+                }
+                match self.leases.entry(key.to_string()) {
+                    dashmap::mapref::entry::Entry::Occupied(o) => o.into_ref(), // another call just added it
+                    dashmap::mapref::entry::Entry::Vacant(v) => {
+                        self.stats.leases_held(1);
+                        v.insert(Lease {
+                            bucket,
+                            tokens: 0,
+                            until: now,
+                            refused: None,
+                            fetching: None,
+                            shared_left: 0,
+                            reset_ms: 0,
+                        })
+                    }
+                }
             }
         };
         if l.bucket != bucket {
@@ -606,6 +624,25 @@ impl Inner {
         l.fetching = Some(now + wait);
         let left = if l.until > now { l.tokens } else { 0 };
         Ahead::Ask(lease.saturating_sub(left))
+    }
+
+    /// Drops expired leases, at most once per [`SWEEP_EVERY`] (a scan of a full map on every
+    /// new key would let many clients make every call slow); whether there is room now.
+    fn sweep(&self, now: Instant) -> bool {
+        if let Ok(mut next) = self.next_sweep.try_lock()
+            && now >= *next
+        {
+            *next = now + SWEEP_EVERY;
+            let before = self.leases.len();
+            self.leases.retain(|_, l| {
+                l.until > now
+                    || l.refused.is_some_and(|(_, u)| u > now)
+                    || l.fetching.is_some_and(|f| f > now)
+            });
+            self.stats
+                .leases_held(self.leases.len() as i64 - before as i64);
+        }
+        self.leases.len() < MAX_LEASES
     }
 
     /// Remembers Redis's answer `t` to a take of `cost` on `key` that asked for `asked` tokens
@@ -763,24 +800,15 @@ async fn connect_loop(inner: Weak<Inner>, slot: usize) {
     }
 }
 
-/// KEYS: entry, version sequence. ARGV: value, ttl ms (0: none). Returns the new version.
-const SET: &str = r"
-local ver = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ver', string.format('%d', ver))
-if tonumber(ARGV[2]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-else
-  redis.call('PERSIST', KEYS[1])
+/// Set and compare-and-swap. KEYS: entry, version sequence. ARGV: expected version (0: absent;
+/// `*`: any, an unconditional set), value, ttl ms (0: none). Returns the new version, or nil when
+/// the current one is not the expected one.
+const WRITE: &str = r"
+if ARGV[1] ~= '*' then
+  local cur = redis.call('HGET', KEYS[1], 'ver')
+  if not cur then cur = '0' end
+  if cur ~= ARGV[1] then return false end
 end
-return ver
-";
-
-/// KEYS: entry, version sequence. ARGV: expected version (0: absent), value, ttl ms. Returns the
-/// new version, or nil when the current one is not the expected one.
-const CAS: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'ver')
-if not cur then cur = '0' end
-if cur ~= ARGV[1] then return false end
 local ver = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'ver', string.format('%d', ver))
 if tonumber(ARGV[3]) > 0 then
