@@ -282,6 +282,18 @@ async fn burst(urls: &[String], n: usize, conc: usize) -> Result<Vec<u16>> {
     Ok(all)
 }
 
+/// 1000 requests over `urls` against `rate: 100, per: 60s`: (admitted, seconds taken, how many
+/// more the bucket refilled meanwhile). Every answer is a 200 or a 429.
+async fn thousand_against_100_a_minute(urls: &[String]) -> Result<(usize, f64, usize)> {
+    let t0 = Instant::now();
+    let statuses = burst(urls, 1000, 16).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + limited, 1000, "only 200s and 429s: {statuses:?}");
+    Ok((admitted, secs, (secs * 100.0 / 60.0).ceil() as usize))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_enforce_one_global_limit_through_redis() -> Result<()> {
     let Some(redis) = RedisServer::start()? else {
@@ -292,14 +304,7 @@ async fn two_gateways_enforce_one_global_limit_through_redis() -> Result<()> {
     let a = Weir::start(&gateway(&up, &redis_state(&redis, ""), limit))?;
     let b = Weir::start(&gateway(&up, &redis_state(&redis, ""), limit))?;
     let urls = [a.url("public", "/x"), b.url("public", "/x")];
-    let t0 = Instant::now();
-    let statuses = burst(&urls, 1000, 16).await?;
-    let secs = t0.elapsed().as_secs_f64();
-    let admitted = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(admitted + limited, 1000, "only 200s and 429s: {statuses:?}");
-    // The bucket refills at 100 per minute while the test runs: that much more may pass.
-    let refill = (secs * 100.0 / 60.0).ceil() as usize;
+    let (admitted, secs, refill) = thousand_against_100_a_minute(&urls).await?;
     println!(
         "1000 requests over two gateways in {secs:.2}s: {admitted} admitted (refill allowance {refill})"
     );
@@ -348,14 +353,8 @@ async fn token_leases_save_round_trips_and_never_admit_more() -> Result<()> {
     let a = Weir::start(&gateway(&up, &state, limit))?;
     let b = Weir::start(&gateway(&up, &state, limit))?;
     let urls = [a.url("public", "/x"), b.url("public", "/x")];
-    let t0 = Instant::now();
-    let statuses = burst(&urls, 1000, 16).await?;
-    let secs = t0.elapsed().as_secs_f64();
-    let admitted = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(admitted + limited, 1000, "only 200s and 429s: {statuses:?}");
+    let (admitted, _, refill) = thousand_against_100_a_minute(&urls).await?;
     // Never more than the limit; fewer by at most what two leases can hold unused.
-    let refill = (secs * 100.0 / 60.0).ceil() as usize;
     assert!(
         (100 - 2 * 10..=100 + refill).contains(&admitted),
         "{admitted} admitted against a global 100 (+{refill} refilled, -20 leased)"
@@ -602,6 +601,19 @@ async fn the_backend_switches_live_and_never_shows_its_password() -> Result<()> 
     Ok(())
 }
 
+/// Rewrites the `state:` line of a `gateway` config and reloads: the admin API's answer.
+async fn reload_with_state(weir: &Weir, state: &str) -> Result<(u16, String)> {
+    let text = std::fs::read_to_string(&weir.config)?;
+    let (head, _) = text.split_once("state: ").context("state line")?;
+    let (_, tail) = text.split_once("\nclusters:").context("clusters line")?;
+    std::fs::write(
+        &weir.config,
+        format!("{head}state: {state}\nclusters:{tail}"),
+    )?;
+    let (status, body) = weir.admin("POST", "/reload", "").await?;
+    Ok((status.into(), body))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_to_redis_verifies_the_server_and_presents_a_client_certificate() -> Result<()> {
     let Some((redis, files)) = RedisServer::start_tls(true)? else {
@@ -671,14 +683,7 @@ async fn tls_to_redis_verifies_the_server_and_presents_a_client_certificate() ->
             "UnknownCA",
         ),
     ] {
-        let text = std::fs::read_to_string(&weir.config)?;
-        let (head, _) = text.split_once("state: ").context("state line")?;
-        let (_, tail) = text.split_once("\nclusters:").context("clusters line")?;
-        std::fs::write(
-            &weir.config,
-            format!("{head}state: {state}\nclusters:{tail}"),
-        )?;
-        let (status, body) = weir.admin("POST", "/reload", "").await?;
+        let (status, body) = reload_with_state(&weir, &state).await?;
         assert_eq!(status, 200, "{what}: {body}");
         let failed = "weir_state_connects_total{outcome=\"failed\"}";
         let before = weir.sample(failed).await?;
@@ -714,9 +719,6 @@ async fn tls_to_redis_verifies_the_server_and_presents_a_client_certificate() ->
     // Files that are not what they should be: the reload is refused, naming the field and the
     // file, never what is in it.
     let secret = weir.dir.write("secret.txt", "hunter2-s3cret\n");
-    let config = std::fs::read_to_string(&weir.config)?;
-    let (head, _) = config.split_once("state: ").context("state line")?;
-    let (_, tail) = config.split_once("\nclusters:").context("clusters line")?;
     let missing = weir.dir.path("absent.key");
     for (state, field) in [
         (tls(&secret, mine), "state.tls.ca"),
@@ -733,20 +735,12 @@ async fn tls_to_redis_verifies_the_server_and_presents_a_client_certificate() ->
             "state.tls.key",
         ),
     ] {
-        std::fs::write(
-            &weir.config,
-            format!("{head}state: {state}\nclusters:{tail}"),
-        )?;
-        let (status, body) = weir.admin("POST", "/reload", "").await?;
+        let (status, body) = reload_with_state(&weir, &state).await?;
         assert_eq!(status, 400, "{state}: {body}");
         assert!(body.contains(field), "{field} in {body}");
         assert!(!body.contains("hunter2"), "{body}");
     }
-    std::fs::write(
-        &weir.config,
-        format!("{head}state: {good}\nclusters:{tail}"),
-    )?;
-    let (status, body) = weir.admin("POST", "/reload", "").await?;
+    let (status, body) = reload_with_state(&weir, &good).await?;
     assert_eq!(status, 200, "{body}");
     weir.eventually("back on the verified server", async || {
         weir.sample("weir_state_up").await.unwrap_or(0.0) == 1.0
