@@ -25,6 +25,7 @@ pub use error::{ConfigError, Issue};
 pub use lines::LineIndex;
 pub use lines::{to_yaml, yaml_value};
 pub use units::{ByteSize, Percent};
+pub use validate::is_tag;
 
 /// The whole proxy configuration, as written in the YAML file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -789,6 +790,33 @@ pub struct RouteConfig {
     /// upstream is retried.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry_non_idempotent: bool,
+    /// Whether the route serves requests. A disabled route still takes the requests it
+    /// matches (they do not fall through to another route) and answers them with
+    /// `disabled_response`, without running filters or contacting the cluster. Switched live
+    /// with `POST /routes/{name}/disable` and `/enable` (or by tag). Default: true.
+    #[serde(default = "defaults::yes", skip_serializing_if = "defaults::is_true")]
+    pub enabled: bool,
+    /// Labels for switching groups of routes at once (`POST /routes/disable?tag=beta`): 1 to 64
+    /// letters, digits, `_`, `-`, `.` or `:` each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// What a disabled route answers. Default: `404` with `{"error":"not found"}` (the
+    /// client cannot tell a switched-off API from one that never existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_response: Option<DisabledResponse>,
+}
+
+/// The answer of a disabled route: a status and a JSON body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DisabledResponse {
+    /// 400 to 599. Default: 404.
+    #[serde(default = "defaults::disabled_status")]
+    pub status: u16,
+    /// Any JSON value, sent as `application/json`. Default: `{"error": "<the status's reason
+    /// phrase, lowercase>"}`, such as `{"error":"service unavailable"}` for 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
 }
 
 /// The conditions a request must meet, all of them, to take a route.
@@ -1217,6 +1245,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn disabled_status() -> u16 {
+        404
     }
     pub fn is_true(b: &bool) -> bool {
         *b

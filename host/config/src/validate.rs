@@ -239,6 +239,22 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
                 );
             }
         }
+        for (j, t) in r.tags.iter().enumerate() {
+            if !is_tag(t) {
+                err(
+                    format!("{p}.tags[{j}]"),
+                    format!("{t:?} is not a tag: 1 to 64 letters, digits, '_', '-', '.' or ':'"),
+                );
+            }
+        }
+        if let Some(d) = &r.disabled_response
+            && !(400..=599).contains(&d.status)
+        {
+            err(
+                format!("{p}.disabled_response.status"),
+                format!("{} is not an error status (400 to 599)", d.status),
+            );
+        }
         let m = &r.matches;
         let paths = [
             ("path", &m.path),
@@ -719,4 +735,11 @@ fn check_state(s: &crate::StateConfig, err: &mut impl FnMut(String, String)) {
             "must be at most 64 visible ASCII characters".into(),
         );
     }
+}
+
+/// Whether `t` is a route tag: 1 to 64 of `[A-Za-z0-9_.:-]`.
+pub fn is_tag(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }

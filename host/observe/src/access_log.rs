@@ -38,6 +38,11 @@ pub struct AccessRecord {
     pub attempts: u32,
     /// The request id (`x-request-id`).
     pub request_id: String,
+    /// Why the proxy answered itself, when it did (left out otherwise): `route_disabled`,
+    /// `no_route`, `bad_request`, `upstream_timeout`, `upstream`, `filter` (a filter's own
+    /// answer), `filter_failed`, ... (see `ErrorKind::code`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reason: &'static str,
 }
 
 /// One line per connection of a `tcp` or `tls_passthrough` listener, written when it closes.
@@ -171,6 +176,7 @@ mod tests {
             upstream: String::new(),
             attempts: 0,
             request_id: String::new(),
+            reason: "",
         }
     }
 

@@ -14,7 +14,7 @@ mod timeouts;
 pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, rfc3339};
 pub use metrics::{
     BUFFER_POOL_BYTES, ClusterStats, ConnGauge, EndpointStats, FilterStats, Histogram,
-    ListenerStats, Refusal, Registry, RouteStats,
+    ListenerStats, Refusal, Registry, RouteStats, escape,
 };
 pub use queues::{QueueStats, Waiting};
 pub use state::{StateOp, StateOutcome, StateStats};

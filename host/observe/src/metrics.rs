@@ -86,6 +86,8 @@ pub struct RouteStats {
     cluster: String,
     by_status: Box<[AtomicU64]>,
     latency: Histogram,
+    /// Requests answered because the route was disabled.
+    disabled: AtomicU64,
 }
 
 impl RouteStats {
@@ -95,6 +97,7 @@ impl RouteStats {
             cluster: cluster.to_string(),
             by_status: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Histogram::default(),
+            disabled: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +107,11 @@ impl RouteStats {
             c.fetch_add(1, Relaxed);
         }
         self.latency.observe(latency);
+    }
+
+    /// Counts a request answered because the route is disabled.
+    pub fn count_disabled(&self) {
+        self.disabled.fetch_add(1, Relaxed);
     }
 
     /// Requests seen with this status.
@@ -560,6 +568,19 @@ impl Registry {
             );
         }
 
+        out.push_str("# HELP weir_route_disabled_requests_total Requests a disabled route answered itself.\n# TYPE weir_route_disabled_requests_total counter\n");
+        for r in &routes {
+            let n = r.disabled.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "weir_route_disabled_requests_total{{route=\"{}\",cluster=\"{}\"}} {n}",
+                    escape(&r.route),
+                    escape(&r.cluster)
+                );
+            }
+        }
+
         out.push_str("# HELP weir_request_duration_seconds Time from request to response head, by route and cluster.\n");
         out.push_str("# TYPE weir_request_duration_seconds histogram\n");
         for r in &routes {
@@ -877,7 +898,7 @@ impl Registry {
 }
 
 /// Escapes a Prometheus label value.
-pub(crate) fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains(['\\', '"', '\n']) {
         s.replace('\\', "\\\\")
             .replace('"', "\\\"")

@@ -253,6 +253,19 @@ async fn route(shared: &Shared, via: Via, req: Request<Incoming>) -> Response<Fu
                 .map(|()| serde_json::json!({ "deleted": name })),
             )
         }
+        (&Method::POST, ["routes", name, op @ ("enable" | "disable")]) => {
+            reply(switch_routes(shared, Routes::Named(name.to_string()), *op == "enable").await)
+        }
+        (&Method::POST, ["routes", op @ ("enable" | "disable")]) => {
+            let tag = req.uri().query().and_then(|q| {
+                q.split('&').find_map(|kv| kv.strip_prefix("tag=")).map(str::to_string)
+            });
+            match tag {
+                Some(t) if weir_config::is_tag(&t) => reply(switch_routes(shared, Routes::Tagged(t), *op == "enable").await),
+                Some(t) => error(StatusCode::BAD_REQUEST, &format!("{t:?} is not a tag: 1 to 64 letters, digits, '_', '-', '.' or ':'")),
+                None => error(StatusCode::BAD_REQUEST, &format!("name the routes: POST /routes/{{name}}/{op} or POST /routes/{op}?tag=<tag>")),
+            }
+        }
         (&Method::POST, ["reload"]) => {
             let file = shared.control.lock().await.loaded.file.clone();
             let result = match weir_config::LoadedConfig::from_file(&file) {
@@ -397,6 +410,52 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Fu
     Err(r)
 }
 
+/// Which routes a switch applies to.
+enum Routes {
+    Named(String),
+    Tagged(String),
+}
+
+/// `POST /routes/{name}/enable|disable` and `POST /routes/enable|disable?tag=..`: switches
+/// routes on or off live. It is a config edit like any other (validated, built off the hot
+/// path, swapped in; requests in flight finish on the snapshot they started with, and
+/// clusters keep their connections, health and counters); the next file reload sets what the
+/// file says.
+async fn switch_routes(
+    shared: &Shared,
+    which: Routes,
+    on: bool,
+) -> Result<serde_json::Value, control::AdminError> {
+    let mut switched = Vec::new();
+    let names = &mut switched;
+    control::edit(shared, move |c| {
+        for r in &mut c.routes {
+            let hit = match &which {
+                Routes::Named(n) => r.name == *n,
+                Routes::Tagged(t) => r.tags.contains(t),
+            };
+            if hit {
+                r.enabled = on;
+                names.push(r.name.clone());
+            }
+        }
+        if names.is_empty() {
+            return Err(control::AdminError::not_found(match &which {
+                Routes::Named(n) => format!("no route named {n:?}"),
+                Routes::Tagged(t) => format!("no route has the tag {t:?}"),
+            }));
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(
+        routes = ?switched,
+        "routes {} through the admin API",
+        if on { "enabled" } else { "disabled" }
+    );
+    Ok(serde_json::json!({ "enabled": on, "routes": switched }))
+}
+
 /// `PUT /routes/{name}` and `PUT /clusters/{name}`: replace the item with that name or add it.
 async fn put_named<T: serde::de::DeserializeOwned + Send + 'static>(
     shared: &Shared,
@@ -520,7 +579,8 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
             }
         }
         "/metrics" => {
-            let body = shared.registry.render(env!("CARGO_PKG_VERSION"));
+            let mut body = shared.registry.render(env!("CARGO_PKG_VERSION"));
+            shared.snapshot.load().render_routes_enabled(&mut body);
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -538,6 +598,7 @@ async fn read(shared: &Shared, path: &str, query: Option<&str>) -> Response<Full
             }
         }
         "/clusters" => json(&shared.snapshot.load().clusters_json()),
+        "/routes" => json(&shared.snapshot.load().routes_json()),
         "/filters" => json(&shared.snapshot.load().filters_json()),
         "/state" => json(&state_json(shared)),
         "/" => text(

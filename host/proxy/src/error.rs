@@ -37,6 +37,22 @@ pub(crate) enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The access log's `reason`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest(_) => "bad_request",
+            ErrorKind::HeadTooLarge(_) => "head_too_large",
+            ErrorKind::Expectation => "expectation",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::TooLarge => "body_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::Overflow(..) => "overflow",
+            ErrorKind::Filter(_) => "filter_failed",
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -47,6 +47,8 @@ enum Stop {
     Fail(ProxyError),
     /// The filters decided the answer.
     Answer(Answer),
+    /// The route is switched off: it answers with its `disabled_response`.
+    Disabled,
 }
 
 impl From<ProxyError> for Stop {
@@ -293,6 +295,10 @@ impl<'s> Session<'s> {
         };
         let route = &self.snap.routes[idx];
         self.route = Some(route);
+        if route.disabled.is_some() {
+            route.stats.count_disabled();
+            return Err(Stop::Disabled);
+        }
         self.deadline = tokio::time::Instant::now() + route.timeout;
         if let (Some(limit), Some(len)) = (self.snap.max_body, head::content_length(req.headers()))
             && len > limit
@@ -702,7 +708,30 @@ impl<'s> Session<'s> {
     /// The response for a request a phase ended early. A filter's answer is what `on-log` sees;
     /// then the run finishes.
     async fn stopped(&mut self, stop: Stop) -> Response<ProxyBody> {
+        if let Some(log) = &mut self.finish.log {
+            log.0.reason = match &stop {
+                Stop::Fail(e) => e.kind.code(),
+                Stop::Answer(Answer::Respond(_)) => "filter",
+                Stop::Answer(Answer::Fail { .. }) => "filter_failed",
+                Stop::Disabled => "route_disabled",
+            };
+        }
         match stop {
+            Stop::Disabled => {
+                let d = self.route.and_then(|r| r.disabled.as_ref());
+                let (status, body) = d.map_or((StatusCode::NOT_FOUND, bytes::Bytes::new()), |d| {
+                    (d.status, d.body.clone())
+                });
+                let mut res = Response::new(ProxyBody::full(body));
+                *res.status_mut() = status;
+                res.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                res.headers_mut()
+                    .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+                res
+            }
             Stop::Fail(e) => {
                 if e.source.is_some() {
                     tracing::debug!(request_id = ?self.request_id, "{e:?}");
@@ -881,5 +910,6 @@ fn record_for<B>(conn: &ConnInfo, req: &Request<B>, request_id: &HeaderValue) ->
         upstream: String::new(),
         attempts: 0,
         request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        reason: "",
     }
 }

@@ -74,6 +74,35 @@ pub(crate) struct Route {
     /// `retry_non_idempotent`.
     pub retry_any_method: bool,
     pub stats: Arc<RouteStats>,
+    /// Set when the route is switched off (`enabled: false`): what it answers instead.
+    pub disabled: Option<Disabled>,
+}
+
+/// A disabled route's answer.
+pub(crate) struct Disabled {
+    pub status: http::StatusCode,
+    pub body: bytes::Bytes,
+}
+
+impl Disabled {
+    fn of(r: &weir_config::RouteConfig) -> Option<Disabled> {
+        if r.enabled {
+            return None;
+        }
+        let d = r.disabled_response.as_ref();
+        let status = http::StatusCode::from_u16(d.map_or(404, |d| d.status))
+            .unwrap_or(http::StatusCode::NOT_FOUND);
+        let body = match d.and_then(|d| d.body.as_ref()) {
+            Some(b) => b.clone(),
+            None => serde_json::json!({
+                "error": status.canonical_reason().unwrap_or("error").to_ascii_lowercase()
+            }),
+        };
+        Some(Disabled {
+            status,
+            body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        })
+    }
 }
 
 pub(crate) struct Cluster {
@@ -494,6 +523,7 @@ impl Snapshot {
                         .map_or(Duration::from_secs(15), |x| x.timeouts.request),
                 ),
                 stats: registry.route(&r.name, &r.cluster),
+                disabled: Disabled::of(r),
                 cluster,
             });
         }
@@ -584,6 +614,37 @@ impl Snapshot {
             })
             .collect();
         serde_json::Value::Array(list)
+    }
+
+    /// `GET /routes`: every route in force, on or off, with its tags.
+    pub(crate) fn routes_json(&self) -> serde_json::Value {
+        self.loaded
+            .config
+            .routes
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "cluster": r.cluster,
+                    "enabled": r.enabled,
+                    "tags": r.tags,
+                })
+            })
+            .collect()
+    }
+
+    /// `weir_route_enabled`: 1 for each route in force that serves, 0 for each switched off.
+    pub(crate) fn render_routes_enabled(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP weir_route_enabled Whether each route in force serves (1) or is switched off (0).\n# TYPE weir_route_enabled gauge\n");
+        for r in &self.routes {
+            let _ = writeln!(
+                out,
+                "weir_route_enabled{{route=\"{}\"}} {}",
+                weir_observe::escape(&r.name),
+                u8::from(r.disabled.is_none())
+            );
+        }
     }
 
     pub(crate) fn clusters_json(&self) -> serde_json::Value {
