@@ -1110,15 +1110,25 @@ async fn routes_switch_off_and_on_live_by_name_and_tag_without_touching_the_othe
     let up = Upstream::start("u").await;
     let weir = Weir::start(&format!(
         "access_log: {{ path: \"{{dir}}/access.log\" }}\n\
+filter_cache: \"{{dir}}/cache\"\n\
+filters: [ {{ name: tb, module: \"{}\", config: {{ mode: noop }} }} ]\n\
 listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
 routes:\n\
   - {{ name: orders, match: {{ path_prefix: /orders }}, cluster: backend, tags: [ v1, billing ] }}\n\
   - {{ name: users, match: {{ path_prefix: /users }}, cluster: backend, tags: [ v1 ] }}\n\
   - {{ name: beta, match: {{ path_prefix: /beta }}, cluster: backend, enabled: false, disabled_response: {{ status: 503, body: {{ error: beta closed, retry: [ later ] }} }} }}\n\
-  - {{ name: rest, match: {{ path_prefix: / }}, cluster: backend }}\n\
+  - {{ name: rest, match: {{ path_prefix: / }}, cluster: backend, filters: [ tb ] }}\n\
 clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
+        filter_wasm("weir-testbed").display(),
         up.addr
     ))?;
+    // The catch-all route's filter pool: a switch elsewhere must leave it (and its instances)
+    // alone, so its guest-call count only grows.
+    let guest_calls = async || -> Result<u64> {
+        let (_, f) = weir.admin_get("/filters").await?;
+        let f: serde_json::Value = serde_json::from_str(&f)?;
+        Ok(f[0]["pools"][0]["guest_calls"].as_u64().unwrap_or(0))
+    };
     let url = |p: &str| weir.url("public", p);
 
     // Disabled in the file: its own answer, as JSON, and the upstream never sees it.
@@ -1133,19 +1143,18 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
     );
     assert_eq!(up.count(), 0, "a disabled route never contacts its cluster");
 
-    // Steady traffic on `users` and `rest` while `orders` is switched: none may fail.
+    // Steady traffic on `rest` (through its filter) while the others are switched: none may
+    // fail.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
-        let (stop, users, rest) = (stop.clone(), url("/users/1"), url("/other"));
+        let (stop, rest) = (stop.clone(), url("/other"));
         tokio::spawn(async move {
             let (mut ok, mut bad) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for u in [&users, &rest] {
-                    match get(u).await {
-                        Ok(g) if g.status == 200 => ok += 1,
-                        Ok(g) => bad.push(g.status.as_u16().to_string()),
-                        Err(e) => bad.push(e.to_string()),
-                    }
+                match get(&rest).await {
+                    Ok(g) if g.status == 200 => ok += 1,
+                    Ok(g) => bad.push(g.status.as_u16().to_string()),
+                    Err(e) => bad.push(e.to_string()),
                 }
             }
             (ok, bad)
@@ -1153,6 +1162,9 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
     };
 
     assert_eq!(get(&url("/orders/7")).await?.status, 200);
+    assert_eq!(get(&url("/other")).await?.status, 200);
+    let calls_before = guest_calls().await?;
+    assert!(calls_before > 0, "the filter ran");
     let (status, body) = weir.admin("POST", "/routes/orders/disable", "").await?;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -1223,14 +1235,12 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
         serde_json::from_str::<serde_json::Value>(&body)?["routes"],
         serde_json::json!(["orders", "users"])
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, bad) = load.await?;
-    assert!(
-        ok > 0 && bad.is_empty(),
-        "traffic on other routes failed while routes were switched: {ok} ok, {bad:?}"
-    );
     assert_eq!(get(&url("/users/1")).await?.status, 404);
     assert_eq!(get(&url("/other")).await?.status, 200);
+    assert!(
+        guest_calls().await? > calls_before,
+        "the other route's filter pool was carried over, not rebuilt, by two switches"
+    );
     let (status, body) = weir.admin("POST", "/routes/enable?tag=v1", "").await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(&url("/users/1")).await?.status, 200);
@@ -1242,6 +1252,12 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
     let (status, _) = weir.admin("POST", "/routes/beta/enable", "").await?;
     assert_eq!(status, 200);
     assert_eq!(get(&url("/beta/x")).await?.status, 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = load.await?;
+    assert!(
+        ok > 0 && bad.is_empty(),
+        "traffic on another route failed while routes were switched: {ok} ok, {bad:?}"
+    );
 
     // Mistakes are refused and change nothing; writes need the token.
     assert_eq!(weir.admin("POST", "/routes/nope/disable", "").await?.0, 404);

@@ -14,7 +14,7 @@ use crate::module::{Module, Runtime, RuntimeInner};
 use crate::{FailureKind, Phases};
 
 /// Everything that identifies a filter's instance pool besides its module.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilterSpec {
     /// Filter name (for logs, metrics and messages).
     pub filter: Arc<str>,
@@ -161,6 +161,12 @@ impl InstancePool {
     /// The spec.
     pub fn spec(&self) -> &FilterSpec {
         &self.shared.spec
+    }
+
+    /// Whether this pool is what `module` with `spec` would build, so a new snapshot can take
+    /// it over (instances, queue and counters) instead of instantiating the filter again.
+    pub fn serves(&self, module: &Module, spec: &FilterSpec) -> bool {
+        self.module.hash == module.hash && self.shared.spec == *spec
     }
 
     /// Instances created so far.

@@ -418,9 +418,9 @@ enum Routes {
 
 /// `POST /routes/{name}/enable|disable` and `POST /routes/enable|disable?tag=..`: switches
 /// routes on or off live. It is a config edit like any other (validated, built off the hot
-/// path, swapped in; requests in flight finish on the snapshot they started with, and
-/// clusters keep their connections, health and counters); the next file reload sets what the
-/// file says.
+/// path, swapped in; requests in flight finish on the snapshot they started with, clusters
+/// keep their connections, health and counters, and filter pools their instances); the next
+/// file reload sets what the file says.
 async fn switch_routes(
     shared: &Shared,
     which: Routes,

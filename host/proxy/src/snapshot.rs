@@ -440,7 +440,7 @@ impl Snapshot {
         uploads: &Uploads,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
-        let (chains, filters) = build_chains(&loaded, registry, runtime, uploads).await?;
+        let (chains, filters) = build_chains(&loaded, registry, runtime, uploads, previous).await?;
         let state = build_state(&loaded, registry, previous)?;
         let c = &loaded.config;
         let mut clusters = Vec::with_capacity(c.clusters.len());
@@ -809,12 +809,15 @@ fn build_cluster(
 }
 
 /// Loads every filter module once and builds each route's chain; routes that use a filter with
-/// the same effective config share one pool of instances.
+/// the same effective config share one pool of instances. A pool of `previous` with the same
+/// module and spec is taken over, so a change elsewhere in the config (a route switched off, a
+/// cluster edited) leaves running filters' instances alone.
 async fn build_chains(
     loaded: &LoadedConfig,
     registry: &Registry,
     runtime: Option<&weir_filters::Runtime>,
     uploads: &Uploads,
+    previous: Option<&Snapshot>,
 ) -> Result<(Vec<Option<Arc<weir_filters::Chain>>>, Vec<LoadedFilter>), ConfigError> {
     let c = &loaded.config;
     if c.filters.is_empty() {
@@ -886,14 +889,25 @@ async fn build_chains(
                         on_error: f.on_error,
                         grants: f.grants.clone(),
                     };
-                    let p = weir_filters::InstancePool::new(rt, module.clone(), spec)
-                        .await
-                        .map_err(|e| {
-                            loaded.error_at(
-                                format!("routes[{i}].filters[{j}]"),
-                                scrub(&e, &effective),
-                            )
-                        })?;
+                    let kept = previous.and_then(|s| {
+                        s.routes
+                            .iter()
+                            .filter_map(|r| r.chain.as_deref())
+                            .flat_map(|c| c.pools())
+                            .find(|p| p.serves(module, &spec))
+                            .cloned()
+                    });
+                    let p = match kept {
+                        Some(p) => p,
+                        None => weir_filters::InstancePool::new(rt, module.clone(), spec)
+                            .await
+                            .map_err(|e| {
+                                loaded.error_at(
+                                    format!("routes[{i}].filters[{j}]"),
+                                    scrub(&e, &effective),
+                                )
+                            })?,
+                    };
                     pools.insert(key, p.clone());
                     p
                 }
