@@ -280,6 +280,14 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
             "bad.yaml:6: routes[0].disabled_response.status: 302 is not an error status (400 to 599)",
         ),
         (
+            "tracing:\n  sample_ratio: 1.5\n",
+            "bad.yaml:2: tracing.sample_ratio: 1.5 is not a ratio from 0 to 1",
+        ),
+        (
+            "tracing: { sample_ratio: 0.5, otlp: { endpoint: x } }\n",
+            "bad.yaml:1: tracing.otlp: unknown field \"otlp\"",
+        ),
+        (
             "clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]\nroutes:\n  - name: app\n    cluster: c\n    enabled: maybe\n",
             "bad.yaml:5: routes[0].enabled: invalid type",
         ),
@@ -1323,5 +1331,115 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
             .all(|v| v.get("reason").is_none()),
         "proxied requests carry no reason"
     );
+    Ok(())
+}
+
+/// W3C Trace Context with `tracing:` on: a valid `traceparent` is continued (same trace, the
+/// caller's sampling decision, this proxy's span as the upstream's parent, `tracestate` kept);
+/// none or a malformed one starts a new trace sampled at the ratio and drops `tracestate`; the
+/// access log carries the trace and span ids. With `tracing:` off the headers pass untouched.
+#[tokio::test]
+async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<()> {
+    let up = Upstream::start("u").await;
+    let weir = Weir::start(&one_route(
+        &up,
+        "access_log: { path: \"{dir}/access.log\" }\ntracing: { sample_ratio: 0 }\n",
+    ))?;
+    let parse = |v: &str| -> (String, String, String) {
+        let p: Vec<&str> = v.split('-').collect();
+        assert_eq!((p.len(), p[0], v.len()), (4, "00", 55), "{v}");
+        (p[1].to_string(), p[2].to_string(), p[3].to_string())
+    };
+    let upstream_trace = || {
+        let seen = up.last();
+        let tp = seen
+            .headers
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap().to_string());
+        let ts = seen
+            .headers
+            .get("tracestate")
+            .map(|v| v.to_str().unwrap().to_string());
+        (tp.expect("the upstream gets a traceparent"), ts)
+    };
+
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    get_with(
+        &weir.url("public", "/a"),
+        &[("traceparent", caller), ("tracestate", "congo=t61rcWkgMzE")],
+    )
+    .await?;
+    let (tp, ts) = upstream_trace();
+    let (trace, parent, flags) = parse(&tp);
+    assert_eq!(
+        trace, "0af7651916cd43dd8448eb211c80319c",
+        "the caller's trace continues"
+    );
+    assert_ne!(
+        parent, "b7ad6b7169203331",
+        "the upstream's parent is the proxy's own span"
+    );
+    assert_eq!(
+        flags, "01",
+        "the caller's sampling decision stands over ratio 0"
+    );
+    assert_eq!(ts.as_deref(), Some("congo=t61rcWkgMzE"));
+    let proxy_span = parent;
+
+    get(&weir.url("public", "/b")).await?;
+    let (tp, ts) = upstream_trace();
+    let (trace, _, flags) = parse(&tp);
+    assert_ne!(trace, "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(flags, "00", "a new trace at ratio 0 is not sampled");
+    assert_eq!(ts, None);
+
+    for garbage in [
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "hello",
+    ] {
+        get_with(
+            &weir.url("public", "/c"),
+            &[("traceparent", garbage), ("tracestate", "evil=1")],
+        )
+        .await?;
+        let (tp, ts) = upstream_trace();
+        let (trace, _, _) = parse(&tp);
+        assert_ne!(
+            trace, "0af7651916cd43dd8448eb211c80319c",
+            "{garbage:?} must not be continued"
+        );
+        assert_eq!(
+            ts, None,
+            "{garbage:?}: the client's tracestate goes with its broken traceparent"
+        );
+    }
+
+    let path = weir.dir.path("access.log");
+    let mut lines = Vec::new();
+    weir.eventually("seven access log lines", async || {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.len() >= 7
+    })
+    .await?;
+    let first: serde_json::Value = serde_json::from_str(&lines[0])?;
+    assert_eq!(first["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(first["span_id"], proxy_span.as_str());
+
+    // Off: the proxy does not take part; the headers are the client's.
+    let plain = Weir::start(&one_route(&up, ""))?;
+    get_with(
+        &plain.url("public", "/d"),
+        &[("traceparent", "hello"), ("tracestate", "x=1")],
+    )
+    .await?;
+    let (tp, ts) = upstream_trace();
+    assert_eq!((tp.as_str(), ts.as_deref()), ("hello", Some("x=1")));
     Ok(())
 }

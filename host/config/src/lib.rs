@@ -40,6 +40,10 @@ pub struct Config {
     /// Where to write JSON access log lines. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// W3C Trace Context: continue or start a trace per request and pass it upstream.
+    /// Default: off (`traceparent` and `tracestate` pass through untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
     /// Edge limits applied to every downstream connection.
     #[serde(default)]
     pub limits: Limits,
@@ -397,6 +401,18 @@ fn redact_userinfo(url: &str) -> String {
 pub struct AccessLogConfig {
     /// `stdout`, `stderr`, or a file path (appended to).
     pub path: String,
+}
+
+/// Distributed tracing (W3C Trace Context).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The share of new traces (requests without a valid `traceparent`) that are sampled, 0 to
+    /// 1, decided from the trace id so every hop that uses the same rule agrees. A request that
+    /// carries a valid `traceparent` keeps its caller's decision (parent-based sampling).
+    /// Default: 1.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: f64,
 }
 
 /// Edge limits. Every field has a default that is safe for the open internet.
@@ -1245,6 +1261,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn sample_ratio() -> f64 {
+        1.0
     }
     pub fn disabled_status() -> u16 {
         404

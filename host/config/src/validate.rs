@@ -215,6 +215,14 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         }
     }
     check_state(&c.state, &mut err);
+    if let Some(t) = &c.tracing
+        && !(0.0..=1.0).contains(&t.sample_ratio)
+    {
+        err(
+            "tracing.sample_ratio".into(),
+            format!("{} is not a ratio from 0 to 1", t.sample_ratio),
+        );
+    }
     for (i, r) in c.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if !cluster_names.contains(&r.cluster.as_str()) {

@@ -43,6 +43,13 @@ pub struct AccessRecord {
     /// answer), `filter_failed`, ... (see `ErrorKind::code`).
     #[serde(skip_serializing_if = "str::is_empty")]
     pub reason: &'static str,
+    /// The W3C trace id (32 hex digits), with `tracing:` on.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// This proxy's span id for the request (16 hex digits; the upstream's parent), with
+    /// `tracing:` on.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub span_id: String,
 }
 
 /// One line per connection of a `tcp` or `tls_passthrough` listener, written when it closes.
@@ -177,6 +184,8 @@ mod tests {
             attempts: 0,
             request_id: String::new(),
             reason: "",
+            trace_id: String::new(),
+            span_id: String::new(),
         }
     }
 

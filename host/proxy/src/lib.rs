@@ -23,6 +23,7 @@ mod retry;
 mod shared;
 mod snapshot;
 mod tls;
+mod trace;
 mod tunnel;
 
 use std::net::SocketAddr;

@@ -40,6 +40,7 @@ use crate::filtering::{FilterRun, local_response};
 use crate::head::{self, X_REQUEST_ID};
 use crate::retry::{Resend, Slot, Tried};
 use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
+use crate::trace::TraceContext;
 
 /// Why a phase ended the request early.
 enum Stop {
@@ -107,6 +108,8 @@ struct Session<'s> {
     /// The client's side of an allowed protocol switch.
     upgrade: Option<OnUpgrade>,
     filters: Option<FilterRun>,
+    /// The request's place in a trace, with `tracing:` on.
+    trace: Option<TraceContext>,
     finish: Finish,
 }
 
@@ -199,10 +202,17 @@ impl<'s> Session<'s> {
         req: &Request<Source>,
         start: Instant,
     ) -> Session<'s> {
-        let log = snap
-            .access_log
-            .as_ref()
-            .map(|l| Box::new((record_for(conn, req, &request_id), l.clone())));
+        let trace = snap
+            .trace_ratio
+            .map(|ratio| TraceContext::begin(req.headers(), ratio));
+        let log = snap.access_log.as_ref().map(|l| {
+            let mut record = record_for(conn, req, &request_id);
+            if let Some(t) = &trace {
+                record.trace_id = t.trace_id_hex();
+                record.span_id = t.span_id_hex();
+            }
+            Box::new((record, l.clone()))
+        });
         Session {
             snap,
             conn,
@@ -212,6 +222,7 @@ impl<'s> Session<'s> {
             downstream: req.version(),
             upgrade: None,
             filters: None,
+            trace,
             finish: Finish {
                 bytes: 0,
                 start,
@@ -401,6 +412,9 @@ impl<'s> Session<'s> {
         );
         head::append_via(h, self.downstream);
         h.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(t) = &self.trace {
+            t.propagate(h);
+        }
     }
 
     /// Phase 3: the route's filters see the request as it will go upstream, and may change it
@@ -911,5 +925,7 @@ fn record_for<B>(conn: &ConnInfo, req: &Request<B>, request_id: &HeaderValue) ->
         attempts: 0,
         request_id: request_id.to_str().unwrap_or_default().to_owned(),
         reason: "",
+        trace_id: String::new(),
+        span_id: String::new(),
     }
 }

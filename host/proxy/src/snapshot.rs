@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub(crate) routes: Vec<Route>,
     pub(crate) clusters: Vec<Arc<Cluster>>,
     pub(crate) access_log: Option<AccessLog>,
+    /// `tracing.sample_ratio`, when tracing is on.
+    pub(crate) trace_ratio: Option<f64>,
     pub(crate) max_body: Option<u64>,
     /// `limits.request_body_timeout`.
     pub(crate) request_body_timeout: Duration,
@@ -551,6 +553,7 @@ impl Snapshot {
             routes,
             clusters,
             access_log,
+            trace_ratio: c.tracing.as_ref().map(|t| t.sample_ratio),
             max_body,
             request_body_timeout: c.limits.request_body_timeout,
             limits: Arc::new(c.limits.clone()),

@@ -1,0 +1,259 @@
+//! W3C Trace Context (<https://www.w3.org/TR/trace-context/>): with `tracing:` configured, each
+//! request continues the trace its `traceparent` names, or starts one, and the upstream gets a
+//! `traceparent` whose parent is this proxy's span.
+//!
+//! What comes from the client is untrusted text: a header that is not exactly a valid
+//! `traceparent` (wrong length or version, upper-case or non-hex digits, an all-zero id, two
+//! headers) starts a new trace and drops `tracestate`, as the specification requires, so a
+//! client cannot make the proxy forward garbage under a trace header's name.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// This request's place in a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The caller's span, when the request continued a trace.
+    pub parent_id: Option<[u8; 8]>,
+    /// This proxy's span for the request.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the trace of a valid `traceparent` in `h` (keeping its sampling decision), or
+    /// starts a new one sampled at `ratio`.
+    pub fn begin(h: &HeaderMap, ratio: f64) -> TraceContext {
+        let span_id = nonzero_id(|| fastrand::u64(..).to_be_bytes());
+        let mut all = h.get_all(&TRACEPARENT).iter();
+        let parsed = match (all.next(), all.next()) {
+            (Some(v), None) => parse(v.as_bytes()),
+            _ => None,
+        };
+        match parsed {
+            Some((trace_id, parent, flags)) => TraceContext {
+                trace_id,
+                parent_id: Some(parent),
+                span_id,
+                sampled: flags & 1 == 1,
+            },
+            None => {
+                let trace_id = nonzero_id(|| fastrand::u128(..).to_be_bytes());
+                TraceContext {
+                    trace_id,
+                    parent_id: None,
+                    span_id,
+                    sampled: sampled_at(&trace_id, ratio),
+                }
+            }
+        }
+    }
+
+    /// Sets the upstream request's `traceparent` to this span; a new trace drops the client's
+    /// `tracestate` (it belonged to a trace the proxy could not read).
+    pub fn propagate(&self, h: &mut HeaderMap) {
+        if self.parent_id.is_none() {
+            h.remove(&TRACESTATE);
+        }
+        h.insert(TRACEPARENT.clone(), self.traceparent());
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut out = Vec::with_capacity(55);
+        out.extend_from_slice(b"00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push(b'-');
+        push_hex(&mut out, &self.span_id);
+        out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        hex::encode(self.span_id)
+    }
+}
+
+/// A trace id is sampled at `ratio` when its low 8 bytes, as a number, fall below `ratio` of
+/// their range (the OpenTelemetry `TraceIdRatioBased` rule, so other hops using it agree).
+fn sampled_at(trace_id: &[u8; 16], ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or_default()) >> 1;
+    low < (ratio * (1u64 << 63) as f64) as u64
+}
+
+fn nonzero_id<const N: usize>(mut random: impl FnMut() -> [u8; N]) -> [u8; N] {
+    loop {
+        let id = random();
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
+/// `version-traceid-parentid-flags`, strictly: lower-case hex, version not `ff`, exactly 55
+/// bytes for version 00 (a later version may append `-...`), no all-zero id.
+fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let version = hex_byte(&v[0..2])?;
+    match version {
+        0xff => return None,
+        0 if v.len() != 55 => return None,
+        _ if v.len() > 55 && v[55] != b'-' => return None,
+        _ => {}
+    }
+    let mut trace_id = [0u8; 16];
+    for (i, b) in trace_id.iter_mut().enumerate() {
+        *b = hex_byte(&v[3 + 2 * i..5 + 2 * i])?;
+    }
+    let mut parent = [0u8; 8];
+    for (i, b) in parent.iter_mut().enumerate() {
+        *b = hex_byte(&v[36 + 2 * i..38 + 2 * i])?;
+    }
+    let flags = hex_byte(&v[53..55])?;
+    if trace_id == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace_id, parent, flags))
+}
+
+fn hex_byte(two: &[u8]) -> Option<u8> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    Some(digit(two[0])? << 4 | digit(two[1])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(&TRACEPARENT, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_continued_with_its_sampling_decision() {
+        let t = TraceContext::begin(&headers(&[VALID]), 0.0);
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id, Some(0x00f067aa0ba902b7u64.to_be_bytes()));
+        assert!(
+            t.sampled,
+            "the caller sampled it; ratio 0 does not overrule"
+        );
+        assert_ne!(t.span_id, t.parent_id.unwrap(), "a span of its own");
+        let unsampled = VALID.replace("-01", "-00");
+        assert!(!TraceContext::begin(&headers(&[&unsampled]), 1.0).sampled);
+        let out = t.traceparent();
+        let out = out.to_str().unwrap();
+        assert_eq!(out.len(), 55);
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_eq!(&out[36..52], t.span_id_hex());
+        // A later version with more fields is read by its version-00 prefix.
+        let future =
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds";
+        assert!(
+            TraceContext::begin(&headers(&[future]), 0.0)
+                .parent_id
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn anything_but_one_valid_traceparent_starts_a_new_trace() {
+        let hostile = [
+            "",
+            "00",
+            &VALID[..54],
+            &format!("{VALID}0"),
+            &format!("{VALID}-x"),
+            &VALID.to_uppercase(),
+            &VALID.replace("00-4b", "ff-4b"),
+            &VALID.replace("-01", "-0g"),
+            &VALID.replacen('-', "_", 1),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ];
+        for v in hostile {
+            let t = TraceContext::begin(&headers(&[v]), 1.0);
+            assert_eq!(t.parent_id, None, "{v:?} must not be continued");
+            assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+        let two = TraceContext::begin(&headers(&[VALID, VALID]), 1.0);
+        assert_eq!(two.parent_id, None, "two traceparent headers are invalid");
+        let mut non_utf8 = HeaderMap::new();
+        non_utf8.insert(&TRACEPARENT, HeaderValue::from_bytes(&[0xff; 55]).unwrap());
+        assert_eq!(TraceContext::begin(&non_utf8, 1.0).parent_id, None);
+    }
+
+    #[test]
+    fn a_new_trace_drops_the_clients_tracestate_a_continued_one_keeps_it() {
+        let mut h = headers(&["garbage"]);
+        h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
+        TraceContext::begin(&h, 1.0).propagate(&mut h);
+        assert!(h.get(&TRACESTATE).is_none());
+        assert_eq!(h.get_all(&TRACEPARENT).iter().count(), 1);
+
+        let mut h = headers(&[VALID]);
+        h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
+        TraceContext::begin(&h, 1.0).propagate(&mut h);
+        assert_eq!(h[&TRACESTATE], "vendor=x");
+        assert!(h[&TRACEPARENT].to_str().unwrap().starts_with("00-4bf92f35"));
+    }
+
+    #[test]
+    fn new_traces_are_sampled_at_the_ratio() {
+        let h = HeaderMap::new();
+        let n = 20_000;
+        for (ratio, lo, hi) in [(0.0, 0, 0), (1.0, n, n), (0.1, 1_600, 2_400)] {
+            let sampled = (0..n)
+                .filter(|_| TraceContext::begin(&h, ratio).sampled)
+                .count();
+            assert!(
+                (lo..=hi).contains(&sampled),
+                "ratio {ratio}: {sampled} of {n}"
+            );
+        }
+        // The decision is a function of the trace id: the same id, the same answer.
+        let mut id = [0u8; 16];
+        id[8] = 0x10; // low half ~ 0.06 of the range
+        assert!(sampled_at(&id, 0.1));
+        assert!(!sampled_at(&id, 0.05));
+    }
+}
