@@ -312,7 +312,7 @@ struct Inner {
     unrouted: DashMap<u16, AtomicU64>,
     filters: DashMap<(String, String), Arc<FilterStats>>,
     /// (filter, metric name, rendered labels) → value.
-    custom: DashMap<(String, String, String), Custom>,
+    custom: DashMap<CustomKey, Custom>,
     /// (filter, limit) → host calls refused for going past that bound.
     filter_limits: DashMap<(String, &'static str), AtomicU64>,
     timeouts: Timeouts,
@@ -418,27 +418,26 @@ impl Registry {
             .clone()
     }
 
-    fn custom_key(
+    /// The filter metric `(filter, name, labels)`, created by `make` on first use. Found
+    /// without allocating: the key is built (and its labels rendered) only for a new series.
+    fn custom<R>(
+        &self,
         filter: &str,
         name: &str,
         labels: &[(String, String)],
-    ) -> (String, String, String) {
-        let mut l = format!("filter=\"{}\"", escape(filter));
-        for (k, v) in labels {
-            // Label names are sanitized to Prometheus' alphabet; values are escaped.
-            let k: String = k
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let _ = write!(l, ",{k}=\"{}\"", escape(v));
+        make: impl FnOnce() -> Custom,
+        f: impl FnOnce(&Custom) -> R,
+    ) -> R {
+        let view: (&str, &str, &[(String, String)]) = (filter, name, labels);
+        if let Some(e) = self.inner.custom.get(&view as &dyn KeyView) {
+            return f(&e);
         }
-        (filter.to_string(), name.to_string(), l)
+        let e = self
+            .inner
+            .custom
+            .entry(CustomKey::new(filter, name, labels))
+            .or_insert_with(make);
+        f(&e)
     }
 
     /// A filter's own counter (`weir_filter_<name>`).
@@ -449,14 +448,17 @@ impl Registry {
         labels: &[(String, String)],
         delta: u64,
     ) {
-        let e = self
-            .inner
-            .custom
-            .entry(Self::custom_key(filter, name, labels))
-            .or_insert(Custom::Counter(AtomicU64::new(0)));
-        if let Custom::Counter(c) = &*e {
-            c.fetch_add(delta, Relaxed);
-        }
+        self.custom(
+            filter,
+            name,
+            labels,
+            || Custom::Counter(AtomicU64::new(0)),
+            |e| {
+                if let Custom::Counter(c) = e {
+                    c.fetch_add(delta, Relaxed);
+                }
+            },
+        );
     }
 
     /// A filter's own gauge.
@@ -467,14 +469,17 @@ impl Registry {
         labels: &[(String, String)],
         value: i64,
     ) {
-        let e = self
-            .inner
-            .custom
-            .entry(Self::custom_key(filter, name, labels))
-            .or_insert(Custom::Gauge(AtomicI64::new(0)));
-        if let Custom::Gauge(g) = &*e {
-            g.store(value, Relaxed);
-        }
+        self.custom(
+            filter,
+            name,
+            labels,
+            || Custom::Gauge(AtomicI64::new(0)),
+            |e| {
+                if let Custom::Gauge(g) = e {
+                    g.store(value, Relaxed);
+                }
+            },
+        );
     }
 
     /// A filter's own histogram (value in seconds).
@@ -485,14 +490,17 @@ impl Registry {
         labels: &[(String, String)],
         seconds: f64,
     ) {
-        let e = self
-            .inner
-            .custom
-            .entry(Self::custom_key(filter, name, labels))
-            .or_insert_with(|| Custom::Histogram(Histogram::new(CUSTOM_BUCKETS_US)));
-        if let Custom::Histogram(h) = &*e {
-            h.observe(Duration::from_secs_f64(seconds.clamp(0.0, 1e6)));
-        }
+        self.custom(
+            filter,
+            name,
+            labels,
+            || Custom::Histogram(Histogram::new(CUSTOM_BUCKETS_US)),
+            |e| {
+                if let Custom::Histogram(h) = e {
+                    h.observe(Duration::from_secs_f64(seconds.clamp(0.0, 1e6)));
+                }
+            },
+        );
     }
 
     /// Counts a host call refused because a filter went past a bound (`limit`: `kv_key_bytes`,
@@ -867,14 +875,16 @@ impl Registry {
                 );
             }
         }
-        let mut cs: Vec<_> = self.inner.custom.iter().map(|e| e.key().clone()).collect();
-        cs.sort();
+        let mut cs: Vec<CustomKey> = self.inner.custom.iter().map(|e| e.key().clone()).collect();
+        cs.sort_by(|a, b| {
+            (&a.filter, &a.name, &a.rendered).cmp(&(&b.filter, &b.name, &b.rendered))
+        });
         let mut last_name = String::new();
         for key in cs {
             let Some(e) = self.inner.custom.get(&key) else {
                 continue;
             };
-            let name = format!("weir_filter_{}", key.1);
+            let name = format!("weir_filter_{}", key.name);
             let kind = match &*e {
                 Custom::Counter(_) => "counter",
                 Custom::Gauge(_) => "gauge",
@@ -886,14 +896,101 @@ impl Registry {
             }
             match &*e {
                 Custom::Counter(c) => {
-                    let _ = writeln!(out, "{name}{{{}}} {}", key.2, c.load(Relaxed));
+                    let _ = writeln!(out, "{name}{{{}}} {}", key.rendered, c.load(Relaxed));
                 }
                 Custom::Gauge(g) => {
-                    let _ = writeln!(out, "{name}{{{}}} {}", key.2, g.load(Relaxed));
+                    let _ = writeln!(out, "{name}{{{}}} {}", key.rendered, g.load(Relaxed));
                 }
-                Custom::Histogram(h) => h.render(out, &name, &key.2),
+                Custom::Histogram(h) => h.render(out, &name, &key.rendered),
             }
         }
+    }
+}
+
+/// A filter metric series: who, what, which labels, and the labels as `/metrics` prints them.
+#[derive(Debug, Clone)]
+struct CustomKey {
+    filter: String,
+    name: String,
+    labels: Vec<(String, String)>,
+    rendered: String,
+}
+
+impl CustomKey {
+    fn new(filter: &str, name: &str, labels: &[(String, String)]) -> CustomKey {
+        let mut rendered = format!("filter=\"{}\"", escape(filter));
+        for (k, v) in labels {
+            // Label names are sanitized to Prometheus' alphabet; values are escaped.
+            let k: String = k
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let _ = write!(rendered, ",{k}=\"{}\"", escape(v));
+        }
+        CustomKey {
+            filter: filter.to_string(),
+            name: name.to_string(),
+            labels: labels.to_vec(),
+            rendered,
+        }
+    }
+}
+
+/// What identifies a series, owned ([`CustomKey`]) or borrowed from a host call: the map is
+/// keyed by the one and searched by the other (hash and equality agree on these parts).
+trait KeyView {
+    fn parts(&self) -> (&str, &str, &[(String, String)]);
+}
+
+impl KeyView for CustomKey {
+    fn parts(&self) -> (&str, &str, &[(String, String)]) {
+        (&self.filter, &self.name, &self.labels)
+    }
+}
+
+impl KeyView for (&str, &str, &[(String, String)]) {
+    fn parts(&self) -> (&str, &str, &[(String, String)]) {
+        *self
+    }
+}
+
+impl std::hash::Hash for dyn KeyView + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h);
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl std::hash::Hash for CustomKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self as &dyn KeyView).hash(h);
+    }
+}
+
+impl PartialEq for CustomKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for CustomKey {}
+
+impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for CustomKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
     }
 }
 
@@ -912,6 +1009,50 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn filter_series_are_found_by_filter_name_and_labels() {
+        let reg = Registry::new();
+        let a = labels(&[("route", "api"), ("result", "allowed")]);
+        for _ in 0..3 {
+            reg.filter_counter_add("limit", "requests_total", &a, 2);
+        }
+        reg.filter_counter_add(
+            "limit",
+            "requests_total",
+            &labels(&[("route", "api"), ("result", "limited")]),
+            1,
+        );
+        reg.filter_counter_add("other", "requests_total", &a, 5);
+        reg.filter_gauge_set("limit", "depth", &labels(&[("q", "a\"b\\c\nd")]), -4);
+        reg.filter_gauge_set("limit", "depth", &labels(&[("q", "a\"b\\c\nd")]), 9);
+        reg.filter_histogram_observe("limit", "wait_seconds", &[], 0.002);
+        let text = reg.render("1");
+        for line in [
+            "weir_filter_requests_total{filter=\"limit\",route=\"api\",result=\"allowed\"} 6",
+            "weir_filter_requests_total{filter=\"limit\",route=\"api\",result=\"limited\"} 1",
+            "weir_filter_requests_total{filter=\"other\",route=\"api\",result=\"allowed\"} 5",
+            "weir_filter_depth{filter=\"limit\",q=\"a\\\"b\\\\c\\nd\"} 9",
+            "weir_filter_wait_seconds_count{filter=\"limit\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(
+            reg.inner.custom.len(),
+            5,
+            "one series per filter, name and label set"
+        );
+    }
 
     #[test]
     fn renders_counters_and_cumulative_buckets() {
