@@ -106,20 +106,8 @@ clusters:\n\
 }
 
 async fn access_lines(weir: &Weir, n: usize) -> Result<Vec<serde_json::Value>> {
-    let path = weir.dir.path("access.log");
-    let mut lines = Vec::new();
-    for _ in 0..200 {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if lines.len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(lines)
+    weir.access_log(&format!("{n} access log lines"), |l| l.len() >= n)
+        .await
 }
 
 #[tokio::test]

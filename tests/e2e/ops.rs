@@ -1288,24 +1288,13 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
     assert_eq!(get(&url("/orders/7")).await?.status, 200);
 
     // The access log says why the disabled requests got the proxy's own answer.
-    let path = weir.dir.path("access.log");
-    let mut lines = Vec::new();
-    weir.eventually("the access log lines", async || {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines
-            .iter()
-            .filter(|l| l.contains("route_disabled"))
-            .count()
-            >= 3
-    })
-    .await?;
-    let disabled: Vec<serde_json::Value> = lines
+    let disabled_count =
+        |l: &[serde_json::Value]| l.iter().filter(|v| v["reason"] == "route_disabled").count();
+    let lines = weir
+        .access_log("the access log lines", |l| disabled_count(l) >= 3)
+        .await?;
+    let disabled: Vec<&serde_json::Value> = lines
         .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["reason"] == "route_disabled")
         .collect();
     assert_eq!(disabled.len(), 3, "{lines:?}");
@@ -1326,7 +1315,6 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
     assert!(
         lines
             .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["status"] == 200)
             .all(|v| v.get("reason").is_none()),
         "proxied requests carry no reason"
@@ -1417,18 +1405,10 @@ async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<(
         );
     }
 
-    let path = weir.dir.path("access.log");
-    let mut lines = Vec::new();
-    weir.eventually("seven access log lines", async || {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.len() >= 7
-    })
-    .await?;
-    let first: serde_json::Value = serde_json::from_str(&lines[0])?;
+    let lines = weir
+        .access_log("seven access log lines", |l| l.len() >= 7)
+        .await?;
+    let first = &lines[0];
     assert_eq!(first["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(first["span_id"], proxy_span.as_str());
 

@@ -228,6 +228,26 @@ impl Weir {
         )
     }
 
+    /// The lines of `{dir}/access.log`, parsed, once `done` says there are enough.
+    pub async fn access_log(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        let path = self.dir.path("access.log");
+        let mut lines = Vec::new();
+        self.eventually(what, async || {
+            lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            done(&lines)
+        })
+        .await?;
+        Ok(lines)
+    }
+
     /// The admin token: the one weir generated beside the config when the config sets none,
     /// else the tests' `admin.token` (`secret`).
     pub fn admin_token(&self) -> String {

@@ -824,15 +824,24 @@ pub struct RouteConfig {
 
 /// The answer of a disabled route: a status and a JSON body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DisabledResponse {
     /// 400 to 599. Default: 404.
-    #[serde(default = "defaults::disabled_status")]
     pub status: u16,
     /// Any JSON value, sent as `application/json`. Default: `{"error": "<the status's reason
     /// phrase, lowercase>"}`, such as `{"error":"service unavailable"}` for 503.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+}
+
+/// What a disabled route without `disabled_response` answers.
+impl Default for DisabledResponse {
+    fn default() -> Self {
+        DisabledResponse {
+            status: 404,
+            body: None,
+        }
+    }
 }
 
 /// The conditions a request must meet, all of them, to take a route.
@@ -1264,9 +1273,6 @@ mod defaults {
     }
     pub fn sample_ratio() -> f64 {
         1.0
-    }
-    pub fn disabled_status() -> u16 {
-        404
     }
     pub fn is_true(b: &bool) -> bool {
         *b

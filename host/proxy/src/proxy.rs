@@ -48,8 +48,8 @@ enum Stop {
     Fail(ProxyError),
     /// The filters decided the answer.
     Answer(Answer),
-    /// The route is switched off: it answers with its `disabled_response`.
-    Disabled,
+    /// The route is switched off: its `disabled_response`.
+    Disabled(StatusCode, bytes::Bytes),
 }
 
 impl From<ProxyError> for Stop {
@@ -203,8 +203,8 @@ impl<'s> Session<'s> {
         start: Instant,
     ) -> Session<'s> {
         let trace = snap
-            .trace_ratio
-            .map(|ratio| TraceContext::begin(req.headers(), ratio));
+            .sampler
+            .map(|sampler| TraceContext::begin(req.headers(), sampler));
         let log = snap.access_log.as_ref().map(|l| {
             let mut record = record_for(conn, req, &request_id);
             if let Some(t) = &trace {
@@ -306,9 +306,9 @@ impl<'s> Session<'s> {
         };
         let route = &self.snap.routes[idx];
         self.route = Some(route);
-        if route.disabled.is_some() {
+        if let Some(d) = &route.disabled {
             route.stats.count_disabled();
-            return Err(Stop::Disabled);
+            return Err(Stop::Disabled(d.status, d.body.clone()));
         }
         self.deadline = tokio::time::Instant::now() + route.timeout;
         if let (Some(limit), Some(len)) = (self.snap.max_body, head::content_length(req.headers()))
@@ -727,15 +727,11 @@ impl<'s> Session<'s> {
                 Stop::Fail(e) => e.kind.code(),
                 Stop::Answer(Answer::Respond(_)) => "filter",
                 Stop::Answer(Answer::Fail { .. }) => "filter_failed",
-                Stop::Disabled => "route_disabled",
+                Stop::Disabled(..) => "route_disabled",
             };
         }
         match stop {
-            Stop::Disabled => {
-                let d = self.route.and_then(|r| r.disabled.as_ref());
-                let (status, body) = d.map_or((StatusCode::NOT_FOUND, bytes::Bytes::new()), |d| {
-                    (d.status, d.body.clone())
-                });
+            Stop::Disabled(status, body) => {
                 let mut res = Response::new(ProxyBody::full(body));
                 *res.status_mut() = status;
                 res.headers_mut().insert(

@@ -32,8 +32,8 @@ pub struct Snapshot {
     pub(crate) routes: Vec<Route>,
     pub(crate) clusters: Vec<Arc<Cluster>>,
     pub(crate) access_log: Option<AccessLog>,
-    /// `tracing.sample_ratio`, when tracing is on.
-    pub(crate) trace_ratio: Option<f64>,
+    /// How new traces are sampled, when tracing is on.
+    pub(crate) sampler: Option<crate::trace::Sampler>,
     pub(crate) max_body: Option<u64>,
     /// `limits.request_body_timeout`.
     pub(crate) request_body_timeout: Duration,
@@ -91,11 +91,11 @@ impl Disabled {
         if r.enabled {
             return None;
         }
-        let d = r.disabled_response.as_ref();
-        let status = http::StatusCode::from_u16(d.map_or(404, |d| d.status))
-            .unwrap_or(http::StatusCode::NOT_FOUND);
-        let body = match d.and_then(|d| d.body.as_ref()) {
-            Some(b) => b.clone(),
+        let d = r.disabled_response.clone().unwrap_or_default();
+        // Validation keeps the status within 400..=599.
+        let status = http::StatusCode::from_u16(d.status).unwrap_or(http::StatusCode::NOT_FOUND);
+        let body = match d.body {
+            Some(b) => b,
             None => serde_json::json!({
                 "error": status.canonical_reason().unwrap_or("error").to_ascii_lowercase()
             }),
@@ -553,7 +553,7 @@ impl Snapshot {
             routes,
             clusters,
             access_log,
-            trace_ratio: c.tracing.as_ref().map(|t| t.sample_ratio),
+            sampler: (c.tracing.as_ref()).map(|t| crate::trace::Sampler::new(t.sample_ratio)),
             max_body,
             request_body_timeout: c.limits.request_body_timeout,
             limits: Arc::new(c.limits.clone()),

@@ -26,8 +26,8 @@ pub(crate) struct TraceContext {
 
 impl TraceContext {
     /// Continues the trace of a valid `traceparent` in `h` (keeping its sampling decision), or
-    /// starts a new one sampled at `ratio`.
-    pub fn begin(h: &HeaderMap, ratio: f64) -> TraceContext {
+    /// starts a new one that `sampler` decides.
+    pub fn begin(h: &HeaderMap, sampler: Sampler) -> TraceContext {
         let span_id = nonzero_id(|| fastrand::u64(..).to_be_bytes());
         let mut all = h.get_all(&TRACEPARENT).iter();
         let parsed = match (all.next(), all.next()) {
@@ -47,7 +47,7 @@ impl TraceContext {
                     trace_id,
                     parent_id: None,
                     span_id,
-                    sampled: sampled_at(&trace_id, ratio),
+                    sampled: sampler.samples(&trace_id),
                 }
             }
         }
@@ -64,14 +64,13 @@ impl TraceContext {
 
     /// `00-<trace id>-<span id>-<flags>`.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut out = Vec::with_capacity(55);
-        out.extend_from_slice(b"00-");
-        push_hex(&mut out, &self.trace_id);
-        out.push(b'-');
-        push_hex(&mut out, &self.span_id);
-        out.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
-            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        if self.sampled {
+            out[54] = b'1';
+        }
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -83,17 +82,31 @@ impl TraceContext {
     }
 }
 
-/// A trace id is sampled at `ratio` when its low 8 bytes, as a number, fall below `ratio` of
-/// their range (the OpenTelemetry `TraceIdRatioBased` rule, so other hops using it agree).
-fn sampled_at(trace_id: &[u8; 16], ratio: f64) -> bool {
-    if ratio >= 1.0 {
-        return true;
+/// Which new traces are sampled: a trace id is when its low 8 bytes, as a number, fall below
+/// the ratio's share of their range (the OpenTelemetry `TraceIdRatioBased` rule, so other hops
+/// using it agree). The threshold is worked out once per config, not per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sampler {
+    /// Sampled when the low 63 bits of the id are below this; `u64::MAX` samples every id.
+    threshold: u64,
+}
+
+impl Sampler {
+    pub fn new(ratio: f64) -> Sampler {
+        let threshold = if ratio >= 1.0 {
+            u64::MAX
+        } else if ratio > 0.0 {
+            (ratio * (1u64 << 63) as f64) as u64
+        } else {
+            0
+        };
+        Sampler { threshold }
     }
-    if ratio <= 0.0 {
-        return false;
+
+    fn samples(self, trace_id: &[u8; 16]) -> bool {
+        let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or_default()) >> 1;
+        low < self.threshold
     }
-    let low = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or_default()) >> 1;
-    low < (ratio * (1u64 << 63) as f64) as u64
 }
 
 fn nonzero_id<const N: usize>(mut random: impl FnMut() -> [u8; N]) -> [u8; N] {
@@ -102,14 +115,6 @@ fn nonzero_id<const N: usize>(mut random: impl FnMut() -> [u8; N]) -> [u8; N] {
         if id.iter().any(|b| *b != 0) {
             return id;
         }
-    }
-}
-
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 0xf)]);
     }
 }
 
@@ -166,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_valid_traceparent_is_continued_with_its_sampling_decision() {
-        let t = TraceContext::begin(&headers(&[VALID]), 0.0);
+        let t = TraceContext::begin(&headers(&[VALID]), Sampler::new(0.0));
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_id, Some(0x00f067aa0ba902b7u64.to_be_bytes()));
         assert!(
@@ -175,7 +180,7 @@ mod tests {
         );
         assert_ne!(t.span_id, t.parent_id.unwrap(), "a span of its own");
         let unsampled = VALID.replace("-01", "-00");
-        assert!(!TraceContext::begin(&headers(&[&unsampled]), 1.0).sampled);
+        assert!(!TraceContext::begin(&headers(&[&unsampled]), Sampler::new(1.0)).sampled);
         let out = t.traceparent();
         let out = out.to_str().unwrap();
         assert_eq!(out.len(), 55);
@@ -186,7 +191,7 @@ mod tests {
         let future =
             "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds";
         assert!(
-            TraceContext::begin(&headers(&[future]), 0.0)
+            TraceContext::begin(&headers(&[future]), Sampler::new(0.0))
                 .parent_id
                 .is_some()
         );
@@ -211,28 +216,31 @@ mod tests {
             "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ];
         for v in hostile {
-            let t = TraceContext::begin(&headers(&[v]), 1.0);
+            let t = TraceContext::begin(&headers(&[v]), Sampler::new(1.0));
             assert_eq!(t.parent_id, None, "{v:?} must not be continued");
             assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         }
-        let two = TraceContext::begin(&headers(&[VALID, VALID]), 1.0);
+        let two = TraceContext::begin(&headers(&[VALID, VALID]), Sampler::new(1.0));
         assert_eq!(two.parent_id, None, "two traceparent headers are invalid");
         let mut non_utf8 = HeaderMap::new();
         non_utf8.insert(&TRACEPARENT, HeaderValue::from_bytes(&[0xff; 55]).unwrap());
-        assert_eq!(TraceContext::begin(&non_utf8, 1.0).parent_id, None);
+        assert_eq!(
+            TraceContext::begin(&non_utf8, Sampler::new(1.0)).parent_id,
+            None
+        );
     }
 
     #[test]
     fn a_new_trace_drops_the_clients_tracestate_a_continued_one_keeps_it() {
         let mut h = headers(&["garbage"]);
         h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-        TraceContext::begin(&h, 1.0).propagate(&mut h);
+        TraceContext::begin(&h, Sampler::new(1.0)).propagate(&mut h);
         assert!(h.get(&TRACESTATE).is_none());
         assert_eq!(h.get_all(&TRACEPARENT).iter().count(), 1);
 
         let mut h = headers(&[VALID]);
         h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-        TraceContext::begin(&h, 1.0).propagate(&mut h);
+        TraceContext::begin(&h, Sampler::new(1.0)).propagate(&mut h);
         assert_eq!(h[&TRACESTATE], "vendor=x");
         assert!(h[&TRACEPARENT].to_str().unwrap().starts_with("00-4bf92f35"));
     }
@@ -243,7 +251,7 @@ mod tests {
         let n = 20_000;
         for (ratio, lo, hi) in [(0.0, 0, 0), (1.0, n, n), (0.1, 1_600, 2_400)] {
             let sampled = (0..n)
-                .filter(|_| TraceContext::begin(&h, ratio).sampled)
+                .filter(|_| TraceContext::begin(&h, Sampler::new(ratio)).sampled)
                 .count();
             assert!(
                 (lo..=hi).contains(&sampled),
@@ -253,7 +261,7 @@ mod tests {
         // The decision is a function of the trace id: the same id, the same answer.
         let mut id = [0u8; 16];
         id[8] = 0x10; // low half ~ 0.06 of the range
-        assert!(sampled_at(&id, 0.1));
-        assert!(!sampled_at(&id, 0.05));
+        assert!(Sampler::new(0.1).samples(&id));
+        assert!(!Sampler::new(0.05).samples(&id));
     }
 }
