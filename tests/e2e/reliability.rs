@@ -599,7 +599,8 @@ routes: [ {{ name: r, match: {{ path_prefix: / }}, cluster: up, timeout: {timeou
 
 /// Callouts hold their instance while they wait. A callout target that takes 5 s, two
 /// instances and a 1 s route timeout: 20 concurrent requests are all answered in about a second
-/// (the callouts are cut at the deadline, the requests queued for an instance give up at it).
+/// (the callouts are cut at the deadline, the requests queued for an instance give up at it),
+/// and none of them is sent to the upstream once its deadline has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callouts_and_instance_waits_end_at_the_request_deadline() -> Result<()> {
     let sleeper = Upstream::with("sleeper", |_req, _seen| async move {
@@ -640,6 +641,12 @@ async fn callouts_and_instance_waits_end_at_the_request_deadline() -> Result<()>
     assert!(
         statuses.iter().all(|s| *s == 503 || *s == 504),
         "{statuses:?}"
+    );
+    // Past its deadline a request is not sent on: the upstream never sees one.
+    assert_eq!(
+        up.count(),
+        0,
+        "requests reached the upstream after their deadline"
     );
     let (_, m) = weir.admin_get("/metrics").await?;
     assert!(

@@ -513,6 +513,14 @@ impl<'s> Session<'s> {
     /// The next try: an endpoint not tried yet, counted in flight and logged, and the request
     /// for it.
     fn next_try(&mut self, tries: &mut Tries<'s>) -> Result<(Via<'s>, Request<ProxyBody>), Stop> {
+        // A request whose deadline passed in its filters (a callout or an instance wait cut at
+        // it) is not sent: the client is answered 504 either way, and an upstream must not act
+        // on a request nobody waits for. Checked here, not left to the try's timer, which the
+        // runtime may fire a tick late, after a fast upstream has already answered.
+        if tokio::time::Instant::now() >= self.deadline {
+            self.snap.timeouts.fired(TimeoutKind::UpstreamHead);
+            return Err(ProxyError::new(ErrorKind::UpstreamTimeout).into());
+        }
         let cluster = &tries.route.cluster;
         let ep = pick_untried(cluster, tries.hash, tries.tried.as_slice());
         tries.tried.push(ep);
