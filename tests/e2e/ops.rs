@@ -1,6 +1,7 @@
 //! End-to-end: operating weir — admin API, metrics, access log, drain, reload, and the CLI.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -284,8 +285,44 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
             "bad.yaml:2: tracing.sample_ratio: 1.5 is not a ratio from 0 to 1",
         ),
         (
-            "tracing: { sample_ratio: 0.5, otlp: { endpoint: x } }\n",
-            "bad.yaml:1: tracing.otlp: unknown field \"otlp\"",
+            "tracing:\n  otlp: { endpoint: \"https://collector:4318\" }\n",
+            "bad.yaml:2: tracing.otlp.endpoint: https is not supported yet",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://user:pw@collector:4318\" }\n",
+            "bad.yaml:2: tracing.otlp.endpoint: \"http://user:pw@collector:4318\" must name host:port (and no credentials)",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://collector:4318/otlp?key=1\" }\n",
+            "bad.yaml:2: tracing.otlp.endpoint: \"http://collector:4318/otlp?key=1\" must not have a query or fragment",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://collector\" }\n",
+            "bad.yaml:2: tracing.otlp.endpoint: \"http://collector\" must name a port",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"collector:4318\" }\n",
+            "bad.yaml:2: tracing.otlp.endpoint: \"collector:4318\" must start with http://",
+        ),
+        (
+            "tracing:\n  otlp:\n    endpoint: \"http://127.0.0.1:4318\"\n    max_queue_spans: 0\n",
+            "bad.yaml:4: tracing.otlp.max_queue_spans: 0 is not from 1 to 1000000",
+        ),
+        (
+            "tracing:\n  otlp:\n    endpoint: \"http://127.0.0.1:4318\"\n    max_queue_spans: 10\n    max_batch_spans: 11\n",
+            "bad.yaml:5: tracing.otlp.max_batch_spans: 11 is not from 1 to max_queue_spans",
+        ),
+        (
+            "tracing:\n  otlp:\n    endpoint: \"http://127.0.0.1:4318\"\n    timeout: 0s\n",
+            "bad.yaml:4: tracing.otlp.timeout: 0ns is not from 10ms to 60s",
+        ),
+        (
+            "tracing:\n  service_name: \"\"\n",
+            "bad.yaml:2: tracing.service_name: must be 1 to 255 characters",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://127.0.0.1:4318\", headers: { x: y } }\n",
+            "bad.yaml:2: tracing.otlp.headers: unknown field \"headers\"",
         ),
         (
             "clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]\nroutes:\n  - name: app\n    cluster: c\n    enabled: maybe\n",
@@ -1421,5 +1458,246 @@ async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<(
     .await?;
     let (tp, ts) = upstream_trace();
     assert_eq!((tp.as_str(), ts.as_deref()), ("hello", Some("x=1")));
+    Ok(())
+}
+
+/// What an OTLP/HTTP receiver got: every export request's content type, resource
+/// `service.name` and spans, decoded with the official protobuf definitions.
+#[derive(Default)]
+struct Received {
+    content_types: Vec<String>,
+    services: Vec<String>,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+}
+
+async fn otlp_receiver() -> (Upstream, Arc<Mutex<Received>>) {
+    use http_body_util::BodyExt;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+    let got = Arc::new(Mutex::new(Received::default()));
+    let got2 = got.clone();
+    let receiver = Upstream::with("otlp", move |req, seen| {
+        let got = got2.clone();
+        async move {
+            assert_eq!(
+                (seen.method.as_str(), seen.path.as_str()),
+                ("POST", "/v1/traces")
+            );
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
+            let mut got = got.lock().unwrap();
+            got.content_types.push(
+                seen.headers
+                    .get("content-type")
+                    .map_or("", |v| v.to_str().unwrap())
+                    .to_string(),
+            );
+            for rs in export.resource_spans {
+                for kv in rs.resource.unwrap_or_default().attributes {
+                    if let (true, Some(Value::StringValue(s))) =
+                        (kv.key == "service.name", kv.value.and_then(|v| v.value))
+                    {
+                        got.services.push(s);
+                    }
+                }
+                for ss in rs.scope_spans {
+                    got.spans.extend(ss.spans);
+                }
+            }
+            http::Response::new(full(""))
+        }
+    })
+    .await;
+    (receiver, got)
+}
+
+fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let kv = span.attributes.iter().find(|kv| kv.key == key)?;
+    match kv.value.as_ref()?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Spans go to an OTLP/HTTP receiver: a server span per sampled request (continuing the
+/// caller's trace), a client span per upstream try (the failed first try and its retry, each
+/// the parent the upstream was told of) and a span per filter phase, all children of the
+/// server span; a request whose caller did not sample is not exported; the metrics count it.
+// Multi-threaded: the receiver must answer while the test waits for the proxy to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_requests_spans_are_exported_over_otlp() -> Result<()> {
+    let (receiver, got) = otlp_receiver().await;
+    let up = Upstream::start("u").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let yaml = format!(
+        "tracing: {{ sample_ratio: 1, service_name: edge-test, otlp: {{ endpoint: \"http://{}\", flush_interval: 50ms }} }}\n\
+listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+filters: [ {{ name: tag, module: \"{}\", config: {{ mode: header-edit, value: v, tag: t }} }} ]\n\
+routes: [ {{ name: app, match: {{ path_prefix: / }}, cluster: backend, filters: [ tag ] }} ]\n\
+clusters: [ {{ name: backend, endpoints: [ {{ address: \"{dead}\" }}, {{ address: \"{}\" }} ] }} ]\n",
+        receiver.addr,
+        filter_wasm("weir-testbed").display(),
+        up.addr
+    );
+    let weir = Weir::start(&yaml)?;
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let got1 = get_with(
+        &weir.url("public", "/a?token=secret"),
+        &[(
+            "traceparent",
+            &format!("00-{caller_trace}-b7ad6b7169203331-01"),
+        )],
+    )
+    .await?;
+    assert_eq!(got1.status, 200);
+    let upstream_tp = up.last().headers["traceparent"].to_str()?.to_string();
+    // Not sampled by the caller: continued, never exported.
+    let unsampled = "11111111111111111111111111111111";
+    get_with(
+        &weir.url("public", "/b"),
+        &[(
+            "traceparent",
+            &format!("00-{unsampled}-b7ad6b7169203331-00"),
+        )],
+    )
+    .await?;
+    // A new trace at ratio 1 is sampled.
+    get(&weir.url("public", "/c")).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans = loop {
+        {
+            let got = got.lock().unwrap();
+            let servers = got.spans.iter().filter(|s| s.kind == 2).count();
+            if servers >= 2 {
+                break got.spans.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "spans were not exported in 10s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    {
+        let got = got.lock().unwrap();
+        assert!(
+            got.content_types
+                .iter()
+                .all(|c| c == "application/x-protobuf")
+        );
+        assert!(
+            got.services.iter().all(|s| s == "edge-test"),
+            "{:?}",
+            got.services
+        );
+    }
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) != unsampled),
+        "an unsampled trace was exported"
+    );
+    let of_trace: Vec<_> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == caller_trace)
+        .collect();
+    let server = of_trace
+        .iter()
+        .find(|s| s.kind == 2)
+        .expect("a server span for the caller's trace");
+    assert_eq!(server.name, "GET app");
+    assert_eq!(hex(&server.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        attr(server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(server, "url.path").as_deref(),
+        Some("/a"),
+        "no query in spans"
+    );
+    assert_eq!(attr(server, "weir.route").as_deref(), Some("app"));
+    assert!(server.end_time_unix_nano >= server.start_time_unix_nano);
+    for child in of_trace.iter().filter(|s| s.kind != 2) {
+        assert_eq!(child.parent_span_id, server.span_id, "{}", child.name);
+        assert!(child.start_time_unix_nano >= server.start_time_unix_nano);
+        assert!(
+            child.end_time_unix_nano <= server.end_time_unix_nano,
+            "{}",
+            child.name
+        );
+    }
+    // Client spans: the try on the dead endpoint (an error), then its retry.
+    let mut tries: Vec<_> = of_trace.iter().filter(|s| s.kind == 3).collect();
+    tries.sort_by_key(|s| s.start_time_unix_nano);
+    assert_eq!(tries.len(), 2, "{tries:#?}");
+    assert_eq!(tries[0].name, "GET backend");
+    assert_eq!(attr(tries[0], "server.address"), Some(dead.to_string()));
+    assert_eq!(
+        tries[0].status.as_ref().map(|s| s.code),
+        Some(2),
+        "an error"
+    );
+    assert_eq!(attr(tries[1], "server.address"), Some(up.addr.to_string()));
+    assert_eq!(
+        attr(tries[1], "http.request.resend_count").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        attr(tries[1], "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        upstream_tp,
+        format!("00-{caller_trace}-{}-01", hex(&tries[1].span_id)),
+        "the upstream's parent is the try that reached it"
+    );
+    // Internal spans: the filter's two phases.
+    let mut phases: Vec<_> = of_trace
+        .iter()
+        .filter(|s| s.kind == 1)
+        .map(|s| (s.name.clone(), attr(s, "weir.filter.outcome")))
+        .collect();
+    phases.sort();
+    assert_eq!(
+        phases,
+        [
+            ("filter tag request-headers".into(), Some("continue".into())),
+            (
+                "filter tag response-headers".into(),
+                Some("continue".into())
+            ),
+        ]
+    );
+    let exported = weir.sample("weir_trace_spans_exported_total").await?;
+    assert!(exported >= of_trace.len() as f64, "{exported}");
+    assert_eq!(
+        weir.sample("weir_trace_spans_dropped_total{reason=\"queue_full\"}")
+            .await?,
+        0.0
+    );
+
+    // Spans still waiting for their interval when the proxy is told to stop are sent before
+    // it exits.
+    let mut slow = Weir::start(&yaml.replace("flush_interval: 50ms", "flush_interval: 60s"))?;
+    let last = "22222222222222222222222222222222";
+    get_with(
+        &slow.url("public", "/last"),
+        &[("traceparent", &format!("00-{last}-b7ad6b7169203331-01"))],
+    )
+    .await?;
+    slow.signal(15);
+    assert_eq!(slow.wait_exit(Duration::from_secs(10))?, Some(0));
+    let got = got.lock().unwrap();
+    assert!(
+        got.spans
+            .iter()
+            .any(|s| s.kind == 2 && hex(&s.trace_id) == last),
+        "the last request's spans were lost at exit"
+    );
     Ok(())
 }

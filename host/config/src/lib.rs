@@ -413,6 +413,36 @@ pub struct TracingConfig {
     /// Default: 1.
     #[serde(default = "defaults::sample_ratio")]
     pub sample_ratio: f64,
+    /// The `service.name` exported spans carry. Default: `weir`.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// Export sampled requests' spans over OTLP/HTTP (protobuf). Default: none (trace context
+    /// is still continued and propagated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// Where and how spans are exported: batched by a thread of their own, off the data path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The receiver's base URL, `http://host:port` (an OpenTelemetry Collector's OTLP/HTTP
+    /// port is 4318); spans are POSTed to `<endpoint>/v1/traces`.
+    pub endpoint: String,
+    /// Spans waiting for export at most; past that, new spans are dropped and counted
+    /// (`weir_trace_spans_dropped_total{reason="queue_full"}`). Default: `8192`.
+    #[serde(default = "defaults::max_queue_spans")]
+    pub max_queue_spans: usize,
+    /// Spans per export request at most. Default: `512`.
+    #[serde(default = "defaults::max_batch_spans")]
+    pub max_batch_spans: usize,
+    /// The longest a span waits to be exported when batches do not fill. Default: `1s`.
+    #[serde(default = "defaults::flush_interval", with = "units::duration")]
+    pub flush_interval: Duration,
+    /// Time allowed for one export request; a batch that fails or times out is dropped and
+    /// counted (`reason="export_failed"`), never retried into a growing backlog. Default: `5s`.
+    #[serde(default = "defaults::export_timeout", with = "units::duration")]
+    pub timeout: Duration,
 }
 
 /// Edge limits. Every field has a default that is safe for the open internet.
@@ -1274,6 +1304,21 @@ mod defaults {
     pub fn sample_ratio() -> f64 {
         1.0
     }
+    pub fn service_name() -> String {
+        "weir".into()
+    }
+    pub fn max_queue_spans() -> usize {
+        8192
+    }
+    pub fn max_batch_spans() -> usize {
+        512
+    }
+    pub fn flush_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn export_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
     pub fn is_true(b: &bool) -> bool {
         *b
     }
@@ -1384,4 +1429,37 @@ pub fn did_you_mean<'a>(
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
+}
+
+/// The URL an OTLP/HTTP receiver takes traces at: `endpoint` (`http://host:port`, optionally
+/// with a base path) followed by `/v1/traces`. Credentials, queries and `https` are refused:
+/// the config is served by `GET /config`, and export goes to a collector on a trusted network.
+pub fn otlp_traces_url(endpoint: &str) -> Result<http::Uri, String> {
+    if endpoint.starts_with("https://") {
+        return Err(
+            "https is not supported yet: export over http to a collector on a trusted network"
+                .into(),
+        );
+    }
+    let rest = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{endpoint:?} must start with http://"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "{endpoint:?} must name host:port (and no credentials)"
+        ));
+    }
+    if path.contains(['?', '#']) {
+        return Err(format!("{endpoint:?} must not have a query or fragment"));
+    }
+    let uri: http::Uri = format!("http://{authority}{}/v1/traces", path.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    if uri.port_u16().is_none() {
+        return Err(format!(
+            "{endpoint:?} must name a port (OTLP/HTTP's is 4318)"
+        ));
+    }
+    Ok(uri)
 }

@@ -2,6 +2,7 @@
 //! together. Everything found is reported at once, not just the first problem.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::{Config, Issue, ListenerProtocol, MAX_TIME_PER_PHASE, ValueRule, did_you_mean};
 
@@ -215,13 +216,8 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         }
     }
     check_state(&c.state, &mut err);
-    if let Some(t) = &c.tracing
-        && !(0.0..=1.0).contains(&t.sample_ratio)
-    {
-        err(
-            "tracing.sample_ratio".into(),
-            format!("{} is not a ratio from 0 to 1", t.sample_ratio),
-        );
+    if let Some(t) = &c.tracing {
+        check_tracing(t, &mut err);
     }
     for (i, r) in c.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
@@ -750,4 +746,50 @@ pub fn is_tag(t: &str) -> bool {
     (1..=64).contains(&t.len())
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn check_tracing(t: &crate::TracingConfig, err: &mut impl FnMut(String, String)) {
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        err(
+            "tracing.sample_ratio".into(),
+            format!("{} is not a ratio from 0 to 1", t.sample_ratio),
+        );
+    }
+    if t.service_name.is_empty()
+        || t.service_name.len() > 255
+        || t.service_name.chars().any(char::is_control)
+    {
+        err(
+            "tracing.service_name".into(),
+            "must be 1 to 255 characters, none of them control characters".into(),
+        );
+    }
+    let Some(o) = &t.otlp else { return };
+    if let Err(e) = crate::otlp_traces_url(&o.endpoint) {
+        err("tracing.otlp.endpoint".into(), e);
+    }
+    if !(1..=1_000_000).contains(&o.max_queue_spans) {
+        err(
+            "tracing.otlp.max_queue_spans".into(),
+            format!("{} is not from 1 to 1000000", o.max_queue_spans),
+        );
+    }
+    if o.max_batch_spans == 0 || o.max_batch_spans > o.max_queue_spans.min(65_536) {
+        err(
+            "tracing.otlp.max_batch_spans".into(),
+            format!(
+                "{} is not from 1 to max_queue_spans (at most 65536)",
+                o.max_batch_spans
+            ),
+        );
+    }
+    let (lo, hi) = (Duration::from_millis(10), Duration::from_secs(60));
+    for (field, d) in [("flush_interval", o.flush_interval), ("timeout", o.timeout)] {
+        if d < lo || d > hi {
+            err(
+                format!("tracing.otlp.{field}"),
+                format!("{d:?} is not from 10ms to 60s"),
+            );
+        }
+    }
 }

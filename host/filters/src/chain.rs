@@ -115,6 +115,22 @@ impl Chain {
             result = self.bound_call(i, cr, phase, ex, end).await;
         }
         link.stats.call(started.elapsed());
+        if let Some(runs) = &mut ex.phase_runs
+            && runs.len() < crate::MAX_PHASE_RUNS
+        {
+            runs.push(crate::PhaseRun {
+                filter: link.pool.spec().filter.clone(),
+                phase: phase.name(),
+                start: started,
+                end: Instant::now(),
+                outcome: match &result {
+                    Ok(Some(types::Action::Buffer)) => "buffer".into(),
+                    Ok(Some(types::Action::Respond(_))) => "respond".into(),
+                    Ok(_) => "continue".into(),
+                    Err(f) => format!("failed: {}", f.kind.as_str()),
+                },
+            });
+        }
         match result {
             Ok(Some(types::Action::Continue)) | Ok(None) => Ok(false),
             Ok(Some(types::Action::Buffer)) => Ok(true),

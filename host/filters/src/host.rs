@@ -58,6 +58,25 @@ pub struct Exchange {
     /// The request's deadline: binding an instance, and callouts, end by then (a callout's own
     /// timeout is cut to what is left).
     pub deadline: Option<tokio::time::Instant>,
+    /// Set for a request whose trace is exported: each filter phase that runs is recorded
+    /// here (at most [`MAX_PHASE_RUNS`]), to become a span.
+    pub phase_runs: Option<Vec<PhaseRun>>,
+}
+
+/// Phase runs recorded per request at most; a streamed body's phases past that are not.
+pub const MAX_PHASE_RUNS: usize = 64;
+
+/// One filter phase as it ran, for the request's trace.
+#[derive(Debug, Clone)]
+pub struct PhaseRun {
+    /// The filter's name.
+    pub filter: Arc<str>,
+    /// `request-headers`, `request-body`, `response-headers` or `response-body`.
+    pub phase: &'static str,
+    pub start: std::time::Instant,
+    pub end: std::time::Instant,
+    /// `continue`, `buffer`, `respond`, or `failed: <kind>`.
+    pub outcome: String,
 }
 
 /// A response made by a filter.
@@ -83,6 +102,18 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
+    /// The phase's name in the WIT.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Phase::Configure => "configure",
+            Phase::RequestHeaders => "request-headers",
+            Phase::RequestBody => "request-body",
+            Phase::ResponseHeaders => "response-headers",
+            Phase::ResponseBody => "response-body",
+            Phase::Log => "log",
+        }
+    }
+
     fn is_request(self) -> bool {
         matches!(self, Phase::RequestHeaders | Phase::RequestBody)
     }

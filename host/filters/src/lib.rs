@@ -40,7 +40,7 @@ mod series;
 mod state;
 
 pub use chain::{Answer, Chain, ChainRequest};
-pub use host::{Exchange, LocalResponse, Props};
+pub use host::{Exchange, LocalResponse, MAX_PHASE_RUNS, PhaseRun, Props};
 pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};
 pub use pool::{FilterSpec, InstancePool};

@@ -10,6 +10,7 @@ mod metrics;
 mod queues;
 mod state;
 mod timeouts;
+mod traces;
 
 pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, rfc3339};
 pub use metrics::{
@@ -19,3 +20,4 @@ pub use metrics::{
 pub use queues::{QueueStats, Waiting};
 pub use state::{StateOp, StateOutcome, StateStats};
 pub use timeouts::{TimeoutKind, TimeoutStats};
+pub use traces::TraceStats;

@@ -322,6 +322,8 @@ struct Inner {
     access_log_dropped: Arc<AtomicU64>,
     /// The shared-state backend.
     state: Arc<crate::StateStats>,
+    /// The span exporter.
+    traces: Arc<crate::TraceStats>,
 }
 
 /// The registry's timeout counters, `'static` so every body and connection can hold them for
@@ -344,6 +346,11 @@ impl Registry {
     /// The shared-state backend's metrics (`weir_state_*`).
     pub fn state(&self) -> Arc<crate::StateStats> {
         self.inner.state.clone()
+    }
+
+    /// The span exporter's metrics (`weir_trace_spans_*`).
+    pub fn traces(&self) -> Arc<crate::TraceStats> {
+        self.inner.traces.clone()
     }
 
     /// Access log lines dropped because the writer fell behind (`weir_access_log_dropped_total`).
@@ -701,6 +708,7 @@ impl Registry {
         self.inner.timeouts.0.render(&mut out);
         self.render_queues(&mut out);
         self.inner.state.render(&mut out);
+        self.inner.traces.render(&mut out);
         out.push_str("# HELP weir_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE weir_access_log_dropped_total counter\n");
         let _ = writeln!(
             out,

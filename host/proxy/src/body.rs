@@ -160,11 +160,17 @@ pub(crate) struct Finish {
     /// The request's filter run: when this drops, so does a clone of it, and the last clone's
     /// drop runs `on-log` and `context-done` if nothing else did.
     pub filters: Option<FilterRun>,
+    /// A sampled request's spans (with `tracing.otlp`), exported from here.
+    pub spans: Option<Box<crate::trace::RequestSpans>>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
         self.conn.request_done();
+        if let Some(spans) = self.spans.take() {
+            let phases = (self.filters.as_ref()).map_or_else(Vec::new, FilterRun::take_phase_runs);
+            spans.end(self.bytes, phases);
+        }
         if let Some(mut log) = self.log.take() {
             log.0.bytes = self.bytes;
             log.0.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;

@@ -59,18 +59,21 @@ struct RunShared {
 }
 
 impl FilterRun {
-    /// A run whose request phases (binding an instance, callouts) end by `deadline`.
+    /// A run whose request phases (binding an instance, callouts) end by `deadline`; with
+    /// `record`, each phase run is kept for the request's trace.
     pub fn new(
         chain: Arc<Chain>,
         props: Props,
         method: http::Method,
         deadline: tokio::time::Instant,
+        record: bool,
     ) -> FilterRun {
         let cr = chain.start();
         let ex = Exchange {
             method,
             props: Arc::new(props),
             deadline: Some(deadline),
+            phase_runs: record.then(Vec::new),
             ..Exchange::default()
         };
         FilterRun {
@@ -181,6 +184,14 @@ impl FilterRun {
         } else {
             ProxyBody::held(held, body)
         })
+    }
+
+    /// The phase runs recorded so far (see [`new`](Self::new)); none while a phase runs.
+    pub fn take_phase_runs(&self) -> Vec<weir_filters::PhaseRun> {
+        match self.shared.state.try_lock() {
+            Ok(mut st) => st.ex.phase_runs.take().unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
     }
 
     pub fn phases(&self) -> Phases {

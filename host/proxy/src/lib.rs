@@ -17,6 +17,7 @@ mod head;
 mod health;
 mod l4;
 mod listener;
+mod otlp;
 mod proxy;
 mod proxy_protocol;
 mod retry;
@@ -209,9 +210,17 @@ impl Server {
         if let Some(p) = &self.admin_unix {
             let _ = std::fs::remove_file(p);
         }
-        tokio::time::timeout(deadline, self.drain_rx.recv())
+        let drained = tokio::time::timeout(deadline, self.drain_rx.recv())
             .await
-            .is_ok()
+            .is_ok();
+        // Spans wait up to `flush_interval` for export: send them before the process ends.
+        if let Some(exporter) = &self.shared.snapshot.load().exporter {
+            let limit = exporter.settings.0.timeout.min(Duration::from_secs(5));
+            if !exporter.flush(limit).await {
+                tracing::warn!("spans queued for export could not all be sent before exit");
+            }
+        }
+        drained
     }
 }
 

@@ -40,7 +40,7 @@ use crate::filtering::{FilterRun, local_response};
 use crate::head::{self, X_REQUEST_ID};
 use crate::retry::{Resend, Slot, Tried};
 use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
-use crate::trace::TraceContext;
+use crate::trace::{RequestSpans, TraceContext, TryOutcome};
 
 /// Why a phase ended the request early.
 enum Stop {
@@ -110,6 +110,8 @@ struct Session<'s> {
     filters: Option<FilterRun>,
     /// The request's place in a trace, with `tracing:` on.
     trace: Option<TraceContext>,
+    /// Why the proxy answered itself, when it did (`ErrorKind::code` and the like).
+    reason: &'static str,
     finish: Finish,
 }
 
@@ -213,6 +215,17 @@ impl<'s> Session<'s> {
             }
             Box::new((record, l.clone()))
         });
+        let spans = match (&trace, &snap.exporter) {
+            (Some(t), Some(exporter)) if t.sampled => Some(RequestSpans::begin(
+                exporter,
+                *t,
+                start,
+                req,
+                &conn.client.to_string(),
+                &request_id,
+            )),
+            _ => None,
+        };
         Session {
             snap,
             conn,
@@ -223,6 +236,7 @@ impl<'s> Session<'s> {
             upgrade: None,
             filters: None,
             trace,
+            reason: "",
             finish: Finish {
                 bytes: 0,
                 start,
@@ -231,6 +245,7 @@ impl<'s> Session<'s> {
                 slot: None,
                 log,
                 filters: None,
+                spans,
             },
         }
     }
@@ -246,8 +261,12 @@ impl<'s> Session<'s> {
         // Phase 4, tries: each awaited here, so no future holds another.
         let mut tries = self.send(route, up)?;
         let res = loop {
-            let (via, req) = self.next_try(&mut tries)?;
+            let (via, mut req) = self.next_try(&mut tries)?;
+            let traced = self.try_span_begins(&mut req);
             let sent = tokio::time::timeout_at(tries.deadline, via.send(req)).await;
+            if let Some(traced) = traced {
+                self.try_span_ends(traced, &tries, &sent);
+            }
             let end = match sent {
                 Ok(Ok(res)) => Self::answered(&route.cluster, tries.ep, res),
                 Ok(Err(e)) => Box::pin(self.failed(&tries, e)).await?,
@@ -439,7 +458,13 @@ impl<'s> Session<'s> {
             cluster: route.cluster.name.clone(),
             request_id: self.request_id.to_str().unwrap_or_default().to_string(),
         };
-        let run = FilterRun::new(chain.clone(), props, up.parts.method.clone(), self.deadline);
+        let run = FilterRun::new(
+            chain.clone(),
+            props,
+            up.parts.method.clone(),
+            self.deadline,
+            self.finish.spans.is_some(),
+        );
         self.finish.filters = Some(run.clone());
         self.filters = Some(run.clone());
         let mut p = up.path_and_query.as_str().to_string();
@@ -561,6 +586,41 @@ impl<'s> Session<'s> {
             _ => Via::Hyper(&cluster.client),
         };
         Ok((via, req))
+    }
+
+    /// A traced try gets a span of its own, which the upstream's `traceparent` names.
+    fn try_span_begins(&self, req: &mut Request<ProxyBody>) -> Option<([u8; 8], Instant)> {
+        let spans = self.finish.spans.as_ref()?;
+        let (id, traceparent) = spans.try_begins();
+        req.headers_mut()
+            .insert(crate::trace::TRACEPARENT.clone(), traceparent);
+        Some((id, Instant::now()))
+    }
+
+    fn try_span_ends(
+        &mut self,
+        (id, start): ([u8; 8], Instant),
+        tries: &Tries<'_>,
+        sent: &Result<Result<Response<Source>, BoxError>, tokio::time::error::Elapsed>,
+    ) {
+        let Some(spans) = &mut self.finish.spans else {
+            return;
+        };
+        let outcome = match sent {
+            Ok(Ok(res)) => TryOutcome::Status(res.status().as_u16()),
+            Ok(Err(e)) => TryOutcome::Failed(e),
+            Err(_) => TryOutcome::TimedOut,
+        };
+        let cluster = &tries.route.cluster;
+        spans.try_ended(
+            id,
+            start,
+            &tries.method,
+            &cluster.name,
+            &cluster.endpoints[tries.ep].address,
+            tries.tried.as_slice().len() as u32,
+            outcome,
+        );
     }
 
     /// After a try: the response to pass on, or `None` when a retry was admitted (the policy
@@ -730,14 +790,12 @@ impl<'s> Session<'s> {
     /// The response for a request a phase ended early. A filter's answer is what `on-log` sees;
     /// then the run finishes.
     async fn stopped(&mut self, stop: Stop) -> Response<ProxyBody> {
-        if let Some(log) = &mut self.finish.log {
-            log.0.reason = match &stop {
-                Stop::Fail(e) => e.kind.code(),
-                Stop::Answer(Answer::Respond(_)) => "filter",
-                Stop::Answer(Answer::Fail { .. }) => "filter_failed",
-                Stop::Disabled(..) => "route_disabled",
-            };
-        }
+        self.reason = match &stop {
+            Stop::Fail(e) => e.kind.code(),
+            Stop::Answer(Answer::Respond(_)) => "filter",
+            Stop::Answer(Answer::Fail { .. }) => "filter_failed",
+            Stop::Disabled(..) => "route_disabled",
+        };
         match stop {
             Stop::Disabled(status, body) => {
                 let mut res = Response::new(ProxyBody::full(body));
@@ -790,10 +848,15 @@ impl<'s> Session<'s> {
         }
         if let Some(log) = &mut self.finish.log {
             log.0.status = status;
+            log.0.reason = self.reason;
             if let Some(r) = self.route {
                 log.0.route = r.name.to_string();
                 log.0.cluster = r.cluster.name.to_string();
             }
+        }
+        if let Some(spans) = &mut self.finish.spans {
+            let route = self.route.map(|r| (&*r.name, &*r.cluster.name));
+            spans.responded(status, route, self.reason);
         }
         let (parts, body) = res.into_parts();
         Response::from_parts(parts, body.with_finish(self.finish))

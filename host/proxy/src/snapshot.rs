@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub(crate) access_log: Option<AccessLog>,
     /// How new traces are sampled, when tracing is on.
     pub(crate) sampler: Option<crate::trace::Sampler>,
+    /// Where sampled requests' spans go (`tracing.otlp`); kept across configs that do not
+    /// change its settings, so a reload neither restarts it nor loses what it has queued.
+    pub(crate) exporter: Option<Arc<crate::otlp::Exporter>>,
     pub(crate) max_body: Option<u64>,
     /// `limits.request_body_timeout`.
     pub(crate) request_body_timeout: Duration,
@@ -545,6 +548,23 @@ impl Snapshot {
             ),
             None => None,
         };
+        let exporter = match c.tracing.as_ref().and_then(|t| Some((t.otlp.as_ref()?, t))) {
+            None => None,
+            Some((otlp, t)) => {
+                let kept = previous
+                    .and_then(|p| p.exporter.as_ref())
+                    .filter(|e| e.settings.0 == *otlp && e.settings.1 == t.service_name);
+                match kept {
+                    Some(e) => Some(e.clone()),
+                    None => Some(Arc::new(
+                        crate::otlp::Exporter::start(otlp, &t.service_name, registry.traces())
+                            .map_err(|e| {
+                                loaded.error_at("tracing.otlp", format!("cannot start: {e}"))
+                            })?,
+                    )),
+                }
+            }
+        };
         let max_body = c.limits.max_request_body_bytes.map(|b| b.bytes());
         Ok(Snapshot {
             listeners,
@@ -554,6 +574,7 @@ impl Snapshot {
             clusters,
             access_log,
             sampler: (c.tracing.as_ref()).map(|t| crate::trace::Sampler::new(t.sample_ratio)),
+            exporter,
             max_body,
             request_body_timeout: c.limits.request_body_timeout,
             limits: Arc::new(c.limits.clone()),

@@ -7,8 +7,13 @@
 //! headers) starts a new trace and drops `tracestate`, as the specification requires, so a
 //! client cannot make the proxy forward garbage under a trace header's name.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
+
+use crate::otlp::{Attr, Exporter, SpanKind, SpanRecord};
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -64,9 +69,14 @@ impl TraceContext {
 
     /// `00-<trace id>-<span id>-<flags>`.
     pub fn traceparent(&self) -> HeaderValue {
+        self.traceparent_of(self.span_id)
+    }
+
+    /// The `traceparent` naming `span` (a child of this request's span) as the parent.
+    pub fn traceparent_of(&self, span: [u8; 8]) -> HeaderValue {
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
         let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
-        let _ = hex::encode_to_slice(self.span_id, &mut out[36..52]);
+        let _ = hex::encode_to_slice(span, &mut out[36..52]);
         if self.sampled {
             out[54] = b'1';
         }
@@ -80,6 +90,182 @@ impl TraceContext {
     pub fn span_id_hex(&self) -> String {
         hex::encode(self.span_id)
     }
+}
+
+/// A sampled request's spans (with `tracing.otlp`): its server span, a client span per
+/// upstream try and an internal span per filter phase, handed to the exporter together when
+/// the response ends.
+pub(crate) struct RequestSpans {
+    exporter: Arc<Exporter>,
+    ctx: TraceContext,
+    server: SpanRecord,
+    children: Vec<SpanRecord>,
+}
+
+/// How an upstream try ended, for its span.
+pub(crate) enum TryOutcome<'a> {
+    Status(u16),
+    Failed(&'a dyn std::fmt::Display),
+    TimedOut,
+}
+
+impl RequestSpans {
+    pub fn begin(
+        exporter: &Arc<Exporter>,
+        ctx: TraceContext,
+        start: Instant,
+        req: &http::Request<crate::body::Source>,
+        client: &str,
+        request_id: &HeaderValue,
+    ) -> Box<RequestSpans> {
+        let method = req.method().as_str();
+        let mut attrs = vec![
+            ("http.request.method", Attr::from(method)),
+            ("url.path", Attr::from(req.uri().path())),
+            ("client.address", Attr::from(client)),
+            (
+                "network.protocol.version",
+                Attr::from(match req.version() {
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                }),
+            ),
+            ("weir.request_id", Attr::from(lossy(request_id))),
+        ];
+        if let Some(host) = crate::head::site(req).ok().flatten() {
+            attrs.push(("server.address", Attr::from(lossy(&host))));
+        }
+        Box::new(RequestSpans {
+            exporter: exporter.clone(),
+            ctx,
+            server: SpanRecord {
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+                parent: ctx.parent_id,
+                name: method.to_string(),
+                kind: SpanKind::Server,
+                start,
+                end: start,
+                attrs,
+                error: None,
+            },
+            children: Vec::new(),
+        })
+    }
+
+    /// A new span id for an upstream try, and the `traceparent` that names it.
+    pub fn try_begins(&self) -> ([u8; 8], HeaderValue) {
+        let id = nonzero_id(|| fastrand::u64(..).to_be_bytes());
+        (id, self.ctx.traceparent_of(id))
+    }
+
+    /// Try `attempt` (from 1) of `span` to `endpoint` of `cluster` ran from `start` to now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_ended(
+        &mut self,
+        span: [u8; 8],
+        start: Instant,
+        method: &http::Method,
+        cluster: &str,
+        endpoint: &str,
+        attempt: u32,
+        outcome: TryOutcome<'_>,
+    ) {
+        let mut attrs = vec![
+            ("http.request.method", Attr::from(method.as_str())),
+            ("server.address", Attr::from(endpoint)),
+            ("weir.cluster", Attr::from(cluster)),
+        ];
+        if attempt > 1 {
+            attrs.push((
+                "http.request.resend_count",
+                Attr::from(i64::from(attempt - 1)),
+            ));
+        }
+        let error = match outcome {
+            TryOutcome::Status(s) => {
+                attrs.push(("http.response.status_code", Attr::from(i64::from(s))));
+                (s >= 500).then(|| s.to_string())
+            }
+            TryOutcome::Failed(e) => Some(e.to_string()),
+            TryOutcome::TimedOut => Some("timeout".to_string()),
+        };
+        if let Some(e) = &error {
+            attrs.push(("error.type", Attr::from(e.as_str())));
+        }
+        self.children.push(SpanRecord {
+            trace_id: self.ctx.trace_id,
+            span_id: span,
+            parent: Some(self.ctx.span_id),
+            name: format!("{method} {cluster}"),
+            kind: SpanKind::Client,
+            start,
+            end: Instant::now(),
+            attrs,
+            error,
+        });
+    }
+
+    /// The route and the answer: the server span is named `<method> <route>`.
+    pub fn responded(&mut self, status: u16, route: Option<(&str, &str)>, reason: &str) {
+        let s = &mut self.server;
+        if let Some((route, cluster)) = route {
+            s.name = format!("{} {route}", s.name);
+            s.attrs.push(("weir.route", Attr::from(route)));
+            s.attrs.push(("weir.cluster", Attr::from(cluster)));
+        }
+        s.attrs
+            .push(("http.response.status_code", Attr::from(i64::from(status))));
+        if !reason.is_empty() {
+            s.attrs.push(("weir.reason", Attr::from(reason)));
+        }
+        if status >= 500 {
+            s.error = Some(if reason.is_empty() {
+                status.to_string()
+            } else {
+                reason.to_string()
+            });
+        }
+    }
+
+    /// The response has ended (or was abandoned): the spans go to the exporter.
+    pub fn end(mut self: Box<Self>, bytes: u64, phases: Vec<weir_filters::PhaseRun>) {
+        self.server.end = Instant::now();
+        self.server
+            .attrs
+            .push(("http.response.body.size", Attr::Int(bytes as i64)));
+        let RequestSpans {
+            exporter,
+            ctx,
+            server,
+            mut children,
+        } = *self;
+        for p in phases {
+            let error = p.outcome.starts_with("failed").then(|| p.outcome.clone());
+            children.push(SpanRecord {
+                trace_id: ctx.trace_id,
+                span_id: nonzero_id(|| fastrand::u64(..).to_be_bytes()),
+                parent: Some(ctx.span_id),
+                name: format!("filter {} {}", p.filter, p.phase),
+                kind: SpanKind::Internal,
+                start: p.start,
+                end: p.end,
+                attrs: vec![
+                    ("weir.filter", Attr::from(&*p.filter)),
+                    ("weir.filter.phase", Attr::from(p.phase)),
+                    ("weir.filter.outcome", Attr::from(p.outcome)),
+                ],
+                error,
+            });
+        }
+        children.push(server);
+        exporter.export(children);
+    }
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
 
 /// Which new traces are sampled: a trace id is when its low 8 bytes, as a number, fall below

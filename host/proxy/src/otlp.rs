@@ -1,0 +1,387 @@
+//! Span export over OTLP/HTTP (protobuf): a sampled request hands its finished spans to
+//! [`Exporter::export`], which never blocks; a thread of the exporter's own batches them and
+//! POSTs them to `<endpoint>/v1/traces`.
+//!
+//! Memory is bounded by `max_queue_spans`: past it, a request's spans are dropped and counted,
+//! and a batch whose export fails or times out is dropped and counted too, never retried into
+//! a backlog behind a receiver that is down. The data path's cost is building the spans of
+//! sampled requests and one channel send.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
+use prost::Message;
+use weir_config::OtlpConfig;
+use weir_observe::TraceStats;
+
+/// One finished span, as the data path records it (converted to protobuf off the data path).
+#[derive(Debug, Clone)]
+pub(crate) struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent: Option<[u8; 8]>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start: Instant,
+    pub end: Instant,
+    pub attrs: Vec<(&'static str, Attr)>,
+    /// Set when the span's operation failed: the status message.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanKind {
+    Server,
+    Client,
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Attr {
+    Str(String),
+    Int(i64),
+}
+
+impl From<&str> for Attr {
+    fn from(s: &str) -> Attr {
+        Attr::Str(s.to_string())
+    }
+}
+
+impl From<String> for Attr {
+    fn from(s: String) -> Attr {
+        Attr::Str(s)
+    }
+}
+
+impl From<i64> for Attr {
+    fn from(n: i64) -> Attr {
+        Attr::Int(n)
+    }
+}
+
+/// A running exporter; dropping the last handle lets its thread send what is queued and end.
+pub(crate) struct Exporter {
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<TraceStats>,
+    max_queue: u64,
+    /// What it was started from: a new config with the same settings keeps this exporter.
+    pub settings: (OtlpConfig, String),
+}
+
+impl Exporter {
+    /// Starts the export thread for `config`, spans carrying `service.name` `service`.
+    pub fn start(
+        config: &OtlpConfig,
+        service: &str,
+        stats: Arc<TraceStats>,
+    ) -> std::io::Result<Exporter> {
+        let url = weir_config::otlp_traces_url(&config.endpoint)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let epoch = (Instant::now(), SystemTime::now());
+        let thread = Batcher {
+            rx,
+            url,
+            stats: stats.clone(),
+            max_batch: config.max_batch_spans,
+            interval: config.flush_interval,
+            timeout: config.timeout,
+            resource: Resource {
+                attributes: vec![kv("service.name", Attr::Str(service.to_string()))],
+                ..Default::default()
+            },
+            epoch,
+        };
+        std::thread::Builder::new()
+            .name("weir-otlp".into())
+            .spawn(move || thread.run())?;
+        Ok(Exporter {
+            tx,
+            stats,
+            max_queue: config.max_queue_spans as u64,
+            settings: (config.clone(), service.to_string()),
+        })
+    }
+
+    /// Queues one request's spans, or drops and counts them when the queue is full.
+    pub fn export(&self, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        let queued = self.stats.queued.fetch_add(n, Relaxed);
+        if queued + n > self.max_queue || self.tx.send(Msg::Spans(spans)).is_err() {
+            self.stats.queued.fetch_sub(n, Relaxed);
+            self.stats.dropped_queue_full.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Exports every span queued so far, waiting at most `limit` (shutdown: the last
+    /// interval's spans are not lost with the process).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, done).await, Ok(Ok(())))
+    }
+}
+
+/// `t` as a UNIX time in nanoseconds, against `epoch` (an instant and the clock's time then,
+/// taken once, so spans of one exporter are consistent with each other).
+fn unix_nanos(epoch: (Instant, SystemTime), t: Instant) -> u64 {
+    let at = match t.checked_duration_since(epoch.0) {
+        Some(after) => epoch.1 + after,
+        None => epoch.1 - epoch.0.duration_since(t),
+    };
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+enum Msg {
+    Spans(Vec<SpanRecord>),
+    /// Export what is queued now, then say so.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The export thread's state.
+struct Batcher {
+    rx: mpsc::Receiver<Msg>,
+    url: http::Uri,
+    stats: Arc<TraceStats>,
+    max_batch: usize,
+    interval: Duration,
+    timeout: Duration,
+    resource: Resource,
+    epoch: (Instant, SystemTime),
+}
+
+impl Batcher {
+    fn run(self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            tracing::error!("span export cannot start its runtime; spans will be dropped");
+            return;
+        };
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.timeout));
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(http);
+        let mut batch: Vec<SpanRecord> = Vec::with_capacity(self.max_batch);
+        let mut open = true;
+        while open {
+            // Wait for the first span, then fill the batch until it is full, the interval
+            // since that first span has passed, or a flush is asked for.
+            let mut flushed = None;
+            match self.rx.recv() {
+                Ok(Msg::Spans(spans)) => self.take(&mut batch, spans),
+                Ok(Msg::Flush(ack)) => flushed = Some(ack),
+                Err(_) => break,
+            }
+            let flush_at = Instant::now() + self.interval;
+            while flushed.is_none() && batch.len() < self.max_batch {
+                let left = flush_at.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
+                    Ok(Msg::Spans(spans)) => self.take(&mut batch, spans),
+                    Ok(Msg::Flush(ack)) => flushed = Some(ack),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(self.max_batch));
+                let sent = std::mem::replace(&mut batch, rest);
+                let n = sent.len() as u64;
+                let body = self.encode(sent);
+                match rt.block_on(self.post(&client, body)) {
+                    Ok(()) => self.stats.exported.fetch_add(n, Relaxed),
+                    Err(e) => {
+                        tracing::warn!(url = %self.url, spans = n, "span export failed: {e}");
+                        self.stats.dropped_export_failed.fetch_add(n, Relaxed)
+                    }
+                };
+            }
+            if let Some(ack) = flushed {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    fn take(&self, batch: &mut Vec<SpanRecord>, spans: Vec<SpanRecord>) {
+        self.stats.queued.fetch_sub(spans.len() as u64, Relaxed);
+        batch.extend(spans);
+    }
+
+    async fn post(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        body: Bytes,
+    ) -> Result<(), String> {
+        let req = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let res = client.request(req).await.map_err(|e| format!("{e}"))?;
+            let status = res.status();
+            // Read the (small) answer so the connection can be used again.
+            let _ = http_body_util::Limited::new(res.into_body(), 64 << 10)
+                .collect()
+                .await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the receiver answered {status}"))
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+
+    fn encode(&self, spans: Vec<SpanRecord>) -> Bytes {
+        let spans = spans.into_iter().map(|s| self.span(s)).collect();
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "weir".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        Bytes::from(req.encode_to_vec())
+    }
+
+    fn span(&self, s: SpanRecord) -> Span {
+        let kind = match s.kind {
+            SpanKind::Server => span::SpanKind::Server,
+            SpanKind::Client => span::SpanKind::Client,
+            SpanKind::Internal => span::SpanKind::Internal,
+        };
+        Span {
+            trace_id: s.trace_id.to_vec(),
+            span_id: s.span_id.to_vec(),
+            parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: s.name,
+            kind: kind as i32,
+            start_time_unix_nano: unix_nanos(self.epoch, s.start),
+            end_time_unix_nano: unix_nanos(self.epoch, s.end),
+            attributes: s.attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+            status: s.error.map(|message| Status {
+                message,
+                code: status::StatusCode::Error as i32,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn kv(key: &str, value: Attr) -> KeyValue {
+    let value = match value {
+        Attr::Str(s) => any_value::Value::StringValue(s),
+        Attr::Int(n) => any_value::Value::IntValue(n),
+    };
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: &str, max_queue_spans: usize) -> OtlpConfig {
+        OtlpConfig {
+            endpoint: endpoint.into(),
+            max_queue_spans,
+            max_batch_spans: 8,
+            flush_interval: Duration::from_millis(20),
+            timeout: Duration::from_millis(200),
+        }
+    }
+
+    fn record(n: u8) -> SpanRecord {
+        let now = Instant::now();
+        SpanRecord {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            parent: None,
+            name: format!("span {n}"),
+            kind: SpanKind::Internal,
+            start: now,
+            end: now,
+            attrs: vec![("n", Attr::Int(i64::from(n)))],
+            error: None,
+        }
+    }
+
+    /// A receiver that takes connections and never answers: the queue stays within its
+    /// bound, what does not fit is dropped and counted at once, and batches that time out are
+    /// counted as failed, not kept. Every span is accounted for.
+    #[test]
+    fn a_stalled_receiver_costs_a_bounded_queue_and_counted_drops() {
+        let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let endpoint = format!("http://{}", stalled.local_addr().expect("addr"));
+        let stats = Arc::new(TraceStats::default());
+        let mut c = config(&endpoint, 10);
+        c.timeout = Duration::from_millis(500);
+        let exporter = Exporter::start(&c, "t", stats.clone()).expect("starts");
+        for i in 0..1000u32 {
+            exporter.export(vec![record(i as u8), record(1)]);
+            assert!(stats.queued.load(Relaxed) <= 10);
+        }
+        // The thread holds one batch (8, or 10 with a request's spans split) in its stalled
+        // export; the queue holds 10.
+        let dropped = stats.dropped_queue_full.load(Relaxed);
+        assert!(dropped >= 2000 - 10 - 10, "{dropped}");
+        drop(exporter);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.dropped_export_failed.load(Relaxed) + dropped < 2000 {
+            assert!(Instant::now() < deadline, "{stats:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stats.exported.load(Relaxed), 0);
+        assert_eq!(stats.queued.load(Relaxed), 0);
+        drop(stalled);
+    }
+
+    #[test]
+    fn instants_become_unix_times_on_both_sides_of_the_epoch() {
+        let epoch = (Instant::now(), SystemTime::now());
+        let now = epoch
+            .1
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as u64;
+        let later = unix_nanos(epoch, epoch.0 + Duration::from_secs(1));
+        let earlier = unix_nanos(epoch, epoch.0 - Duration::from_millis(5));
+        assert_eq!(later, now + 1_000_000_000);
+        assert_eq!(earlier, now - 5_000_000);
+    }
+}
