@@ -7,9 +7,10 @@
 //! a backlog behind a receiver that is down. The data path's cost is building the spans of
 //! sampled requests and one channel send.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -73,13 +74,36 @@ impl From<i64> for Attr {
     }
 }
 
-/// A running exporter; dropping the last handle lets its thread send what is queued and end.
+/// A running exporter; dropping it lets its thread send what is queued and end.
 pub(crate) struct Exporter {
-    tx: mpsc::Sender<Msg>,
+    queue: Arc<Queue>,
     stats: Arc<TraceStats>,
-    max_queue: u64,
+    max_queue: usize,
+    max_batch: usize,
     /// What it was started from: a new config with the same settings keeps this exporter.
     pub settings: (OtlpConfig, String),
+}
+
+/// Spans waiting for the export thread. The thread is woken only when a batch is full, a
+/// flush is asked for or the exporter closes, and otherwise once per flush interval: a request
+/// queueing its spans costs a short uncontended lock, never a thread wake-up.
+struct Queue {
+    state: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    spans: VecDeque<SpanRecord>,
+    /// Flushes asked for: answered once everything queued before them is sent.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Exporter {
@@ -91,10 +115,12 @@ impl Exporter {
     ) -> std::io::Result<Exporter> {
         let url = weir_config::otlp_traces_url(&config.endpoint)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let epoch = (Instant::now(), SystemTime::now());
+        let queue = Arc::new(Queue {
+            state: Mutex::new(Waiting::default()),
+            wake: Condvar::new(),
+        });
         let thread = Batcher {
-            rx,
+            queue: queue.clone(),
             url,
             stats: stats.clone(),
             max_batch: config.max_batch_spans,
@@ -104,26 +130,35 @@ impl Exporter {
                 attributes: vec![kv("service.name", Attr::Str(service.to_string()))],
                 ..Default::default()
             },
-            epoch,
+            epoch: (Instant::now(), SystemTime::now()),
         };
         std::thread::Builder::new()
             .name("weir-otlp".into())
             .spawn(move || thread.run())?;
         Ok(Exporter {
-            tx,
+            queue,
             stats,
-            max_queue: config.max_queue_spans as u64,
+            max_queue: config.max_queue_spans,
+            max_batch: config.max_batch_spans,
             settings: (config.clone(), service.to_string()),
         })
     }
 
     /// Queues one request's spans, or drops and counts them when the queue is full.
     pub fn export(&self, spans: Vec<SpanRecord>) {
-        let n = spans.len() as u64;
-        let queued = self.stats.queued.fetch_add(n, Relaxed);
-        if queued + n > self.max_queue || self.tx.send(Msg::Spans(spans)).is_err() {
-            self.stats.queued.fetch_sub(n, Relaxed);
-            self.stats.dropped_queue_full.fetch_add(n, Relaxed);
+        let n = spans.len();
+        let mut q = self.queue.lock();
+        let before = q.spans.len();
+        if before + n > self.max_queue {
+            drop(q);
+            self.stats.dropped_queue_full.fetch_add(n as u64, Relaxed);
+            return;
+        }
+        q.spans.extend(spans);
+        self.stats.queued.store(q.spans.len() as u64, Relaxed);
+        drop(q);
+        if before < self.max_batch && before + n >= self.max_batch {
+            self.queue.wake.notify_one();
         }
     }
 
@@ -131,10 +166,16 @@ impl Exporter {
     /// interval's spans are not lost with the process).
     pub async fn flush(&self, limit: Duration) -> bool {
         let (ack, done) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Flush(ack)).is_err() {
-            return false;
-        }
+        self.queue.lock().flushes.push(ack);
+        self.queue.wake.notify_one();
         matches!(tokio::time::timeout(limit, done).await, Ok(Ok(())))
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_one();
     }
 }
 
@@ -149,15 +190,9 @@ fn unix_nanos(epoch: (Instant, SystemTime), t: Instant) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-enum Msg {
-    Spans(Vec<SpanRecord>),
-    /// Export what is queued now, then say so.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
 /// The export thread's state.
 struct Batcher {
-    rx: mpsc::Receiver<Msg>,
+    queue: Arc<Queue>,
     url: http::Uri,
     stats: Arc<TraceStats>,
     max_batch: usize,
@@ -181,35 +216,32 @@ impl Batcher {
         http.set_connect_timeout(Some(self.timeout));
         let client: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(http);
-        let mut batch: Vec<SpanRecord> = Vec::with_capacity(self.max_batch);
-        let mut open = true;
-        while open {
-            // Wait for the first span, then fill the batch until it is full, the interval
-            // since that first span has passed, or a flush is asked for.
-            let mut flushed = None;
-            match self.rx.recv() {
-                Ok(Msg::Spans(spans)) => self.take(&mut batch, spans),
-                Ok(Msg::Flush(ack)) => flushed = Some(ack),
-                Err(_) => break,
-            }
-            let flush_at = Instant::now() + self.interval;
-            while flushed.is_none() && batch.len() < self.max_batch {
-                let left = flush_at.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(left) {
-                    Ok(Msg::Spans(spans)) => self.take(&mut batch, spans),
-                    Ok(Msg::Flush(ack)) => flushed = Some(ack),
-                    Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
+        loop {
+            // Sleep for the interval unless a batch fills, a flush is asked for, or the
+            // exporter closes; then send batches until the queue is empty.
+            let (flushes, closed) = {
+                let mut q = self.queue.lock();
+                if q.spans.len() < self.max_batch && q.flushes.is_empty() && !q.closed {
+                    q = match self.queue.wake.wait_timeout(q, self.interval) {
+                        Ok((q, _)) => q,
+                        Err(e) => e.into_inner().0,
+                    };
                 }
-            }
-            while !batch.is_empty() {
-                let rest = batch.split_off(batch.len().min(self.max_batch));
-                let sent = std::mem::replace(&mut batch, rest);
-                let n = sent.len() as u64;
-                let body = self.encode(sent);
+                (std::mem::take(&mut q.flushes), q.closed)
+            };
+            loop {
+                let batch: Vec<SpanRecord> = {
+                    let mut q = self.queue.lock();
+                    let n = q.spans.len().min(self.max_batch);
+                    let batch = q.spans.drain(..n).collect();
+                    self.stats.queued.store(q.spans.len() as u64, Relaxed);
+                    batch
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let n = batch.len() as u64;
+                let body = self.encode(batch);
                 match rt.block_on(self.post(&client, body)) {
                     Ok(()) => self.stats.exported.fetch_add(n, Relaxed),
                     Err(e) => {
@@ -217,16 +249,18 @@ impl Batcher {
                         self.stats.dropped_export_failed.fetch_add(n, Relaxed)
                     }
                 };
+                // A full batch goes at once; a part batch waits for the next interval.
+                if (n as usize) < self.max_batch && flushes.is_empty() && !closed {
+                    break;
+                }
             }
-            if let Some(ack) = flushed {
+            for ack in flushes {
                 let _ = ack.send(());
             }
+            if closed {
+                return;
+            }
         }
-    }
-
-    fn take(&self, batch: &mut Vec<SpanRecord>, spans: Vec<SpanRecord>) {
-        self.stats.queued.fetch_sub(spans.len() as u64, Relaxed);
-        batch.extend(spans);
     }
 
     async fn post(
