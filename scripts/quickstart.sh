@@ -11,7 +11,7 @@ need_go
 need_node
 cargo build --release --locked -p weir
 mkdir -p target/filters
-for f in jwt-auth key-auth basic-auth rate-limit cors transform; do
+for f in jwt-auth key-auth basic-auth oauth2-introspect rate-limit cors transform; do
   target/release/weir filter build "filters/$f" -o "target/filters/${f//-/_}.wasm"
 done
 # The example filters, each written in Rust, Go and AssemblyScript (examples/README.md).

@@ -829,3 +829,142 @@ async fn bad_filter_configs_are_errors_at_their_route() -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// oauth2-introspect
+
+/// An RFC 7662 authorization server stand-in: `POST /introspect` with HTTP Basic client
+/// authentication and a form-encoded `token`; `good` is active (scopes `orders:read`),
+/// `reader-only` lacks `orders:write`, anything else is inactive; `x-fail: 1` on a request's
+/// token makes the server answer 503 (an outage).
+async fn authorization_server() -> Upstream {
+    use http_body_util::BodyExt;
+    Upstream::with("as", |req, seen| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let expect_auth = format!("Basic {}", STANDARD.encode("weir:s3cret"));
+        let authorized = seen
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes() == expect_auth.as_bytes());
+        let token = form
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .unwrap_or("");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (status, answer) = match (authorized, seen.path.as_str(), token) {
+            (false, _, _) => (401, json!({ "error": "invalid_client" })),
+            (_, p, _) if p != "/introspect" => (404, json!({})),
+            (_, _, "outage") => (503, json!({})),
+            (_, _, "good") => (
+                200,
+                json!({ "active": true, "sub": "alice", "client_id": "shop", "scope": "orders:read orders:write", "exp": now + 300 }),
+            ),
+            (_, _, "reader-only") => (
+                200,
+                json!({ "active": true, "sub": "bob", "scope": "orders:read", "exp": now + 300 }),
+            ),
+            _ => (200, json!({ "active": false })),
+        };
+        let mut res = http::Response::new(full(answer.to_string()));
+        *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        res
+    })
+    .await
+}
+
+/// `oauth2-introspect` against a real HTTP authorization server through the callout API:
+/// active tokens pass with their claims (asked once, then from the shared cache), inactive and
+/// missing tokens are 401, missing scopes 403; a server outage follows the filter's `on_error`
+/// (503 on a fail-closed route, through on a fail-open one), and nothing reaches the upstream
+/// unless admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_introspect_admits_active_tokens_and_follows_on_error_when_the_server_fails()
+-> Result<()> {
+    let up = Upstream::start("u").await;
+    let auth = authorization_server().await;
+    let module = filter_wasm("oauth2-introspect");
+    let yaml = format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+clusters:\n\
+  - {{ name: backend, endpoints: [ {{ address: \"{up}\" }} ] }}\n\
+  - {{ name: auth, endpoints: [ {{ address: \"{auth}\" }} ] }}\n\
+filters:\n\
+  - {{ name: strict, module: \"{m}\", grants: {{ callouts: [ auth ], kv: [ oauth2-introspect ] }}, limits: {{ time_per_phase: 100ms }}, config: {{ server: auth, path: /introspect, client_id: weir, client_secret: s3cret, required_scopes: [ \"orders:write\" ], forward_claims: {{ sub: x-user, client_id: x-client-id }} }} }}\n\
+  - {{ name: lenient, module: \"{m}\", on_error: fail-open, grants: {{ callouts: [ auth ], kv: [ oauth2-introspect ] }}, limits: {{ time_per_phase: 100ms }}, config: {{ server: auth, path: /introspect, client_id: weir, client_secret: s3cret }} }}\n\
+routes:\n\
+  - {{ name: orders, match: {{ path_prefix: /orders }}, cluster: backend, filters: [ strict ] }}\n\
+  - {{ name: open, match: {{ path_prefix: /open }}, cluster: backend, filters: [ lenient ] }}\n",
+        up = up.addr,
+        auth = auth.addr,
+        m = module.display()
+    );
+    let weir = Weir::start(&yaml)?;
+    let orders = weir.url("public", "/orders");
+
+    for _ in 0..3 {
+        let got = get_with(
+            &orders,
+            &[("authorization", "Bearer good"), ("x-user", "mallory")],
+        )
+        .await?;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let seen = up.last();
+        assert_eq!(seen_values(&seen, "x-user"), ["alice"]);
+        assert_eq!(seen_values(&seen, "x-client-id"), ["shop"]);
+    }
+    assert_eq!(auth.count(), 1, "asked once; then answered from the cache");
+    assert_eq!(up.count(), 3);
+
+    let got = get(&orders).await?;
+    let (challenge, error, _) = refusal(&got)?;
+    assert_eq!(
+        (challenge.as_str(), error.as_str()),
+        ("Bearer realm=\"weir\"", "missing_token")
+    );
+    let got = get_with(&orders, &[("authorization", "Bearer revoked")]).await?;
+    assert_eq!(
+        refusal(&got)?,
+        invalid_token("weir", "the token is not active")
+    );
+    let got = get_with(&orders, &[("authorization", "Bearer reader-only")]).await?;
+    assert_eq!(got.status, 403, "{}", got.text());
+    assert!(
+        got.header("www-authenticate")
+            .is_some_and(|c| c.contains("error=\"insufficient_scope\"")
+                && c.contains("scope=\"orders:write\"")),
+        "{:?}",
+        got.header("www-authenticate")
+    );
+    assert_eq!(up.count(), 3, "refused requests never reach the upstream");
+
+    // The server fails: fail-closed answers 503, fail-open lets the request through.
+    let got = get_with(&orders, &[("authorization", "Bearer outage")]).await?;
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert_eq!(up.count(), 3);
+    let got = get_with(
+        &weir.url("public", "/open"),
+        &[("authorization", "Bearer outage")],
+    )
+    .await?;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(up.count(), 4);
+    // Not cached: the outage is asked about again.
+    let before = auth.count();
+    get_with(&orders, &[("authorization", "Bearer outage")]).await?;
+    assert_eq!(auth.count(), before + 1);
+
+    let (_, m) = weir.admin_get("/metrics").await?;
+    for series in [
+        "weir_filter_oauth2_introspect_cache_total{filter=\"strict\",result=\"hit\"} 2",
+        "weir_filter_oauth2_introspect_decisions_total{filter=\"strict\",result=\"allowed\"} 3",
+        "weir_filter_oauth2_introspect_server_errors_total{filter=\"strict\"} 2",
+    ] {
+        assert!(m.contains(series), "{series} not in\n{m}");
+    }
+    Ok(())
+}
