@@ -968,3 +968,111 @@ routes:\n\
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// jwt-auth with OpenID Connect discovery
+
+/// The JWK of a P-256 verification key.
+fn es_jwk(key: &p256::ecdsa::SigningKey, kid: &str) -> Value {
+    let point = key.verifying_key().to_encoded_point(false);
+    json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+        "x": b64url(point.x().expect("x")), "y": b64url(point.y().expect("y")),
+    })
+}
+
+/// `jwt-auth` with `discovery`: the keys come from a real HTTP identity provider (discovery
+/// document, then the JWKS its `jwks_uri` names); a key rotation at the provider is followed
+/// on the first token with the new `kid`, old-key tokens are then refused, and a flood of
+/// made-up `kid`s costs at most one fetch per `min_refresh_interval_s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_discovers_the_issuers_keys_and_follows_a_rotation() -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    let k = keys()?;
+    let jwks = Arc::new(Mutex::new(json!({ "keys": [es_jwk(&k.es, "k1")] })));
+    let served = jwks.clone();
+    let idp = Upstream::with("idp", move |_req, seen| {
+        let served = served.clone();
+        async move {
+            let body = match seen.path.as_str() {
+                "/.well-known/openid-configuration" => json!({
+                    "issuer": ISSUER,
+                    "jwks_uri": "https://keys.weir.test/oauth2/jwks",
+                    "authorization_endpoint": "https://id.weir.test/authorize",
+                }),
+                "/oauth2/jwks" => served.lock().unwrap().clone(),
+                _ => json!({}),
+            };
+            http::Response::new(full(body.to_string()))
+        }
+    })
+    .await;
+    let up = Upstream::start("u").await;
+    let yaml = format!(
+        "listeners: [ {{ name: public, listen: 127.0.0.1:0 }} ]\n\
+filter_cache: \"{{dir}}/cache\"\n\
+clusters:\n\
+  - {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }}\n\
+  - {{ name: idp, endpoints: [ {{ address: \"{}\" }} ] }}\n\
+filters:\n\
+  - {{ name: jwt, module: \"{}\", grants: {{ callouts: [ idp ] }}, limits: {{ time_per_phase: 100ms }}, config: {{ discovery: {{ server: idp, min_refresh_interval_s: 1 }}, audiences: [ orders ], forward_claims: {{ sub: x-user-id }} }} }}\n\
+routes: [ {{ name: orders, match: {{ path_prefix: / }}, cluster: backend, filters: [ jwt ] }} ]\n",
+        up.addr,
+        idp.addr,
+        filter_wasm("jwt-auth").display()
+    );
+    let weir = Weir::start(&yaml)?;
+    let url = weir.url("public", "/orders");
+    let es1 = Signer::Es(&k.es);
+    let es2 = Signer::Es(&k.es2);
+
+    let got = get_with(
+        &url,
+        &[(
+            "authorization",
+            &bearer(&jwt(&es1, Some("k1"), &claims(json!({}))?)?),
+        )],
+    )
+    .await?;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(seen_values(&up.last(), "x-user-id"), ["alice"]);
+    assert_eq!(idp.count(), 2, "the document, then the JWKS");
+    // The discovered issuer is enforced.
+    let foreign = jwt(
+        &es1,
+        Some("k1"),
+        &claims(json!({ "iss": "https://other.test" }))?,
+    )?;
+    let got = get_with(&url, &[("authorization", &bearer(&foreign))]).await?;
+    assert_eq!(refusal(&got)?.2, "invalid issuer");
+
+    // The provider rotates to k2. The first k2 token after min_refresh_interval_s fetches the
+    // new keys.
+    *jwks.lock().unwrap() = json!({ "keys": [es_jwk(&k.es2, "k2")] });
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let new = jwt(&es2, Some("k2"), &claims(json!({ "sub": "bob" }))?)?;
+    let got = get_with(&url, &[("authorization", &bearer(&new))]).await?;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(seen_values(&up.last(), "x-user-id"), ["bob"]);
+    assert_eq!(idp.count(), 4);
+    let old = jwt(&es1, Some("k1"), &claims(json!({}))?)?;
+    let got = get_with(&url, &[("authorization", &bearer(&old))]).await?;
+    assert_eq!(got.status, 401, "a rotated-out key no longer verifies");
+
+    // Made-up kids: no fetch storm.
+    let before = idp.count();
+    let flood = std::time::Instant::now();
+    for i in 0..20 {
+        let bogus = jwt(&es2, Some(&format!("bogus-{i}")), &claims(json!({}))?)?;
+        let got = get_with(&url, &[("authorization", &bearer(&bogus))]).await?;
+        assert_eq!(got.status, 401);
+    }
+    // At most one fetch (document and JWKS) per started second of the flood.
+    let allowed = 2 * (flood.elapsed().as_secs() as usize + 1);
+    assert!(
+        idp.count() - before <= allowed,
+        "{} callouts for 20 unknown kids",
+        idp.count() - before
+    );
+    Ok(())
+}

@@ -19,12 +19,15 @@ use weir_filter::{
     Action, Filter, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
 };
 
+mod discovery;
 mod keys;
 mod token;
 
 #[cfg(test)]
 mod tests;
 
+use discovery::Discovery;
+pub use discovery::DiscoveryConfig;
 pub use keys::{Alg, Jwks, KeyConfig};
 use keys::{JwkOutcome, Key};
 use token::{Reject, Rules};
@@ -39,6 +42,10 @@ pub struct Config {
     /// A JWKS document (`{ "keys": [ JWK, ... ] }`), inline. Default: none.
     #[serde(default)]
     pub jwks: Option<Jwks>,
+    /// OpenID Connect discovery: the issuer's keys fetched (and kept fresh) through callouts.
+    /// Default: none.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// Required `iss` claim. Default: not checked.
     #[serde(default)]
     pub issuer: Option<String>,
@@ -73,6 +80,8 @@ const MAX_LEEWAY_S: u64 = 86_400;
 /// The configured filter.
 pub struct JwtAuth {
     keys: Vec<Key>,
+    /// Keys from the issuer's discovery document, when configured.
+    discovery: Option<Discovery>,
     rules: Rules,
     /// (claim, header), in config order.
     forward: Vec<(String, String)>,
@@ -99,12 +108,13 @@ impl Filter for JwtAuth {
                 }
             }
         }
-        if keys.is_empty() {
+        if keys.is_empty() && config.discovery.is_none() {
             return Err(
-                "no usable keys: give `keys` or a `jwks` with at least one HS256, RS256 or ES256 key"
+                "no usable keys: give `keys`, a `jwks` with at least one HS256, RS256 or ES256 key, or `discovery`"
                     .to_owned(),
             );
         }
+        let discovery = config.discovery.map(Discovery::new).transpose()?;
         if config.issuer.as_deref() == Some("") {
             return Err("issuer: must not be empty (leave it out to accept any issuer)".to_owned());
         }
@@ -134,6 +144,7 @@ impl Filter for JwtAuth {
         }
         Ok(JwtAuth {
             keys,
+            discovery,
             rules: Rules {
                 issuer: config.issuer,
                 audiences: config.audiences,
@@ -203,52 +214,39 @@ impl JwtAuth {
     ) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
         let token = token::parse(token)?;
         let alg = Alg::parse(&token.header.alg).ok_or(Reject::UnsupportedAlg)?;
-        let candidates = self.candidates(alg, token.header.kid.as_deref())?;
+        let kid = token.header.kid.as_deref();
+        if let Some(d) = &self.discovery {
+            d.refresh_if_due(false);
+            // A kid nobody has: the provider may have rotated its keys.
+            if kid.is_some_and(|kid| !self.has_kid(kid)) {
+                d.refresh_if_due(true);
+            }
+        }
+        let fetched = self.discovery.as_ref().map(|d| d.fetched.borrow());
+        let all = (self.keys.iter()).chain(fetched.iter().flat_map(|f| f.keys.iter()));
+        let candidates = candidates(all, alg, kid)?;
         if !candidates
             .iter()
             .any(|k| k.verify(token.signing_input, &token.signature))
         {
             return Err(Reject::BadSignature);
         }
-        token::check_claims(&token.claims, &self.rules, now_ms)?;
+        let discovered_issuer = fetched
+            .as_ref()
+            .filter(|f| f.at_ms.is_some())
+            .map(|f| f.issuer.as_str());
+        token::check_claims(&token.claims, &self.rules, discovered_issuer, now_ms)?;
         Ok(token.claims)
     }
 
-    /// The keys a token with this `alg` and `kid` may be signed with.
-    fn candidates(&self, alg: Alg, kid: Option<&str>) -> Result<Vec<&Key>, Reject> {
-        if let Some(kid) = kid {
-            let named: Vec<&Key> = self
-                .keys
-                .iter()
-                .filter(|k| k.kid.as_deref() == Some(kid))
-                .collect();
-            if !named.is_empty() {
-                let fitting: Vec<&Key> = named.into_iter().filter(|k| k.alg() == alg).collect();
-                return if fitting.is_empty() {
-                    // A key's algorithm is fixed: an HS256 token naming an RSA key is the
-                    // classic key-confusion attack.
-                    Err(Reject::AlgKeyMismatch)
-                } else {
-                    Ok(fitting)
-                };
-            }
-            let anonymous: Vec<&Key> = self
-                .keys
-                .iter()
-                .filter(|k| k.kid.is_none() && k.alg() == alg)
-                .collect();
-            return if anonymous.is_empty() {
-                Err(Reject::UnknownKid)
-            } else {
-                Ok(anonymous)
-            };
-        }
-        let same_alg: Vec<&Key> = self.keys.iter().filter(|k| k.alg() == alg).collect();
-        if same_alg.is_empty() {
-            Err(Reject::NoKeyForAlg)
-        } else {
-            Ok(same_alg)
-        }
+    /// Whether any key, configured or discovered, has this kid.
+    fn has_kid(&self, kid: &str) -> bool {
+        let named = |k: &Key| k.kid.as_deref() == Some(kid);
+        self.keys.iter().any(named)
+            || self
+                .discovery
+                .as_ref()
+                .is_some_and(|d| d.fetched.borrow().keys.iter().any(named))
     }
 
     /// A 401 with an RFC 6750 `invalid_token` challenge.
@@ -259,6 +257,42 @@ impl JwtAuth {
             self.challenge
         );
         LocalResponse::unauthorized(&challenge, "invalid_token", description).into()
+    }
+}
+
+/// The keys (of `all`) a token with this `alg` and `kid` may be signed with.
+fn candidates<'k>(
+    all: impl Iterator<Item = &'k Key> + Clone,
+    alg: Alg,
+    kid: Option<&str>,
+) -> Result<Vec<&'k Key>, Reject> {
+    if let Some(kid) = kid {
+        let named: Vec<&Key> = all
+            .clone()
+            .filter(|k| k.kid.as_deref() == Some(kid))
+            .collect();
+        if !named.is_empty() {
+            let fitting: Vec<&Key> = named.into_iter().filter(|k| k.alg() == alg).collect();
+            return if fitting.is_empty() {
+                // A key's algorithm is fixed: an HS256 token naming an RSA key is the
+                // classic key-confusion attack.
+                Err(Reject::AlgKeyMismatch)
+            } else {
+                Ok(fitting)
+            };
+        }
+        let anonymous: Vec<&Key> = all.filter(|k| k.kid.is_none() && k.alg() == alg).collect();
+        return if anonymous.is_empty() {
+            Err(Reject::UnknownKid)
+        } else {
+            Ok(anonymous)
+        };
+    }
+    let same_alg: Vec<&Key> = all.filter(|k| k.alg() == alg).collect();
+    if same_alg.is_empty() {
+        Err(Reject::NoKeyForAlg)
+    } else {
+        Ok(same_alg)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Native tests through the SDK harness: tokens are signed here with test-only keys.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -722,4 +724,156 @@ fn the_readme_quickstart_works() -> TestResult {
         "a bearer token is required"
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenID Connect discovery
+
+/// A provider stand-in behind the emulator's callouts: its discovery document names
+/// `jwks_uri` on another host (only the path is used), and its JWKS is whatever `jwks` holds
+/// at the time (so a test can rotate keys). Returns the harness and the JWKS cell.
+fn discovering(
+    jwks: Value,
+    extra: Value,
+) -> (Harness<JwtAuth>, std::rc::Rc<std::cell::RefCell<Value>>) {
+    use weir_filter::callout::CalloutResponse;
+    let mut config = json!({
+        "discovery": { "server": "idp", "min_refresh_interval_s": 30 },
+        "audiences": ["api"],
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        config[k] = v.clone();
+    }
+    let h = Harness::<JwtAuth>::new(config).expect("config accepted");
+    let cell = std::rc::Rc::new(std::cell::RefCell::new(jwks));
+    let served = cell.clone();
+    h.on_callout(move |target, req| {
+        assert_eq!((target, req.method.as_str()), ("idp", "GET"));
+        let body = match req.path.as_str() {
+            "/.well-known/openid-configuration" => json!({
+                "issuer": "https://issuer.test",
+                "jwks_uri": "https://keys.issuer.test/oauth/jwks.json?v=2",
+            }),
+            "/oauth/jwks.json?v=2" => served.borrow().clone(),
+            other => panic!("unexpected path {other}"),
+        };
+        Ok(CalloutResponse::new(200).with_body(body.to_string().into_bytes()))
+    });
+    (h, cell)
+}
+
+fn jwks_of(keys: &[(&Signer, &str)]) -> Value {
+    json!({ "keys": keys.iter().map(|(s, kid)| s.jwk(kid)).collect::<Vec<_>>() })
+}
+
+#[test]
+fn discovery_fetches_the_issuers_keys_once_and_checks_its_issuer() -> TestResult {
+    let rs = Signer::rs();
+    let (mut h, _) = discovering(jwks_of(&[(&rs, "k1")]), json!({}));
+    for _ in 0..3 {
+        let mut req = bearer(&token(&rs, Some("k1"), &claims()));
+        assert_eq!(h.request_headers(&mut req), Action::Continue);
+        h.done(&req);
+    }
+    assert_eq!(h.callouts().len(), 2, "the document and the JWKS, once");
+    // The discovered issuer is required when the config names none.
+    let mut c = claims();
+    c["iss"] = json!("https://evil.test");
+    let mut req = bearer(&token(&rs, Some("k1"), &c));
+    assert!(matches!(h.request_headers(&mut req), Action::Respond(_)));
+    Ok(())
+}
+
+#[test]
+fn discovery_follows_a_key_rotation_but_rate_limits_unknown_kids() -> TestResult {
+    let (old, new) = (Signer::es(1), Signer::es(2));
+    let (mut h, jwks) = discovering(jwks_of(&[(&old, "old")]), json!({}));
+    let mut req = bearer(&token(&old, Some("old"), &claims()));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    h.done(&req);
+    // The provider rotates; a token with the new kid triggers a fetch once the interval allows.
+    *jwks.borrow_mut() = jwks_of(&[(&new, "new")]);
+    h.advance(Duration::from_secs(31));
+    let mut req = bearer(&token(&new, Some("new"), &claims()));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    h.done(&req);
+    assert_eq!(h.callouts().len(), 4);
+    // Made-up kids: at most one fetch per min_refresh_interval_s, however many arrive.
+    for i in 0..50 {
+        let mut req = bearer(&token(&new, Some(&format!("bogus-{i}")), &claims()));
+        assert!(matches!(h.request_headers(&mut req), Action::Respond(_)));
+        h.done(&req);
+    }
+    assert_eq!(h.callouts().len(), 4, "within 30 s of the last fetch: none");
+    h.advance(Duration::from_secs(31));
+    let mut req = bearer(&token(&new, Some("bogus-x"), &claims()));
+    assert!(matches!(h.request_headers(&mut req), Action::Respond(_)));
+    assert_eq!(h.callouts().len(), 6, "one more fetch after the interval");
+    Ok(())
+}
+
+#[test]
+fn a_failed_discovery_keeps_the_keys_it_had_and_never_admits_without_keys() -> TestResult {
+    let rs = Signer::rs();
+    // Valid for a day: the test moves the clock past refresh_s.
+    let mut long = claims();
+    long["exp"] = json!(NOW + 86_400);
+    let (mut h, jwks) = discovering(json!({ "keys": "not a list" }), json!({}));
+    let mut req = bearer(&token(&rs, Some("k1"), &long));
+    assert!(
+        matches!(h.request_headers(&mut req), Action::Respond(_)),
+        "no keys: refused"
+    );
+    h.done(&req);
+    *jwks.borrow_mut() = jwks_of(&[(&rs, "k1")]);
+    h.advance(Duration::from_secs(31));
+    let mut req = bearer(&token(&rs, Some("k1"), &long));
+    assert_eq!(
+        h.request_headers(&mut req),
+        Action::Continue,
+        "fetched on retry"
+    );
+    h.done(&req);
+    // Past refresh_s the keys are fetched again; a broken JWKS then keeps the old keys.
+    *jwks.borrow_mut() = json!({ "keys": [] });
+    h.advance(Duration::from_secs(3601));
+    let mut req = bearer(&token(&rs, Some("k1"), &long));
+    assert_eq!(h.request_headers(&mut req), Action::Continue);
+    assert_eq!(
+        h.counter("jwt_auth_discovery_fetches_total", &[("result", "failed")]),
+        2
+    );
+    Ok(())
+}
+
+#[test]
+fn discovery_config_errors_name_the_field() {
+    for (discovery, want) in [
+        (json!({ "server": "" }), "discovery.server"),
+        (
+            json!({ "server": "idp", "path": "well-known" }),
+            "discovery.path",
+        ),
+        (
+            json!({ "server": "idp", "refresh_s": 0 }),
+            "discovery.refresh_s",
+        ),
+        (
+            json!({ "server": "idp", "refresh_s": 10, "min_refresh_interval_s": 60 }),
+            "discovery.min_refresh_interval_s",
+        ),
+        (
+            json!({ "server": "idp", "timeout_ms": 0 }),
+            "discovery.timeout_ms",
+        ),
+        (json!({ "server": "idp", "jwks": 1 }), "unknown field"),
+    ] {
+        let e = Harness::<JwtAuth>::new(json!({ "discovery": discovery }))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains(want)),
+            "{want}: {e:?}"
+        );
+    }
 }

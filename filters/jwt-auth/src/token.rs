@@ -128,8 +128,14 @@ pub struct Rules {
     pub require_exp: bool,
 }
 
-/// Checks `exp`, `nbf`, `iss` and `aud` at time `now_ms` (milliseconds since the epoch).
-pub fn check_claims(claims: &Map<String, Value>, rules: &Rules, now_ms: u64) -> Result<(), Reject> {
+/// Checks `exp`, `nbf`, `iss` and `aud` at time `now_ms` (milliseconds since the epoch);
+/// `issuer` is the required `iss` when the rules name none (the one OIDC discovery found).
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    rules: &Rules,
+    issuer: Option<&str>,
+    now_ms: u64,
+) -> Result<(), Reject> {
     // NumericDate is seconds, possibly fractional (RFC 7519 §2); compare in milliseconds.
     let now = now_ms as f64;
     let leeway = rules.leeway_ms as f64;
@@ -150,7 +156,7 @@ pub fn check_claims(claims: &Map<String, Value>, rules: &Rules, now_ms: u64) -> 
             return Err(Reject::NotYetValid);
         }
     }
-    if let Some(issuer) = &rules.issuer {
+    if let Some(issuer) = rules.issuer.as_deref().or(issuer) {
         match claims.get("iss") {
             Some(Value::String(iss)) if iss == issuer => {}
             _ => return Err(Reject::BadIssuer),
