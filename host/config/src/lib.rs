@@ -413,6 +413,12 @@ pub struct TracingConfig {
     /// Default: 1.
     #[serde(default = "defaults::sample_ratio")]
     pub sample_ratio: f64,
+    /// Whether a request's valid `traceparent` decides if it is sampled (the W3C and
+    /// OpenTelemetry default). `false`: the trace is still continued, but `sample_ratio`
+    /// decides for it too, so clients at the edge cannot have every request they send traced
+    /// and exported. Default: true.
+    #[serde(default = "defaults::yes")]
+    pub parent_based: bool,
     /// The `service.name` exported spans carry. Default: `weir`.
     #[serde(default = "defaults::service_name")]
     pub service_name: String,

@@ -56,14 +56,33 @@ pub(crate) enum Attr {
     Int(i64),
 }
 
+/// Longest string attribute or span name kept, in bytes. Paths, hosts and methods come from
+/// clients (who also choose whether their request is sampled): capped, a queue full of spans
+/// stays a bounded amount of memory (`max_queue_spans` × a few KiB).
+pub(crate) const MAX_ATTR_BYTES: usize = 512;
+
+/// `s` cut to at most [`MAX_ATTR_BYTES`], at a character boundary.
+pub(crate) fn capped(s: &str) -> &str {
+    if s.len() <= MAX_ATTR_BYTES {
+        return s;
+    }
+    let mut end = MAX_ATTR_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 impl From<&str> for Attr {
     fn from(s: &str) -> Attr {
-        Attr::Str(s.to_string())
+        Attr::Str(capped(s).to_string())
     }
 }
 
 impl From<String> for Attr {
-    fn from(s: String) -> Attr {
+    fn from(mut s: String) -> Attr {
+        let keep = capped(&s).len();
+        s.truncate(keep);
         Attr::Str(s)
     }
 }
@@ -403,6 +422,25 @@ mod tests {
         assert_eq!(stats.exported.load(Relaxed), 0);
         assert_eq!(stats.queued.load(Relaxed), 0);
         drop(stalled);
+    }
+
+    #[test]
+    fn client_chosen_strings_are_capped_at_a_character_boundary() {
+        let long = "é".repeat(MAX_ATTR_BYTES);
+        let Attr::Str(a) = Attr::from(long.as_str()) else {
+            panic!("a string");
+        };
+        assert!(
+            a.len() <= MAX_ATTR_BYTES && a.len() >= MAX_ATTR_BYTES - 1,
+            "{}",
+            a.len()
+        );
+        assert!(a.chars().all(|c| c == 'é'));
+        let Attr::Str(b) = Attr::from("x".repeat(70_000)) else {
+            panic!("a string");
+        };
+        assert_eq!(b.len(), MAX_ATTR_BYTES);
+        assert_eq!(capped("short"), "short");
     }
 
     #[test]

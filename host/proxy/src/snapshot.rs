@@ -573,7 +573,8 @@ impl Snapshot {
             routes,
             clusters,
             access_log,
-            sampler: (c.tracing.as_ref()).map(|t| crate::trace::Sampler::new(t.sample_ratio)),
+            sampler: (c.tracing.as_ref())
+                .map(|t| crate::trace::Sampler::new(t.sample_ratio).with_parent(t.parent_based)),
             exporter,
             max_body,
             request_body_timeout: c.limits.request_body_timeout,

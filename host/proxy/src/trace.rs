@@ -44,7 +44,11 @@ impl TraceContext {
                 trace_id,
                 parent_id: Some(parent),
                 span_id,
-                sampled: flags & 1 == 1,
+                sampled: if sampler.parent_based {
+                    flags & 1 == 1
+                } else {
+                    sampler.samples(&trace_id)
+                },
             },
             None => {
                 let trace_id = nonzero_id(|| fastrand::u128(..).to_be_bytes());
@@ -143,7 +147,7 @@ impl RequestSpans {
                 trace_id: ctx.trace_id,
                 span_id: ctx.span_id,
                 parent: ctx.parent_id,
-                name: method.to_string(),
+                name: crate::otlp::capped(method).to_string(),
                 kind: SpanKind::Server,
                 start,
                 end: start,
@@ -275,9 +279,21 @@ fn lossy(v: &HeaderValue) -> String {
 pub(crate) struct Sampler {
     /// Sampled when the low 63 bits of the id are below this; `u64::MAX` samples every id.
     threshold: u64,
+    /// Whether a continued trace keeps its caller's decision (else the ratio decides it too).
+    parent_based: bool,
 }
 
 impl Sampler {
+    /// With `parent_based: false` the caller's sampled flag is not trusted: a continued trace is
+    /// sampled by the same ratio rule on its id (an edge's clients cannot make it trace, and
+    /// export, every request they send).
+    pub fn with_parent(self, parent_based: bool) -> Sampler {
+        Sampler {
+            parent_based,
+            ..self
+        }
+    }
+
     pub fn new(ratio: f64) -> Sampler {
         let threshold = if ratio >= 1.0 {
             u64::MAX
@@ -286,7 +302,10 @@ impl Sampler {
         } else {
             0
         };
-        Sampler { threshold }
+        Sampler {
+            threshold,
+            parent_based: true,
+        }
     }
 
     fn samples(self, trace_id: &[u8; 16]) -> bool {
@@ -367,6 +386,13 @@ mod tests {
         assert_ne!(t.span_id, t.parent_id.unwrap(), "a span of its own");
         let unsampled = VALID.replace("-01", "-00");
         assert!(!TraceContext::begin(&headers(&[&unsampled]), Sampler::new(1.0)).sampled);
+        // Not parent-based: the trace continues, the ratio decides.
+        let own = Sampler::new(0.0).with_parent(false);
+        let t2 = TraceContext::begin(&headers(&[VALID]), own);
+        assert_eq!((t2.trace_id, t2.parent_id), (t.trace_id, t.parent_id));
+        assert!(!t2.sampled, "ratio 0 overrules the caller");
+        let all = Sampler::new(1.0).with_parent(false);
+        assert!(TraceContext::begin(&headers(&[&unsampled]), all).sampled);
         let out = t.traceparent();
         let out = out.to_str().unwrap();
         assert_eq!(out.len(), 55);
