@@ -317,6 +317,14 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
             "bad.yaml:4: tracing.otlp.timeout: 0ns is not from 10ms to 60s",
         ),
         (
+            "tracing:\n  otlp: { endpoint: \"http://collector:4317/v1\", protocol: grpc }\n",
+            "bad.yaml:2: tracing.otlp.endpoint: \"http://collector:4317/v1\": a grpc endpoint takes no path",
+        ),
+        (
+            "tracing:\n  otlp: { endpoint: \"http://collector:4317\", protocol: thrift }\n",
+            "bad.yaml:2: tracing.otlp.protocol: unknown variant \"thrift\"",
+        ),
+        (
             "tracing:\n  service_name: \"\"\n",
             "bad.yaml:2: tracing.service_name: must be 1 to 255 characters",
         ),
@@ -1699,5 +1707,90 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{dead}\" }}, {{ address
             .any(|s| s.kind == 2 && hex(&s.trace_id) == last),
         "the last request's spans were lost at exit"
     );
+    Ok(())
+}
+
+/// `protocol: grpc`: spans go as OTLP/gRPC `Export` calls over HTTP/2 (h2c), length-prefixed
+/// protobuf, and the call's `grpc-status` trailer decides: 0 is exported, anything else is a
+/// failed export, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_grpc() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let refuse = Arc::new(AtomicBool::new(false));
+    let (spans2, refuse2) = (spans.clone(), refuse.clone());
+    let receiver = Upstream::with("otlp-grpc", move |req, seen| {
+        let (spans, refuse) = (spans2.clone(), refuse2.clone());
+        async move {
+            assert_eq!(seen.version, http::Version::HTTP_2, "gRPC is HTTP/2");
+            assert_eq!(
+                seen.path,
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            );
+            assert_eq!(seen.headers["content-type"], "application/grpc");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body[0], 0, "not compressed");
+            let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len, body.len() - 5, "one length-prefixed message");
+            let export = ExportTraceServiceRequest::decode(&body[5..]).expect("valid protobuf");
+            for rs in export.resource_spans {
+                for ss in rs.scope_spans {
+                    spans.lock().unwrap().extend(ss.spans);
+                }
+            }
+            let mut trailers = http::HeaderMap::new();
+            let code = if refuse.load(SeqCst) { "14" } else { "0" };
+            trailers.insert("grpc-status", code.parse().unwrap());
+            // An empty ExportTraceServiceResponse, then the status.
+            let frames = vec![
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(&[
+                    0, 0, 0, 0, 0,
+                ]))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut res =
+                http::Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            res.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            res
+        }
+    })
+    .await;
+    let up = Upstream::start("u").await;
+    let weir = Weir::start(&one_route(
+        &up,
+        &format!(
+            "tracing: {{ sample_ratio: 1, otlp: {{ endpoint: \"http://{}\", protocol: grpc, flush_interval: 50ms }} }}\n",
+            receiver.addr
+        ),
+    ))?;
+    get(&weir.url("public", "/g")).await?;
+    weir.eventually("the span arrives over gRPC", async || {
+        spans.lock().unwrap().iter().any(|s| s.name == "GET app")
+    })
+    .await?;
+    weir.eventually("it is counted exported", async || {
+        weir.sample("weir_trace_spans_exported_total")
+            .await
+            .is_ok_and(|n| n >= 2.0)
+    })
+    .await?;
+
+    // A non-zero grpc-status is a failed export.
+    refuse.store(true, SeqCst);
+    get(&weir.url("public", "/h")).await?;
+    weir.eventually("a refused export is counted", async || {
+        weir.sample("weir_trace_spans_dropped_total{reason=\"export_failed\"}")
+            .await
+            .is_ok_and(|n| n >= 2.0)
+    })
+    .await?;
     Ok(())
 }

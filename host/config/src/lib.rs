@@ -432,9 +432,13 @@ pub struct TracingConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
-    /// The receiver's base URL, `http://host:port` (an OpenTelemetry Collector's OTLP/HTTP
-    /// port is 4318); spans are POSTed to `<endpoint>/v1/traces`.
+    /// The receiver's base URL, `http://host:port`. With `http/protobuf` (an OpenTelemetry
+    /// Collector's port 4318) spans are POSTed to `<endpoint>/v1/traces`; with `grpc` (port
+    /// 4317, HTTP/2 without TLS) to the `TraceService/Export` method, and the URL takes no path.
     pub endpoint: String,
+    /// `http/protobuf` or `grpc`. Default: `http/protobuf`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
     /// Spans waiting for export at most; past that, new spans are dropped and counted
     /// (`weir_trace_spans_dropped_total{reason="queue_full"}`). Default: `8192`.
     #[serde(default = "defaults::max_queue_spans")]
@@ -1437,10 +1441,26 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// How spans travel to the receiver.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/gRPC (unary `Export` calls over HTTP/2 without TLS).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// The path of OTLP/gRPC's trace export method.
+pub const OTLP_GRPC_TRACES_PATH: &str =
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 /// The URL an OTLP/HTTP receiver takes traces at: `endpoint` (`http://host:port`, optionally
 /// with a base path) followed by `/v1/traces`. Credentials, queries and `https` are refused:
 /// the config is served by `GET /config`, and export goes to a collector on a trusted network.
-pub fn otlp_traces_url(endpoint: &str) -> Result<http::Uri, String> {
+pub fn otlp_traces_url(endpoint: &str, protocol: OtlpProtocol) -> Result<http::Uri, String> {
     if endpoint.starts_with("https://") {
         return Err(
             "https is not supported yet: export over http to a collector on a trusted network"
@@ -1459,7 +1479,17 @@ pub fn otlp_traces_url(endpoint: &str) -> Result<http::Uri, String> {
     if path.contains(['?', '#']) {
         return Err(format!("{endpoint:?} must not have a query or fragment"));
     }
-    let uri: http::Uri = format!("http://{authority}{}/v1/traces", path.trim_end_matches('/'))
+    let path = path.trim_end_matches('/');
+    let full = match protocol {
+        OtlpProtocol::HttpProtobuf => format!("http://{authority}{path}/v1/traces"),
+        OtlpProtocol::Grpc if path.is_empty() => {
+            format!("http://{authority}{OTLP_GRPC_TRACES_PATH}")
+        }
+        OtlpProtocol::Grpc => {
+            return Err(format!("{endpoint:?}: a grpc endpoint takes no path"));
+        }
+    };
+    let uri: http::Uri = full
         .parse()
         .map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
     if uri.port_u16().is_none() {

@@ -765,7 +765,7 @@ fn check_tracing(t: &crate::TracingConfig, err: &mut impl FnMut(String, String))
         );
     }
     let Some(o) = &t.otlp else { return };
-    if let Err(e) = crate::otlp_traces_url(&o.endpoint) {
+    if let Err(e) = crate::otlp_traces_url(&o.endpoint, o.protocol) {
         err("tracing.otlp.endpoint".into(), e);
     }
     if !(1..=1_000_000).contains(&o.max_queue_spans) {

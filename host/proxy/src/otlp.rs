@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 use prost::Message;
-use weir_config::OtlpConfig;
+use weir_config::{OtlpConfig, OtlpProtocol};
 use weir_observe::TraceStats;
 
 /// One finished span, as the data path records it (converted to protobuf off the data path).
@@ -132,7 +132,7 @@ impl Exporter {
         service: &str,
         stats: Arc<TraceStats>,
     ) -> std::io::Result<Exporter> {
-        let url = weir_config::otlp_traces_url(&config.endpoint)
+        let url = weir_config::otlp_traces_url(&config.endpoint, config.protocol)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let queue = Arc::new(Queue {
             state: Mutex::new(Waiting::default()),
@@ -141,6 +141,7 @@ impl Exporter {
         let thread = Batcher {
             queue: queue.clone(),
             url,
+            grpc: config.protocol == OtlpProtocol::Grpc,
             stats: stats.clone(),
             max_batch: config.max_batch_spans,
             interval: config.flush_interval,
@@ -213,6 +214,8 @@ fn unix_nanos(epoch: (Instant, SystemTime), t: Instant) -> u64 {
 struct Batcher {
     queue: Arc<Queue>,
     url: http::Uri,
+    /// OTLP/gRPC: HTTP/2, length-prefixed messages, `grpc-status` in the trailers.
+    grpc: bool,
     stats: Arc<TraceStats>,
     max_batch: usize,
     interval: Duration,
@@ -233,8 +236,9 @@ impl Batcher {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.timeout));
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(http);
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(self.grpc)
+            .build(http);
         loop {
             // Sleep for the interval unless a batch fills, a flush is asked for, or the
             // exporter closes; then send batches until the queue is empty.
@@ -287,22 +291,46 @@ impl Batcher {
         client: &Client<HttpConnector, Full<Bytes>>,
         body: Bytes,
     ) -> Result<(), String> {
-        let req = http::Request::post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+        let mut req = http::Request::post(self.url.clone());
+        let body = if self.grpc {
+            // One uncompressed message: flag 0, then its length (big-endian u32).
+            let mut framed = Vec::with_capacity(body.len() + 5);
+            framed.push(0);
+            framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&body);
+            req = req
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers");
+            Bytes::from(framed)
+        } else {
+            req = req.header(http::header::CONTENT_TYPE, "application/x-protobuf");
+            body
+        };
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let exchange = async {
             let res = client.request(req).await.map_err(|e| format!("{e}"))?;
-            let status = res.status();
-            // Read the (small) answer so the connection can be used again.
-            let _ = http_body_util::Limited::new(res.into_body(), 64 << 10)
+            let (parts, body) = res.into_parts();
+            // Read the (small) answer: it carries gRPC's status, and frees the connection.
+            let answer = http_body_util::Limited::new(body, 64 << 10)
                 .collect()
-                .await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("the receiver answered {status}"))
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?;
+            if !parts.status.is_success() {
+                return Err(format!("the receiver answered {}", parts.status));
             }
+            if self.grpc {
+                // A trailers-only answer has grpc-status in its head.
+                let status = (parts.headers.get("grpc-status"))
+                    .or_else(|| answer.trailers().and_then(|t| t.get("grpc-status")));
+                match status.map(|v| v.as_bytes()) {
+                    Some(b"0") => {}
+                    Some(code) => {
+                        return Err(format!("gRPC status {}", String::from_utf8_lossy(code)));
+                    }
+                    None => return Err("no gRPC status".to_owned()),
+                }
+            }
+            Ok(())
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
@@ -372,6 +400,7 @@ mod tests {
     fn config(endpoint: &str, max_queue_spans: usize) -> OtlpConfig {
         OtlpConfig {
             endpoint: endpoint.into(),
+            protocol: OtlpProtocol::HttpProtobuf,
             max_queue_spans,
             max_batch_spans: 8,
             flush_interval: Duration::from_millis(20),
