@@ -334,11 +334,7 @@ fn bad_configs_are_refused_with_a_clear_message() {
 #[test]
 fn the_readme_quickstart_works() -> TestResult {
     let readme = include_str!("../README.md");
-    let yaml = readme
-        .split("```yaml\n")
-        .nth(1)
-        .and_then(|s| s.split("```").next())
-        .ok_or("no yaml block in the README")?;
+    let yaml = weir_filter::testing::first_yaml_block(readme)?;
     let doc: Value = weir_config::yaml_value(yaml)?;
     let mut h = Harness::<BasicAuth>::new(doc["filters"][0]["config"].clone())?;
     for (creds, user) in [("alice:wonderland", "alice"), ("bob:looking-glass", "bob")] {

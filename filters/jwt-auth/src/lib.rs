@@ -11,13 +11,11 @@
 //! own (with no `kid` in the token: every key of its algorithm). `alg: none` and algorithms
 //! other than HS256, RS256 and ES256 are always refused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use weir_filter::validate::{check_header_name, check_realm};
-use weir_filter::{
-    Action, Filter, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
-};
+use weir_filter::auth::{Bearer, ForwardHeaders, bearer_token, header_value};
+use weir_filter::{Action, Filter, Phases, Request, clock, export_filter, log, metrics};
 
 mod discovery;
 mod keys;
@@ -83,11 +81,9 @@ pub struct JwtAuth {
     /// Keys from the issuer's discovery document, when configured.
     discovery: Option<Discovery>,
     rules: Rules,
-    /// (claim, header), in config order.
-    forward: Vec<(String, String)>,
+    forward: ForwardHeaders,
     strip_token: bool,
-    /// `Bearer realm="..."`, the challenge without error attributes.
-    challenge: String,
+    bearer: Bearer,
 }
 
 impl Filter for JwtAuth {
@@ -124,24 +120,8 @@ impl Filter for JwtAuth {
         if config.leeway_s > MAX_LEEWAY_S {
             return Err(format!("leeway_s: at most {MAX_LEEWAY_S} seconds"));
         }
-        check_realm(&config.realm)?;
-        let mut headers = BTreeSet::new();
-        for (claim, header) in &config.forward_claims {
-            if claim.is_empty() {
-                return Err("forward_claims: claim names must not be empty".to_owned());
-            }
-            check_header_name(&format!("forward_claims.{claim}"), header)?;
-            if header.eq_ignore_ascii_case("authorization") {
-                return Err(format!(
-                    "forward_claims.{claim}: cannot forward into the authorization header"
-                ));
-            }
-            if !headers.insert(header.to_ascii_lowercase()) {
-                return Err(format!(
-                    "forward_claims.{claim}: header {header:?} is already set from another claim"
-                ));
-            }
-        }
+        let bearer = Bearer::new(&config.realm)?;
+        let forward = ForwardHeaders::new("claim", config.forward_claims)?;
         Ok(JwtAuth {
             keys,
             discovery,
@@ -151,21 +131,16 @@ impl Filter for JwtAuth {
                 leeway_ms: config.leeway_s * 1000,
                 require_exp: config.require_exp,
             },
-            forward: config.forward_claims.into_iter().collect(),
+            forward,
             strip_token: config.strip_token,
-            challenge: format!("Bearer realm=\"{}\"", config.realm),
+            bearer,
         })
     }
 
     fn on_request_headers(&self, req: &mut Request, _: &mut ()) -> Action {
         let Some(token) = bearer_token(req.header("authorization").as_deref()) else {
             count("denied");
-            return LocalResponse::unauthorized(
-                &self.challenge,
-                "missing_token",
-                "a bearer token is required",
-            )
-            .into();
+            return self.bearer.missing_token();
         };
         let claims = match self.verify(&token, clock::now_ms()) {
             Ok(claims) => claims,
@@ -175,23 +150,11 @@ impl Filter for JwtAuth {
                     "jwt-auth: token refused: {}",
                     reject.description()
                 ));
-                return self.invalid_token(reject);
+                return self.bearer.invalid_token(reject.description());
             }
         };
-        // Headers set from claims replace whatever the client sent under those names.
-        for (claim, header) in &self.forward {
-            if let Err(e) = req.remove_header(header) {
-                return internal_error(&e);
-            }
-            let Some(value) = claims.get(claim) else {
-                continue;
-            };
-            if let Err(e) = req.set_header(header, &token::claim_header_value(value)) {
-                // A claim no header can carry (control characters): leave the header out.
-                log::warn(&format!(
-                    "jwt-auth: claim {claim:?} not forwarded as {header}: {e}"
-                ));
-            }
+        if let Err(e) = (self.forward).apply(req, |claim| claims.get(claim).map(header_value)) {
+            return internal_error(&e);
         }
         if self.strip_token
             && let Err(e) = req.remove_header("authorization")
@@ -248,16 +211,6 @@ impl JwtAuth {
                 .as_ref()
                 .is_some_and(|d| d.fetched.borrow().keys.iter().any(named))
     }
-
-    /// A 401 with an RFC 6750 `invalid_token` challenge.
-    fn invalid_token(&self, reject: Reject) -> Action {
-        let description = reject.description();
-        let challenge = format!(
-            "{}, error=\"invalid_token\", error_description=\"{description}\"",
-            self.challenge
-        );
-        LocalResponse::unauthorized(&challenge, "invalid_token", description).into()
-    }
 }
 
 /// The keys (of `all`) a token with this `alg` and `kid` may be signed with.
@@ -294,18 +247,6 @@ fn candidates<'k>(
     } else {
         Ok(same_alg)
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive); `None`
-/// when there is no such header, no token after the scheme, or another scheme (RFC 6750 §3:
-/// then the challenge carries no error).
-fn bearer_token(header: Option<&str>) -> Option<String> {
-    let header = header?.trim();
-    let (scheme, rest) = header.split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    Some(rest.trim().to_owned())
 }
 
 /// Counts a decision (best effort: counting never changes it).

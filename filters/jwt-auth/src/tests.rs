@@ -703,11 +703,7 @@ fn pkcs1_rsa_pem_is_accepted_too() -> TestResult {
 #[test]
 fn the_readme_quickstart_works() -> TestResult {
     let readme = include_str!("../README.md");
-    let yaml = readme
-        .split("```yaml\n")
-        .nth(1)
-        .and_then(|s| s.split("```").next())
-        .ok_or("no yaml block in the README")?;
+    let yaml = weir_filter::testing::first_yaml_block(readme)?;
     let doc: Value = weir_config::yaml_value(yaml)?;
     let mut h = Harness::<JwtAuth>::new(doc["filters"][0]["config"].clone())?;
     let token = readme

@@ -182,17 +182,3 @@ fn numeric_date(value: &Value) -> Result<f64, Reject> {
         .filter(|v| v.is_finite())
         .ok_or(Reject::BadClaims)
 }
-
-/// A claim as a header value: strings as they are, numbers and booleans as JSON text, arrays
-/// of strings comma-separated, anything else as compact JSON.
-pub fn claim_header_value(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(Value::is_string) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    }
-}

@@ -25,10 +25,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use weir_filter::validate::{check_header_name, check_realm};
+use weir_filter::auth::{Bearer, ForwardHeaders, bearer_token, header_value};
 use weir_filter::{
-    Action, Filter, HostError, LocalResponse, Phases, Request, callout, clock, export_filter, kv,
-    log, metrics,
+    Action, Filter, HostError, Phases, Request, callout, clock, export_filter, kv, log, metrics,
 };
 
 #[cfg(test)]
@@ -127,11 +126,9 @@ pub struct Introspect {
     required_scopes: Vec<String>,
     audiences: Vec<String>,
     issuer: Option<String>,
-    /// (member, header), in config order.
-    forward: Vec<(String, String)>,
+    forward: ForwardHeaders,
     strip_token: bool,
-    /// `Bearer realm="..."`.
-    challenge: String,
+    bearer: Bearer,
     cache: CacheConfig,
 }
 
@@ -213,21 +210,8 @@ impl Filter for Introspect {
                 return Err(format!("required_scopes[{i}]: {s:?} is not a scope token"));
             }
         }
-        let mut headers = BTreeSet::new();
-        for (member, header) in &config.forward_claims {
-            check_header_name(&format!("forward_claims.{member}"), header)?;
-            if header.eq_ignore_ascii_case("authorization") {
-                return Err(format!(
-                    "forward_claims.{member}: the token's own header cannot carry a claim"
-                ));
-            }
-            if !headers.insert(header.to_ascii_lowercase()) {
-                return Err(format!(
-                    "forward_claims.{member}: header {header:?} is already set from another member"
-                ));
-            }
-        }
-        check_realm(&config.realm)?;
+        let forward = ForwardHeaders::new("member", config.forward_claims)?;
+        let bearer = Bearer::new(&config.realm)?;
         let cache = config.cache;
         if cache.ttl_s > MAX_TTL_S || cache.negative_ttl_s > MAX_TTL_S {
             return Err(format!(
@@ -246,9 +230,9 @@ impl Filter for Introspect {
             required_scopes: config.required_scopes,
             audiences: config.audiences,
             issuer: config.issuer,
-            forward: config.forward_claims.into_iter().collect(),
+            forward,
             strip_token: config.strip_token,
-            challenge: format!("Bearer realm=\"{}\"", config.realm),
+            bearer,
             cache,
         })
     }
@@ -256,12 +240,7 @@ impl Filter for Introspect {
     fn on_request_headers(&self, req: &mut Request, _: &mut ()) -> Action {
         let Some(token) = bearer_token(req.header("authorization").as_deref()) else {
             count("denied");
-            return LocalResponse::unauthorized(
-                &self.challenge,
-                "missing_token",
-                "a bearer token is required",
-            )
-            .into();
+            return self.bearer.missing_token();
         };
         if token.len() > MAX_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
             count("denied");
@@ -284,19 +263,8 @@ impl Filter for Introspect {
             ));
             return self.refuse(refusal);
         }
-        // Headers set from the answer replace whatever the client sent under those names.
-        for (member, header) in &self.forward {
-            if let Err(e) = req.remove_header(header) {
-                return internal_error(&e);
-            }
-            let Some(value) = answer.members.get(member) else {
-                continue;
-            };
-            if let Err(e) = req.set_header(header, &header_value(value)) {
-                log::warn(&format!(
-                    "oauth2-introspect: {member:?} not forwarded as {header}: {e}"
-                ));
-            }
+        if let Err(e) = (self.forward).apply(req, |m| answer.members.get(m).map(header_value)) {
+            return internal_error(&e);
         }
         if self.strip_token
             && let Err(e) = req.remove_header("authorization")
@@ -395,7 +363,7 @@ impl Introspect {
         if res.body.len() > MAX_ANSWER_BYTES {
             return Err(format!("its answer is over {MAX_ANSWER_BYTES} bytes"));
         }
-        parse_answer(&res.body, self.forward.iter().map(|(m, _)| m.as_str()))
+        parse_answer(&res.body, self.forward.members())
     }
 
     /// The checks an active answer must pass, at `now_s`.
@@ -456,21 +424,9 @@ impl Introspect {
     fn refuse(&self, refusal: Refusal) -> Action {
         let description = refusal.description();
         if refusal == Refusal::MissingScope {
-            let challenge = format!(
-                "{}, error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{}\"",
-                self.challenge,
-                self.required_scopes.join(" ")
-            );
-            let body = serde_json::json!({ "error": "insufficient_scope", "error_description": description });
-            return LocalResponse::json(403, &body)
-                .header("www-authenticate", &challenge)
-                .into();
+            return (self.bearer).insufficient_scope(&self.required_scopes, description);
         }
-        let challenge = format!(
-            "{}, error=\"invalid_token\", error_description=\"{description}\"",
-            self.challenge
-        );
-        LocalResponse::unauthorized(&challenge, "invalid_token", description).into()
+        self.bearer.invalid_token(description)
     }
 }
 
@@ -503,17 +459,6 @@ fn parse_answer<'a>(body: &[u8], forward: impl Iterator<Item = &'a str>) -> Resu
     })
 }
 
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer_token(header: Option<&str>) -> Option<String> {
-    let header = header?.trim();
-    let (scheme, rest) = header.split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim();
-    (!token.is_empty()).then(|| token.to_owned())
-}
-
 /// `application/x-www-form-urlencoded` for one value: unreserved bytes as they are, the rest
 /// percent-encoded (so `+`, `&` and `=` in a token cannot change the form).
 fn form_encode(s: &str) -> String {
@@ -526,14 +471,6 @@ fn form_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// A member as a header value: strings as they are, anything else as compact JSON.
-fn header_value(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Counts a decision (best effort: counting never changes it).

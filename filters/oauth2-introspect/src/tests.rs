@@ -346,11 +346,7 @@ fn bad_configs_are_refused_with_the_field() {
 #[test]
 fn the_readme_config_works() -> TestResult {
     let readme = include_str!("../README.md");
-    let yaml = readme
-        .split("```yaml\n")
-        .nth(1)
-        .and_then(|s| s.split("```").next())
-        .ok_or("no yaml block in the README")?;
+    let yaml = weir_filter::testing::first_yaml_block(readme)?;
     let doc: Value = weir_config::yaml_value(yaml)?;
     let filter = &doc["filters"][0];
     assert_eq!(filter["grants"]["kv"][0], "oauth2-introspect");

@@ -153,6 +153,7 @@
 extern crate self as weir_filter;
 
 mod action;
+pub mod auth;
 pub mod callout;
 pub mod clock;
 pub mod defaults;

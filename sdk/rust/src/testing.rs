@@ -762,5 +762,23 @@ fn settle_body(
     }
 }
 
+/// The first fenced `yaml` block of a Markdown document: the config a filter's README shows, for
+/// a test that checks the README still works.
+///
+/// ```
+/// let readme = "# f\n\n```yaml\nfilters: []\n```\n";
+/// assert_eq!(weir_filter::testing::first_yaml_block(readme), Ok("filters: []\n"));
+/// assert!(weir_filter::testing::first_yaml_block("no config").is_err());
+/// ```
+pub fn first_yaml_block(markdown: &str) -> Result<&str, String> {
+    let (_, rest) = markdown
+        .split_once("```yaml\n")
+        .ok_or("no ```yaml block in the document")?;
+    let (block, _) = rest
+        .split_once("```")
+        .ok_or("the ```yaml block is not closed")?;
+    Ok(block)
+}
+
 #[cfg(test)]
 mod tests;
