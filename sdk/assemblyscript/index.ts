@@ -5,7 +5,7 @@ export { decodeUtf8, decodeUtf8Lossy, encodeUtf8, isValidUtf8 } from "./assembly
 export { ConfigReader } from "./assembly/config";
 export { HostError, HostErrorKind, Result } from "./assembly/errors";
 export { Filter, FilterBase, NoContext, registerFilter } from "./assembly/filter";
-export { BucketResult, CalloutResponse, KvEntry, Level, callout, clock, kv, log, metrics } from "./assembly/host";
+export { BucketResult, CalloutResponse, KvEntry, Level, callout, clock, kv, log, metrics, span } from "./assembly/host";
 export { Body, BodyKind, Headers, LogView, Request, Response } from "./assembly/http";
 export { debugQuote, isFramingHeader, isHeaderName } from "./assembly/validate";
 export { JSON, JsonKind, JsonMember, JsonParseResult, JsonValue, TextBuffer } from "./assembly/json";

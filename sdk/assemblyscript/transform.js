@@ -72,6 +72,7 @@ const IMPORTS = {
     "take-tokens": ["iiiiIIIIi", ""],
   },
   "weir:filter/callout@0.1.0": { send: ["iiiiiiiiiiii", ""] },
+  "weir:filter/trace@0.1.0": { sampled: ["", "i"], "set-attribute": ["iiiii", ""], "add-event": ["iiiii", ""] },
 };
 
 const HINTS = {

@@ -51,6 +51,9 @@ var wantImports = map[string]string{
 	"weir:filter/kv@0.1.0 increment":              "(i32,i32,i32,i32,i64,i64,i32)",
 	"weir:filter/kv@0.1.0 take-tokens":            "(i32,i32,i32,i32,i64,i64,i64,i64,i32)",
 	"weir:filter/callout@0.1.0 send":              "(i32,i32,i32,i32,i32,i32,i32,i32,i32,i32,i32,i32)",
+	"weir:filter/trace@0.1.0 sampled":             "()->(i32)",
+	"weir:filter/trace@0.1.0 set-attribute":       "(i32,i32,i32,i32,i32)",
+	"weir:filter/trace@0.1.0 add-event":           "(i32,i32,i32,i32,i32)",
 }
 
 var wantExports = map[string]string{

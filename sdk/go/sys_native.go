@@ -293,3 +293,24 @@ func sysCalloutSend(target, method, path string, headers []Header, body []byte, 
 	}
 	return nil, hostError(Unavailable, noHost)
 }
+
+func sysSpanSampled() bool {
+	if h := host(); h != nil {
+		return h.SpanSampled()
+	}
+	return false
+}
+
+func sysSpanSetAttribute(key, value string) error {
+	if h := host(); h != nil {
+		return errOf(h.SpanSetAttribute(key, value))
+	}
+	return hostError(Unavailable, noHost)
+}
+
+func sysSpanAddEvent(name string, attributes []Label) error {
+	if h := host(); h != nil {
+		return errOf(h.SpanAddEvent(name, pairs(attributes)))
+	}
+	return hostError(Unavailable, noHost)
+}

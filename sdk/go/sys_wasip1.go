@@ -349,3 +349,30 @@ func sysCalloutSend(target, method, path string, headers []Header, body []byte, 
 		Body:    liftBytes(ret32(16), ret32(20)),
 	}, nil
 }
+
+// ---- weir:filter/trace ----
+
+//go:wasmimport weir:filter/trace@0.1.0 sampled
+func impSpanSampled() uint32
+
+//go:wasmimport weir:filter/trace@0.1.0 set-attribute
+func impSpanSetAttribute(key, value string, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/trace@0.1.0 add-event
+func impSpanAddEvent(name string, attributes unsafe.Pointer, n uint32, ret unsafe.Pointer)
+
+func sysSpanSampled() bool { return impSpanSampled() != 0 }
+
+func sysSpanSetAttribute(key, value string) error {
+	begin()
+	impSpanSetAttribute(key, value, retp())
+	return unitResult()
+}
+
+func sysSpanAddEvent(name string, attributes []Label) error {
+	begin()
+	l := lowerLabels(attributes)
+	impSpanAddEvent(name, slicePtr(l), uint32(len(attributes)), retp())
+	runtime.KeepAlive(attributes)
+	return unitResult()
+}

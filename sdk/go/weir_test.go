@@ -752,3 +752,47 @@ func TestUndeclaredPhasesAreNotCalled(t *testing.T) {
 		t.Fatal(out.Upstream.ForwardedBody())
 	}
 }
+
+func TestTraceNotesStayWithTheRequest(t *testing.T) {
+	var inLog [2]error
+	h := harness(t, &probe{
+		reqHeaders: func(ctx *weir.Context, req *weir.Request) weir.Action {
+			if weir.Trace.Sampled() {
+				must(t, weir.Trace.SetAttribute("enduser.id", "alice"))
+			}
+			must(t, weir.Trace.AddEvent("auth.accepted", weir.Label{Name: "scope", Value: strings.Repeat("ü", 300)}))
+			if err := weir.Trace.SetAttribute("http.route", "x"); kindOf(t, err) != weir.Invalid {
+				t.Error("a proxy key accepted:", err)
+			}
+			return weir.Continue
+		},
+		log: func(ctx *weir.Context, view *weir.LogView) {
+			inLog[0] = weir.Trace.SetAttribute("late", "x")
+			inLog[1] = weir.Trace.AddEvent("late")
+		},
+	}, weir.PhaseRequestHeaders|weir.PhaseLog)
+
+	req := weirtest.Get("/")
+	h.RequestHeaders(req)
+	h.Log(req, weirtest.NewResponse(200))
+	s := req.Span()
+	if v, _ := s.Attribute("enduser.id"); v != "alice" || len(s.Attributes) != 1 {
+		t.Fatal(s.Attributes)
+	}
+	if len(s.Events) != 1 || s.Events[0].Name != "auth.accepted" || s.Events[0].AtMs != weirtest.StartMs ||
+		len(s.Events[0].Attributes[0].Value) != 512 {
+		t.Fatal(s.Events)
+	}
+	for _, err := range inLog {
+		if kindOf(t, err) != weir.Unavailable {
+			t.Fatal("the span is exported before on-log:", err)
+		}
+	}
+
+	// Not sampled: the calls succeed and nothing is kept.
+	quiet := weirtest.Get("/").Unsampled()
+	h.RequestHeaders(quiet)
+	if quiet.Span() != nil {
+		t.Fatal(quiet.Span())
+	}
+}

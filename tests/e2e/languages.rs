@@ -567,14 +567,17 @@ async fn new_projects_test_build_and_serve_in_every_language() -> Result<()> {
 /// in each language: every call with hostile arguments gets the answer the table gives. Each
 /// SDK's emulator runs the same table in its own tests (cargo test -p weir-testbed, go test in
 /// tests/filters/testbed-go, npm test in tests/filters/testbed-as), so a filter that passes its
-/// SDK tests meets the same host in the proxy.
-#[tokio::test]
+/// SDK tests meets the same host in the proxy. The request is traced, and what the table's
+/// trace calls added reaches the OTLP receiver on the request's server span.
+// Multi-threaded: the OTLP receiver answers while the test waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_calls_answer_as_the_shared_table_says_in_every_language() -> Result<()> {
     let table: serde_json::Value =
         serde_json::from_str(include_str!("../filters/host-calls.json"))?;
     let cases = table["cases"].as_array().expect("cases").clone();
     let up = Upstream::start("up").await;
-    for lang in LANGS {
+    let (receiver, received) = crate::ops::otlp_receiver().await;
+    for (n, lang) in LANGS.into_iter().enumerate() {
         let dir = TempDir::new();
         let calls = serde_json::json!({ "mode": "host-calls", "calls": cases });
         std::fs::write(dir.0.join("host-calls.json"), calls.to_string())?;
@@ -582,9 +585,19 @@ async fn host_calls_answer_as_the_shared_table_says_in_every_language() -> Resul
             "  - {{ name: calls, module: \"{}\", config: {{ $json_file: host-calls.json }}, grants: {{ kv: [ granted ] }} }}\n",
             lang.testbed().display()
         );
-        let weir = Weir::start_in(dir, &config(&up, &filters, &route("/calls", "calls")))
-            .with_context(|| format!("{lang:?}: the testbed loads"))?;
-        let got = get(&weir.url("public", "/calls")).await?;
+        let tracing = format!(
+            "tracing: {{ sample_ratio: 1, otlp: {{ endpoint: \"http://{}\", flush_interval: 50ms }} }}\n",
+            receiver.addr
+        );
+        let yaml = tracing + &config(&up, &filters, &route("/calls", "calls"));
+        let weir =
+            Weir::start_in(dir, &yaml).with_context(|| format!("{lang:?}: the testbed loads"))?;
+        let trace_id = format!("{:032x}", 0xca11_5000 + n);
+        let got = get_with(
+            &weir.url("public", "/calls"),
+            &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+        )
+        .await?;
         ensure!(got.status == 200, "{lang:?}: {} {}", got.status, got.text());
         let text = got.text();
         let answers: Vec<&str> = text.lines().collect();
@@ -606,6 +619,63 @@ async fn host_calls_answer_as_the_shared_table_says_in_every_language() -> Resul
             wrong.is_empty(),
             "{lang:?}: the proxy disagrees with the table:\n{}",
             wrong.join("\n")
+        );
+
+        for limit in ["span_attributes", "span_events", "span_event_attributes"] {
+            let hits = (weir.sample(&format!(
+                "weir_filter_limit_rejections_total{{filter=\"calls\",limit=\"{limit}\"}}"
+            )))
+            .await?;
+            ensure!(hits == 1.0, "{lang:?}: {limit} refused {hits} times");
+        }
+        // What the filter added is on the request's server span, as the table left it.
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let server = loop {
+            let found = (received.lock().unwrap().spans.iter())
+                .find(|s| s.kind == 2 && hex(&s.trace_id) == trace_id)
+                .cloned();
+            if let Some(s) = found {
+                break s;
+            }
+            ensure!(Instant::now() < deadline, "{lang:?}: no server span in 10s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let attr = |k: &str| crate::ops::attr(&server, k);
+        ensure!(
+            attr("enduser.id").as_deref() == Some("carol"),
+            "{lang:?}: {:?}",
+            server.attributes
+        );
+        ensure!(
+            attr("big") == Some("é".repeat(256)),
+            "{lang:?}: a long value is cut at 512 bytes, on a character boundary"
+        );
+        ensure!(
+            attr("fill.28").is_some() && attr("one.more").is_none(),
+            "{lang:?}"
+        );
+        ensure!(
+            attr("weir.route").as_deref() == Some("r-calls"),
+            "{lang:?}: the proxy's own attributes stay"
+        );
+        ensure!(
+            server.events.len() == 32,
+            "{lang:?}: {} events",
+            server.events.len()
+        );
+        let refused = &server.events[0];
+        ensure!(refused.name == "auth.refused", "{lang:?}: {}", refused.name);
+        let ev = |k: &str| crate::ops::attr_of(&refused.attributes, k);
+        ensure!(
+            ev("reason").as_deref() == Some("the token has expired"),
+            "{lang:?}"
+        );
+        ensure!(ev("weir.filter").as_deref() == Some("calls"), "{lang:?}");
+        ensure!(
+            refused.time_unix_nano >= server.start_time_unix_nano
+                && refused.time_unix_nano <= server.end_time_unix_nano,
+            "{lang:?}: the event is within its span"
         );
     }
     Ok(())

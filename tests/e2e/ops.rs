@@ -1476,13 +1476,13 @@ async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<(
 /// What an OTLP/HTTP receiver got: every export request's content type, resource
 /// `service.name` and spans, decoded with the official protobuf definitions.
 #[derive(Default)]
-struct Received {
-    content_types: Vec<String>,
-    services: Vec<String>,
-    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+pub(crate) struct Received {
+    pub content_types: Vec<String>,
+    pub services: Vec<String>,
+    pub spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
 }
 
-async fn otlp_receiver() -> (Upstream, Arc<Mutex<Received>>) {
+pub(crate) async fn otlp_receiver() -> (Upstream, Arc<Mutex<Received>>) {
     use http_body_util::BodyExt;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -1524,9 +1524,20 @@ async fn otlp_receiver() -> (Upstream, Arc<Mutex<Received>>) {
     (receiver, got)
 }
 
-fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+pub(crate) fn attr(
+    span: &opentelemetry_proto::tonic::trace::v1::Span,
+    key: &str,
+) -> Option<String> {
+    attr_of(&span.attributes, key)
+}
+
+/// The value of `key` among OTLP attributes, as text.
+pub(crate) fn attr_of(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    let kv = span.attributes.iter().find(|kv| kv.key == key)?;
+    let kv = attributes.iter().find(|kv| kv.key == key)?;
     match kv.value.as_ref()?.value.as_ref()? {
         Value::StringValue(s) => Some(s.clone()),
         Value::IntValue(n) => Some(n.to_string()),

@@ -115,10 +115,10 @@ impl Chain {
             result = self.bound_call(i, cr, phase, ex, end).await;
         }
         link.stats.call(started.elapsed());
-        if let Some(runs) = &mut ex.phase_runs
-            && runs.len() < crate::MAX_PHASE_RUNS
+        if let Some(notes) = &mut ex.trace
+            && notes.phase_runs.len() < crate::MAX_PHASE_RUNS
         {
-            runs.push(crate::PhaseRun {
+            notes.phase_runs.push(crate::PhaseRun {
                 filter: link.pool.spec().filter.clone(),
                 phase: phase.name(),
                 start: started,

@@ -9,7 +9,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::weir::filter::{callout, clock, http as whttp, kv, log, metrics, types};
+use crate::bindings::weir::filter::{
+    callout, clock, http as whttp, kv, log, metrics, trace, types,
+};
 use crate::budget::Budget;
 use crate::module::RuntimeInner;
 use crate::pool::PoolShared;
@@ -58,13 +60,47 @@ pub struct Exchange {
     /// The request's deadline: binding an instance, and callouts, end by then (a callout's own
     /// timeout is cut to what is left).
     pub deadline: Option<tokio::time::Instant>,
-    /// Set for a request whose trace is exported: each filter phase that runs is recorded
-    /// here (at most [`MAX_PHASE_RUNS`]), to become a span.
-    pub phase_runs: Option<Vec<PhaseRun>>,
+    /// Set for a request whose trace is exported: what becomes of the filters in its spans.
+    pub trace: Option<Box<SpanNotes>>,
 }
 
 /// Phase runs recorded per request at most; a streamed body's phases past that are not.
 pub const MAX_PHASE_RUNS: usize = 64;
+/// Attributes all filters together may set on a request's span.
+pub const MAX_SPAN_ATTRIBUTES: usize = 32;
+/// Events all filters together may add to a request's span.
+pub const MAX_SPAN_EVENTS: usize = 32;
+/// Attributes one event may carry.
+pub const MAX_EVENT_ATTRIBUTES: usize = 16;
+/// Longest attribute key or event name, in bytes.
+pub const MAX_SPAN_NAME_BYTES: usize = 128;
+/// Longest attribute value kept, in bytes (longer ones are cut at a character boundary).
+pub const MAX_SPAN_VALUE_BYTES: usize = 512;
+/// Attribute key prefixes the proxy's own span attributes use: a filter cannot set these.
+pub const RESERVED_SPAN_PREFIXES: [&str; 7] = [
+    "http.", "url.", "server.", "client.", "network.", "error.", "weir.",
+];
+
+/// What the filters of a request whose trace is exported leave for its spans.
+#[derive(Debug, Default)]
+pub struct SpanNotes {
+    /// Each filter phase as it ran (at most [`MAX_PHASE_RUNS`]).
+    pub phase_runs: Vec<PhaseRun>,
+    /// Attributes for the request's span, in the order first set.
+    pub attributes: Vec<(String, String)>,
+    /// Events for the request's span.
+    pub events: Vec<SpanEvent>,
+}
+
+/// An event a filter added to the request's span.
+#[derive(Debug, Clone)]
+pub struct SpanEvent {
+    /// The filter that added it.
+    pub filter: Arc<str>,
+    pub name: String,
+    pub at: std::time::Instant,
+    pub attributes: Vec<(String, String)>,
+}
 
 /// One filter phase as it ran, for the request's trace.
 #[derive(Debug, Clone)]
@@ -509,6 +545,145 @@ impl log::Host for HostState {
             types::Level::Error => tracing::error!(filter, request_id = %id, "{message}"),
         }
         Ok(())
+    }
+}
+
+/// A span attribute key or event name a filter may use: 1–[`MAX_SPAN_NAME_BYTES`] bytes of
+/// `[A-Za-z0-9._-]`.
+fn span_name(what: &str, name: &str) -> Result<(), HostError> {
+    if name.is_empty()
+        || name.len() > MAX_SPAN_NAME_BYTES
+        || !(name.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(HostError::Invalid(format!(
+            "{what} {:?}: 1 to {MAX_SPAN_NAME_BYTES} bytes of [A-Za-z0-9._-]",
+            capped(name, 64)
+        )));
+    }
+    Ok(())
+}
+
+/// An attribute key a filter may set: a valid name outside [`RESERVED_SPAN_PREFIXES`].
+fn span_key(key: &str) -> Result<(), HostError> {
+    span_name("span attribute", key)?;
+    if let Some(p) = RESERVED_SPAN_PREFIXES.iter().find(|p| key.starts_with(**p)) {
+        return Err(HostError::Invalid(format!(
+            "span attribute {key:?}: keys under {p:?} are the proxy's"
+        )));
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn capped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl HostState {
+    /// The request's span notes, when its trace is exported and still open to filters.
+    fn span_notes(&mut self) -> Result<Option<&mut SpanNotes>, HostError> {
+        match self.phase {
+            Phase::Configure => Err(HostError::Unavailable("no request during configure".into())),
+            Phase::Log => Err(HostError::Unavailable(
+                "the request's span has been exported before on-log".into(),
+            )),
+            _ => Ok(self.ex.trace.as_deref_mut()),
+        }
+    }
+
+    /// A span bound as the filter sees it (`invalid`), counted on `/metrics`.
+    fn span_refused(&self, limit: &'static str, message: String) -> HostError {
+        (self.shared.runtime.registry).filter_limit_hit(&self.shared.spec.filter, limit);
+        HostError::Invalid(message)
+    }
+}
+
+impl trace::Host for HostState {
+    fn sampled(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.span_notes().is_ok_and(|n| n.is_some()))
+    }
+
+    fn set_attribute(
+        &mut self,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        if let Err(e) = span_key(&key) {
+            return Ok(Err(e));
+        }
+        let notes = match self.span_notes() {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(Ok(())),
+            Err(e) => return Ok(Err(e)),
+        };
+        let value = capped(&value, MAX_SPAN_VALUE_BYTES).to_owned();
+        if let Some(kept) = notes.attributes.iter_mut().find(|(k, _)| *k == key) {
+            kept.1 = value;
+            return Ok(Ok(()));
+        }
+        if notes.attributes.len() >= MAX_SPAN_ATTRIBUTES {
+            return Ok(Err(self.span_refused(
+                "span_attributes",
+                format!(
+                    "a request's span takes at most {MAX_SPAN_ATTRIBUTES} attributes from filters"
+                ),
+            )));
+        }
+        notes.attributes.push((key, value));
+        Ok(Ok(()))
+    }
+
+    fn add_event(
+        &mut self,
+        name: String,
+        attributes: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        if let Err(e) = span_name("span event", &name) {
+            return Ok(Err(e));
+        }
+        if attributes.len() > MAX_EVENT_ATTRIBUTES {
+            return Ok(Err(self.span_refused(
+                "span_event_attributes",
+                format!("a span event carries at most {MAX_EVENT_ATTRIBUTES} attributes"),
+            )));
+        }
+        for (k, _) in &attributes {
+            if let Err(e) = span_key(k) {
+                return Ok(Err(e));
+            }
+        }
+        let filter = self.shared.spec.filter.clone();
+        let notes = match self.span_notes() {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(Ok(())),
+            Err(e) => return Ok(Err(e)),
+        };
+        if notes.events.len() >= MAX_SPAN_EVENTS {
+            return Ok(Err(self.span_refused(
+                "span_events",
+                format!("a request's span takes at most {MAX_SPAN_EVENTS} events from filters"),
+            )));
+        }
+        let attributes = (attributes.into_iter())
+            .map(|(k, v)| {
+                let v = capped(&v, MAX_SPAN_VALUE_BYTES).to_owned();
+                (k, v)
+            })
+            .collect();
+        notes.events.push(SpanEvent {
+            filter,
+            name,
+            at: std::time::Instant::now(),
+            attributes,
+        });
+        Ok(Ok(()))
     }
 }
 

@@ -40,7 +40,10 @@ mod series;
 mod state;
 
 pub use chain::{Answer, Chain, ChainRequest};
-pub use host::{Exchange, LocalResponse, MAX_PHASE_RUNS, PhaseRun, Props};
+pub use host::{
+    Exchange, LocalResponse, MAX_EVENT_ATTRIBUTES, MAX_PHASE_RUNS, MAX_SPAN_ATTRIBUTES,
+    MAX_SPAN_EVENTS, PhaseRun, Props, SpanEvent, SpanNotes,
+};
 pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};
 pub use pool::{FilterSpec, InstancePool};

@@ -168,8 +168,9 @@ impl Drop for Finish {
     fn drop(&mut self) {
         self.conn.request_done();
         if let Some(spans) = self.spans.take() {
-            let phases = (self.filters.as_ref()).map_or_else(Vec::new, FilterRun::take_phase_runs);
-            spans.end(self.bytes, phases);
+            let notes =
+                (self.filters.as_ref()).map_or_else(Default::default, FilterRun::take_span_notes);
+            spans.end(self.bytes, notes);
         }
         if let Some(mut log) = self.log.take() {
             log.0.bytes = self.bytes;

@@ -73,7 +73,7 @@ impl FilterRun {
             method,
             props: Arc::new(props),
             deadline: Some(deadline),
-            phase_runs: record.then(Vec::new),
+            trace: record.then(Box::default),
             ..Exchange::default()
         };
         FilterRun {
@@ -186,11 +186,13 @@ impl FilterRun {
         })
     }
 
-    /// The phase runs recorded so far (see [`new`](Self::new)); none while a phase runs.
-    pub fn take_phase_runs(&self) -> Vec<weir_filters::PhaseRun> {
+    /// What the filters recorded for the request's spans so far (see [`new`](Self::new)):
+    /// phase runs, attributes and events; nothing while a phase runs. Taken once: the
+    /// filters' calls to the trace interface are `unavailable` from then on.
+    pub fn take_span_notes(&self) -> weir_filters::SpanNotes {
         match self.shared.state.try_lock() {
-            Ok(mut st) => st.ex.phase_runs.take().unwrap_or_default(),
-            Err(_) => Vec::new(),
+            Ok(mut st) => st.ex.trace.take().map(|n| *n).unwrap_or_default(),
+            Err(_) => weir_filters::SpanNotes::default(),
         }
     }
 

@@ -39,6 +39,10 @@ pub(crate) struct SpanRecord {
     pub start: Instant,
     pub end: Instant,
     pub attrs: Vec<(&'static str, Attr)>,
+    /// Attributes filters set (keys checked by the filter runtime, values capped).
+    pub filter_attrs: Vec<(String, String)>,
+    /// Events filters added.
+    pub events: Vec<weir_filters::SpanEvent>,
     /// Set when the span's operation failed: the status message.
     pub error: Option<String>,
 }
@@ -371,7 +375,19 @@ impl Batcher {
             kind: kind as i32,
             start_time_unix_nano: unix_nanos(self.epoch, s.start),
             end_time_unix_nano: unix_nanos(self.epoch, s.end),
-            attributes: s.attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+            attributes: (s.attrs.into_iter().map(|(k, v)| kv(k, v)))
+                .chain((s.filter_attrs.into_iter()).map(|(k, v)| kv(&k, Attr::Str(v))))
+                .collect(),
+            events: (s.events.into_iter())
+                .map(|e| span::Event {
+                    time_unix_nano: unix_nanos(self.epoch, e.at),
+                    name: e.name,
+                    attributes: std::iter::once(kv("weir.filter", Attr::from(&*e.filter)))
+                        .chain((e.attributes.into_iter()).map(|(k, v)| kv(&k, Attr::Str(v))))
+                        .collect(),
+                    dropped_attributes_count: 0,
+                })
+                .collect(),
             status: s.error.map(|message| Status {
                 message,
                 code: status::StatusCode::Error as i32,
@@ -419,6 +435,8 @@ mod tests {
             start: now,
             end: now,
             attrs: vec![("n", Attr::Int(i64::from(n)))],
+            filter_attrs: Vec::new(),
+            events: Vec::new(),
             error: None,
         }
     }

@@ -152,6 +152,8 @@ impl RequestSpans {
                 start,
                 end: start,
                 attrs,
+                filter_attrs: Vec::new(),
+                events: Vec::new(),
                 error: None,
             },
             children: Vec::new(),
@@ -207,6 +209,8 @@ impl RequestSpans {
             start,
             end: Instant::now(),
             attrs,
+            filter_attrs: Vec::new(),
+            events: Vec::new(),
             error,
         });
     }
@@ -234,7 +238,7 @@ impl RequestSpans {
     }
 
     /// The response has ended (or was abandoned): the spans go to the exporter.
-    pub fn end(mut self: Box<Self>, bytes: u64, phases: Vec<weir_filters::PhaseRun>) {
+    pub fn end(mut self: Box<Self>, bytes: u64, notes: weir_filters::SpanNotes) {
         self.server.end = Instant::now();
         self.server
             .attrs
@@ -242,10 +246,12 @@ impl RequestSpans {
         let RequestSpans {
             exporter,
             ctx,
-            server,
+            mut server,
             mut children,
         } = *self;
-        for p in phases {
+        server.filter_attrs = notes.attributes;
+        server.events = notes.events;
+        for p in notes.phase_runs {
             let error = p.outcome.starts_with("failed").then(|| p.outcome.clone());
             children.push(SpanRecord {
                 trace_id: ctx.trace_id,
@@ -260,6 +266,8 @@ impl RequestSpans {
                     ("weir.filter.phase", Attr::from(p.phase)),
                     ("weir.filter.outcome", Attr::from(p.outcome)),
                 ],
+                filter_attrs: Vec::new(),
+                events: Vec::new(),
                 error,
             });
         }

@@ -72,6 +72,14 @@ export declare function metrics_gauge_set(np: usize, nl: usize, lp: usize, ll: u
 @external("weir:filter/metrics@0.1.0", "histogram-observe")
 export declare function metrics_histogram_observe(np: usize, nl: usize, lp: usize, ll: usize, value: f64, ret: usize): void;
 
+// weir:filter/trace
+@external("weir:filter/trace@0.1.0", "sampled")
+export declare function trace_sampled(): i32;
+@external("weir:filter/trace@0.1.0", "set-attribute")
+export declare function trace_set_attribute(kp: usize, kl: usize, vp: usize, vl: usize, ret: usize): void;
+@external("weir:filter/trace@0.1.0", "add-event")
+export declare function trace_add_event(np: usize, nl: usize, ap: usize, al: usize, ret: usize): void;
+
 // weir:filter/kv
 @external("weir:filter/kv@0.1.0", "get")
 export declare function kv_get(nsp: usize, nsl: usize, kp: usize, kl: usize, ret: usize): void;

@@ -1,4 +1,5 @@
-// Host capabilities: log, clock, metrics, kv, callout.
+// Host capabilities: log, clock, metrics, kv, callout, span (WIT `trace`: AssemblyScript has a
+// global `trace` function, so the class is named for what it acts on).
 //
 // Each is a class of static functions (`kv.increment(...)`, `log.info(...)`): AssemblyScript
 // namespaces cannot have a member named `delete`, classes can.
@@ -23,6 +24,9 @@ import {
   metrics_counter_add,
   metrics_gauge_set,
   metrics_histogram_observe,
+  trace_add_event,
+  trace_sampled,
+  trace_set_attribute,
   releaseHostMemory,
   strLen,
   strPtr,
@@ -127,6 +131,43 @@ export class metrics {
     const lp = lowerLabels(labels);
     metrics_histogram_observe(strPtr(name), strLen(name), lp, <usize>labels.length, seconds, IMPORT_RET);
     freePairs(lp);
+    const e = liftUnitResult();
+    releaseHostMemory();
+    return e;
+  }
+}
+
+/**
+ * The request's trace span (WIT `trace`): what a filter adds appears on the server span Weir
+ * exports for the request over OTLP (`tracing.otlp` in the proxy's config).
+ *
+ * Only sampled requests are exported; for the others the calls do nothing and cost next to
+ * nothing, and `span.sampled()` lets a filter skip building what it would add. Names are 1–128
+ * bytes of `[A-Za-z0-9._-]`; attribute keys under the proxy's prefixes (`http.`, `url.`,
+ * `server.`, `client.`, `network.`, `error.`, `weir.`) are `invalid`. Values are cut at 512
+ * bytes. A request's span takes at most 32 attributes and 32 events (of at most 16 attributes
+ * each) from all its filters together. In `onLog` the span has been exported: `unavailable`.
+ */
+export class span {
+  /** Whether the current request's trace is exported (and still open to filters). */
+  static sampled(): bool {
+    return trace_sampled() != 0;
+  }
+  /** Sets an attribute of the request's span; a key set again gets the new value. */
+  static setAttribute(key: string, value: string): HostError | null {
+    trace_set_attribute(strPtr(key), strLen(key), strPtr(value), strLen(value), IMPORT_RET);
+    const e = liftUnitResult();
+    releaseHostMemory();
+    return e;
+  }
+  /**
+   * Adds an event, timestamped now, with attributes, to the request's span. The proxy adds the
+   * filter's name as the event's `weir.filter` attribute.
+   */
+  static addEvent(name: string, attributes: Array<Header> = []): HostError | null {
+    const ap = lowerLabels(attributes);
+    trace_add_event(strPtr(name), strLen(name), ap, <usize>attributes.length, IMPORT_RET);
+    freePairs(ap);
     const e = liftUnitResult();
     releaseHostMemory();
     return e;

@@ -185,6 +185,31 @@ function checkWritable(name, value) {
 
 let nextContext = 1;
 
+/** The trace interface's bounds, as the proxy has them (wit/filter.wit, interface trace). */
+const SPAN = { attributes: 32, events: 32, eventAttributes: 16, nameBytes: 128, valueBytes: 512 };
+const SPAN_RESERVED = ["http.", "url.", "server.", "client.", "network.", "error.", "weir."];
+
+function checkSpanName(what, name) {
+  if (name.length === 0 || name.length > SPAN.nameBytes || !/^[A-Za-z0-9._-]+$/.test(name)) {
+    throw HostError.invalid(`${what} ${JSON.stringify(cutUtf8(name, 64))}: 1 to ${SPAN.nameBytes} bytes of [A-Za-z0-9._-]`);
+  }
+}
+
+function checkSpanKey(key) {
+  checkSpanName("span attribute", key);
+  const p = SPAN_RESERVED.find((p) => key.startsWith(p));
+  if (p) throw HostError.invalid(`span attribute ${JSON.stringify(key)}: keys under ${JSON.stringify(p)} are the proxy's`);
+}
+
+/** `s` cut to at most `max` UTF-8 bytes, at a character boundary. */
+function cutUtf8(s, max) {
+  const b = Buffer.from(s, "utf8");
+  if (b.length <= max) return s;
+  let end = max;
+  while (end > 0 && (b[end] & 0xc0) === 0x80) end--;
+  return b.subarray(0, end).toString("utf8");
+}
+
 /** What a test request and a test response share: a head with headers, and the body bytes. */
 class TestMessage {
   constructor(head) {
@@ -237,8 +262,26 @@ export class TestRequest extends TestMessage {
       cluster: "test-cluster",
       requestId: `test-${contextId}`,
       headers: [],
+      span: { attributes: [], events: [] },
     });
     this.contextId = contextId;
+  }
+  /**
+   * Makes the request's trace not sampled: `span.sampled()` is false and what filters add is
+   * dropped. Requests are sampled by default. Returns `this`.
+   */
+  unsampled() {
+    this.head.span = null;
+    return this;
+  }
+  /**
+   * What filters added to the request's trace span (`span` of @weir/filter), or null when not
+   * sampled: `{ attributes: [[key, value]...], events: [{ name, atMs, attributes }...] }`,
+   * kept under the proxy's rules (names checked, the proxy's keys refused, values cut, counts
+   * bounded). The proxy adds `weir.filter` to each event; the emulator does not.
+   */
+  get span() {
+    return this.head.span;
   }
   static get(path = "/") {
     return new TestRequest("GET", path);
@@ -704,7 +747,7 @@ function checkModule(mod) {
   const names = new Set(WebAssembly.Module.exports(mod).map((e) => e.name));
   for (const n of REQUIRED_EXPORTS) if (!names.has(n)) problems.push(`missing export ${n}`);
   for (const imp of WebAssembly.Module.imports(mod)) {
-    if (!/^weir:filter\/(http|log|clock|metrics|kv|callout)@0\.1\.0$/.test(imp.module)) {
+    if (!/^weir:filter\/(http|log|clock|metrics|kv|callout|trace)@0\.1\.0$/.test(imp.module)) {
       problems.push(`import ${imp.module}.${imp.name} is not provided by the proxy`);
     }
   }
@@ -926,6 +969,15 @@ export class Harness {
     const u64 = (v) => BigInt.asUintN(64, v);
     const s64 = (v) => BigInt.asIntN(64, v);
     const pairsParam = (p, l, what) => h.readPairs(p, l, what);
+    // The request's span when it can take notes: null when not sampled; unavailable outside the
+    // phases that can add to it (the proxy exports the span before on-log).
+    const openSpan = () => {
+      const s = h.scope;
+      if (!s || s.phase === "on-log") {
+        throw HostError.unavailable(`no open span ${s ? s.phase : "outside a phase"}: the proxy exports it before on-log`);
+      }
+      return s.request ? s.request.span : null;
+    };
 
     return {
       "weir:filter/http@0.1.0": {
@@ -1164,6 +1216,55 @@ export class Harness {
               dv.setBigUint64(at + 24, r.resetMs, true);
             },
           );
+        },
+      },
+      "weir:filter/trace@0.1.0": {
+        sampled: () => {
+          enter("trace.sampled");
+          try {
+            return openSpan() ? 1 : 0;
+          } catch (e) {
+            if (e instanceof HostError) return 0;
+            throw e;
+          }
+        },
+        "set-attribute": (kp, kl, vp, vl, ret) => {
+          enter("trace.set-attribute");
+          const key = str(kp, kl, "span attribute key");
+          const value = str(vp, vl, "span attribute value");
+          unit(ret, "trace.set-attribute", () => {
+            checkSpanKey(key);
+            const span = openSpan();
+            if (!span) return;
+            const v = cutUtf8(value, SPAN.valueBytes);
+            const kept = span.attributes.find(([k]) => k === key);
+            if (kept) {
+              kept[1] = v;
+              return;
+            }
+            if (span.attributes.length >= SPAN.attributes) {
+              throw HostError.invalid(`a request's span takes at most ${SPAN.attributes} attributes from filters`);
+            }
+            span.attributes.push([key, v]);
+          });
+        },
+        "add-event": (np, nl, ap, al, ret) => {
+          enter("trace.add-event");
+          const name = str(np, nl, "span event name");
+          const attributes = pairsParam(ap, al, "span event attributes");
+          unit(ret, "trace.add-event", () => {
+            checkSpanName("span event", name);
+            if (attributes.length > SPAN.eventAttributes) {
+              throw HostError.invalid(`a span event carries at most ${SPAN.eventAttributes} attributes`);
+            }
+            for (const [k] of attributes) checkSpanKey(k);
+            const span = openSpan();
+            if (!span) return;
+            if (span.events.length >= SPAN.events) {
+              throw HostError.invalid(`a request's span takes at most ${SPAN.events} events from filters`);
+            }
+            span.events.push({ name, atMs: host().nowMs, attributes: attributes.map(([k, v]) => [k, cutUtf8(v, SPAN.valueBytes)]) });
+          });
         },
       },
       "weir:filter/callout@0.1.0": {

@@ -46,7 +46,7 @@ test("the module is what the componentizer expects", () => {
     "weir:filter/filter@0.1.0#on-response-headers",
   ]);
   for (const imp of WebAssembly.Module.imports(mod)) {
-    assert.match(imp.module, /^weir:filter\/(http|log|clock|metrics|kv|callout)@0\.1\.0$/, `${imp.module}.${imp.name}`);
+    assert.match(imp.module, /^weir:filter\/(http|log|clock|metrics|kv|callout|trace)@0\.1\.0$/, `${imp.module}.${imp.name}`);
   }
 });
 
@@ -379,6 +379,28 @@ test("on-log sees the finished exchange, read-only", () => {
     "probe log: POST /logged -> 503 seen=1",
     "probe log: unavailable: set-header: the response head can only change in on-response-headers (now on-log)",
   ]);
+});
+
+test("what a filter adds to the trace span stays with its request, until on-log", () => {
+  const h = probe("span");
+  const req = TestRequest.get("/");
+  h.exchange(req, { response: new TestResponse(200) });
+  assert.deepEqual(req.span.attributes, [["enduser.id", "alice"]]);
+  assert.equal(req.span.events.length, 1);
+  const [ev] = req.span.events;
+  assert.equal(ev.name, "auth.accepted");
+  assert.equal(ev.atMs, 1_700_000_000_000);
+  assert.equal(ev.attributes[0][1], "ü".repeat(256), "a value is cut at 512 UTF-8 bytes, on a character boundary");
+  const lines = h.logs().map((l) => l.message);
+  assert.equal(lines[0], "span: ok");
+  assert.equal(lines[1], "span event: ok");
+  assert.match(lines[2], /^span proxy key: invalid: span attribute "http.route"/);
+  assert.match(lines[3], /^span in on-log: unavailable: .* closed$/);
+  // Not sampled: the calls succeed and nothing is kept.
+  const quiet = TestRequest.get("/").unsampled();
+  h.requestHeaders(quiet);
+  assert.equal(quiet.span, null);
+  assert.equal(h.logs().filter((l) => l.message === "span: ok").length, 1, "sampled() is false");
 });
 
 test("undeclared phases are not called", () => {

@@ -38,9 +38,46 @@ func NewRequest(method, path string) *Request {
 			method: method, path: path, authority: "localhost", scheme: "http",
 			client: "127.0.0.1:40000", route: "test-route", cluster: "test-cluster",
 			requestID: fmt.Sprintf("test-%d", id), headers: []weir.Header{},
+			span: &Span{},
 		},
 	}
 }
+
+// Span is what filters added to a request's trace span through weir.Trace: the emulator keeps
+// it with the Request, under the proxy's rules (names checked, the proxy's keys refused, values
+// cut, counts bounded).
+type Span struct {
+	// Attributes, in the order first set.
+	Attributes []weir.Label
+	// Events, in order.
+	Events []SpanEvent
+}
+
+// SpanEvent is an event a filter added to a request's span.
+type SpanEvent struct {
+	Name string
+	// AtMs is when, on the emulator's wall clock (ms since the UNIX epoch).
+	AtMs uint64
+	// Attributes (the proxy adds weir.filter; the emulator does not).
+	Attributes []weir.Label
+}
+
+// Attribute returns an attribute's value.
+func (s *Span) Attribute(key string) (string, bool) {
+	for _, a := range s.Attributes {
+		if a.Name == key {
+			return a.Value, true
+		}
+	}
+	return "", false
+}
+
+// Unsampled makes the request's trace not sampled: weir.Trace.Sampled is false and what
+// filters add is dropped. Requests are sampled by default.
+func (r *Request) Unsampled() *Request { r.head.span = nil; return r }
+
+// Span returns what filters added to the request's span so far (nil when not sampled).
+func (r *Request) Span() *Span { return r.head.span }
 
 // Get makes a GET request.
 func Get(path string) *Request { return NewRequest("GET", path) }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	weir "github.com/weir-proxy/weir/sdk/go"
 	"github.com/weir-proxy/weir/sdk/go/internal/bridge"
@@ -103,6 +104,7 @@ func (p phase) String() string {
 type requestHead struct {
 	method, path, authority, scheme, client, route, cluster, requestID string
 	headers                                                            []weir.Header
+	span                                                               *Span // nil: not sampled
 }
 
 type responseHead struct {
@@ -1100,4 +1102,124 @@ func all(hs []weir.Header, name string) []string {
 		}
 	}
 	return out
+}
+
+// The trace interface's bounds, as the proxy has them (wit/filter.wit, interface trace).
+const (
+	maxSpanAttributes  = 32
+	maxSpanEvents      = 32
+	maxEventAttributes = 16
+	maxSpanNameBytes   = 128
+	maxSpanValueBytes  = 512
+)
+
+var reservedSpanPrefixes = []string{"http.", "url.", "server.", "client.", "network.", "error.", "weir."}
+
+func checkSpanName(what, name string) *bridge.Err {
+	ok := name != "" && len(name) <= maxSpanNameBytes
+	for i := 0; ok && i < len(name); i++ {
+		c := name[i]
+		ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+	}
+	if !ok {
+		return errf(weir.Invalid, "%s %q: 1 to %d bytes of [A-Za-z0-9._-]", what, cutUTF8(name, 64), maxSpanNameBytes)
+	}
+	return nil
+}
+
+func checkSpanKey(key string) *bridge.Err {
+	if err := checkSpanName("span attribute", key); err != nil {
+		return err
+	}
+	for _, p := range reservedSpanPrefixes {
+		if strings.HasPrefix(key, p) {
+			return errf(weir.Invalid, "span attribute %q: keys under %q are the proxy's", key, p)
+		}
+	}
+	return nil
+}
+
+// cutUTF8 cuts s to at most max bytes, at a character boundary.
+func cutUTF8(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	end := max
+	for end > 0 && !utf8.RuneStart(s[end]) {
+		end--
+	}
+	return s[:end]
+}
+
+// span is the request's span when it can take notes: nil when not sampled; Unavailable outside
+// the phases that can add to it (the proxy exports the span before on-log).
+func (h *Host) span() (*Span, *bridge.Err) {
+	p := h.scope.phase
+	if p == outside || p == phaseLog {
+		return nil, errf(weir.Unavailable, "no open span %s: the proxy exports it before on-log", p)
+	}
+	if h.scope.request == nil {
+		return nil, nil
+	}
+	return h.scope.request.span, nil
+}
+
+func (e emulated) SpanSampled() bool {
+	h := e.lock()
+	defer h.mu.Unlock()
+	s, err := h.span()
+	return err == nil && s != nil
+}
+
+func (e emulated) SpanSetAttribute(key, value string) *bridge.Err {
+	h := e.lock()
+	defer h.mu.Unlock()
+	if err := checkSpanKey(key); err != nil {
+		return err
+	}
+	s, err := h.span()
+	if err != nil || s == nil {
+		return err
+	}
+	value = cutUTF8(value, maxSpanValueBytes)
+	for i := range s.Attributes {
+		if s.Attributes[i].Name == key {
+			s.Attributes[i].Value = value
+			return nil
+		}
+	}
+	if len(s.Attributes) >= maxSpanAttributes {
+		return errf(weir.Invalid, "a request's span takes at most %d attributes from filters", maxSpanAttributes)
+	}
+	s.Attributes = append(s.Attributes, weir.Label{Name: key, Value: value})
+	return nil
+}
+
+func (e emulated) SpanAddEvent(name string, attributes []bridge.Pair) *bridge.Err {
+	h := e.lock()
+	defer h.mu.Unlock()
+	if err := checkSpanName("span event", name); err != nil {
+		return err
+	}
+	if len(attributes) > maxEventAttributes {
+		return errf(weir.Invalid, "a span event carries at most %d attributes", maxEventAttributes)
+	}
+	for _, a := range attributes {
+		if err := checkSpanKey(a[0]); err != nil {
+			return err
+		}
+	}
+	s, err := h.span()
+	if err != nil || s == nil {
+		return err
+	}
+	if len(s.Events) >= maxSpanEvents {
+		return errf(weir.Invalid, "a request's span takes at most %d events from filters", maxSpanEvents)
+	}
+	ev := SpanEvent{Name: name, AtMs: h.nowMs, Attributes: []weir.Label{}}
+	for _, a := range attributes {
+		ev.Attributes = append(ev.Attributes, weir.Label{Name: a[0], Value: cutUTF8(a[1], maxSpanValueBytes)})
+	}
+	s.Events = append(s.Events, ev)
+	return nil
 }

@@ -166,6 +166,7 @@ mod runtime;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod trace;
 pub mod validate;
 
 // The README's examples are compiled and run as doc tests too, so they cannot rot.

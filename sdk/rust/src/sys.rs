@@ -77,6 +77,10 @@ pub(crate) trait Host {
         body: &[u8],
         timeout_ms: u32,
     ) -> Result<CalloutResponse, HostError>;
+
+    fn span_sampled() -> bool;
+    fn span_set_attribute(key: &str, value: &str) -> Result<(), HostError>;
+    fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> Result<(), HostError>;
 }
 
 /// The host this build talks to.

@@ -154,6 +154,51 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What filters added to a request's trace span through [`crate::trace`]: the emulator keeps it
+/// with the [`TestRequest`], under the proxy's rules (names checked, the proxy's keys refused,
+/// values cut, counts bounded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Span {
+    /// Attributes, in the order first set.
+    pub attributes: Vec<(String, String)>,
+    /// Events, in order.
+    pub events: Vec<SpanEvent>,
+}
+
+impl Span {
+    /// An attribute's value.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        (self.attributes.iter())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The events of this name.
+    pub fn events_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a SpanEvent> {
+        self.events.iter().filter(move |e| e.name == name)
+    }
+}
+
+/// An event a filter added to a request's span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanEvent {
+    /// Its name.
+    pub name: String,
+    /// When, on the emulator's wall clock (ms since the UNIX epoch).
+    pub at_ms: u64,
+    /// Its attributes (the proxy adds `weir.filter`; the emulator does not).
+    pub attributes: Vec<(String, String)>,
+}
+
+impl SpanEvent {
+    /// An attribute's value.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        (self.attributes.iter())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A callout as the filter sent it (what a callout handler receives).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CalloutRequest {
@@ -354,6 +399,7 @@ impl TestRequest {
                 cluster: "test-cluster".to_owned(),
                 request_id: format!("test-{context}"),
                 headers: Vec::new(),
+                span: Some(Span::default()),
             },
             forwarded: Vec::new(),
             held: Vec::new(),
@@ -424,6 +470,19 @@ impl TestRequest {
     /// The context id the harness uses for this request.
     pub fn context_id(&self) -> u32 {
         self.context
+    }
+
+    /// A request whose trace is not sampled: [`trace::sampled`](crate::trace::sampled) is
+    /// false and what filters add is dropped. Requests are sampled by default.
+    #[must_use]
+    pub fn unsampled(mut self) -> Self {
+        self.head.span = None;
+        self
+    }
+
+    /// What filters added to the request's span so far (`None` when not sampled).
+    pub fn span(&self) -> Option<&Span> {
+        self.head.span.as_ref()
     }
 
     /// The method.

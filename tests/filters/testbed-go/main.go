@@ -113,6 +113,12 @@ func (c HostCall) Run(req *weir.Request) string {
 		err = req.AppendHeader(c.Name, c.Value)
 	case "http.remove-header":
 		err = req.RemoveHeader(c.Name)
+	case "trace.sampled":
+		out = strconv.FormatBool(weir.Trace.Sampled())
+	case "trace.set-attribute":
+		err = weir.Trace.SetAttribute(c.Name, c.Value)
+	case "trace.add-event":
+		err = weir.Trace.AddEvent(c.Name, labels...)
 	default:
 		return fmt.Sprintf("unknown call %q", c.Call)
 	}

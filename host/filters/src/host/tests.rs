@@ -219,3 +219,98 @@ async fn callout_header_lists_are_bounded() -> anyhow::Result<()> {
     assert_eq!(got, ["unavailable", "invalid", "invalid", "invalid"]);
     Ok(())
 }
+
+/// The trace interface: names checked, the proxy's keys refused, values cut, every count
+/// bounded and counted, nothing recorded for an unsampled request, nothing at all outside the
+/// request phases.
+#[test]
+fn span_notes_are_checked_and_bounded() -> anyhow::Result<()> {
+    use crate::bindings::weir::filter::trace::Host as _;
+    let mut s = state(KvLimits::default())?;
+    s.phase = Phase::RequestHeaders;
+    // Not sampled: accepted and dropped, so a filter need not care.
+    assert!(matches!(s.sampled(), Ok(false)));
+    must(s.set_attribute("enduser.id".into(), "alice".into()))?;
+    must(s.add_event("auth.refused".into(), vec![]))?;
+    assert!(s.ex.trace.is_none());
+
+    s.ex.trace = Some(Box::default());
+    assert!(matches!(s.sampled(), Ok(true)));
+    let bad_keys = [
+        String::new(),
+        "a b".into(),
+        "k\u{0}".into(),
+        "é".into(),
+        "k".repeat(MAX_SPAN_NAME_BYTES + 1),
+        "http.route".into(),
+        "url.full".into(),
+        "weir.route".into(),
+        "server.address".into(),
+        "client.address".into(),
+        "network.peer".into(),
+        "error.type".into(),
+    ];
+    for k in &bad_keys {
+        assert_eq!(
+            kind(s.set_attribute(k.clone(), "v".into())),
+            "invalid",
+            "{k:?}"
+        );
+        let attr = vec![(k.clone(), "v".into())];
+        assert_eq!(kind(s.add_event("e".into(), attr)), "invalid", "{k:?}");
+    }
+    for name in ["", "a b", "weir\n"] {
+        assert_eq!(
+            kind(s.add_event(name.into(), vec![])),
+            "invalid",
+            "{name:?}"
+        );
+    }
+    // A value is cut at a character boundary; a key set again keeps its place.
+    must(s.set_attribute("a".into(), "é".repeat(MAX_SPAN_VALUE_BYTES)))?;
+    must(s.set_attribute("b".into(), "1".into()))?;
+    must(s.set_attribute("b".into(), "2".into()))?;
+    let notes = s.ex.trace.as_deref().expect("notes");
+    assert_eq!(notes.attributes.len(), 2);
+    assert_eq!(notes.attributes[0].1.len(), MAX_SPAN_VALUE_BYTES);
+    assert_eq!(notes.attributes[1], ("b".to_string(), "2".to_string()));
+    for i in 2..MAX_SPAN_ATTRIBUTES {
+        must(s.set_attribute(format!("k{i}"), "v".into()))?;
+    }
+    assert_eq!(
+        kind(s.set_attribute("one.more".into(), "v".into())),
+        "invalid"
+    );
+    assert_eq!(hits(&s, "span_attributes"), 1);
+    // Replacing a kept key is not growth.
+    must(s.set_attribute("b".into(), "3".into()))?;
+
+    let many = (0..=MAX_EVENT_ATTRIBUTES)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    assert_eq!(kind(s.add_event("e".into(), many)), "invalid");
+    assert_eq!(hits(&s, "span_event_attributes"), 1);
+    for _ in 0..MAX_SPAN_EVENTS {
+        must(s.add_event("e".into(), vec![("k".into(), "v".repeat(4096))]))?;
+    }
+    assert_eq!(kind(s.add_event("e".into(), vec![])), "invalid");
+    assert_eq!(hits(&s, "span_events"), 1);
+    let notes = s.ex.trace.as_deref().expect("notes");
+    assert_eq!(notes.events.len(), MAX_SPAN_EVENTS);
+    assert!(
+        notes
+            .events
+            .iter()
+            .all(|e| e.attributes[0].1.len() == MAX_SPAN_VALUE_BYTES)
+    );
+    assert_eq!(&*notes.events[0].filter, "f");
+
+    // Outside the request's phases there is no span to add to.
+    for phase in [Phase::Configure, Phase::Log] {
+        s.phase = phase;
+        assert!(matches!(s.sampled(), Ok(false)));
+        assert_eq!(kind(s.set_attribute("x".into(), "v".into())), "unavailable");
+        assert_eq!(kind(s.add_event("x".into(), vec![])), "unavailable");
+    }
+    Ok(())
+}

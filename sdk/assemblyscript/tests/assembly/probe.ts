@@ -25,6 +25,7 @@ import {
   log,
   metrics,
   registerFilter,
+  span,
   decodeUtf8,
 } from "@weir/filter";
 
@@ -93,6 +94,12 @@ class Probe extends Filter<State> {
   onRequestHeaders(req: Request, ctx: State): Action {
     ctx.seen++;
     const s = this.scenario;
+    if (s == "span") {
+      if (span.sampled()) log.info("span: " + errText(span.setAttribute("enduser.id", "alice")));
+      log.info("span event: " + errText(span.addEvent("auth.accepted", [new Header("scope", "ü".repeat(300))])));
+      log.info("span proxy key: " + errText(span.setAttribute("http.route", "x")));
+      return Action.CONTINUE;
+    }
     if (s == "read") {
       const o = JsonValue.newObject();
       o.set("method", str(req.method()));
@@ -329,6 +336,10 @@ class Probe extends Filter<State> {
   }
 
   onLog(view: LogView, ctx: State): void {
+    if (this.scenario == "span") {
+      log.info("span in on-log: " + errText(span.setAttribute("late", "x")) + " " + (span.sampled() ? "sampled" : "closed"));
+      return;
+    }
     if (this.scenario == "framing") {
       tryWrites("on-log", this.value);
       return;

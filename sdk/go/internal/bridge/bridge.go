@@ -74,6 +74,10 @@ type Host interface {
 	KVTakeTokens(ns, key string, rate, periodMs, burst, cost uint64) (Bucket, *Err)
 
 	CalloutSend(target, method, path string, headers []Pair, body []byte, timeoutMs uint32) (CalloutResponse, *Err)
+
+	SpanSampled() bool
+	SpanSetAttribute(key, value string) *Err
+	SpanAddEvent(name string, attributes []Pair) *Err
 }
 
 // Current is the host that native host calls go to; nil outside a test host.

@@ -74,6 +74,9 @@ func (f) OnRequestHeaders(ctx *weir.Context, req *weir.Request) weir.Action {
 	}
 	_, err = weir.Callout.Send("fail", weir.CalloutRequest{})
 	add("callout fail %v", err)
+	add("sampled %v", weir.Trace.Sampled())
+	add("attr %v", weir.Trace.SetAttribute("enduser.id", "ü"))
+	add("event %v", weir.Trace.AddEvent("auth.refused", weir.Label{Name: "reason", Value: "x"}))
 	weir.Log.Debugf("debug %s", "ü")
 	return weir.Respond(weir.Text(299, strings.Join(out, "\n")).WithHeader("x-r1", "ü").WithHeader("x-r2", ""))
 }

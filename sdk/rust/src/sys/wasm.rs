@@ -30,7 +30,7 @@ pub mod bindings {
 }
 
 use bindings::exports::weir::filter::filter as wexp;
-use bindings::weir::filter::{callout, clock, http, kv, log, metrics, types};
+use bindings::weir::filter::{callout, clock, http, kv, log, metrics, trace, types};
 
 /// [`Host`] over the component's imports.
 pub(crate) struct Wasm;
@@ -147,6 +147,16 @@ impl Host for Wasm {
     }
     fn random_bytes(len: u32) -> Vec<u8> {
         clock::random_bytes(len)
+    }
+
+    fn span_sampled() -> bool {
+        trace::sampled()
+    }
+    fn span_set_attribute(key: &str, value: &str) -> Result<(), HostError> {
+        Ok(trace::set_attribute(key, value)?)
+    }
+    fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> Result<(), HostError> {
+        Ok(trace::add_event(name, &pairs(attributes))?)
     }
 
     fn counter_add(name: &str, labels: &[(&str, &str)], delta: u64) -> Result<(), HostError> {

@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::{CalloutRequest, Grants, LogLine};
+use super::{CalloutRequest, Grants, LogLine, Span, SpanEvent};
 use crate::HostError;
 use crate::callout::CalloutResponse;
 use crate::http::{BodyKind, HeaderMap};
 use crate::kv::{BucketResult, Entry};
 use crate::log::Level;
 use crate::sys::Host;
+use crate::trace;
 
 pub(crate) type Shared = Rc<RefCell<State>>;
 pub(crate) type CalloutHandler =
@@ -83,6 +84,8 @@ pub(crate) struct RequestHead {
     pub(crate) cluster: String,
     pub(crate) request_id: String,
     pub(crate) headers: Vec<(String, String)>,
+    /// What filters added to the request's span; `None` when it is not sampled.
+    pub(crate) span: Option<Span>,
 }
 
 /// A response head as the emulated host holds it.
@@ -346,6 +349,18 @@ impl State {
                 "{what}: the request can only change in the request phases (now {})",
                 phase_name(phase)
             ))),
+        }
+    }
+
+    /// The request's span, when sampled; `unavailable` outside the phases that can add to it
+    /// (as in the proxy, which exports the span before `on-log`).
+    fn span_mut(&mut self) -> Result<Option<&mut Span>, HostError> {
+        match self.scope.phase {
+            None | Some(Phase::Log) => Err(HostError::Unavailable(format!(
+                "no open span {}: the proxy exports it before on-log",
+                phase_name(self.scope.phase)
+            ))),
+            Some(_) => Ok(self.scope.request.as_mut().and_then(|r| r.span.as_mut())),
         }
     }
 
@@ -969,4 +984,110 @@ impl Host for Emulated {
             ))),
         }
     }
+
+    fn span_sampled() -> bool {
+        with(|| false, |s| s.span_mut().is_ok_and(|span| span.is_some()))
+    }
+    fn span_set_attribute(key: &str, value: &str) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                check_span_key(key)?;
+                let Some(span) = s.span_mut()? else {
+                    return Ok(());
+                };
+                let value = capped(value, trace::MAX_VALUE_BYTES).to_owned();
+                if let Some(kept) = span.attributes.iter_mut().find(|(k, _)| k == key) {
+                    kept.1 = value;
+                    return Ok(());
+                }
+                if span.attributes.len() >= trace::MAX_ATTRIBUTES {
+                    return Err(HostError::Invalid(format!(
+                        "a request's span takes at most {} attributes from filters",
+                        trace::MAX_ATTRIBUTES
+                    )));
+                }
+                span.attributes.push((key.to_owned(), value));
+                Ok(())
+            },
+        )
+    }
+    fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> Result<(), HostError> {
+        with(
+            || Err(no_host()),
+            |s| {
+                check_span_name("span event", name)?;
+                if attributes.len() > trace::MAX_EVENT_ATTRIBUTES {
+                    return Err(HostError::Invalid(format!(
+                        "a span event carries at most {} attributes",
+                        trace::MAX_EVENT_ATTRIBUTES
+                    )));
+                }
+                for (k, _) in attributes {
+                    check_span_key(k)?;
+                }
+                let at_ms = s.now_ms;
+                let Some(span) = s.span_mut()? else {
+                    return Ok(());
+                };
+                if span.events.len() >= trace::MAX_EVENTS {
+                    return Err(HostError::Invalid(format!(
+                        "a request's span takes at most {} events from filters",
+                        trace::MAX_EVENTS
+                    )));
+                }
+                span.events.push(SpanEvent {
+                    name: name.to_owned(),
+                    at_ms,
+                    attributes: (attributes.iter())
+                        .map(|(k, v)| {
+                            (
+                                (*k).to_owned(),
+                                capped(v, trace::MAX_VALUE_BYTES).to_owned(),
+                            )
+                        })
+                        .collect(),
+                });
+                Ok(())
+            },
+        )
+    }
+}
+
+/// A span attribute key or event name: 1 to 128 bytes of `[A-Za-z0-9._-]`.
+fn check_span_name(what: &str, name: &str) -> Result<(), HostError> {
+    if name.is_empty()
+        || name.len() > trace::MAX_NAME_BYTES
+        || !(name.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(HostError::Invalid(format!(
+            "{what} {:?}: 1 to {} bytes of [A-Za-z0-9._-]",
+            capped(name, 64),
+            trace::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// An attribute key a filter may set: a valid name outside the proxy's prefixes.
+fn check_span_key(key: &str) -> Result<(), HostError> {
+    check_span_name("span attribute", key)?;
+    if let Some(p) = trace::RESERVED_PREFIXES
+        .iter()
+        .find(|p| key.starts_with(**p))
+    {
+        return Err(HostError::Invalid(format!(
+            "span attribute {key:?}: keys under {p:?} are the proxy's"
+        )));
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn capped(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -776,3 +776,63 @@ fn harnesses_can_share_a_host() -> Result<()> {
     assert_eq!(b.now_ms(), a.now_ms());
     Ok(())
 }
+
+/// The trace interface in the emulator: what is added stays with the request's head, under the
+/// proxy's rules; an unsampled request keeps nothing; there is no open span in `configure` or
+/// `on-log`.
+#[test]
+fn span_notes_follow_the_proxys_rules() -> Result<()> {
+    use crate::trace;
+    let mut scope = request_scope();
+    scope.request.as_mut().expect("request").span = Some(Span::default());
+    let (answers, scope) = in_phase(Some(Phase::RequestHeaders), scope, || {
+        let kind =
+            |r: Result<(), HostError>| r.map_or_else(|e| e.kind().to_owned(), |()| "ok".into());
+        vec![
+            trace::sampled().to_string(),
+            kind(trace::set_attribute("enduser.id", "alice")),
+            kind(trace::set_attribute("enduser.id", "bob")),
+            kind(trace::set_attribute("big", &"é".repeat(400))),
+            kind(trace::set_attribute("weir.route", "x")),
+            kind(trace::set_attribute("a b", "x")),
+            kind(trace::add_event("auth.accepted", &[("scope", "read")])),
+            kind(trace::add_event("e", &[("url.full", "x")])),
+            kind(trace::add_event("", &[])),
+        ]
+    })?;
+    ensure!(
+        answers
+            == [
+                "true", "ok", "ok", "ok", "invalid", "invalid", "ok", "invalid", "invalid"
+            ],
+        "{answers:?}"
+    );
+    let span = scope.request.and_then(|r| r.span).expect("a span");
+    ensure!(span.attribute("enduser.id") == Some("bob") && span.attributes.len() == 2);
+    ensure!(span.attribute("big").map(str::len) == Some(trace::MAX_VALUE_BYTES));
+    let events: Vec<_> = span.events_named("auth.accepted").collect();
+    ensure!(events.len() == 1 && events[0].attribute("scope") == Some("read"));
+    ensure!(events[0].at_ms == super::emulator::START_MS);
+
+    // Not sampled: accepted, nothing kept.
+    let (r, scope) = in_phase(Some(Phase::RequestHeaders), request_scope(), || {
+        (trace::sampled(), trace::set_attribute("k", "v"))
+    })?;
+    ensure!(r == (false, Ok(())) && scope.request.and_then(|r| r.span).is_none());
+
+    for phase in [None, Some(Phase::Log)] {
+        let mut scope = request_scope();
+        scope.request.as_mut().expect("request").span = Some(Span::default());
+        let (r, _) = in_phase(phase, scope, || {
+            (
+                trace::sampled(),
+                trace::set_attribute("k", "v").map_err(|e| e.kind().to_owned()),
+            )
+        })?;
+        ensure!(
+            r == (false, Err("unavailable".to_owned())),
+            "{phase:?}: {r:?}"
+        );
+    }
+    Ok(())
+}

@@ -42,6 +42,7 @@ import {
   kv,
   metrics,
   registerFilter,
+  span,
 } from "@weir/filter";
 
 /** Which build this is (`x-testbed-build`): `npm run build:v2` defines TESTBED_V2. */
@@ -128,6 +129,12 @@ function hostCall(c: JsonValue, req: Request): string {
     error = req.headers.append(name, value);
   } else if (call == "http.remove-header") {
     error = req.headers.remove(name);
+  } else if (call == "trace.sampled") {
+    out = span.sampled() ? "true" : "false";
+  } else if (call == "trace.set-attribute") {
+    error = span.setAttribute(name, value);
+  } else if (call == "trace.add-event") {
+    error = span.addEvent(name, labels);
   } else {
     return "unknown call " + debugQuote(call);
   }

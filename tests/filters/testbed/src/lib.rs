@@ -19,7 +19,7 @@
 //! | `state` | request-headers, response-headers | keeps the request path in the per-request context and returns it as response header `x-state-path`; answers 500 if a context ever arrives non-empty |
 //! | `kv-counter` | request-headers, response-headers | increments counter `key` (default `requests`) in KV namespace `ns`; `x-count` (request and response) gets the new value, or `kind: message` of the host error |
 //! | `bad-config` | request-headers | rejects the config unless `"fail": false` (then as `noop`) |
-//! | `host-calls` | request-headers | makes each call of `calls` (the shared table `tests/filters/host-calls.json`: metrics, KV and header calls with hostile arguments) and answers 200 with one line per call: `ok`, `ok <value>`, or the host error's kind |
+//! | `host-calls` | request-headers | makes each call of `calls` (the shared table `tests/filters/host-calls.json`: metrics, KV, header and trace calls with hostile arguments) and answers 200 with one line per call: `ok`, `ok <value>`, or the host error's kind |
 //! | `lifecycle` | request-headers, response-headers, log | counts `testbed_contexts_opened` (request-headers), `testbed_logs` (on-log) and `testbed_contexts_done` (when the SDK drops the context at context-done): live contexts are opened − done |
 //!
 //! Unknown modes and unknown fields are config errors. A host error the mode does not report
@@ -225,7 +225,8 @@ fn error_value(e: &HostError) -> String {
 pub struct HostCall {
     /// `metrics.counter-add`, `metrics.gauge-set`, `metrics.histogram-observe`, `kv.set`,
     /// `kv.get`, `kv.increment`, `http.set-header`, `http.append-header`, `http.remove-header`,
-    /// `http.set-status`.
+    /// `trace.sampled`, `trace.set-attribute` (`name`, `value`), `trace.add-event` (`name`,
+    /// `labels` as its attributes).
     pub call: String,
     /// A metric's or header's name.
     #[serde(default)]
@@ -286,6 +287,11 @@ impl HostCall {
             "http.set-header" => unit(req.set_header(&self.name, &self.value)),
             "http.append-header" => unit(req.append_header(&self.name, &self.value)),
             "http.remove-header" => unit(req.remove_header(&self.name)),
+            "trace.sampled" => Ok(weir_filter::trace::sampled().to_string()),
+            "trace.set-attribute" => {
+                unit(weir_filter::trace::set_attribute(&self.name, &self.value))
+            }
+            "trace.add-event" => unit(weir_filter::trace::add_event(&self.name, &labels)),
             other => return format!("unknown call {other:?}"),
         };
         match result {
