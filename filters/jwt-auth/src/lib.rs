@@ -161,6 +161,7 @@ impl Filter for JwtAuth {
         {
             return internal_error(&e);
         }
+        weir_filter::auth::identified(claims.get("sub"));
         count("allowed");
         Action::Continue
     }

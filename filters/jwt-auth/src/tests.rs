@@ -873,3 +873,37 @@ fn discovery_config_errors_name_the_field() {
         );
     }
 }
+
+/// The decision is on the request's trace span: the caller as `enduser.id` when accepted, an
+/// `auth.refused` event with the error and reason (never the token) when not.
+#[test]
+fn the_decision_is_noted_on_the_trace_span() -> TestResult {
+    let hs = Signer::hs();
+    let mut h = Harness::<JwtAuth>::new(config(json!([hs.key_config(None)])))?;
+    let mut ok = bearer(&token(&hs, None, &claims()));
+    assert_eq!(h.request_headers(&mut ok), Action::Continue);
+    let span = ok.span().ok_or("sampled")?;
+    assert_eq!(span.attribute("enduser.id"), Some("alice"));
+    assert!(span.events.is_empty());
+
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 3600);
+    let bad_token = token(&hs, None, &expired);
+    for (mut req, error) in [
+        (TestRequest::get("/"), "missing_token"),
+        (bearer(&bad_token), "invalid_token"),
+    ] {
+        assert!(!h.request_headers(&mut req).is_continue());
+        let span = req.span().ok_or("sampled")?;
+        assert_eq!(span.attribute("enduser.id"), None);
+        let refused: Vec<_> = span.events_named("auth.refused").collect();
+        assert_eq!(refused.len(), 1, "{error}");
+        assert_eq!(refused[0].attribute("error"), Some(error));
+        assert!(refused[0].attribute("reason").is_some_and(|r| !r.is_empty()));
+        assert!(
+            refused[0].attributes.iter().all(|(_, v)| !v.contains(&bad_token)),
+            "the token is never on a span"
+        );
+    }
+    Ok(())
+}

@@ -271,6 +271,7 @@ impl Filter for Introspect {
         {
             return internal_error(&e);
         }
+        weir_filter::auth::identified(answer.members.get("sub"));
         count("allowed");
         Action::Continue
     }

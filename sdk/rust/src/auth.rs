@@ -1,5 +1,7 @@
 //! Pieces every bearer-token filter needs, written once (RFC 6750): reading the token, the
-//! `WWW-Authenticate` challenges, and forwarding what the token says as request headers.
+//! `WWW-Authenticate` challenges, forwarding what the token says as request headers, and what
+//! the request's trace span says about the decision (an `auth.refused` event with its `error`
+//! and `reason`; `enduser.id` for an accepted caller).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -24,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::validate::{check_header_name, check_realm};
-use crate::{Action, HostError, LocalResponse, Request, log};
+use crate::{Action, HostError, LocalResponse, Request, log, trace};
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive). `None` when
 /// there is no such header, no token after the scheme, or another scheme (RFC 6750 §3: then the
@@ -58,17 +60,15 @@ impl Bearer {
 
     /// 401 for a request without a bearer token: the bare challenge (RFC 6750 §3.1).
     pub fn missing_token(&self) -> Action {
-        LocalResponse::unauthorized(
-            &self.challenge,
-            "missing_token",
-            "a bearer token is required",
-        )
-        .into()
+        let description = "a bearer token is required";
+        refused("missing_token", description);
+        LocalResponse::unauthorized(&self.challenge, "missing_token", description).into()
     }
 
     /// 401 `invalid_token`: expired, revoked, malformed or foreign. `description` is the
     /// operator-facing reason; it must not quote the token.
     pub fn invalid_token(&self, description: &str) -> Action {
+        refused("invalid_token", description);
         let challenge = format!(
             "{}, error=\"invalid_token\", error_description=\"{description}\"",
             self.challenge
@@ -78,6 +78,7 @@ impl Bearer {
 
     /// 403 `insufficient_scope`, naming the scopes the resource needs.
     pub fn insufficient_scope(&self, scopes: &[String], description: &str) -> Action {
+        refused("insufficient_scope", description);
         let challenge = format!(
             "{}, error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{}\"",
             self.challenge,
@@ -88,6 +89,22 @@ impl Bearer {
         LocalResponse::json(403, &body)
             .header("www-authenticate", &challenge)
             .into()
+    }
+}
+
+/// Notes a refusal on the request's trace span: an `auth.refused` event (best effort: tracing
+/// never changes the decision).
+fn refused(error: &str, reason: &str) {
+    let _ = trace::add_event("auth.refused", &[("error", error), ("reason", reason)]);
+}
+
+/// Notes the accepted caller on the request's trace span as `enduser.id` (OpenTelemetry's
+/// attribute for the authenticated user), when the token names one. Best effort.
+pub fn identified(subject: Option<&serde_json::Value>) {
+    if let Some(subject) = subject
+        && trace::sampled()
+    {
+        let _ = trace::set_attribute("enduser.id", &header_value(subject));
     }
 }
 
