@@ -56,3 +56,22 @@ need_node() {
     (cd "$root" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# A Kafka-protocol broker for the access log's Kafka tests. No Kafka distribution installs from
+# this machine's registries, so the broker is tansu (crates.io, Apache-2.0), built once into
+# .tools/bin without debug info (its own target folder, target/tansu); and librdkafka, through
+# PyPI's confluent-kafka wheel, reads topics back: a client independent of Weir's producer.
+# (Debian's kcat carries librdkafka 2.0.2, which cannot parse tansu's ApiVersions answer.)
+need_kafka() {
+  local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ ! -x "$root/.tools/bin/tansu" ]; then
+    echo "==> building the tansu Kafka broker into .tools/bin (once)"
+    CARGO_PROFILE_DEV_DEBUG=0 cargo install tansu --version 0.6.0 --locked --quiet \
+      --no-default-features --features dynostore --debug \
+      --root "$root/.tools" --target-dir "$root/target/tansu"
+  fi
+  if [ ! -d "$root/.tools/pykafka/confluent_kafka" ]; then
+    echo "==> installing librdkafka's Python binding (PyPI confluent-kafka) into .tools/"
+    python3 -m pip install -q --disable-pip-version-check --target "$root/.tools/pykafka" 'confluent-kafka==2.16.2'
+  fi
+}

@@ -9,6 +9,9 @@ need_wasm_target
 # redis-server: the state tests share filter state through a real one (on a loopback port).
 need_debs curl redis-server
 export WEIR_REQUIRE_REDIS=1
+# Kafka: a real broker (tansu) and a reader (librdkafka) for the access log's Kafka sink.
+step "kafka broker" need_kafka
+export WEIR_REQUIRE_KAFKA=1
 need_go
 need_node
 # The Go SDK, the Go testbed and the Go examples: vet (natively and for wasip1), native tests

@@ -10,6 +10,7 @@ mod balancing;
 mod errors;
 mod filters;
 mod hostile;
+mod kafka;
 mod l4;
 mod languages;
 mod ops;

@@ -329,6 +329,38 @@ clusters: [ { name: backend, endpoints: [ { address: 127.0.0.1:9 } ] } ]\n",
             "bad.yaml:2: tracing.service_name: must be 1 to 255 characters",
         ),
         (
+            "access_log: {}\n",
+            "bad.yaml:1: access_log: give a path (stdout, stderr or a file), kafka, or both",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: [ \"kafka\" ]\n    topic: t\n",
+            "bad.yaml:3: access_log.kafka.brokers[0]: invalid address \"kafka\"",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: []\n    topic: t\n",
+            "bad.yaml:3: access_log.kafka.brokers: give 1 to 16 brokers",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: [ 127.0.0.1:9092 ]\n    topic: \"web logs\"\n",
+            "bad.yaml:4: access_log.kafka.topic: \"web logs\" is not a Kafka topic name",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: [ 127.0.0.1:9092 ]\n    topic: t\n    acks: 2\n",
+            "bad.yaml:5: access_log.kafka.acks: acks must be 0, 1 or all",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: [ 127.0.0.1:9092 ]\n    topic: t\n    compression: zstd\n",
+            "bad.yaml:5: access_log.kafka.compression: unknown variant \"zstd\"",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: [ 127.0.0.1:9092 ]\n    topic: t\n    max_queue_lines: 0\n",
+            "bad.yaml:5: access_log.kafka.max_queue_lines: 0 is not from 1 to 1000000",
+        ),
+        (
+            "access_log:\n  kafka:\n    brokers: [ 127.0.0.1:9092 ]\n    topic: t\n    linger: 2m\n",
+            "bad.yaml:5: access_log.kafka.linger: 120s is not from 1ms to 60s",
+        ),
+        (
             "tracing:\n  otlp: { endpoint: \"http://127.0.0.1:4318\", headers: { x: y } }\n",
             "bad.yaml:2: tracing.otlp.headers: unknown field \"headers\"",
         ),

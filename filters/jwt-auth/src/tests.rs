@@ -899,9 +899,16 @@ fn the_decision_is_noted_on_the_trace_span() -> TestResult {
         let refused: Vec<_> = span.events_named("auth.refused").collect();
         assert_eq!(refused.len(), 1, "{error}");
         assert_eq!(refused[0].attribute("error"), Some(error));
-        assert!(refused[0].attribute("reason").is_some_and(|r| !r.is_empty()));
         assert!(
-            refused[0].attributes.iter().all(|(_, v)| !v.contains(&bad_token)),
+            refused[0]
+                .attribute("reason")
+                .is_some_and(|r| !r.is_empty())
+        );
+        assert!(
+            refused[0]
+                .attributes
+                .iter()
+                .all(|(_, v)| !v.contains(&bad_token)),
             "the token is never on a span"
         );
     }

@@ -395,12 +395,137 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// Where access log lines go.
+/// Where access log lines go: a stream or file, a Kafka topic, or both (at least one).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
-    /// `stdout`, `stderr`, or a file path (appended to).
-    pub path: String,
+    /// `stdout`, `stderr`, or a file path (appended to). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Each line also produced to a Kafka topic. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Access log lines produced to a Kafka topic: batched and compressed by a thread of their own,
+/// in bounded memory. When the brokers are slow or down, lines are dropped and counted
+/// (`weir_access_log_kafka_dropped_total`); the data path never waits on Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port` (1 to 16); the topic's partition leaders are found from
+    /// them.
+    pub brokers: Vec<String>,
+    /// The topic (1 to 249 of `[A-Za-z0-9._-]`).
+    pub topic: String,
+    /// The record key: `route` (a route's lines stay in order on one partition), `request_id`
+    /// (spread evenly), or `none` (batches go round the partitions). Default: `route`.
+    #[serde(default)]
+    pub key: KafkaKey,
+    /// Acknowledgements a batch waits for: `0` (none: sent is counted sent), `1` (the leader)
+    /// or `all` (every in-sync replica). Default: `1`.
+    #[serde(default)]
+    pub acks: KafkaAcks,
+    /// `none`, `gzip` or `lz4`. Default: `lz4`.
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// Lines waiting at most; past that, new lines are dropped and counted
+    /// (`reason="queue_full"`). Default: `16384`.
+    #[serde(default = "defaults::max_queue_lines")]
+    pub max_queue_lines: usize,
+    /// Bytes of lines per produce request at most. Default: `1MiB`.
+    #[serde(default = "defaults::max_batch_bytes")]
+    pub max_batch_bytes: ByteSize,
+    /// The longest a line waits for its batch to fill. Default: `100ms`.
+    #[serde(default = "defaults::linger", with = "units::duration")]
+    pub linger: Duration,
+    /// Time allowed to connect, and for each request to be answered; a batch that fails or
+    /// times out is dropped and counted (`reason="send_failed"`), not retried into a growing
+    /// backlog. Default: `5s`.
+    #[serde(default = "defaults::export_timeout", with = "units::duration")]
+    pub timeout: Duration,
+    /// The client id brokers see. Default: `weir`.
+    #[serde(default = "defaults::kafka_client_id")]
+    pub client_id: String,
+}
+
+/// What a Kafka record's key is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaKey {
+    /// The route's name.
+    #[default]
+    Route,
+    /// The request id.
+    RequestId,
+    /// No key.
+    None,
+}
+
+/// Acknowledgements a produce request waits for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KafkaAcks {
+    /// None: the broker does not answer.
+    Zero,
+    /// The partition leader's.
+    #[default]
+    One,
+    /// Every in-sync replica's.
+    All,
+}
+
+impl KafkaAcks {
+    /// The protocol's `acks` value.
+    pub fn wire(self) -> i16 {
+        match self {
+            KafkaAcks::Zero => 0,
+            KafkaAcks::One => 1,
+            KafkaAcks::All => -1,
+        }
+    }
+}
+
+impl Serialize for KafkaAcks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KafkaAcks::Zero => s.serialize_u8(0),
+            KafkaAcks::One => s.serialize_u8(1),
+            KafkaAcks::All => s.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaAcks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Ok(KafkaAcks::Zero),
+            Raw::N(1) => Ok(KafkaAcks::One),
+            Raw::N(-1) => Ok(KafkaAcks::All),
+            Raw::S(s) if s == "all" => Ok(KafkaAcks::All),
+            Raw::S(s) if s == "0" => Ok(KafkaAcks::Zero),
+            Raw::S(s) if s == "1" => Ok(KafkaAcks::One),
+            _ => Err(serde::de::Error::custom("acks must be 0, 1 or all")),
+        }
+    }
+}
+
+/// How record batches are compressed.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaCompression {
+    /// Not compressed.
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4 (frame format): fast, about half the size of JSON lines.
+    #[default]
+    Lz4,
 }
 
 /// Distributed tracing (W3C Trace Context).
@@ -1328,6 +1453,18 @@ mod defaults {
     }
     pub fn export_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn max_queue_lines() -> usize {
+        16 * 1024
+    }
+    pub fn max_batch_bytes() -> crate::ByteSize {
+        crate::ByteSize(1 << 20)
+    }
+    pub fn linger() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn kafka_client_id() -> String {
+        "weir".to_owned()
     }
     pub fn is_true(b: &bool) -> bool {
         *b

@@ -216,6 +216,9 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
         }
     }
     check_state(&c.state, &mut err);
+    if let Some(a) = &c.access_log {
+        check_access_log(a, &mut err);
+    }
     if let Some(t) = &c.tracing {
         check_tracing(t, &mut err);
     }
@@ -746,6 +749,75 @@ pub fn is_tag(t: &str) -> bool {
     (1..=64).contains(&t.len())
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn check_access_log(a: &crate::AccessLogConfig, err: &mut impl FnMut(String, String)) {
+    if a.path.is_none() && a.kafka.is_none() {
+        err(
+            "access_log".into(),
+            "give a path (stdout, stderr or a file), kafka, or both".into(),
+        );
+    }
+    if a.path.as_deref() == Some("") {
+        err("access_log.path".into(), "must not be empty".into());
+    }
+    let Some(k) = &a.kafka else { return };
+    if k.brokers.is_empty() || k.brokers.len() > 16 {
+        err(
+            "access_log.kafka.brokers".into(),
+            "give 1 to 16 brokers, host:port".into(),
+        );
+    }
+    for (i, b) in k.brokers.iter().enumerate() {
+        if let Err(e) = check_address(b) {
+            err(format!("access_log.kafka.brokers[{i}]"), e);
+        }
+    }
+    // Kafka's own rule for topic names.
+    if k.topic.is_empty()
+        || k.topic.len() > 249
+        || k.topic == "."
+        || k.topic == ".."
+        || !(k.topic.bytes()).all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        err(
+            "access_log.kafka.topic".into(),
+            format!(
+                "{:?} is not a Kafka topic name: 1 to 249 of [A-Za-z0-9._-]",
+                k.topic
+            ),
+        );
+    }
+    if k.client_id.is_empty()
+        || k.client_id.len() > 255
+        || k.client_id.chars().any(char::is_control)
+    {
+        err(
+            "access_log.kafka.client_id".into(),
+            "must be 1 to 255 characters, none of them control characters".into(),
+        );
+    }
+    if !(1..=1_000_000).contains(&k.max_queue_lines) {
+        err(
+            "access_log.kafka.max_queue_lines".into(),
+            format!("{} is not from 1 to 1000000", k.max_queue_lines),
+        );
+    }
+    if !(1024..=64 << 20).contains(&k.max_batch_bytes.bytes()) {
+        err(
+            "access_log.kafka.max_batch_bytes".into(),
+            "must be from 1KiB to 64MiB".into(),
+        );
+    }
+    let (lo, hi) = (Duration::from_millis(1), Duration::from_secs(60));
+    for (field, d) in [("linger", k.linger), ("timeout", k.timeout)] {
+        if d < lo || d > hi {
+            err(
+                format!("access_log.kafka.{field}"),
+                format!("{d:?} is not from 1ms to 60s"),
+            );
+        }
+    }
 }
 
 fn check_tracing(t: &crate::TracingConfig, err: &mut impl FnMut(String, String)) {

@@ -86,24 +86,71 @@ pub struct ConnectionRecord {
 /// (`weir_access_log_dropped_total`) rather than grow memory behind a disk that cannot keep up.
 pub const ACCESS_LOG_QUEUE: usize = 16 * 1024;
 
-/// An access log sink. Lines are formatted by the caller's thread and written by a dedicated
-/// thread, so a slow disk never stalls the data path.
+/// The access log: each record is formatted once, by the caller's thread, and handed to its
+/// sinks — a stream or file written by a thread of its own, a Kafka topic, or both — so a slow
+/// disk or broker never stalls the data path.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: mpsc::SyncSender<String>,
+    file: Option<mpsc::SyncSender<String>>,
+    kafka: Option<Arc<crate::KafkaSink>>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What picks a record's Kafka key.
+pub trait LogKeys {
+    /// The route's name (for an L4 connection, its listener's).
+    fn route(&self) -> &str;
+    /// The request id; empty when there is none.
+    fn request_id(&self) -> &str;
+}
+
+impl LogKeys for AccessRecord {
+    fn route(&self) -> &str {
+        &self.route
+    }
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+
+impl LogKeys for ConnectionRecord {
+    fn route(&self) -> &str {
+        &self.listener
+    }
+    fn request_id(&self) -> &str {
+        ""
+    }
 }
 
 impl AccessLog {
     /// Opens `stdout`, `stderr` or a file (appended to); lines that find the queue full are
     /// counted in `dropped`.
     pub fn open(path: &str, dropped: Arc<AtomicU64>) -> io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match path {
-            "stdout" => Box::new(io::stdout()),
-            "stderr" => Box::new(io::stderr()),
-            file => Box::new(OpenOptions::new().create(true).append(true).open(file)?),
+        AccessLog::new(Some(path), None, dropped)
+    }
+
+    /// A log writing to `path` (`stdout`, `stderr` or a file) and/or producing to `kafka`.
+    pub fn new(
+        path: Option<&str>,
+        kafka: Option<Arc<crate::KafkaSink>>,
+        dropped: Arc<AtomicU64>,
+    ) -> io::Result<AccessLog> {
+        let file = match path {
+            None => None,
+            Some(path) => {
+                let out: Box<dyn Write + Send> = match path {
+                    "stdout" => Box::new(io::stdout()),
+                    "stderr" => Box::new(io::stderr()),
+                    file => Box::new(OpenOptions::new().create(true).append(true).open(file)?),
+                };
+                Some(writer_thread(out, ACCESS_LOG_QUEUE)?)
+            }
         };
-        AccessLog::to_writer(out, ACCESS_LOG_QUEUE, dropped)
+        Ok(AccessLog {
+            file,
+            kafka,
+            dropped,
+        })
     }
 
     /// A sink writing to `out`, queueing at most `queue` lines.
@@ -112,32 +159,62 @@ impl AccessLog {
         queue: usize,
         dropped: Arc<AtomicU64>,
     ) -> io::Result<AccessLog> {
-        let (tx, rx) = mpsc::sync_channel::<String>(queue);
-        std::thread::Builder::new()
-            .name("weir-access-log".into())
-            .spawn(move || {
-                let mut out = BufWriter::with_capacity(64 * 1024, out);
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    // Flush when the queue is drained: batches under load, prompt when quiet.
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = out.write_all(line.as_bytes());
-                    }
-                    let _ = out.flush();
-                }
-            })?;
-        Ok(AccessLog { tx, dropped })
+        Ok(AccessLog {
+            file: Some(writer_thread(out, queue)?),
+            kafka: None,
+            dropped,
+        })
     }
 
-    /// Queues one record, or counts it dropped when the queue is full.
-    pub fn write<R: Serialize>(&self, record: &R) {
-        if let Ok(mut line) = serde_json::to_string(record) {
+    /// Its Kafka sink, if it has one (kept across configs that do not change it).
+    pub fn kafka(&self) -> Option<&Arc<crate::KafkaSink>> {
+        self.kafka.as_ref()
+    }
+
+    /// Queues one record, or counts it dropped when a queue is full.
+    pub fn write<R: Serialize + LogKeys>(&self, record: &R) {
+        let Ok(line) = serde_json::to_string(record) else {
+            return;
+        };
+        let file_line = |mut line: String| {
             line.push('\n');
-            if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(line) {
-                self.dropped.fetch_add(1, Relaxed);
+            line
+        };
+        match (&self.file, &self.kafka) {
+            (Some(file), Some(kafka)) => {
+                kafka.push(line.clone(), record.route(), record.request_id());
+                self.to_file(file, file_line(line));
             }
+            (Some(file), None) => self.to_file(file, file_line(line)),
+            (None, Some(kafka)) => kafka.push(line, record.route(), record.request_id()),
+            (None, None) => {}
         }
     }
+
+    fn to_file(&self, file: &mpsc::SyncSender<String>, line: String) {
+        if let Err(mpsc::TrySendError::Full(_)) = file.try_send(line) {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The thread that writes lines to `out`, fed by a queue of at most `queue` lines.
+fn writer_thread(out: Box<dyn Write + Send>, queue: usize) -> io::Result<mpsc::SyncSender<String>> {
+    let (tx, rx) = mpsc::sync_channel::<String>(queue);
+    std::thread::Builder::new()
+        .name("weir-access-log".into())
+        .spawn(move || {
+            let mut out = BufWriter::with_capacity(64 * 1024, out);
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                // Flush when the queue is drained: batches under load, prompt when quiet.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                let _ = out.flush();
+            }
+        })?;
+    Ok(tx)
 }
 
 /// Formats a UNIX time as RFC 3339 UTC with milliseconds (`2026-11-28T21:18:14.123Z`).

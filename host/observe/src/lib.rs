@@ -6,13 +6,15 @@
 #![deny(missing_docs)]
 
 mod access_log;
+mod kafka;
 mod metrics;
 mod queues;
 mod state;
 mod timeouts;
 mod traces;
 
-pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, rfc3339};
+pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, LogKeys, rfc3339};
+pub use kafka::{KafkaSink, KafkaStats};
 pub use metrics::{
     BUFFER_POOL_BYTES, ClusterStats, ConnGauge, EndpointStats, FilterStats, Histogram,
     ListenerStats, Refusal, Registry, RouteStats, escape,

@@ -324,6 +324,8 @@ struct Inner {
     state: Arc<crate::StateStats>,
     /// The span exporter.
     traces: Arc<crate::TraceStats>,
+    /// The access log's Kafka sink.
+    kafka: Arc<crate::KafkaStats>,
 }
 
 /// The registry's timeout counters, `'static` so every body and connection can hold them for
@@ -351,6 +353,11 @@ impl Registry {
     /// The span exporter's metrics (`weir_trace_spans_*`).
     pub fn traces(&self) -> Arc<crate::TraceStats> {
         self.inner.traces.clone()
+    }
+
+    /// The access log's Kafka sink's metrics (`weir_access_log_kafka_*`).
+    pub fn kafka(&self) -> Arc<crate::KafkaStats> {
+        self.inner.kafka.clone()
     }
 
     /// Access log lines dropped because the writer fell behind (`weir_access_log_dropped_total`).
@@ -709,6 +716,7 @@ impl Registry {
         self.render_queues(&mut out);
         self.inner.state.render(&mut out);
         self.inner.traces.render(&mut out);
+        self.inner.kafka.render(&mut out);
         out.push_str("# HELP weir_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE weir_access_log_dropped_total counter\n");
         let _ = writeln!(
             out,

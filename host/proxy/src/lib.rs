@@ -220,6 +220,18 @@ impl Server {
                 tracing::warn!("spans queued for export could not all be sent before exit");
             }
         }
+        // Access log lines wait up to `linger` for Kafka: send them too.
+        let kafka =
+            (self.shared.snapshot.load().access_log.as_ref()).and_then(|l| l.kafka().cloned());
+        if let Some(kafka) = kafka {
+            let limit = kafka.settings.timeout.min(Duration::from_secs(5));
+            let sent = tokio::task::spawn_blocking(move || kafka.flush(limit)).await;
+            if !sent.unwrap_or(false) {
+                tracing::warn!(
+                    "access log lines queued for Kafka could not all be sent before exit"
+                );
+            }
+        }
         drained
     }
 }

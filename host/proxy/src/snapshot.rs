@@ -541,11 +541,39 @@ impl Snapshot {
             .map_err(|e| loaded.error_at(format!("routes[{}].match", e.route()), e.to_string()))?;
 
         let access_log = match &c.access_log {
-            Some(a) => Some(
-                AccessLog::open(&a.path, registry.access_log_dropped()).map_err(|e| {
-                    loaded.error_at("access_log.path", format!("cannot open {:?}: {e}", a.path))
-                })?,
-            ),
+            Some(a) => {
+                // A sink whose settings did not change is kept, with its queue and connections.
+                let kafka = match &a.kafka {
+                    None => None,
+                    Some(k) => {
+                        let kept = (previous.and_then(|p| p.access_log.as_ref()))
+                            .and_then(AccessLog::kafka)
+                            .filter(|s| s.settings == *k);
+                        match kept {
+                            Some(s) => Some(s.clone()),
+                            None => Some(Arc::new(
+                                weir_observe::KafkaSink::start(k, registry.kafka()).map_err(
+                                    |e| {
+                                        loaded.error_at(
+                                            "access_log.kafka",
+                                            format!("cannot start: {e}"),
+                                        )
+                                    },
+                                )?,
+                            )),
+                        }
+                    }
+                };
+                Some(
+                    AccessLog::new(a.path.as_deref(), kafka, registry.access_log_dropped())
+                        .map_err(|e| {
+                            loaded.error_at(
+                                "access_log.path",
+                                format!("cannot open {:?}: {e}", a.path.as_deref().unwrap_or("")),
+                            )
+                        })?,
+                )
+            }
             None => None,
         };
         let exporter = match c.tracing.as_ref().and_then(|t| Some((t.otlp.as_ref()?, t))) {
@@ -1111,10 +1139,10 @@ pub async fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let registry = Registry::new();
     let mut no_log = loaded.clone();
     // Opening the access log would create the file; validation must not have side effects.
-    if let Some(a) = no_log.config.access_log.take()
-        && !matches!(a.path.as_str(), "stdout" | "stderr")
+    if let Some(path) = no_log.config.access_log.take().and_then(|a| a.path)
+        && !matches!(path.as_str(), "stdout" | "stderr")
     {
-        let p = Path::new(&a.path);
+        let p = Path::new(&path);
         let dir = p
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
