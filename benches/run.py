@@ -10,6 +10,7 @@ Scenarios (benches/scenarios/), each writing benches/results/<name>.md and .json
   realistic JWT HS256 + rate limit + header transform: Weir filters vs nginx + Lua
   state     the rate-limit filter on the embedded store vs on Redis (state.backend: redis)
   tracing   trace context + OTLP export at sample ratio 0, 0.01 and 1 vs no tracing
+  kafka     the access log to a file, to Kafka (tansu), and both vs no access log
   memory    RSS idle, with 10k idle keep-alive connections, per filter instance
   hotswap   hot swap of a filter under load (benches/hot_swap.py)
 then benches/results/README.md (summary, goals) and benches/results/chart.svg.
@@ -30,12 +31,12 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import chart  # noqa: E402
-from scenarios import chains, h2, hotswap, l4, memory, plain, realistic, state, summary, tls, tracing  # noqa: E402
+from scenarios import chains, h2, hotswap, kafka, l4, memory, plain, realistic, state, summary, tls, tracing  # noqa: E402
 from scenarios.common import (ADMIN_PORT, DIRECT_CPU0_PORT, PROXY_PORT, PROXY_TLS_PORT, RESULTS, ROOT, RUN_MODE, UPSTREAM_H2C_PORT,  # noqa: E402
                               UPSTREAM_PORT, free, oha_path, pin_self_to_cpu1, raise_nofile, stop, wait_port)
 from scenarios.peers import Ctx, start_upstream  # noqa: E402
 
-SCENARIOS = ["plain", "http2", "tls", "l4", "chains", "realistic", "state", "tracing", "memory", "hotswap"]
+SCENARIOS = ["plain", "http2", "tls", "l4", "chains", "realistic", "state", "tracing", "kafka", "memory", "hotswap"]
 
 
 def preflight(args, todo):
@@ -154,6 +155,8 @@ def run_one(s, ctx, args):
         state.run(ctx)
     elif s == "tracing":
         tracing.run(ctx)
+    elif s == "kafka":
+        kafka.run(ctx)
     elif s == "memory":
         memory.run(ctx)
     elif s == "hotswap":

@@ -10,6 +10,8 @@ source scripts/lib.sh
 need_rust
 need_wasm_target
 need_debs nginx-light haproxy caddy wrk nghttp2-client libnginx-mod-http-lua libnginx-mod-stream lua-cjson openssl util-linux redis-server
+# The kafka scenario's broker (tansu, into .tools/bin).
+step "kafka broker" need_kafka
 
 step build cargo build --release --locked -p weir -p weir-benches --bin weir --bin bare-forwarder --bin tcp-bench
 

@@ -26,9 +26,9 @@ def r3(t):
 
 
 def write(ctx, elapsed=None, mode=""):
-    plain, h2, tls, l4, chains, real, state, trc, mem, hot = (load(n) for n in (
-        "plain-http1", "http2", "tls", "l4", "filter-chains", "realistic-chain", "state", "tracing", "memory",
-        "hot-swap"))
+    plain, h2, tls, l4, chains, real, state, trc, kfk, mem, hot = (load(n) for n in (
+        "plain-http1", "http2", "tls", "l4", "filter-chains", "realistic-chain", "state", "tracing", "kafka",
+        "memory", "hot-swap"))
     L = ["# Weir side-by-side benchmarks", "",
          f"Summary written {now_stamp()}{f' after a {mode} run of {elapsed / 60:.1f} min' if elapsed else ''}; "
          f"{machine_line()}.", "", "Versions: " + ctx.versions_line(), "",
@@ -117,6 +117,11 @@ def write(ctx, elapsed=None, mode=""):
         L.append(f"| tracing (OTLP export) | requests per core-second lost to tracing, by sample ratio | {cost} | "
                  f"– (no peer here) | ratio 0.01: **{rows['ratio-0.01']['ratio']:.2f}×** of off | "
                  + link("tracing") + " |")
+    if kfk:
+        rows = kfk["rows"]
+        cost = ", ".join(f"{k}: {(1 - rows[k]['ratio']) * 100:.1f}%" for k in rows if k != "off")
+        L.append(f"| access log sinks | requests per core-second lost to the access log, by sink | {cost} | "
+                 f"– (no peer here) | Kafka: **{rows['kafka']['ratio']:.2f}×** of off | " + link("kafka") + " |")
     if mem:
         rows = mem["rows"]
         if "weir" in rows:
@@ -152,7 +157,7 @@ def write(ctx, elapsed=None, mode=""):
         L.append(f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |")
 
     mine = {"README.md", "plain-http1.md", "http2.md", "tls.md", "l4.md", "filter-chains.md", "realistic-chain.md",
-            "state.md", "tracing.md", "memory.md", "hot-swap.md", "analysis.md"}
+            "state.md", "tracing.md", "kafka.md", "memory.md", "hot-swap.md", "analysis.md"}
     others = sorted(f for f in os.listdir(RESULTS) if f.endswith(".md") and f not in mine)
     extra = ["analysis.md"] if os.path.exists(os.path.join(RESULTS, "analysis.md")) else []
     if others or extra:

@@ -33,6 +33,9 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// How long metadata is trusted before it is asked for again (it is also refreshed after any
 /// error that suggests leaders moved).
 const METADATA_MAX_AGE: Duration = Duration::from_secs(60);
+/// Bytes of lines waiting at most, whatever `max_queue_lines` allows: a line carries a path and
+/// a host a client chose, so lines are not all small.
+const MAX_QUEUE_BYTES: usize = 64 << 20;
 /// Warnings about a failing Kafka are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -43,7 +46,7 @@ pub struct KafkaStats {
     pub queued: AtomicU64,
     /// Lines a broker accepted (with `acks: 0`: lines sent).
     pub sent: AtomicU64,
-    /// Lines dropped because the queue was full.
+    /// Lines dropped because the queue was full (`max_queue_lines`, or 64 MiB of lines).
     pub dropped_queue_full: AtomicU64,
     /// Lines dropped because their batch could not be sent or was refused.
     pub dropped_send_failed: AtomicU64,
@@ -164,7 +167,7 @@ impl KafkaSink {
             _ => None,
         };
         let mut q = self.queue.lock();
-        if q.lines.len() >= self.max_queue {
+        if q.lines.len() >= self.max_queue || q.bytes + text.len() > MAX_QUEUE_BYTES {
             drop(q);
             self.stats.dropped_queue_full.fetch_add(1, Relaxed);
             return;
@@ -249,11 +252,11 @@ impl Producer {
                     batch.extend(q.lines.pop_front());
                 }
                 q.bytes -= bytes;
-                q.since = if q.lines.is_empty() {
-                    None
-                } else {
-                    Some(Instant::now())
-                };
+                // Lines left behind a full batch have waited their linger already: they keep
+                // their start, so the next batch goes at once.
+                if q.lines.is_empty() {
+                    q.since = None;
+                }
                 self.stats.queued.store(q.lines.len() as u64, Relaxed);
                 // Flushes are answered once what was queued before them is gone.
                 let flushes = if q.lines.is_empty() {
