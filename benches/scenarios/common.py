@@ -319,6 +319,19 @@ def measured(proc, run):
 
 # ---------------------------------------------------------------- statistics and output
 
+def weir_counters(exact, summed):
+    """(value of the series named `exact`, sum of every series of the family `summed`) from
+    Weir's /metrics: a counter and its dropped-by-reason family, say."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).read().decode()
+    one = total = 0.0
+    for line in text.splitlines():
+        if line.startswith(exact + " "):
+            one = float(line.split()[-1])
+        elif line.startswith(summed + "{"):
+            total += float(line.split()[-1])
+    return one, total
+
+
 def med(rows, key):
     vals = [r[key] for r in rows if r.get(key) is not None]
     if not vals:

@@ -13,10 +13,9 @@ import os
 import socket
 import subprocess
 import time
-import urllib.request
 
 from . import peers
-from .common import ADMIN_PORT, PROXY_PORT, ROOT, fmt_range, fmt_ratio, header, med, write_result, wrk
+from .common import PROXY_PORT, ROOT, fmt_range, fmt_ratio, header, med, weir_counters, write_result, wrk
 from .runner import Entry, failures, run_rounds
 
 BROKER_PORT = 18492
@@ -46,14 +45,7 @@ def start_broker(ctx):
 
 def lines():
     """(sent, dropped) Kafka lines so far, from Weir's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).read().decode()
-    sent = dropped = 0.0
-    for line in text.splitlines():
-        if line.startswith("weir_access_log_kafka_sent_total "):
-            sent = float(line.split()[-1])
-        elif line.startswith("weir_access_log_kafka_dropped_total{"):
-            dropped += float(line.split()[-1])
-    return sent, dropped
+    return weir_counters("weir_access_log_kafka_sent_total", "weir_access_log_kafka_dropped_total")
 
 
 def run(ctx):

@@ -9,14 +9,13 @@ thread's protobuf encoding and POSTs. Spans exported and dropped come from Weir'
 over the measured interval.
 """
 
-import os
 import subprocess
 import sys
 import time
 import urllib.request
 
 from . import peers
-from .common import ADMIN_PORT, PROXY_PORT, fmt_range, fmt_ratio, header, med, write_result, wrk
+from .common import PROXY_PORT, fmt_range, fmt_ratio, header, med, weir_counters, write_result, wrk
 from .runner import Entry, failures, run_rounds
 
 RECEIVER_PORT = 18431
@@ -62,14 +61,7 @@ def start_receiver(ctx):
 
 def spans():
     """(exported, dropped) spans so far, from Weir's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).read().decode()
-    exported = dropped = 0.0
-    for line in text.splitlines():
-        if line.startswith("weir_trace_spans_exported_total "):
-            exported = float(line.split()[-1])
-        elif line.startswith("weir_trace_spans_dropped_total{"):
-            dropped += float(line.split()[-1])
-    return exported, dropped
+    return weir_counters("weir_trace_spans_exported_total", "weir_trace_spans_dropped_total")
 
 
 def run(ctx):
