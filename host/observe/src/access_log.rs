@@ -1,9 +1,12 @@
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::lines::{Line, LineQueue};
 
 /// One access log line (serialized as a single JSON object).
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +94,7 @@ pub const ACCESS_LOG_QUEUE: usize = 16 * 1024;
 /// disk or broker never stalls the data path.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    file: Option<mpsc::SyncSender<String>>,
+    file: Option<Arc<FileSink>>,
     kafka: Option<Arc<crate::KafkaSink>>,
     dropped: Arc<AtomicU64>,
 }
@@ -143,7 +146,7 @@ impl AccessLog {
                     "stderr" => Box::new(io::stderr()),
                     file => Box::new(OpenOptions::new().create(true).append(true).open(file)?),
                 };
-                Some(writer_thread(out, ACCESS_LOG_QUEUE)?)
+                Some(Arc::new(FileSink::start(out, ACCESS_LOG_QUEUE)?))
             }
         };
         Ok(AccessLog {
@@ -160,7 +163,7 @@ impl AccessLog {
         dropped: Arc<AtomicU64>,
     ) -> io::Result<AccessLog> {
         Ok(AccessLog {
-            file: Some(writer_thread(out, queue)?),
+            file: Some(Arc::new(FileSink::start(out, queue)?)),
             kafka: None,
             dropped,
         })
@@ -191,30 +194,65 @@ impl AccessLog {
         }
     }
 
-    fn to_file(&self, file: &mpsc::SyncSender<String>, line: String) {
-        if let Err(mpsc::TrySendError::Full(_)) = file.try_send(line) {
+    fn to_file(&self, file: &FileSink, text: String) {
+        if file.queue.push(Line { key: None, text }).is_err() {
             self.dropped.fetch_add(1, Relaxed);
         }
     }
+
+    /// Writes and sends every line queued so far, waiting at most `limit` for each sink
+    /// (shutdown: the last lines are not lost with the process). Blocking: call it off the
+    /// async runtime.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let file = self
+            .file
+            .as_ref()
+            .is_none_or(|f| f.queue.flush().recv_timeout(limit).is_ok());
+        let kafka = self.kafka.as_ref().is_none_or(|k| k.flush(limit));
+        file && kafka
+    }
 }
 
-/// The thread that writes lines to `out`, fed by a queue of at most `queue` lines.
-fn writer_thread(out: Box<dyn Write + Send>, queue: usize) -> io::Result<mpsc::SyncSender<String>> {
-    let (tx, rx) = mpsc::sync_channel::<String>(queue);
-    std::thread::Builder::new()
-        .name("weir-access-log".into())
-        .spawn(move || {
-            let mut out = BufWriter::with_capacity(64 * 1024, out);
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(line.as_bytes());
-                // Flush when the queue is drained: batches under load, prompt when quiet.
-                while let Ok(line) = rx.try_recv() {
-                    let _ = out.write_all(line.as_bytes());
+/// Lines wait at most this long for the file writer (nginx's `access_log ... flush=`): under
+/// load the writer wakes once per interval, not once per line.
+const FILE_LINGER: Duration = Duration::from_millis(10);
+
+/// A stream or file, written by a thread of its own from a [`LineQueue`].
+#[derive(Debug)]
+struct FileSink {
+    queue: Arc<LineQueue>,
+}
+
+impl FileSink {
+    fn start(out: Box<dyn Write + Send>, max_lines: usize) -> io::Result<FileSink> {
+        let queue = Arc::new(LineQueue::new(max_lines, 64 * 1024, FILE_LINGER));
+        let q = queue.clone();
+        std::thread::Builder::new()
+            .name("weir-access-log".into())
+            .spawn(move || {
+                let mut out = BufWriter::with_capacity(64 * 1024, out);
+                loop {
+                    let (batch, _) = q.next();
+                    for line in &batch.lines {
+                        let _ = out.write_all(line.text.as_bytes());
+                    }
+                    let _ = out.flush();
+                    for f in batch.flushes {
+                        let _ = f.send(());
+                    }
+                    if batch.last {
+                        return;
+                    }
                 }
-                let _ = out.flush();
-            }
-        })?;
-    Ok(tx)
+            })?;
+        Ok(FileSink { queue })
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 /// Formats a UNIX time as RFC 3339 UTC with milliseconds (`2026-11-28T21:18:14.123Z`).

@@ -16,15 +16,16 @@
 
 mod wire;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use weir_config::{KafkaCompression, KafkaConfig, KafkaKey};
 
+use crate::lines::{Line, LineQueue};
 use wire::{Codec, Metadata, Record};
 
 /// Largest response read from a broker: Metadata for one topic and Produce answers are small;
@@ -33,9 +34,6 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// How long metadata is trusted before it is asked for again (it is also refreshed after any
 /// error that suggests leaders moved).
 const METADATA_MAX_AGE: Duration = Duration::from_secs(60);
-/// Bytes of lines waiting at most, whatever `max_queue_lines` allows: a line carries a path and
-/// a host a client chose, so lines are not all small.
-const MAX_QUEUE_BYTES: usize = 64 << 20;
 /// Warnings about a failing Kafka are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -84,52 +82,21 @@ impl KafkaStats {
 /// A running Kafka sink; dropping the last handle lets its thread send what is queued and end.
 #[derive(Debug)]
 pub struct KafkaSink {
-    queue: Arc<Queue>,
+    queue: Arc<LineQueue>,
     stats: Arc<KafkaStats>,
-    max_queue: usize,
-    max_batch_bytes: usize,
     key: KafkaKey,
     /// What it was started from: a new config with the same settings keeps this sink.
     pub settings: KafkaConfig,
 }
 
-#[derive(Debug)]
-struct Queue {
-    state: Mutex<Waiting>,
-    wake: Condvar,
-}
-
-/// A line and its record key.
-#[derive(Debug)]
-struct Line {
-    key: Option<Box<str>>,
-    text: String,
-}
-
-#[derive(Debug, Default)]
-struct Waiting {
-    lines: VecDeque<Line>,
-    bytes: usize,
-    /// When the oldest waiting line arrived.
-    since: Option<Instant>,
-    /// Flushes asked for: answered once everything queued before them is sent (or dropped).
-    flushes: Vec<mpsc::Sender<()>>,
-    closed: bool,
-}
-
-impl Queue {
-    fn lock(&self) -> MutexGuard<'_, Waiting> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 impl KafkaSink {
     /// Starts the producer thread for `config`. Nothing is sent (or connected) until lines come.
     pub fn start(config: &KafkaConfig, stats: Arc<KafkaStats>) -> std::io::Result<KafkaSink> {
-        let queue = Arc::new(Queue {
-            state: Mutex::new(Waiting::default()),
-            wake: Condvar::new(),
-        });
+        let queue = Arc::new(LineQueue::new(
+            config.max_queue_lines,
+            config.max_batch_bytes.bytes() as usize,
+            config.linger,
+        ));
         let producer = Producer {
             queue: queue.clone(),
             stats: stats.clone(),
@@ -151,8 +118,6 @@ impl KafkaSink {
         Ok(KafkaSink {
             queue,
             stats,
-            max_queue: config.max_queue_lines,
-            max_batch_bytes: config.max_batch_bytes.bytes() as usize,
             key: config.key,
             settings: config.clone(),
         })
@@ -166,47 +131,30 @@ impl KafkaSink {
             KafkaKey::RequestId if !request_id.is_empty() => Some(request_id.into()),
             _ => None,
         };
-        let mut q = self.queue.lock();
-        if q.lines.len() >= self.max_queue || q.bytes + text.len() > MAX_QUEUE_BYTES {
-            drop(q);
-            self.stats.dropped_queue_full.fetch_add(1, Relaxed);
-            return;
-        }
-        let before = q.bytes;
-        q.bytes += text.len();
-        q.since.get_or_insert_with(Instant::now);
-        q.lines.push_back(Line { key, text });
-        self.stats.queued.store(q.lines.len() as u64, Relaxed);
-        let full = before < self.max_batch_bytes && q.bytes >= self.max_batch_bytes;
-        let first = q.lines.len() == 1;
-        drop(q);
-        // The thread sleeps until the oldest line's linger ends; it needs waking only to start
-        // that clock, or when a batch is full.
-        if full || first {
-            self.queue.wake.notify_one();
+        match self.queue.push(Line { key, text }) {
+            Ok(n) => self.stats.queued.store(n as u64, Relaxed),
+            Err(_) => {
+                self.stats.dropped_queue_full.fetch_add(1, Relaxed);
+            }
         }
     }
 
     /// Sends every line queued so far, waiting at most `limit` (shutdown: the last lines are not
     /// lost with the process). Blocking: call it off the async runtime.
     pub fn flush(&self, limit: Duration) -> bool {
-        let (ack, done) = mpsc::channel();
-        self.queue.lock().flushes.push(ack);
-        self.queue.wake.notify_one();
-        done.recv_timeout(limit).is_ok()
+        self.queue.flush().recv_timeout(limit).is_ok()
     }
 }
 
 impl Drop for KafkaSink {
     fn drop(&mut self) {
-        self.queue.lock().closed = true;
-        self.queue.wake.notify_one();
+        self.queue.close();
     }
 }
 
 /// The producer thread's state.
 struct Producer {
-    queue: Arc<Queue>,
+    queue: Arc<LineQueue>,
     stats: Arc<KafkaStats>,
     config: KafkaConfig,
     codec: Codec,
@@ -220,55 +168,12 @@ struct Producer {
 
 impl Producer {
     fn run(mut self) {
-        let max_bytes = self.config.max_batch_bytes.bytes() as usize;
         loop {
-            let (batch, flushes, closed) = {
-                let mut q = self.queue.lock();
-                loop {
-                    let due = q.since.map(|s| s + self.config.linger);
-                    let now = Instant::now();
-                    if q.closed
-                        || !q.flushes.is_empty()
-                        || q.bytes >= max_bytes
-                        || due.is_some_and(|d| d <= now)
-                    {
-                        break;
-                    }
-                    q = match due {
-                        Some(d) => match self.queue.wake.wait_timeout(q, d - now) {
-                            Ok((q, _)) => q,
-                            Err(e) => e.into_inner().0,
-                        },
-                        None => self.queue.wake.wait(q).unwrap_or_else(|e| e.into_inner()),
-                    };
-                }
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                while let Some(line) = q.lines.front() {
-                    if !batch.is_empty() && bytes + line.text.len() > max_bytes {
-                        break;
-                    }
-                    bytes += line.text.len();
-                    batch.extend(q.lines.pop_front());
-                }
-                q.bytes -= bytes;
-                // Lines left behind a full batch have waited their linger already: they keep
-                // their start, so the next batch goes at once.
-                if q.lines.is_empty() {
-                    q.since = None;
-                }
-                self.stats.queued.store(q.lines.len() as u64, Relaxed);
-                // Flushes are answered once what was queued before them is gone.
-                let flushes = if q.lines.is_empty() {
-                    std::mem::take(&mut q.flushes)
-                } else {
-                    Vec::new()
-                };
-                (batch, flushes, q.closed && q.lines.is_empty())
-            };
-            if !batch.is_empty() {
-                let n = batch.len() as u64;
-                match self.send(&batch) {
+            let (batch, waiting) = self.queue.next();
+            self.stats.queued.store(waiting as u64, Relaxed);
+            if !batch.lines.is_empty() {
+                let n = batch.lines.len() as u64;
+                match self.send(&batch.lines) {
                     Ok(sent) => {
                         self.stats.sent.fetch_add(sent, Relaxed);
                         self.stats.dropped_send_failed.fetch_add(n - sent, Relaxed);
@@ -280,10 +185,10 @@ impl Producer {
                     }
                 }
             }
-            for f in flushes {
+            for f in batch.flushes {
                 let _ = f.send(());
             }
-            if closed {
+            if batch.last {
                 return;
             }
         }

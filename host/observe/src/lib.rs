@@ -7,6 +7,7 @@
 
 mod access_log;
 mod kafka;
+mod lines;
 mod metrics;
 mod queues;
 mod state;

@@ -220,16 +220,15 @@ impl Server {
                 tracing::warn!("spans queued for export could not all be sent before exit");
             }
         }
-        // Access log lines wait up to `linger` for Kafka: send them too.
-        let kafka =
-            (self.shared.snapshot.load().access_log.as_ref()).and_then(|l| l.kafka().cloned());
-        if let Some(kafka) = kafka {
-            let limit = kafka.settings.timeout.min(Duration::from_secs(5));
-            let sent = tokio::task::spawn_blocking(move || kafka.flush(limit)).await;
-            if !sent.unwrap_or(false) {
-                tracing::warn!(
-                    "access log lines queued for Kafka could not all be sent before exit"
-                );
+        // Access log lines wait up to their linger (10ms for a file, `kafka.linger`): write and
+        // send them too.
+        if let Some(log) = self.shared.snapshot.load().access_log.clone() {
+            let limit = (log.kafka())
+                .map_or(Duration::from_secs(1), |k| k.settings.timeout)
+                .min(Duration::from_secs(5));
+            let done = tokio::task::spawn_blocking(move || log.flush(limit)).await;
+            if !done.unwrap_or(false) {
+                tracing::warn!("access log lines could not all be written or sent before exit");
             }
         }
         drained
