@@ -1,6 +1,7 @@
 // @weir/filter: write Weir proxy filters in AssemblyScript. See README.md.
 
 export { Action, ActionKind, ConfigResult, Header, LocalResponse, Phases } from "./assembly/action";
+export { Hash, HmacKey, MAX_CRYPTO_KEYS, MAX_KEY_BYTES, SignatureAlgorithm, VerifyingKey, crypto } from "./assembly/crypto";
 export { decodeUtf8, decodeUtf8Lossy, encodeUtf8, isValidUtf8 } from "./assembly/bytes";
 export { ConfigReader } from "./assembly/config";
 export { HostError, HostErrorKind, Result } from "./assembly/errors";

@@ -73,6 +73,19 @@ const IMPORTS = {
   },
   "weir:filter/callout@0.1.0": { send: ["iiiiiiiiiiii", ""] },
   "weir:filter/trace@0.1.0": { sampled: ["", "i"], "set-attribute": ["iiiii", ""], "add-event": ["iiiii", ""] },
+  "weir:filter/crypto@0.1.0": {
+    digest: ["iiii", ""],
+    "constant-time-equal": ["iiii", "i"],
+    "[static]hmac-key.create": ["iiii", ""],
+    "[method]hmac-key.sign": ["iiii", ""],
+    "[method]hmac-key.verify": ["iiiii", "i"],
+    "[resource-drop]hmac-key": ["i", ""],
+    "[static]verifying-key.from-spki": ["iiii", ""],
+    "[static]verifying-key.from-rsa-components": ["iiiiii", ""],
+    "[static]verifying-key.from-raw": ["iiii", ""],
+    "[method]verifying-key.verify": ["iiiii", "i"],
+    "[resource-drop]verifying-key": ["i", ""],
+  },
 };
 
 const HINTS = {

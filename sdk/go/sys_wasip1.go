@@ -376,3 +376,120 @@ func sysSpanAddEvent(name string, attributes []Label) error {
 	runtime.KeepAlive(attributes)
 	return unitResult()
 }
+
+// ---- weir:filter/crypto ----
+
+type hmacHandle = uint32
+type verifyingHandle = uint32
+
+//go:wasmimport weir:filter/crypto@0.1.0 digest
+func impDigest(alg uint32, data unsafe.Pointer, n uint32, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/crypto@0.1.0 constant-time-equal
+func impConstantTimeEqual(a unsafe.Pointer, na uint32, b unsafe.Pointer, nb uint32) uint32
+
+//go:wasmimport weir:filter/crypto@0.1.0 [static]hmac-key.create
+func impHmacCreate(alg uint32, secret unsafe.Pointer, n uint32, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/crypto@0.1.0 [method]hmac-key.sign
+func impHmacSign(key uint32, msg unsafe.Pointer, n uint32, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/crypto@0.1.0 [method]hmac-key.verify
+func impHmacVerify(key uint32, msg unsafe.Pointer, n uint32, tag unsafe.Pointer, nt uint32) uint32
+
+//go:wasmimport weir:filter/crypto@0.1.0 [resource-drop]hmac-key
+func impHmacDrop(key uint32)
+
+//go:wasmimport weir:filter/crypto@0.1.0 [static]verifying-key.from-spki
+func impVerifyingFromSPKI(alg uint32, der unsafe.Pointer, n uint32, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/crypto@0.1.0 [static]verifying-key.from-rsa-components
+func impVerifyingFromRSA(alg uint32, mod unsafe.Pointer, nm uint32, exp unsafe.Pointer, ne uint32, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/crypto@0.1.0 [static]verifying-key.from-raw
+func impVerifyingFromRaw(alg uint32, key unsafe.Pointer, n uint32, ret unsafe.Pointer)
+
+//go:wasmimport weir:filter/crypto@0.1.0 [method]verifying-key.verify
+func impVerifyingVerify(key uint32, msg unsafe.Pointer, n uint32, sig unsafe.Pointer, ns uint32) uint32
+
+//go:wasmimport weir:filter/crypto@0.1.0 [resource-drop]verifying-key
+func impVerifyingDrop(key uint32)
+
+func bytesPtr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+// handleResult lifts result<own<resource>, host-error>: the handle or the error at offset 4.
+func handleResult() (uint32, error) {
+	if ret8(0) != 0 {
+		return 0, hostErrorAt(4)
+	}
+	return ret32(4), nil
+}
+
+func sysDigest(h Hash, data []byte) []byte {
+	begin()
+	impDigest(uint32(h), bytesPtr(data), uint32(len(data)), retp())
+	runtime.KeepAlive(data)
+	return liftBytes(ret32(0), ret32(4))
+}
+
+func sysConstantTimeEqual(a, b []byte) bool {
+	eq := impConstantTimeEqual(bytesPtr(a), uint32(len(a)), bytesPtr(b), uint32(len(b)))
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
+	return eq != 0
+}
+
+func sysHmacKey(h Hash, secret []byte) (hmacHandle, error) {
+	begin()
+	impHmacCreate(uint32(h), bytesPtr(secret), uint32(len(secret)), retp())
+	runtime.KeepAlive(secret)
+	return handleResult()
+}
+
+func sysHmacSign(k hmacHandle, message []byte) []byte {
+	begin()
+	impHmacSign(k, bytesPtr(message), uint32(len(message)), retp())
+	runtime.KeepAlive(message)
+	return liftBytes(ret32(0), ret32(4))
+}
+
+func sysHmacVerify(k hmacHandle, message, tag []byte) bool {
+	ok := impHmacVerify(k, bytesPtr(message), uint32(len(message)), bytesPtr(tag), uint32(len(tag)))
+	runtime.KeepAlive(message)
+	runtime.KeepAlive(tag)
+	return ok != 0
+}
+
+func sysHmacDrop(k hmacHandle) { impHmacDrop(k) }
+
+func sysVerifyingKeySPKI(alg SignatureAlgorithm, der []byte) (verifyingHandle, error) {
+	begin()
+	impVerifyingFromSPKI(uint32(alg), bytesPtr(der), uint32(len(der)), retp())
+	runtime.KeepAlive(der)
+	return handleResult()
+}
+
+func sysVerifyingKeyRSA(alg SignatureAlgorithm, modulus, exponent []byte) (verifyingHandle, error) {
+	begin()
+	impVerifyingFromRSA(uint32(alg), bytesPtr(modulus), uint32(len(modulus)),
+		bytesPtr(exponent), uint32(len(exponent)), retp())
+	runtime.KeepAlive(modulus)
+	runtime.KeepAlive(exponent)
+	return handleResult()
+}
+
+func sysVerifyingKeyRaw(alg SignatureAlgorithm, key []byte) (verifyingHandle, error) {
+	begin()
+	impVerifyingFromRaw(uint32(alg), bytesPtr(key), uint32(len(key)), retp())
+	runtime.KeepAlive(key)
+	return handleResult()
+}
+
+func sysVerify(k verifyingHandle, message, signature []byte) bool {
+	ok := impVerifyingVerify(k, bytesPtr(message), uint32(len(message)), bytesPtr(signature), uint32(len(signature)))
+	runtime.KeepAlive(message)
+	runtime.KeepAlive(signature)
+	return ok != 0
+}
+
+func sysVerifyingDrop(k verifyingHandle) { impVerifyingDrop(k) }

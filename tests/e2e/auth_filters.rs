@@ -445,8 +445,8 @@ async fn jwt_auth_picks_jwks_keys_by_kid() -> Result<()> {
             },
             ec_jwk(&k.es, "es-a")?,
             ec_jwk(&k.es2, "es-b")?,
-            // An algorithm the filter does not implement: skipped with a warning.
-            { "kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
+            // A curve the filter does not implement: skipped with a warning.
+            { "kty": "OKP", "crv": "X448", "kid": "ed", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
         ]},
         "issuer": ISSUER,
         "audiences": ["orders"],
@@ -459,7 +459,7 @@ async fn jwt_auth_picks_jwks_keys_by_kid() -> Result<()> {
     ))?;
     assert!(
         weir.stderr_text()
-            .contains("key type \"OKP\" is not supported"),
+            .contains("OKP curve \"X448\" is not supported"),
         "{}",
         weir.stderr_text()
     );
@@ -786,9 +786,9 @@ async fn bad_filter_configs_are_errors_at_their_route() -> Result<()> {
             filter(
                 "auth",
                 "jwt-auth",
-                &json!({ "keys": [{ "alg": "PS256", "public_key_pem": "x" }] }),
+                &json!({ "keys": [{ "alg": "ES512", "public_key_pem": "x" }] }),
             ),
-            "filter \"auth\" rejected its config: keys[0].alg: unknown algorithm \"PS256\"",
+            "filter \"auth\" rejected its config: keys[0].alg: unknown algorithm \"ES512\"",
         ),
         (
             filter(

@@ -12,8 +12,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use weir_filter::crypto::{self, Hash, HmacKey};
 
 /// Standard base64 that accepts values with or without `=` padding.
 const B64: GeneralPurpose = GeneralPurpose::new(
@@ -91,25 +90,20 @@ impl PasswordHash {
         Err("unknown format: expected sha256:<salt>:<hex> or pbkdf2-sha256:<iterations>:<salt_b64>:<hash_b64>".to_owned())
     }
 
-    /// Whether `password` matches, compared in constant time.
+    /// Whether `password` matches, compared in constant time. The hashing is the proxy's
+    /// native crypto (`weir_filter::crypto`).
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
             PasswordHash::Sha256 { salt, digest } => {
-                let got = Sha256::new()
-                    .chain_update(salt)
-                    .chain_update(password)
-                    .finalize();
-                got.as_slice().ct_eq(digest).into()
+                let got = crypto::digest(Hash::Sha256, &[salt.as_slice(), password].concat());
+                crypto::constant_time_equal(&got, digest)
             }
             PasswordHash::Pbkdf2 {
                 iterations,
                 salt,
                 key,
-            } => {
-                let mut got = vec![0u8; key.len()];
-                pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, *iterations, &mut got);
-                got.ct_eq(key).into()
-            }
+            } => pbkdf2_sha256(password, salt, *iterations, key.len())
+                .is_some_and(|got| crypto::constant_time_equal(&got, key)),
         }
     }
 
@@ -120,6 +114,31 @@ impl PasswordHash {
             PasswordHash::Pbkdf2 { iterations, .. } => *iterations,
         }
     }
+}
+
+/// PBKDF2-HMAC-SHA256 (RFC 8018 §5.2) on the proxy's HMAC: `len` bytes derived from `password`
+/// and `salt`. `None` when the proxy refuses the password as an HMAC key (over 16 KiB).
+pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32, len: usize) -> Option<Vec<u8>> {
+    // HMAC pads a short key with zeros to the hash's block: an empty password is the same key
+    // as 64 zero bytes (the proxy refuses empty keys).
+    let key = if password.is_empty() {
+        &[0u8; 64][..]
+    } else {
+        password
+    };
+    let prf = HmacKey::new(Hash::Sha256, key).ok()?;
+    let mut out = Vec::with_capacity(len.div_ceil(32) * 32);
+    for block in 1..=len.div_ceil(32) as u32 {
+        let mut u = prf.sign(&[salt, &block.to_be_bytes()].concat());
+        let mut t = u.clone();
+        for _ in 1..iterations {
+            u = prf.sign(&u);
+            t.iter_mut().zip(&u).for_each(|(a, b)| *a ^= b);
+        }
+        out.extend_from_slice(&t);
+    }
+    out.truncate(len);
+    Some(out)
 }
 
 /// Standard base64 with padding, for building hashes in tests and docs.

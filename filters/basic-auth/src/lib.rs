@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use weir_filter::crypto::{self, Hash};
 use weir_filter::validate::{check_header_name, check_realm};
 use weir_filter::{
     Action, Filter, HostError, LocalResponse, Phases, Request, clock, export_filter, log, metrics,
@@ -194,13 +194,16 @@ impl BasicAuth {
 
     fn cache_key(&self, username: &str, password: &str) -> [u8; 32] {
         // The length prefix keeps ("ab", "c") and ("a", "bc") apart.
-        Sha256::new()
-            .chain_update(&self.cache_salt)
-            .chain_update((username.len() as u64).to_be_bytes())
-            .chain_update(username.as_bytes())
-            .chain_update(password.as_bytes())
-            .finalize()
-            .into()
+        let input = [
+            self.cache_salt.as_slice(),
+            &(username.len() as u64).to_be_bytes(),
+            username.as_bytes(),
+            password.as_bytes(),
+        ]
+        .concat();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&crypto::digest(Hash::Sha256, &input));
+        out
     }
 
     fn forward(&self, req: &mut Request, username: &str) -> Result<(), HostError> {

@@ -1,6 +1,7 @@
 //! Native tests through the SDK harness.
 
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use weir_filter::Action;
 use weir_filter::log::Level;
 use weir_filter::testing::{Harness, TestRequest};
@@ -350,4 +351,27 @@ fn the_readme_quickstart_works() -> TestResult {
         Some("Basic realm=\"staff\", charset=\"UTF-8\"")
     );
     Ok(())
+}
+
+/// The filter's PBKDF2 (on the proxy's HMAC) derives what RustCrypto's does, for one and two
+/// blocks, partial blocks, and passwords empty, short and longer than the hash's block.
+#[test]
+fn pbkdf2_on_the_proxys_hmac_matches_rustcrypto() {
+    let long = "p".repeat(100);
+    for password in ["", "p", "wonderland", long.as_str()] {
+        for len in [16, 20, 32, 33, 64] {
+            for iterations in [1, 2, 7] {
+                let mut want = vec![0u8; len];
+                pbkdf2::pbkdf2_hmac::<Sha256>(
+                    password.as_bytes(),
+                    b"saltsalt",
+                    iterations,
+                    &mut want,
+                );
+                let got =
+                    crate::hash::pbkdf2_sha256(password.as_bytes(), b"saltsalt", iterations, len);
+                assert_eq!(got, Some(want), "{password:?} {len} {iterations}");
+            }
+        }
+    }
 }

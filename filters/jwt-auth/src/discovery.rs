@@ -177,7 +177,7 @@ impl Discovery {
             }
         }
         if out.is_empty() {
-            return Err("the JWKS has no usable HS256, RS256 or ES256 key".to_owned());
+            return Err("the JWKS has no usable key (supported: HS256..512, RS256..512, PS256..512, ES256, ES384, EdDSA)".to_owned());
         }
         Ok((doc.issuer, out))
     }

@@ -1,6 +1,8 @@
 //! The `jwt-auth` filter: verifies `Authorization: Bearer <jwt>` on every request.
 //!
-//! Algorithms HS256, RS256 and ES256, with keys from the config (`keys`) and/or an inline JWKS
+//! Algorithms HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 and EdDSA (Ed25519),
+//! verified by the proxy's native crypto (`weir_filter::crypto`), with keys from the config
+//! (`keys`) and/or an inline JWKS
 //! document (`jwks`); checks `exp` / `nbf` (with leeway), `iss` and `aud`; forwards chosen
 //! claims upstream as request headers; answers RFC 6750 401s otherwise. See the crate's
 //! README for the config reference.
@@ -9,7 +11,7 @@
 //! (whose algorithm must be the token's, or the token is refused); a `kid` no key has, or no
 //! `kid` at all, is checked with every key of the token's algorithm that has no `kid` of its
 //! own (with no `kid` in the token: every key of its algorithm). `alg: none` and algorithms
-//! other than HS256, RS256 and ES256 are always refused.
+//! not listed above are always refused.
 
 use std::collections::BTreeMap;
 
@@ -106,7 +108,7 @@ impl Filter for JwtAuth {
         }
         if keys.is_empty() && config.discovery.is_none() {
             return Err(
-                "no usable keys: give `keys`, a `jwks` with at least one HS256, RS256 or ES256 key, or `discovery`"
+                "no usable keys: give `keys`, a `jwks` with at least one supported key, or `discovery`"
                     .to_owned(),
             );
         }

@@ -370,7 +370,8 @@ fn forged_and_malformed_tokens_are_refused() -> TestResult {
         &claims(),
         &rs,
     );
-    let hs512 = token_with_header(&json!({ "alg": "HS512" }), &claims(), &hs);
+    let es512 = token_with_header(&json!({ "alg": "ES512" }), &claims(), &hs);
+    let hs512_no_key = token_with_header(&json!({ "alg": "HS512" }), &claims(), &hs);
     let array_claims = token_with_header(&json!({ "alg": "ES256" }), &json!([1, 2]), &es);
 
     let cases: Vec<(String, &str)> = vec![
@@ -379,7 +380,8 @@ fn forged_and_malformed_tokens_are_refused() -> TestResult {
         (other_ec_key, "invalid signature"),
         (none, "unsupported algorithm"),
         (none_upper, "unsupported algorithm"),
-        (hs512, "unsupported algorithm"),
+        (es512, "unsupported algorithm"),
+        (hs512_no_key, "no key for this algorithm"),
         (confused, "algorithm does not match the key"),
         (confused_no_kid, "no key for this algorithm"),
         (hs_no_key, "no key for this algorithm"),
@@ -469,9 +471,9 @@ fn jwks_keys_are_selected_by_kid() -> TestResult {
         es_b.jwk("b"),
         Signer::hs().jwk("h"),
         // Not usable here: skipped with a warning, not an error.
-        { "kty": "RSA", "kid": "x", "alg": "RS384", "n": "AQAB", "e": "AQAB" },
-        { "kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
-        { "kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA" },
+        { "kty": "RSA", "kid": "x", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB" },
+        { "kty": "OKP", "kid": "x", "crv": "X25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" },
+        { "kty": "EC", "kid": "p521", "crv": "P-521", "x": "AA", "y": "AA" },
         { "kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB" },
     ]});
     let mut h = Harness::<JwtAuth>::new(cfg)?;
@@ -564,8 +566,24 @@ fn bad_configs_are_refused_with_a_clear_message() {
         (json!({}), "no usable keys"),
         (json!({ "keys": [] }), "no usable keys"),
         (
+            json!({ "keys": [{ "alg": "ES512", "secret": SECRET }] }),
+            "keys[0].alg: unknown algorithm \"ES512\"",
+        ),
+        (
             json!({ "keys": [{ "alg": "HS512", "secret": SECRET }] }),
-            "keys[0].alg: unknown algorithm \"HS512\"",
+            "keys[0].secret: an HS512 secret must be at least 64 bytes",
+        ),
+        (
+            json!({ "keys": [{ "alg": "ES384", "public_key_pem": Signer::es(3).public_pem() }] }),
+            "keys[0].public_key_pem: not a usable ES384 public key",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "EC", "alg": "ES384", "crv": "P-256", "x": "AA", "y": "AA" }] } }),
+            "jwks.keys[0].crv: ES384 needs curve P-384",
+        ),
+        (
+            json!({ "jwks": { "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": "AAAA" }] } }),
+            "jwks.keys[0].x: not an Ed25519 key",
         ),
         (
             json!({ "keys": [{ "alg": "none", "secret": SECRET }] }),
@@ -593,11 +611,11 @@ fn bad_configs_are_refused_with_a_clear_message() {
         ),
         (
             json!({ "keys": [{ "alg": "RS256", "public_key_pem": RSA_1024_PUBLIC_PEM }] }),
-            "at least 2048 bits, this one has 1024",
+            "the RSA key has 1024 bits; 2048 to 8192 are accepted",
         ),
         (
             json!({ "keys": [{ "alg": "ES256", "public_key_pem": rs.public_pem() }] }),
-            "keys[0].public_key_pem: not a P-256 public key",
+            "keys[0].public_key_pem: not a usable ES256 public key (ecdsa-p256-sha256 needs an EC key on its curve)",
         ),
         (
             json!({ "keys": [{ "alg": "RS256", "public_key_pem": "garbage" }] }),
@@ -636,7 +654,7 @@ fn bad_configs_are_refused_with_a_clear_message() {
             "jwks.keys[0]: missing field `kty`",
         ),
         (
-            json!({ "jwks": { "keys": [{ "kty": "RSA", "kid": "old", "alg": "RS384", "n": "AQAB", "e": "AQAB" }] } }),
+            json!({ "jwks": { "keys": [{ "kty": "RSA", "kid": "old", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB" }] } }),
             "no usable keys",
         ),
         (
@@ -910,6 +928,178 @@ fn the_decision_is_noted_on_the_trace_span() -> TestResult {
                 .iter()
                 .all(|(_, v)| !v.contains(&bad_token)),
             "the token is never on a span"
+        );
+    }
+    Ok(())
+}
+
+/// OpenSSL-made test keys (PKCS#8 to sign, SubjectPublicKeyInfo to verify), shared with
+/// weir-crypto's tests; they protect nothing.
+const KEYS: &str = "../../host/crypto/tests/keys";
+const RSA_PK8: &[u8] = include_bytes!("../../../host/crypto/tests/keys/rsa2048.pk8.der");
+const RSA_SPKI: &[u8] = include_bytes!("../../../host/crypto/tests/keys/rsa2048.spki.der");
+const P384_PK8: &[u8] = include_bytes!("../../../host/crypto/tests/keys/p384.pk8.der");
+const P384_SPKI: &[u8] = include_bytes!("../../../host/crypto/tests/keys/p384.spki.der");
+const ED_PK8: &[u8] = include_bytes!("../../../host/crypto/tests/keys/ed25519.pk8.der");
+const ED_SPKI: &[u8] = include_bytes!("../../../host/crypto/tests/keys/ed25519.spki.der");
+const SECRET_64: &str = "test-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef-xy";
+
+/// A JWS signature made by ring (an implementation other than the one that verifies).
+fn ring_sign(alg: &str, input: &[u8]) -> Vec<u8> {
+    use ring::signature as rs;
+    let rng = ring::rand::SystemRandom::new();
+    let rsa = |enc: &'static dyn rs::RsaEncoding| {
+        let pair = rs::RsaKeyPair::from_pkcs8(RSA_PK8).expect(KEYS);
+        let mut sig = vec![0; pair.public().modulus_len()];
+        pair.sign(enc, &rng, input, &mut sig).expect("rsa sign");
+        sig
+    };
+    let hmac = |a| ring::hmac::sign(&ring::hmac::Key::new(a, SECRET_64.as_bytes()), input);
+    match alg {
+        "HS384" => hmac(ring::hmac::HMAC_SHA384).as_ref().to_vec(),
+        "HS512" => hmac(ring::hmac::HMAC_SHA512).as_ref().to_vec(),
+        "RS384" => rsa(&rs::RSA_PKCS1_SHA384),
+        "RS512" => rsa(&rs::RSA_PKCS1_SHA512),
+        "PS256" => rsa(&rs::RSA_PSS_SHA256),
+        "PS384" => rsa(&rs::RSA_PSS_SHA384),
+        "PS512" => rsa(&rs::RSA_PSS_SHA512),
+        "ES384" => {
+            rs::EcdsaKeyPair::from_pkcs8(&rs::ECDSA_P384_SHA384_FIXED_SIGNING, P384_PK8, &rng)
+                .expect(KEYS)
+                .sign(&rng, input)
+                .expect("ecdsa sign")
+                .as_ref()
+                .to_vec()
+        }
+        "EdDSA" => rs::Ed25519KeyPair::from_pkcs8_maybe_unchecked(ED_PK8)
+            .expect(KEYS)
+            .sign(input)
+            .as_ref()
+            .to_vec(),
+        other => unreachable!("{other}"),
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(der)
+    )
+}
+
+fn ring_token(alg: &str, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(json!({ "alg": alg, "typ": "JWT" }).to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = ring_sign(alg, input.as_bytes());
+    format!("{input}.{}", b64(&sig))
+}
+
+#[test]
+fn every_jose_algorithm_verifies_and_refuses_forgeries() -> TestResult {
+    let rsa_pub = {
+        use rsa::pkcs8::DecodePublicKey;
+        rsa::RsaPublicKey::from_public_key_der(RSA_SPKI)?
+    };
+    // The SPKI's subjectPublicKey is its tail: the point (P-384) or the key (Ed25519).
+    let (xy, ed_x) = (
+        &P384_SPKI[P384_SPKI.len() - 96..],
+        &ED_SPKI[ED_SPKI.len() - 32..],
+    );
+    let keys: Vec<(&str, Value)> = vec![
+        ("HS384", json!({ "alg": "HS384", "secret": SECRET_64 })),
+        ("HS512", json!({ "alg": "HS512", "secret": SECRET_64 })),
+        (
+            "HS512",
+            json!({ "kty": "oct", "alg": "HS512", "k": b64(SECRET_64.as_bytes()) }),
+        ),
+        (
+            "RS384",
+            json!({ "alg": "RS384", "public_key_pem": pem(RSA_SPKI) }),
+        ),
+        (
+            "RS512",
+            json!({ "alg": "RS512", "public_key_pem": pem(RSA_SPKI) }),
+        ),
+        (
+            "PS256",
+            json!({ "alg": "PS256", "public_key_pem": pem(RSA_SPKI) }),
+        ),
+        (
+            "PS384",
+            json!({ "alg": "PS384", "public_key_pem": pem(RSA_SPKI) }),
+        ),
+        (
+            "PS512",
+            json!({ "kty": "RSA", "alg": "PS512",
+            "n": b64(&rsa_pub.n().to_bytes_be()), "e": b64(&rsa_pub.e().to_bytes_be()) }),
+        ),
+        (
+            "ES384",
+            json!({ "alg": "ES384", "public_key_pem": pem(P384_SPKI) }),
+        ),
+        (
+            "ES384",
+            json!({ "kty": "EC", "crv": "P-384", "x": b64(&xy[..48]), "y": b64(&xy[48..]) }),
+        ),
+        (
+            "EdDSA",
+            json!({ "alg": "EdDSA", "public_key_pem": pem(ED_SPKI) }),
+        ),
+        (
+            "EdDSA",
+            json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(ed_x) }),
+        ),
+    ];
+    for (alg, key) in keys {
+        let cfg = if key.get("kty").is_some() {
+            let mut c = config(json!([]));
+            c["jwks"] = json!({ "keys": [key] });
+            c
+        } else {
+            config(json!([key]))
+        };
+        let mut h = Harness::<JwtAuth>::new(cfg)?;
+        let good = ring_token(alg, &claims());
+        let mut req = bearer(&good);
+        assert_eq!(h.request_headers(&mut req), Action::Continue, "{alg}");
+        assert_eq!(req.header_value("x-user-id"), Some("alice"), "{alg}");
+        h.done(&req);
+        // One bit of the signature, of the claims, or a neighbour's name for the algorithm.
+        let (input, sig) = good.rsplit_once('.').ok_or("token")?;
+        let mut bad = URL_SAFE_NO_PAD.decode(sig)?;
+        bad[7] ^= 1;
+        let flipped = format!("{input}.{}", b64(&bad));
+        assert_eq!(
+            refused(&mut h, bearer(&flipped))?,
+            "invalid signature",
+            "{alg}"
+        );
+        let mut other = claims();
+        other["sub"] = json!("mallory");
+        let mut forged_input = ring_token(alg, &other);
+        forged_input.truncate(forged_input.rfind('.').ok_or("token")?);
+        let spliced = format!("{forged_input}.{sig}");
+        assert_eq!(
+            refused(&mut h, bearer(&spliced))?,
+            "invalid signature",
+            "{alg}"
+        );
+        let renamed = match alg {
+            "PS256" => "RS256",
+            "RS384" => "PS384",
+            "HS384" => "HS256",
+            _ => continue,
+        };
+        let header = b64(json!({ "alg": renamed }).to_string().as_bytes());
+        let (_, rest) = good.split_once('.').ok_or("token")?;
+        assert_eq!(
+            refused(&mut h, bearer(&format!("{header}.{rest}")))?,
+            "no key for this algorithm",
+            "{alg} as {renamed}"
         );
     }
     Ok(())

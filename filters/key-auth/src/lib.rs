@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use weir_filter::crypto::{self, Hash};
 use weir_filter::validate::{check_header_name, check_realm};
 use weir_filter::{
     Action, Filter, HostError, LocalResponse, Phases, Request, export_filter, log, metrics,
@@ -138,7 +138,7 @@ impl Filter for KeyAuth {
                         "key-auth: {at} (consumer {:?}) is a plain-text key: use it for development only; in production give sha256: printf %s KEY | sha256sum",
                         entry.consumer
                     ));
-                    Sha256::digest(key.as_bytes()).into()
+                    sha256(key.as_bytes())
                 }
             };
             if let Some(j) = first_use.insert(hash, i) {
@@ -160,7 +160,7 @@ impl Filter for KeyAuth {
         let Some(key) = self.presented_key(req) else {
             return self.deny("missing_api_key", "an api key is required");
         };
-        let hash: [u8; 32] = Sha256::digest(&key).into();
+        let hash = sha256(&key);
         let Some(consumer) = self.consumers.get(&hash) else {
             return self.deny("invalid_api_key", "unknown api key");
         };
@@ -225,6 +225,13 @@ fn count(result: &str) {
 }
 
 /// 64 hex digits (either case) → 32 bytes.
+/// SHA-256 by the proxy's native crypto (a digest is always 32 bytes).
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&crypto::digest(Hash::Sha256, bytes));
+    out
+}
+
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(text, &mut out).ok()?;

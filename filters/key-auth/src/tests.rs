@@ -1,6 +1,7 @@
 //! Native tests through the SDK harness.
 
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use weir_filter::Action;
 use weir_filter::log::Level;
 use weir_filter::testing::{Harness, TestRequest};

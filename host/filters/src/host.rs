@@ -199,7 +199,9 @@ impl wasmtime::ResourceLimiter for MemLimiter {
 /// Everything a store of one filter instance carries.
 pub(crate) struct HostState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
+    /// Crypto keys in `table` (at most `weir_crypto::MAX_KEYS_PER_INSTANCE`).
+    pub(crate) keys: usize,
     pub limiter: MemLimiter,
     pub ex: Exchange,
     pub phase: Phase,
@@ -231,6 +233,7 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
+            keys: 0,
             limiter: MemLimiter {
                 cap: shared.spec.memory,
                 breached: false,

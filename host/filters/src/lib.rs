@@ -25,6 +25,10 @@ mod bindings {
             "weir:filter/kv.take-tokens": async,
             default: trappable,
         },
+        with: {
+            "weir:filter/crypto.hmac-key": weir_crypto::HmacKey,
+            "weir:filter/crypto.verifying-key": weir_crypto::VerifyingKey,
+        },
         exports: { default: async },
     });
 }
@@ -32,6 +36,7 @@ mod bindings {
 mod budget;
 mod chain;
 pub mod componentize;
+mod crypto;
 mod host;
 mod kv;
 mod module;

@@ -80,6 +80,30 @@ export declare function trace_set_attribute(kp: usize, kl: usize, vp: usize, vl:
 @external("weir:filter/trace@0.1.0", "add-event")
 export declare function trace_add_event(np: usize, nl: usize, ap: usize, al: usize, ret: usize): void;
 
+// weir:filter/crypto (resources are i32 handles; see sdk/ABI.md)
+@external("weir:filter/crypto@0.1.0", "digest")
+export declare function crypto_digest(alg: i32, p: usize, l: usize, ret: usize): void;
+@external("weir:filter/crypto@0.1.0", "constant-time-equal")
+export declare function crypto_constant_time_equal(ap: usize, al: usize, bp: usize, bl: usize): i32;
+@external("weir:filter/crypto@0.1.0", "[static]hmac-key.create")
+export declare function crypto_hmac_create(alg: i32, p: usize, l: usize, ret: usize): void;
+@external("weir:filter/crypto@0.1.0", "[method]hmac-key.sign")
+export declare function crypto_hmac_sign(key: i32, p: usize, l: usize, ret: usize): void;
+@external("weir:filter/crypto@0.1.0", "[method]hmac-key.verify")
+export declare function crypto_hmac_verify(key: i32, mp: usize, ml: usize, tp: usize, tl: usize): i32;
+@external("weir:filter/crypto@0.1.0", "[resource-drop]hmac-key")
+export declare function crypto_hmac_drop(key: i32): void;
+@external("weir:filter/crypto@0.1.0", "[static]verifying-key.from-spki")
+export declare function crypto_key_from_spki(alg: i32, p: usize, l: usize, ret: usize): void;
+@external("weir:filter/crypto@0.1.0", "[static]verifying-key.from-rsa-components")
+export declare function crypto_key_from_rsa(alg: i32, np: usize, nl: usize, ep: usize, el: usize, ret: usize): void;
+@external("weir:filter/crypto@0.1.0", "[static]verifying-key.from-raw")
+export declare function crypto_key_from_raw(alg: i32, p: usize, l: usize, ret: usize): void;
+@external("weir:filter/crypto@0.1.0", "[method]verifying-key.verify")
+export declare function crypto_key_verify(key: i32, mp: usize, ml: usize, sp: usize, sl: usize): i32;
+@external("weir:filter/crypto@0.1.0", "[resource-drop]verifying-key")
+export declare function crypto_key_drop(key: i32): void;
+
 // weir:filter/kv
 @external("weir:filter/kv@0.1.0", "get")
 export declare function kv_get(nsp: usize, nsl: usize, kp: usize, kl: usize, ret: usize): void;

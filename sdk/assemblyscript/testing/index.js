@@ -13,6 +13,7 @@
 //
 // No dependencies beyond Node (>= 20).
 
+import * as nodeCrypto from "node:crypto";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
@@ -34,6 +35,85 @@ export const Phases = Object.freeze({
 
 const LEVELS = ["trace", "debug", "info", "warn", "error"];
 const ERROR_KINDS = ["denied", "unavailable", "invalid", "failed"];
+
+/** The proxy's crypto bounds (WIT `crypto`). */
+const CRYPTO = Object.freeze({ maxKeys: 256, maxKeyBytes: 16 << 10, minRsaBits: 2048, maxRsaBits: 8192 });
+const HASHES = ["sha256", "sha384", "sha512"];
+// Signature algorithms in WIT enum order: [family, hash, padding].
+const SIGNATURES = [
+  ["rsa", "sha256", "pkcs1"], ["rsa", "sha384", "pkcs1"], ["rsa", "sha512", "pkcs1"],
+  ["rsa", "sha256", "pss"], ["rsa", "sha384", "pss"], ["rsa", "sha512", "pss"],
+  ["P-256", "sha256"], ["P-384", "sha384"], ["ed25519", null],
+];
+
+function hashName(alg) {
+  if (alg < 0 || alg >= HASHES.length) throw new AbiError(`invalid hash-algorithm ${alg}`);
+  return HASHES[alg];
+}
+
+function sigFamily(alg) {
+  if (alg < 0 || alg >= SIGNATURES.length) throw new AbiError(`invalid signature-algorithm ${alg}`);
+  return SIGNATURES[alg][0];
+}
+
+function keyMaterial(what, bytes) {
+  if (bytes.length === 0) throw HostError.invalid(`${what} is empty`);
+  if (bytes.length > CRYPTO.maxKeyBytes) throw HostError.invalid(`${what} is ${bytes.length} bytes; at most ${CRYPTO.maxKeyBytes}`);
+}
+
+function stripZeros(b) {
+  let i = 0;
+  while (i < b.length && b[i] === 0) i++;
+  return b.subarray(i);
+}
+
+function b64url(b) {
+  return Buffer.from(b).toString("base64url");
+}
+
+/** Refuses a key whose type, curve or size does not fit `alg`, as the proxy does. */
+function checkKeyFits(alg, key, exponent) {
+  const family = sigFamily(alg);
+  const type = key.asymmetricKeyType;
+  const details = key.asymmetricKeyDetails || {};
+  if (family === "rsa") {
+    if (type !== "rsa") throw HostError.invalid("the algorithm needs an RSA key");
+    const bits = details.modulusLength;
+    if (bits < CRYPTO.minRsaBits || bits > CRYPTO.maxRsaBits) {
+      throw HostError.invalid(`the RSA key has ${bits} bits; ${CRYPTO.minRsaBits} to ${CRYPTO.maxRsaBits} are accepted`);
+    }
+    const e = exponent !== undefined ? BigInt("0x" + (Buffer.from(exponent).toString("hex") || "0")) : details.publicExponent;
+    if (e % 2n === 0n || e < 3n || e >= 1n << 33n) {
+      throw HostError.invalid("the RSA exponent must be odd, at least 3 and at most 33 bits");
+    }
+  } else if (family === "ed25519") {
+    if (type !== "ed25519") throw HostError.invalid("Ed25519 needs an Ed25519 key");
+  } else {
+    const curve = family === "P-256" ? "prime256v1" : "secp384r1";
+    if (type !== "ec" || details.namedCurve !== curve) throw HostError.invalid("the algorithm needs an EC key on its curve");
+  }
+}
+
+function verifySignature({ alg, key }, msg, sig) {
+  const [family, hash, padding] = SIGNATURES[alg];
+  try {
+    if (family === "ed25519") return nodeCrypto.verify(null, msg, key, sig);
+    if (family === "rsa") {
+      const opts = padding === "pss"
+        ? { key, padding: nodeCrypto.constants.RSA_PKCS1_PSS_PADDING, saltLength: nodeCrypto.constants.RSA_PSS_SALTLEN_DIGEST }
+        : { key, padding: nodeCrypto.constants.RSA_PKCS1_PADDING };
+      return sig.length === Math.ceil(details(key).modulusLength / 8) && nodeCrypto.verify(hash, msg, opts, sig);
+    }
+    const size = family === "P-256" ? 32 : 48;
+    return sig.length === 2 * size && nodeCrypto.verify(hash, msg, { key, dsaEncoding: "ieee-p1363" }, sig);
+  } catch {
+    return false;
+  }
+}
+
+function details(key) {
+  return key.asymmetricKeyDetails || {};
+}
 
 /** The 2023-11-14T22:13:20Z start of the fake wall clock (as the Rust SDK's emulator). */
 export const START_MS = 1_700_000_000_000;
@@ -747,7 +827,7 @@ function checkModule(mod) {
   const names = new Set(WebAssembly.Module.exports(mod).map((e) => e.name));
   for (const n of REQUIRED_EXPORTS) if (!names.has(n)) problems.push(`missing export ${n}`);
   for (const imp of WebAssembly.Module.imports(mod)) {
-    if (!/^weir:filter\/(http|log|clock|metrics|kv|callout|trace)@0\.1\.0$/.test(imp.module)) {
+    if (!/^weir:filter\/(http|log|clock|metrics|kv|callout|trace|crypto)@0\.1\.0$/.test(imp.module)) {
       problems.push(`import ${imp.module}.${imp.name} is not provided by the proxy`);
     }
   }
@@ -781,6 +861,9 @@ export class Harness {
     this.host = host;
     this.scope = null; // what the running phase can see
     this.poisoned = false;
+    // Crypto key handles of this instance (the proxy's resource table): handle → key.
+    this.keys = new Map();
+    this.nextKey = 1;
     this.phases = 0;
     this.calls = 0;
     this.instance = new WebAssembly.Instance(mod, this.imports());
@@ -901,6 +984,29 @@ export class Harness {
     this.putPtrLen(at + 4, s);
   }
 
+  // --- crypto (WIT `crypto`), on Node's OpenSSL under the proxy's rules ---
+
+  /** Stores a key under a new handle, within the per-instance bound. */
+  keepKey(key) {
+    if (this.keys.size >= CRYPTO.maxKeys) {
+      throw HostError.invalid(`an instance holds at most ${CRYPTO.maxKeys} keys; drop keys it no longer uses`);
+    }
+    const handle = this.nextKey++;
+    this.keys.set(handle, key);
+    return handle;
+  }
+
+  key(handle, kind) {
+    const k = this.keys.get(handle);
+    if (!k || k.kind !== kind) throw new AbiError(`unknown ${kind} handle ${handle}`);
+    return k;
+  }
+
+  dropKey(handle, kind) {
+    this.key(handle, kind);
+    this.keys.delete(handle);
+  }
+
   // --- the imports ---
 
   imports() {
@@ -977,6 +1083,16 @@ export class Harness {
         throw HostError.unavailable(`no open span ${s ? s.phase : "outside a phase"}: the proxy exports it before on-log`);
       }
       return s.request ? s.request.span : null;
+    };
+
+    // A `result<own<verifying-key>, host-error>`: the key `make` returns, checked against the
+    // algorithm as the proxy does, under a new handle.
+    const madeKey = (ret, what, alg, make, exponent) => {
+      result(ret, 12, 4, 4, `crypto.verifying-key.${what}`, () => {
+        const key = make();
+        checkKeyFits(alg, key, exponent);
+        return h.keepKey({ kind: "verify", alg, key });
+      }, (at, handle) => h.view().setUint32(at, handle, true));
     };
 
     return {
@@ -1266,6 +1382,104 @@ export class Harness {
             span.events.push({ name, atMs: host().nowMs, attributes: attributes.map(([k, v]) => [k, cutUtf8(v, SPAN.valueBytes)]) });
           });
         },
+      },
+      "weir:filter/crypto@0.1.0": {
+        digest: (alg, p, l, ret) => {
+          enter("crypto.digest");
+          const data = h.readBytes(p, l, "digest data");
+          h.check(ret, 8, 4, "crypto.digest return area");
+          h.putPtrLen(ret, h.writeBytes(nodeCrypto.createHash(hashName(alg)).update(data).digest()));
+        },
+        "constant-time-equal": (ap, al, bp, bl) => {
+          enter("crypto.constant-time-equal");
+          const a = h.readBytes(ap, al, "a");
+          const b = h.readBytes(bp, bl, "b");
+          return a.length === b.length && nodeCrypto.timingSafeEqual(a, b) ? 1 : 0;
+        },
+        "[static]hmac-key.create": (alg, p, l, ret) => {
+          enter("crypto.hmac-key.create");
+          const secret = h.readBytes(p, l, "hmac secret");
+          const hash = hashName(alg);
+          result(ret, 12, 4, 4, "crypto.hmac-key.create", () => {
+            keyMaterial("the HMAC secret", secret);
+            return h.keepKey({ kind: "hmac", hash, secret: Buffer.from(secret) });
+          }, (at, handle) => h.view().setUint32(at, handle, true));
+        },
+        "[method]hmac-key.sign": (k, p, l, ret) => {
+          enter("crypto.hmac-key.sign");
+          const key = h.key(k, "hmac");
+          const msg = h.readBytes(p, l, "message");
+          h.check(ret, 8, 4, "crypto.hmac-key.sign return area");
+          h.putPtrLen(ret, h.writeBytes(nodeCrypto.createHmac(key.hash, key.secret).update(msg).digest()));
+        },
+        "[method]hmac-key.verify": (k, mp, ml, tp, tl) => {
+          enter("crypto.hmac-key.verify");
+          const key = h.key(k, "hmac");
+          const tag = nodeCrypto.createHmac(key.hash, key.secret).update(h.readBytes(mp, ml, "message")).digest();
+          const given = h.readBytes(tp, tl, "tag");
+          return given.length === tag.length && nodeCrypto.timingSafeEqual(given, tag) ? 1 : 0;
+        },
+        "[resource-drop]hmac-key": (k) => h.dropKey(k, "hmac"),
+        "[static]verifying-key.from-spki": (alg, p, l, ret) => {
+          enter("crypto.verifying-key.from-spki");
+          const der = h.readBytes(p, l, "spki");
+          madeKey(ret, "from-spki", alg, () => {
+            keyMaterial("the key", der);
+            let key;
+            try {
+              key = nodeCrypto.createPublicKey({ key: Buffer.from(der), format: "der", type: "spki" });
+            } catch {
+              throw HostError.invalid("the key is not DER SubjectPublicKeyInfo");
+            }
+            return key;
+          });
+        },
+        "[static]verifying-key.from-rsa-components": (alg, np, nl, ep, el, ret) => {
+          enter("crypto.verifying-key.from-rsa-components");
+          const n = h.readBytes(np, nl, "modulus");
+          const e = h.readBytes(ep, el, "exponent");
+          madeKey(ret, "from-rsa-components", alg, () => {
+            if (sigFamily(alg) !== "rsa") throw HostError.invalid("the algorithm does not take an RSA key");
+            keyMaterial("the modulus", n);
+            keyMaterial("the exponent", e);
+            const jwk = { kty: "RSA", n: b64url(stripZeros(n)), e: b64url(stripZeros(e)) };
+            try {
+              return nodeCrypto.createPublicKey({ key: jwk, format: "jwk" });
+            } catch {
+              throw HostError.invalid("not an RSA key");
+            }
+          }, stripZeros(e));
+        },
+        "[static]verifying-key.from-raw": (alg, p, l, ret) => {
+          enter("crypto.verifying-key.from-raw");
+          const raw = h.readBytes(p, l, "key");
+          madeKey(ret, "from-raw", alg, () => {
+            const family = sigFamily(alg);
+            if (family === "rsa") throw HostError.invalid("an RSA key is made from SubjectPublicKeyInfo or its modulus and exponent");
+            if (family === "ed25519") {
+              if (raw.length !== 32) throw HostError.invalid("an Ed25519 key is 32 bytes");
+              return nodeCrypto.createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: b64url(raw) }, format: "jwk" });
+            }
+            const size = family === "P-256" ? 32 : 48;
+            if (raw.length !== 1 + 2 * size || raw[0] !== 4) {
+              throw HostError.invalid(`needs an uncompressed point of ${1 + 2 * size} bytes (0x04 || x || y)`);
+            }
+            const jwk = { kty: "EC", crv: family, x: b64url(raw.subarray(1, 1 + size)), y: b64url(raw.subarray(1 + size)) };
+            try {
+              return nodeCrypto.createPublicKey({ key: jwk, format: "jwk" });
+            } catch {
+              throw HostError.invalid("the point is not on the curve");
+            }
+          });
+        },
+        "[method]verifying-key.verify": (k, mp, ml, sp, sl) => {
+          enter("crypto.verifying-key.verify");
+          const key = h.key(k, "verify");
+          const msg = h.readBytes(mp, ml, "message");
+          const sig = h.readBytes(sp, sl, "signature");
+          return verifySignature(key, msg, sig) ? 1 : 0;
+        },
+        "[resource-drop]verifying-key": (k) => h.dropKey(k, "verify"),
       },
       "weir:filter/callout@0.1.0": {
         send: (tp, tl, mp, ml, pp, pl, hp, hl, bp, bl, timeout, ret) => {

@@ -46,7 +46,7 @@ test("the module is what the componentizer expects", () => {
     "weir:filter/filter@0.1.0#on-response-headers",
   ]);
   for (const imp of WebAssembly.Module.imports(mod)) {
-    assert.match(imp.module, /^weir:filter\/(http|log|clock|metrics|kv|callout|trace)@0\.1\.0$/, `${imp.module}.${imp.name}`);
+    assert.match(imp.module, /^weir:filter\/(http|log|clock|metrics|kv|callout|trace|crypto)@0\.1\.0$/, `${imp.module}.${imp.name}`);
   }
 });
 

@@ -156,6 +156,7 @@ mod action;
 pub mod auth;
 pub mod callout;
 pub mod clock;
+pub mod crypto;
 pub mod defaults;
 mod error;
 mod http;

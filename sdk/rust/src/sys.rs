@@ -8,6 +8,7 @@
 
 use crate::HostError;
 use crate::callout::CalloutResponse;
+use crate::crypto::{Hash, SignatureAlgorithm};
 use crate::http::{BodyKind, HeaderMap};
 use crate::kv::{BucketResult, Entry};
 use crate::log::Level;
@@ -81,6 +82,30 @@ pub(crate) trait Host {
     fn span_sampled() -> bool;
     fn span_set_attribute(key: &str, value: &str) -> Result<(), HostError>;
     fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> Result<(), HostError>;
+
+    /// An HMAC key handle.
+    type HmacKey;
+    /// A verifying key handle.
+    type VerifyingKey;
+    fn digest(hash: Hash, data: &[u8]) -> Vec<u8>;
+    fn constant_time_equal(a: &[u8], b: &[u8]) -> bool;
+    fn hmac_key(hash: Hash, secret: &[u8]) -> Result<Self::HmacKey, HostError>;
+    fn hmac_sign(key: &Self::HmacKey, message: &[u8]) -> Vec<u8>;
+    fn hmac_verify(key: &Self::HmacKey, message: &[u8], tag: &[u8]) -> bool;
+    fn verifying_key_spki(
+        alg: SignatureAlgorithm,
+        der: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError>;
+    fn verifying_key_rsa(
+        alg: SignatureAlgorithm,
+        modulus: &[u8],
+        exponent: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError>;
+    fn verifying_key_raw(
+        alg: SignatureAlgorithm,
+        key: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError>;
+    fn verify_signature(key: &Self::VerifyingKey, message: &[u8], signature: &[u8]) -> bool;
 }
 
 /// The host this build talks to.

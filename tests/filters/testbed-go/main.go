@@ -23,6 +23,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,7 +63,76 @@ type HostCall struct {
 	Value     string      `json:"value"`
 	Namespace string      `json:"namespace"`
 	Key       string      `json:"key"`
+	Alg       string      `json:"alg"`
+	Signature string      `json:"signature"`
 	Expect    string      `json:"expect"`
+}
+
+var hashes = map[string]weir.Hash{"sha256": weir.SHA256, "sha384": weir.SHA384, "sha512": weir.SHA512}
+
+var signatures = map[string]weir.SignatureAlgorithm{
+	"rsa-pkcs1-sha256": weir.RsaPkcs1Sha256, "rsa-pkcs1-sha384": weir.RsaPkcs1Sha384,
+	"rsa-pkcs1-sha512": weir.RsaPkcs1Sha512, "rsa-pss-sha256": weir.RsaPssSha256,
+	"rsa-pss-sha384": weir.RsaPssSha384, "rsa-pss-sha512": weir.RsaPssSha512,
+	"ecdsa-p256-sha256": weir.EcdsaP256Sha256, "ecdsa-p384-sha384": weir.EcdsaP384Sha384,
+	"ed25519": weir.Ed25519,
+}
+
+func unhex(s string) []byte {
+	b, _ := hex.DecodeString(s)
+	return b
+}
+
+// crypto makes the crypto.* calls.
+func (c HostCall) crypto() (string, error) {
+	h := hashes[c.Alg]
+	switch c.Call {
+	case "crypto.digest":
+		return hex.EncodeToString(weir.Crypto.Digest(h, []byte(c.Value))), nil
+	case "crypto.hmac", "crypto.hmac-verify":
+		k, err := weir.Crypto.NewHmacKey(h, []byte(c.Key))
+		if err != nil {
+			return "", err
+		}
+		defer k.Close()
+		if c.Call == "crypto.hmac" {
+			return hex.EncodeToString(k.Sign([]byte(c.Value))), nil
+		}
+		return strconv.FormatBool(k.Verify([]byte(c.Value), unhex(c.Signature))), nil
+	case "crypto.equal":
+		return strconv.FormatBool(weir.Crypto.ConstantTimeEqual([]byte(c.Name), []byte(c.Value))), nil
+	case "crypto.verify":
+		alg := signatures[c.Alg]
+		var k *weir.VerifyingKey
+		var err error
+		switch c.Name {
+		case "spki":
+			k, err = weir.Crypto.VerifyingKeyFromSPKI(alg, unhex(c.Key))
+		case "rsa":
+			n, e, _ := strings.Cut(c.Key, ":")
+			k, err = weir.Crypto.VerifyingKeyFromRSAComponents(alg, unhex(n), unhex(e))
+		default:
+			k, err = weir.Crypto.VerifyingKeyFromRaw(alg, unhex(c.Key))
+		}
+		if err != nil {
+			return "", err
+		}
+		defer k.Close()
+		return strconv.FormatBool(k.Verify([]byte(c.Value), unhex(c.Signature))), nil
+	}
+	// crypto.key-limit: keys are made until one is refused, then all closed.
+	var keys []*weir.HmacKey
+	for len(keys) <= weir.MaxCryptoKeys {
+		k, err := weir.Crypto.NewHmacKey(h, []byte("k"))
+		if err != nil {
+			break
+		}
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		k.Close()
+	}
+	return strconv.Itoa(len(keys)), nil
 }
 
 // Run makes the call: "ok", "ok <value>", or the host error's kind.
@@ -119,6 +189,8 @@ func (c HostCall) Run(req *weir.Request) string {
 		err = weir.Trace.SetAttribute(c.Name, c.Value)
 	case "trace.add-event":
 		err = weir.Trace.AddEvent(c.Name, labels...)
+	case "crypto.digest", "crypto.hmac", "crypto.hmac-verify", "crypto.equal", "crypto.verify", "crypto.key-limit":
+		out, err = c.crypto()
 	default:
 		return fmt.Sprintf("unknown call %q", c.Call)
 	}

@@ -29,8 +29,9 @@ pub mod bindings {
     });
 }
 
+use crate::crypto::{Hash, SignatureAlgorithm};
 use bindings::exports::weir::filter::filter as wexp;
-use bindings::weir::filter::{callout, clock, http, kv, log, metrics, trace, types};
+use bindings::weir::filter::{callout, clock, crypto, http, kv, log, metrics, trace, types};
 
 /// [`Host`] over the component's imports.
 pub(crate) struct Wasm;
@@ -67,7 +68,76 @@ impl From<types::HostError> for HostError {
     }
 }
 
+fn hash(h: Hash) -> crypto::HashAlgorithm {
+    match h {
+        Hash::Sha256 => crypto::HashAlgorithm::Sha256,
+        Hash::Sha384 => crypto::HashAlgorithm::Sha384,
+        Hash::Sha512 => crypto::HashAlgorithm::Sha512,
+    }
+}
+
+fn signature(a: SignatureAlgorithm) -> crypto::SignatureAlgorithm {
+    use SignatureAlgorithm as A;
+    use crypto::SignatureAlgorithm as W;
+    match a {
+        A::RsaPkcs1Sha256 => W::RsaPkcs1Sha256,
+        A::RsaPkcs1Sha384 => W::RsaPkcs1Sha384,
+        A::RsaPkcs1Sha512 => W::RsaPkcs1Sha512,
+        A::RsaPssSha256 => W::RsaPssSha256,
+        A::RsaPssSha384 => W::RsaPssSha384,
+        A::RsaPssSha512 => W::RsaPssSha512,
+        A::EcdsaP256Sha256 => W::EcdsaP256Sha256,
+        A::EcdsaP384Sha384 => W::EcdsaP384Sha384,
+        A::Ed25519 => W::Ed25519,
+    }
+}
+
 impl Host for Wasm {
+    type HmacKey = crypto::HmacKey;
+    type VerifyingKey = crypto::VerifyingKey;
+
+    fn digest(h: Hash, data: &[u8]) -> Vec<u8> {
+        crypto::digest(hash(h), data)
+    }
+    fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
+        crypto::constant_time_equal(a, b)
+    }
+    fn hmac_key(h: Hash, secret: &[u8]) -> Result<Self::HmacKey, HostError> {
+        Ok(crypto::HmacKey::create(hash(h), secret)?)
+    }
+    fn hmac_sign(key: &Self::HmacKey, message: &[u8]) -> Vec<u8> {
+        key.sign(message)
+    }
+    fn hmac_verify(key: &Self::HmacKey, message: &[u8], tag: &[u8]) -> bool {
+        key.verify(message, tag)
+    }
+    fn verifying_key_spki(
+        alg: SignatureAlgorithm,
+        der: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError> {
+        Ok(crypto::VerifyingKey::from_spki(signature(alg), der)?)
+    }
+    fn verifying_key_rsa(
+        alg: SignatureAlgorithm,
+        modulus: &[u8],
+        exponent: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError> {
+        Ok(crypto::VerifyingKey::from_rsa_components(
+            signature(alg),
+            modulus,
+            exponent,
+        )?)
+    }
+    fn verifying_key_raw(
+        alg: SignatureAlgorithm,
+        key: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError> {
+        Ok(crypto::VerifyingKey::from_raw(signature(alg), key)?)
+    }
+    fn verify_signature(key: &Self::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+        key.verify(message, signature)
+    }
+
     fn method() -> String {
         http::method()
     }

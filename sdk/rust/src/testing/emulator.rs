@@ -7,6 +7,8 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use super::{CalloutRequest, Grants, LogLine, Span, SpanEvent};
@@ -497,7 +499,108 @@ impl State {
 /// [`Host`] over the installed emulator.
 pub(crate) struct Emulated;
 
+thread_local! {
+    /// Keys made natively on this thread and not yet dropped (the proxy bounds them per
+    /// instance; a native test is one instance per thread).
+    static LIVE_KEYS: Arc<AtomicUsize> = Arc::new(AtomicUsize::new(0));
+}
+
+/// A crypto key of the emulator: the proxy's own key type, counted while it lives.
+pub(crate) struct Counted<T> {
+    key: T,
+    live: Arc<AtomicUsize>,
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Relaxed);
+    }
+}
+
+fn counted<T>(made: Result<T, weir_crypto::KeyError>) -> Result<Counted<T>, HostError> {
+    let key = made.map_err(|e| HostError::Invalid(e.0))?;
+    let live = LIVE_KEYS.with(Arc::clone);
+    if live.load(Relaxed) >= crate::crypto::MAX_KEYS {
+        let max = crate::crypto::MAX_KEYS;
+        return Err(HostError::Invalid(format!(
+            "an instance holds at most {max} keys; drop keys it no longer uses"
+        )));
+    }
+    live.fetch_add(1, Relaxed);
+    Ok(Counted { key, live })
+}
+
+fn hash(h: crate::crypto::Hash) -> weir_crypto::Hash {
+    use crate::crypto::Hash as H;
+    match h {
+        H::Sha256 => weir_crypto::Hash::Sha256,
+        H::Sha384 => weir_crypto::Hash::Sha384,
+        H::Sha512 => weir_crypto::Hash::Sha512,
+    }
+}
+
+fn signature(a: crate::crypto::SignatureAlgorithm) -> weir_crypto::SignatureAlgorithm {
+    use crate::crypto::SignatureAlgorithm as S;
+    use weir_crypto::SignatureAlgorithm as A;
+    match a {
+        S::RsaPkcs1Sha256 => A::RsaPkcs1Sha256,
+        S::RsaPkcs1Sha384 => A::RsaPkcs1Sha384,
+        S::RsaPkcs1Sha512 => A::RsaPkcs1Sha512,
+        S::RsaPssSha256 => A::RsaPssSha256,
+        S::RsaPssSha384 => A::RsaPssSha384,
+        S::RsaPssSha512 => A::RsaPssSha512,
+        S::EcdsaP256Sha256 => A::EcdsaP256Sha256,
+        S::EcdsaP384Sha384 => A::EcdsaP384Sha384,
+        S::Ed25519 => A::Ed25519,
+    }
+}
+
 impl Host for Emulated {
+    type HmacKey = Counted<weir_crypto::HmacKey>;
+    type VerifyingKey = Counted<weir_crypto::VerifyingKey>;
+
+    fn digest(h: crate::crypto::Hash, data: &[u8]) -> Vec<u8> {
+        weir_crypto::digest(hash(h), data)
+    }
+    fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
+        weir_crypto::constant_time_equal(a, b)
+    }
+    fn hmac_key(h: crate::crypto::Hash, secret: &[u8]) -> Result<Self::HmacKey, HostError> {
+        counted(weir_crypto::HmacKey::new(hash(h), secret))
+    }
+    fn hmac_sign(key: &Self::HmacKey, message: &[u8]) -> Vec<u8> {
+        key.key.sign(message)
+    }
+    fn hmac_verify(key: &Self::HmacKey, message: &[u8], tag: &[u8]) -> bool {
+        key.key.verify(message, tag)
+    }
+    fn verifying_key_spki(
+        alg: crate::crypto::SignatureAlgorithm,
+        der: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError> {
+        counted(weir_crypto::VerifyingKey::from_spki(signature(alg), der))
+    }
+    fn verifying_key_rsa(
+        alg: crate::crypto::SignatureAlgorithm,
+        modulus: &[u8],
+        exponent: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError> {
+        counted(weir_crypto::VerifyingKey::from_rsa_components(
+            signature(alg),
+            modulus,
+            exponent,
+        ))
+    }
+    fn verifying_key_raw(
+        alg: crate::crypto::SignatureAlgorithm,
+        key: &[u8],
+    ) -> Result<Self::VerifyingKey, HostError> {
+        counted(weir_crypto::VerifyingKey::from_raw(signature(alg), key))
+    }
+    fn verify_signature(key: &Self::VerifyingKey, message: &[u8], sig: &[u8]) -> bool {
+        key.key.verify(message, sig)
+    }
+
     fn method() -> String {
         with(String::new, |s| {
             s.scope

@@ -29,15 +29,22 @@ import {
   ConfigReader,
   ConfigResult,
   Filter,
+  Hash,
   Header,
+  HmacKey,
   HostError,
   JsonValue,
+  MAX_CRYPTO_KEYS,
   LocalResponse,
   Phases,
   Request,
   Response,
+  Result,
+  SignatureAlgorithm,
+  VerifyingKey,
   callout,
   clock,
+  crypto,
   debugQuote,
   kv,
   metrics,
@@ -79,6 +86,79 @@ function parseF64(text: string): f64 {
 
 function utf8(s: string): Uint8Array {
   return Uint8Array.wrap(String.UTF8.encode(s));
+}
+
+function hexOf(b: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < b.length; i++) {
+    const x = <i32>b[i];
+    s += (x < 16 ? "0" : "") + x.toString(16);
+  }
+  return s;
+}
+
+function unhex(s: string): Uint8Array {
+  const out = new Uint8Array(s.length >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = <u8>I32.parseInt(s.substr(i << 1, 2), 16);
+  return out;
+}
+
+const SIGNATURES = [
+  "rsa-pkcs1-sha256", "rsa-pkcs1-sha384", "rsa-pkcs1-sha512",
+  "rsa-pss-sha256", "rsa-pss-sha384", "rsa-pss-sha512",
+  "ecdsa-p256-sha256", "ecdsa-p384-sha384", "ed25519",
+];
+
+function okOr<T>(r: Result<T>, f: (v: T) => string): string {
+  if (!r.ok) return (<HostError>r.error).kindName();
+  return "ok " + f(r.value);
+}
+
+/** The `crypto.*` calls of the shared table. */
+function cryptoCall(c: JsonValue): string {
+  const call = field(c, "call");
+  const alg = field(c, "alg");
+  const value = utf8(field(c, "value"));
+  const key = field(c, "key");
+  const signature = unhex(field(c, "signature"));
+  const hash = alg == "sha384" ? Hash.Sha384 : alg == "sha512" ? Hash.Sha512 : Hash.Sha256;
+  if (call == "crypto.digest") return "ok " + hexOf(crypto.digest(hash, value));
+  if (call == "crypto.equal") return "ok " + (crypto.constantTimeEqual(utf8(field(c, "name")), value) ? "true" : "false");
+  if (call == "crypto.hmac" || call == "crypto.hmac-verify") {
+    const r = HmacKey.create(hash, utf8(key));
+    if (!r.ok) return (<HostError>r.error).kindName();
+    const k = r.value;
+    const out = call == "crypto.hmac" ? hexOf(k.sign(value)) : k.verify(value, signature) ? "true" : "false";
+    k.close();
+    return "ok " + out;
+  }
+  if (call == "crypto.verify") {
+    const s = <SignatureAlgorithm>max(0, SIGNATURES.indexOf(alg));
+    const form = field(c, "name");
+    let r: Result<VerifyingKey>;
+    if (form == "spki") r = VerifyingKey.fromSpki(s, unhex(key));
+    else if (form == "rsa") {
+      const at = key.indexOf(":");
+      r = VerifyingKey.fromRsaComponents(s, unhex(key.substring(0, at)), unhex(key.substring(at + 1)));
+    } else r = VerifyingKey.fromRaw(s, unhex(key));
+    if (!r.ok) return (<HostError>r.error).kindName();
+    const k = r.value;
+    const ok = k.verify(value, signature);
+    k.close();
+    return "ok " + (ok ? "true" : "false");
+  }
+  if (call == "crypto.key-limit") {
+    // Keys are made until one is refused, then all closed: how many the bound allowed.
+    const keys = new Array<HmacKey>();
+    while (keys.length <= MAX_CRYPTO_KEYS) {
+      const r = HmacKey.create(hash, utf8("k"));
+      if (!r.ok) break;
+      keys.push(r.value);
+    }
+    for (let i = 0; i < keys.length; i++) keys[i].close();
+    return "ok " + keys.length.toString();
+  }
+  return "unknown call " + debugQuote(call);
 }
 
 /**
@@ -135,6 +215,8 @@ function hostCall(c: JsonValue, req: Request): string {
     error = span.setAttribute(name, value);
   } else if (call == "trace.add-event") {
     error = span.addEvent(name, labels);
+  } else if (call.startsWith("crypto.")) {
+    return cryptoCall(c);
   } else {
     return "unknown call " + debugQuote(call);
   }

@@ -226,7 +226,10 @@ pub struct HostCall {
     /// `metrics.counter-add`, `metrics.gauge-set`, `metrics.histogram-observe`, `kv.set`,
     /// `kv.get`, `kv.increment`, `http.set-header`, `http.append-header`, `http.remove-header`,
     /// `trace.sampled`, `trace.set-attribute` (`name`, `value`), `trace.add-event` (`name`,
-    /// `labels` as its attributes).
+    /// `labels` as its attributes), `crypto.digest` (`alg`, `value`), `crypto.hmac` and
+    /// `crypto.hmac-verify` (`alg`, `key` the secret, `value`, `signature`), `crypto.equal`
+    /// (`name`, `value`), `crypto.verify` (`alg`, `name` the key form `spki`/`raw`/`rsa`, `key`
+    /// in hex, `n:e` for `rsa`, `value`, `signature`), `crypto.key-limit`.
     pub call: String,
     /// A metric's or header's name.
     #[serde(default)]
@@ -240,12 +243,92 @@ pub struct HostCall {
     pub namespace: String,
     #[serde(default)]
     pub key: String,
+    /// A crypto algorithm's WIT name (`sha256`, `rsa-pss-sha384`).
+    #[serde(default)]
+    pub alg: String,
+    /// A signature or HMAC tag, in hex.
+    #[serde(default)]
+    pub signature: String,
     /// What the table expects; the filter ignores it.
     #[serde(default)]
     pub expect: String,
 }
 
+/// Bytes from hex; anything else is a testbed input error, shown as the empty list.
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| s.get(2 * i..2 * i + 2))
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 impl HostCall {
+    /// The `crypto.*` calls.
+    fn crypto(&self) -> Result<String, HostError> {
+        use weir_filter::crypto::{
+            self, Hash, HmacKey, MAX_KEYS, SignatureAlgorithm as S, VerifyingKey,
+        };
+        let hash = match self.alg.as_str() {
+            "sha384" => Hash::Sha384,
+            "sha512" => Hash::Sha512,
+            _ => Hash::Sha256,
+        };
+        match self.call.as_str() {
+            "crypto.digest" => Ok(hex(&crypto::digest(hash, self.value.as_bytes()))),
+            "crypto.hmac" => Ok(hex(
+                &HmacKey::new(hash, self.key.as_bytes())?.sign(self.value.as_bytes())
+            )),
+            "crypto.hmac-verify" => Ok(HmacKey::new(hash, self.key.as_bytes())?
+                .verify(self.value.as_bytes(), &unhex(&self.signature))
+                .to_string()),
+            "crypto.equal" => Ok(crypto::constant_time_equal(
+                self.name.as_bytes(),
+                self.value.as_bytes(),
+            )
+            .to_string()),
+            "crypto.verify" => {
+                let alg = match self.alg.as_str() {
+                    "rsa-pkcs1-sha384" => S::RsaPkcs1Sha384,
+                    "rsa-pkcs1-sha512" => S::RsaPkcs1Sha512,
+                    "rsa-pss-sha256" => S::RsaPssSha256,
+                    "rsa-pss-sha384" => S::RsaPssSha384,
+                    "rsa-pss-sha512" => S::RsaPssSha512,
+                    "ecdsa-p256-sha256" => S::EcdsaP256Sha256,
+                    "ecdsa-p384-sha384" => S::EcdsaP384Sha384,
+                    "ed25519" => S::Ed25519,
+                    _ => S::RsaPkcs1Sha256,
+                };
+                let key = match self.name.as_str() {
+                    "spki" => VerifyingKey::from_spki(alg, &unhex(&self.key))?,
+                    "rsa" => {
+                        let (n, e) = self.key.split_once(':').unwrap_or_default();
+                        VerifyingKey::from_rsa_components(alg, &unhex(n), &unhex(e))?
+                    }
+                    _ => VerifyingKey::from_raw(alg, &unhex(&self.key))?,
+                };
+                Ok(key
+                    .verify(self.value.as_bytes(), &unhex(&self.signature))
+                    .to_string())
+            }
+            // Keys are made until one is refused, then all dropped: how many the bound allowed.
+            "crypto.key-limit" => {
+                let mut keys = Vec::new();
+                while keys.len() <= MAX_KEYS {
+                    match HmacKey::new(hash, b"k") {
+                        Ok(k) => keys.push(k),
+                        Err(_) => break,
+                    }
+                }
+                Ok(keys.len().to_string())
+            }
+            other => Ok(format!("unknown call {other:?}")),
+        }
+    }
+
     /// Makes the call: `ok`, `ok <value>`, or the host error's kind.
     fn run(&self, req: &mut Request) -> String {
         let labels: Vec<(&str, &str)> = self
@@ -292,6 +375,7 @@ impl HostCall {
                 unit(weir_filter::trace::set_attribute(&self.name, &self.value))
             }
             "trace.add-event" => unit(weir_filter::trace::add_event(&self.name, &labels)),
+            call if call.starts_with("crypto.") => self.crypto(),
             other => return format!("unknown call {other:?}"),
         };
         match result {
