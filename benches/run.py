@@ -7,7 +7,7 @@ Scenarios (benches/scenarios/), each writing benches/results/<name>.md and .json
   http2     HTTP/2 downstream (h2c prior knowledge)
   tls       TLS 1.3 termination: handshakes and keep-alive requests per core-second
   chains    0/1/2/4/8 no-op wasm filters in Weir: the per-filter slope
-  realistic JWT HS256 + rate limit + header transform: Weir filters vs nginx + Lua
+  realistic JWT (HS256, RS256, ES256) + rate limit + header transform: Weir filters vs nginx + Lua
   state     the rate-limit filter on the embedded store vs on Redis (state.backend: redis)
   tracing   trace context + OTLP export at sample ratio 0, 0.01 and 1 vs no tracing
   kafka     the access log to a file, to Kafka (tansu), and both vs no access log
@@ -57,6 +57,8 @@ def preflight(args, todo):
         exes.append(os.path.join(os.path.dirname(args.weir), "bare-forwarder"))
     if "l4" in todo:
         exes.append(os.path.join(os.path.dirname(args.weir), "tcp-bench"))
+    if "realistic" in todo:
+        exes.append(os.path.join(os.path.dirname(args.weir), "verify-bench"))
     for e in exes:
         if not os.access(e, os.X_OK):
             sys.exit(f"missing {e}: run benches/setup.sh first")

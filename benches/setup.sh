@@ -13,7 +13,7 @@ need_debs nginx-light haproxy caddy wrk nghttp2-client libnginx-mod-http-lua lib
 # The kafka scenario's broker (tansu, into .tools/bin).
 step "kafka broker" need_kafka
 
-step build cargo build --release --locked -p weir -p weir-benches --bin weir --bin bare-forwarder --bin tcp-bench
+step build cargo build --release --locked -p weir -p weir-benches --bin weir --bin bare-forwarder --bin tcp-bench --bin verify-bench
 
 # The filters the scenarios load: the testbed (mode noop) for chains and memory, the first-party
 # jwt-auth, rate-limit and transform for the realistic chain.

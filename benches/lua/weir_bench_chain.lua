@@ -3,10 +3,12 @@
 -- OpenResty/APISIX/Kong plugin would be, with only Debian's packages (libnginx-mod-http-lua,
 -- lua-resty-core, lua-cjson).
 --
--- 1. JWT (HS256) verification: Bearer token from Authorization; header must say alg HS256 and
---    carry no `crit`; HMAC-SHA256 over "header.payload" with OpenSSL's libcrypto through LuaJIT's
---    FFI (how lua-resty-hmac / lua-resty-string do it: nginx is linked with libcrypto, so ffi.C
---    sees HMAC and EVP_sha256), compared in constant time; then exp (required) and nbf with 30 s
+-- 1. JWT verification: Bearer token from Authorization; header must say the configured alg
+--    (HS256, RS256 or ES256) and carry no `crit`; HS256 is HMAC-SHA256 over "header.payload"
+--    with OpenSSL's libcrypto through LuaJIT's FFI (how lua-resty-hmac / lua-resty-string do it:
+--    nginx is linked with libcrypto, so ffi.C sees HMAC and EVP_sha256), compared in constant
+--    time; RS256 and ES256 go through EVP_DigestVerify with the public key parsed once at
+--    configure (what lua-resty-openssl does; ES256's r || s is re-encoded as DER for OpenSSL); then exp (required) and nbf with 30 s
 --    leeway, iss, aud (string or list); the `sub` claim goes upstream as x-user-id (the header is
 --    cleared first). Failures answer 401 with an RFC 6750 WWW-Authenticate.
 -- 2. Rate limit: a token bucket per client IP in a lua_shared_dict, stored as one number (GCRA's
@@ -28,13 +30,24 @@ typedef struct evp_md_st EVP_MD;
 const EVP_MD *EVP_sha256(void);
 unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
                     const unsigned char *d, size_t n, unsigned char *md, unsigned int *md_len);
+typedef struct bio_st BIO;
+typedef struct evp_pkey_st EVP_PKEY;
+typedef struct evp_md_ctx_st EVP_MD_CTX;
+BIO *BIO_new_mem_buf(const void *buf, int len);
+int BIO_free(BIO *a);
+EVP_PKEY *PEM_read_bio_PUBKEY(BIO *bp, EVP_PKEY **x, void *cb, void *u);
+EVP_MD_CTX *EVP_MD_CTX_new(void);
+int EVP_MD_CTX_reset(EVP_MD_CTX *ctx);
+int EVP_DigestVerifyInit(EVP_MD_CTX *ctx, void **pctx, const EVP_MD *type, void *e, EVP_PKEY *pkey);
+int EVP_DigestVerify(EVP_MD_CTX *ctx, const unsigned char *sig, size_t siglen,
+                     const unsigned char *tbs, size_t tbslen);
 ]]
 
 local _M = {}
 local cfg = {}
 local md_buf = ffi.new("unsigned char[32]")
 local md_len = ffi.new("unsigned int[1]")
-local sha256
+local sha256, pkey, md_ctx
 
 function _M.configure(c)
     cfg = c
@@ -42,6 +55,51 @@ function _M.configure(c)
     cfg.interval = 1 / cfg.rate                -- seconds per token
     cfg.tolerance = cfg.burst * cfg.interval   -- how far ahead the arrival time may run
     sha256 = C.EVP_sha256()
+    cfg.alg = cfg.alg or "HS256"
+    if cfg.alg ~= "HS256" then
+        local bio = C.BIO_new_mem_buf(cfg.public_key_pem, #cfg.public_key_pem)
+        pkey = C.PEM_read_bio_PUBKEY(bio, nil, nil, nil)
+        C.BIO_free(bio)
+        assert(pkey ~= nil, "weir_bench_chain: public_key_pem is not a PEM public key")
+        md_ctx = C.EVP_MD_CTX_new()
+    end
+end
+
+-- A DER INTEGER of the unsigned big-endian bytes `b` (leading zeros dropped, a 0 added when the
+-- top bit is set).
+local function der_int(b)
+    local i = 1
+    while i < #b and byte(b, i) == 0 do
+        i = i + 1
+    end
+    b = b:sub(i)
+    if byte(b, 1) >= 0x80 then
+        b = "\0" .. b
+    end
+    return "\2" .. string.char(#b) .. b
+end
+
+-- JWS ES256 signatures are r || s; OpenSSL verifies DER ECDSA-Sig-Value.
+local function ecdsa_der(sig)
+    if #sig ~= 64 then
+        return nil
+    end
+    local body = der_int(sig:sub(1, 32)) .. der_int(sig:sub(33, 64))
+    return "\48" .. string.char(#body) .. body
+end
+
+local function verify_pkey(data, sig)
+    if cfg.alg == "ES256" then
+        sig = ecdsa_der(sig)
+        if not sig then
+            return false
+        end
+    end
+    C.EVP_MD_CTX_reset(md_ctx)
+    if C.EVP_DigestVerifyInit(md_ctx, nil, sha256, nil, pkey) ~= 1 then
+        return false
+    end
+    return C.EVP_DigestVerify(md_ctx, sig, #sig, data, #data) == 1
 end
 
 local function hs256(data)
@@ -105,15 +163,22 @@ local function verify()
     if type(hdr) ~= "table" then
         return reject("invalid_token", "malformed token")
     end
-    if hdr.alg ~= "HS256" then
+    if hdr.alg ~= cfg.alg then
         return reject("invalid_token", "unsupported algorithm")
     end
     if hdr.crit ~= nil then
         return reject("invalid_token", "unsupported critical header")
     end
     local sig = b64.decode_base64url(s64)
-    local mac = hs256(h64 .. "." .. p64)
-    if not sig or not mac or not equal_ct(mac, sig) then
+    if not sig then
+        return reject("invalid_token", "invalid signature")
+    end
+    if cfg.alg == "HS256" then
+        local mac = hs256(h64 .. "." .. p64)
+        if not mac or not equal_ct(mac, sig) then
+            return reject("invalid_token", "invalid signature")
+        end
+    elseif not verify_pkey(h64 .. "." .. p64, sig) then
         return reject("invalid_token", "invalid signature")
     end
     local claims = cjson.decode(b64.decode_base64url(p64) or "")

@@ -197,7 +197,8 @@ def lua_literal(v):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Newlines escaped too: a PEM key is several lines, and a Lua "..." string is one.
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 # ---------------------------------------------------------------- HAProxy

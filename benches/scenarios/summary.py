@@ -100,6 +100,13 @@ def write(ctx, elapsed=None, mode=""):
         L.append(f"| JWT + rate limit + transform | µs CPU / request, Weir filters vs nginx + Lua | "
                  f"{r3(w['cpu_us_per_req']):.1f} µs (chain {w['chain_cost_us']:.1f}) | nginx + Lua {r3(n['cpu_us_per_req']):.1f} µs "
                  f"(chain {n['chain_cost_us']:.1f}) | **{w['ratio']:.2f}×** | " + link("realistic-chain") + " |")
+        for alg in ("rs256", "es256"):
+            w, n = real["rows"].get(f"weir-chain-{alg}"), real["rows"].get(f"nginx-lua-{alg}")
+            if w and n:
+                L.append(f"| the same chain, {alg.upper()} tokens | µs CPU / request, Weir filters vs nginx + Lua | "
+                         f"{r3(w['cpu_us_per_req']):.1f} µs (chain {w['chain_cost_us']:.1f}) | nginx + Lua "
+                         f"{r3(n['cpu_us_per_req']):.1f} µs (chain {n['chain_cost_us']:.1f}) | **{w['ratio']:.2f}×** | "
+                         + link("realistic-chain") + " |")
     if state:
         e, r = state["rows"]["embedded"], state["rows"]["redis"]
         lz = state["rows"].get("redis-leased")
