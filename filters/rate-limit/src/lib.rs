@@ -185,14 +185,21 @@ struct Quota {
     reset_s: u64,
 }
 
-/// The IP part of `ip:port` (`[v6]:port` too); the whole string if it does not parse.
-fn ip_of(address: &str) -> String {
-    if let Ok(sa) = address.parse::<SocketAddr>() {
-        return sa.ip().to_string();
-    }
-    match address.rsplit_once(':') {
-        Some((ip, _)) => ip.trim_start_matches('[').trim_end_matches(']').to_owned(),
-        None => address.to_owned(),
+/// The IP part of `ip:port` (`[v6]:port` too); the whole string if it does not parse. An IPv4
+/// address is sliced, not re-formatted (Rust's parser takes only its canonical dotted form);
+/// IPv6 is re-formatted, so one client is one bucket however its address is spelled.
+fn ip_of(address: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    match address.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(_)) => match address.rsplit_once(':') {
+            Some((ip, _)) => Cow::Borrowed(ip),
+            None => Cow::Borrowed(address),
+        },
+        Ok(sa) => Cow::Owned(sa.ip().to_string()),
+        Err(_) => match address.rsplit_once(':') {
+            Some((ip, _)) => Cow::Borrowed(ip.trim_start_matches('[').trim_end_matches(']')),
+            None => Cow::Borrowed(address),
+        },
     }
 }
 
@@ -244,21 +251,39 @@ pub fn bearer_claim(authorization: &str, claim: &str) -> Option<String> {
 
 impl RateLimit {
     /// Who the request is from, as `kind=value`, and whether that fell back to the client IP.
-    fn client_key(&self, req: &Request) -> (String, bool) {
+    /// The request's bucket key, `<route>|<limit>|<client>` with the client as `header=..`,
+    /// `claim=..` or `ip=..`, built in one buffer (this runs on every request); and whether the
+    /// configured source was missing, so the client IP stood in.
+    fn bucket_key(&self, req: &Request, route: &str) -> (String, bool) {
         let found = match &self.key {
             KeySource::ClientIp => None,
             KeySource::Header(name) => req
                 .header(name)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
-                .map(|v| format!("header={v}")),
+                .map(|v| ("header=", v)),
             KeySource::Claim(name) => req
                 .header("authorization")
                 .and_then(|auth| bearer_claim(&auth, name))
-                .map(|v| format!("claim={v}")),
+                .map(|v| ("claim=", v)),
         };
         let fell_back = found.is_none() && self.key != KeySource::ClientIp;
-        let key = found.unwrap_or_else(|| format!("ip={}", ip_of(&req.client_address())));
+        let address: String;
+        let ip: std::borrow::Cow<'_, str>;
+        let (kind, client) = match &found {
+            Some((kind, v)) => (*kind, v.as_str()),
+            None => {
+                address = req.client_address();
+                ip = ip_of(&address);
+                ("ip=", &*ip)
+            }
+        };
+        let mut key = String::with_capacity(
+            route.len() + self.limit_tag.len() + kind.len() + client.len() + 2,
+        );
+        for part in [route, "|", &self.limit_tag, "|", kind, client] {
+            key.push_str(part);
+        }
         (key, fell_back)
     }
 
@@ -368,11 +393,10 @@ impl Filter for RateLimit {
 
     fn on_request_headers(&self, req: &mut Request, ctx: &mut Context) -> Action {
         let route = req.route_name();
-        let (client, fell_back) = self.client_key(req);
+        let (bucket_key, fell_back) = self.bucket_key(req, &route);
         if fell_back {
             metrics::count("ratelimit_key_fallbacks_total", &[("route", &route)]);
         }
-        let bucket_key = format!("{route}|{}|{client}", self.limit_tag);
         let taken = kv::take_tokens(
             &self.namespace,
             &bucket_key,

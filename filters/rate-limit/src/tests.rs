@@ -437,6 +437,9 @@ fn client_ips_parse_for_v4_and_v6() {
     assert_eq!(ip_of("10.1.2.3:5000"), "10.1.2.3");
     assert_eq!(ip_of("[::1]:5000"), "::1");
     assert_eq!(ip_of("weird"), "weird");
+    // A non-canonical spelling is normalized, so one client is one bucket however it is written.
+    assert_eq!(ip_of("[0:0:0:0:0:0:0:1]:5000"), "::1");
+    assert_eq!(ip_of("[::ffff:10.0.0.1]:80"), "::ffff:10.0.0.1");
 }
 
 #[test]
