@@ -621,7 +621,13 @@ async fn host_calls_answer_as_the_shared_table_says_in_every_language() -> Resul
             wrong.join("\n")
         );
 
-        for limit in ["span_attributes", "span_events", "span_event_attributes"] {
+        // The table's crypto.key-limit makes keys until one is refused: once per language.
+        for limit in [
+            "span_attributes",
+            "span_events",
+            "span_event_attributes",
+            "crypto_keys",
+        ] {
             let hits = (weir.sample(&format!(
                 "weir_filter_limit_rejections_total{{filter=\"calls\",limit=\"{limit}\"}}"
             )))
