@@ -14,6 +14,39 @@ use wit_parser::Resolve;
 /// The WIT every filter targets, compiled into the binary.
 pub const FILTER_WIT: &str = include_str!("../../../wit/filter.wit");
 
+/// The version of the `weir:filter` contract this proxy serves (`package weir:filter@...` in
+/// [`FILTER_WIT`]). Additions that old filters cannot notice (a new interface, a new function)
+/// keep it; a change that breaks a built filter bumps it.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Refuses a filter whose imports or exports name another version of the `weir:filter`
+/// contract, with a message saying which version it was built against. Without this, wasmtime
+/// reports a missing import or export, which does not say that the filter and the proxy
+/// disagree on the contract.
+pub fn check_contract<'a>(names: impl IntoIterator<Item = &'a str>) -> anyhow::Result<()> {
+    for name in names {
+        let Some(rest) = name.strip_prefix("weir:filter/") else {
+            continue;
+        };
+        // `interface@version`, then for core exports `#function`.
+        let rest = rest.split('#').next().unwrap_or(rest);
+        let version = rest.split_once('@').map(|(_, v)| v);
+        if version == Some(CONTRACT_VERSION) {
+            continue;
+        }
+        let built = version.map_or_else(
+            || "an unversioned weir:filter".to_owned(),
+            |v| format!("weir:filter@{v}"),
+        );
+        bail!(
+            "this filter was built against {built} (it names {name:?}); this proxy serves \
+             weir:filter@{CONTRACT_VERSION}: rebuild the filter with the SDK that matches this \
+             proxy, or run a proxy that serves its version"
+        );
+    }
+    Ok(())
+}
+
 /// The custom section by which a module declares its string encoding (`utf16`); absent means
 /// UTF-8.
 pub const STRING_ENCODING_SECTION: &str = "weir:string-encoding";
@@ -41,12 +74,15 @@ pub fn wasm_kind(bytes: &[u8]) -> WasmKind {
 struct CoreInfo {
     encoding: StringEncoding,
     imports_wasi: bool,
+    /// Import modules and export names (for the contract version).
+    names: Vec<String>,
 }
 
 fn inspect(bytes: &[u8]) -> anyhow::Result<CoreInfo> {
     let mut info = CoreInfo {
         encoding: StringEncoding::UTF8,
         imports_wasi: false,
+        names: Vec::new(),
     };
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.context("invalid core module")? {
@@ -62,9 +98,16 @@ fn inspect(bytes: &[u8]) -> anyhow::Result<CoreInfo> {
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    if import?.module == "wasi_snapshot_preview1" {
+                    let import = import?;
+                    if import.module == "wasi_snapshot_preview1" {
                         info.imports_wasi = true;
                     }
+                    info.names.push(import.module.to_owned());
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    info.names.push(export?.name.to_owned());
                 }
             }
             _ => {}
@@ -76,6 +119,14 @@ fn inspect(bytes: &[u8]) -> anyhow::Result<CoreInfo> {
 /// Wraps a core module into a filter component. Errors name what the module got wrong (a
 /// missing export, an import outside the WIT, a signature that does not match).
 pub fn componentize(core: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if wasm_kind(core) == WasmKind::CoreModule {
+        check_contract(inspect(core)?.names.iter().map(String::as_str))?;
+    }
+    componentize_with(core, FILTER_WIT)
+}
+
+/// [`componentize`] against the WIT text `wit` (tests build filters of other contract versions).
+pub(crate) fn componentize_with(core: &[u8], wit: &str) -> anyhow::Result<Vec<u8>> {
     match wasm_kind(core) {
         WasmKind::CoreModule => {}
         WasmKind::Component => bail!("already a component"),
@@ -84,7 +135,7 @@ pub fn componentize(core: &[u8]) -> anyhow::Result<Vec<u8>> {
     let info = inspect(core)?;
     let mut resolve = Resolve::default();
     let pkg = resolve
-        .push_str("filter.wit", FILTER_WIT)
+        .push_str("filter.wit", wit)
         .context("parsing the built-in filter WIT")?;
     let world = resolve.select_world(&[pkg], Some("filter-world"))?;
     let mut module = core.to_vec();

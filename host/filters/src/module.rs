@@ -224,13 +224,21 @@ impl Runtime {
             }
         };
         let (component, compiled) = self.compile_cached(&hash, componentized)?;
+        let ty = component.component_type();
+        let engine = &self.inner.engine;
+        crate::componentize::check_contract(
+            (ty.imports(engine).map(|(n, _)| n)).chain(ty.exports(engine).map(|(n, _)| n)),
+        )?;
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let pre = FilterWorldPre::new(pre).map_err(|e| {
-            anyhow::anyhow!("the component does not export weir:filter/filter@0.1.0: {e:#}")
+            anyhow::anyhow!(
+                "the component does not export weir:filter/filter@{}: {e:#}",
+                crate::componentize::CONTRACT_VERSION
+            )
         })?;
         let m = Arc::new(Module {
             name: name.to_string(),

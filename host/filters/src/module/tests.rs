@@ -9,7 +9,7 @@ use wit_parser::{Resolve, WorldItem};
 use std::time::Duration;
 
 use super::*;
-use crate::componentize::FILTER_WIT;
+use crate::componentize::{CONTRACT_VERSION, FILTER_WIT, componentize_with};
 
 fn leb(out: &mut Vec<u8>, mut v: usize) {
     loop {
@@ -40,8 +40,13 @@ fn section(out: &mut Vec<u8>, id: u8, count: usize, items: &[u8]) {
 /// A core module exporting every function of the filter world (bodies `unreachable`) plus
 /// `memory` and `cabi_realloc`, with signatures from the WIT itself.
 fn filter_core_module() -> anyhow::Result<Vec<u8>> {
+    filter_core_module_for(FILTER_WIT)
+}
+
+/// [`filter_core_module`] for the contract in the WIT text `wit`.
+fn filter_core_module_for(wit: &str) -> anyhow::Result<Vec<u8>> {
     let mut resolve = Resolve::default();
-    let pkg = resolve.push_str("filter.wit", FILTER_WIT)?;
+    let pkg = resolve.push_str("filter.wit", wit)?;
     let world = resolve.select_world(&[pkg], Some("filter-world"))?;
     let mut funcs: Vec<(String, Vec<WasmType>, Vec<WasmType>)> = Vec::new();
     for (key, item) in &resolve.worlds[world].exports {
@@ -324,5 +329,34 @@ async fn a_huge_time_per_phase_does_not_overflow() -> anyhow::Result<()> {
             "{t:?}: {e:?}"
         );
     }
+    Ok(())
+}
+
+/// A filter built against another version of the contract is refused at load with a message
+/// naming both versions, whether it comes as a component or as a Go/AssemblyScript core module.
+#[test]
+fn a_filter_of_another_contract_version_is_refused_naming_both() -> anyhow::Result<()> {
+    assert!(
+        FILTER_WIT.contains(&format!("package weir:filter@{CONTRACT_VERSION};")),
+        "CONTRACT_VERSION is the WIT's"
+    );
+    let dir = TempDir::new("contract");
+    let rt = runtime(&dir.0)?;
+    let current = format!("package weir:filter@{CONTRACT_VERSION};");
+    for other in ["0.2.0", "1.0.0", "0.0.9"] {
+        let wit = FILTER_WIT.replace(&current, &format!("package weir:filter@{other};"));
+        let core = filter_core_module_for(&wit)?;
+        let component = componentize_with(&core, &wit)?;
+        for (what, bytes) in [("component", component), ("core module", core)] {
+            let e = format!("{:#}", rt.load("f", &bytes).err().context(what)?);
+            assert!(
+                e.contains(&format!("built against weir:filter@{other}"))
+                    && e.contains(&format!("serves weir:filter@{CONTRACT_VERSION}")),
+                "{what} of {other}: {e}"
+            );
+        }
+    }
+    // And the current version loads.
+    rt.load("f", &filter_component(7)?)?;
     Ok(())
 }
