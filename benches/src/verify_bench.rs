@@ -10,28 +10,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-
-fn b64url(s: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => bail!("not base64url"),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
-}
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -49,7 +29,7 @@ fn main() -> Result<()> {
         &der,
     )?;
     let (input, sig) = token.rsplit_once('.').context("a JWS has three parts")?;
-    let sig = b64url(sig)?;
+    let sig = URL_SAFE_NO_PAD.decode(sig)?;
     if !key.verify(input.as_bytes(), &sig) {
         bail!("the token does not verify with this key");
     }
