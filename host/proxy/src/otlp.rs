@@ -18,15 +18,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
-use prost::Message;
 use weir_config::{OtlpConfig, OtlpProtocol};
 use weir_observe::TraceStats;
+
+mod wire;
 
 /// One finished span, as the data path records it (converted to protobuf off the data path).
 #[derive(Debug, Clone)]
@@ -150,10 +145,7 @@ impl Exporter {
             max_batch: config.max_batch_spans,
             interval: config.flush_interval,
             timeout: config.timeout,
-            resource: Resource {
-                attributes: vec![kv("service.name", Attr::Str(service.to_string()))],
-                ..Default::default()
-            },
+            service: service.to_string(),
             epoch: (Instant::now(), SystemTime::now()),
         };
         std::thread::Builder::new()
@@ -224,7 +216,8 @@ struct Batcher {
     max_batch: usize,
     interval: Duration,
     timeout: Duration,
-    resource: Resource,
+    /// `service.name`, the one resource attribute.
+    service: String,
     epoch: (Instant, SystemTime),
 }
 
@@ -342,70 +335,12 @@ impl Batcher {
     }
 
     fn encode(&self, spans: Vec<SpanRecord>) -> Bytes {
-        let spans = spans.into_iter().map(|s| self.span(s)).collect();
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "weir".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+        let writer = wire::Writer {
+            epoch: self.epoch,
+            service: &self.service,
+            version: env!("CARGO_PKG_VERSION"),
         };
-        Bytes::from(req.encode_to_vec())
-    }
-
-    fn span(&self, s: SpanRecord) -> Span {
-        let kind = match s.kind {
-            SpanKind::Server => span::SpanKind::Server,
-            SpanKind::Client => span::SpanKind::Client,
-            SpanKind::Internal => span::SpanKind::Internal,
-        };
-        Span {
-            trace_id: s.trace_id.to_vec(),
-            span_id: s.span_id.to_vec(),
-            parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
-            name: s.name,
-            kind: kind as i32,
-            start_time_unix_nano: unix_nanos(self.epoch, s.start),
-            end_time_unix_nano: unix_nanos(self.epoch, s.end),
-            attributes: (s.attrs.into_iter().map(|(k, v)| kv(k, v)))
-                .chain((s.filter_attrs.into_iter()).map(|(k, v)| kv(&k, Attr::Str(v))))
-                .collect(),
-            events: (s.events.into_iter())
-                .map(|e| span::Event {
-                    time_unix_nano: unix_nanos(self.epoch, e.at),
-                    name: e.name,
-                    attributes: std::iter::once(kv("weir.filter", Attr::from(&*e.filter)))
-                        .chain((e.attributes.into_iter()).map(|(k, v)| kv(&k, Attr::Str(v))))
-                        .collect(),
-                    dropped_attributes_count: 0,
-                })
-                .collect(),
-            status: s.error.map(|message| Status {
-                message,
-                code: status::StatusCode::Error as i32,
-            }),
-            ..Default::default()
-        }
-    }
-}
-
-fn kv(key: &str, value: Attr) -> KeyValue {
-    let value = match value {
-        Attr::Str(s) => any_value::Value::StringValue(s),
-        Attr::Int(n) => any_value::Value::IntValue(n),
-    };
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
+        Bytes::from(writer.encode(&spans))
     }
 }
 
