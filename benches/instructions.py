@@ -2,7 +2,7 @@
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
 Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints] [--retries-off]
-                               [--clients] [--servers]
+                               [--clients] [--servers] [--tracing]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
@@ -15,7 +15,10 @@ one-endpoint cluster never retries); --retries-off sets `retries: { attempts: 1 
 on vs off in one binary). --clients measures each binary twice, with the upstream client
 `native` (Weir's own HTTP/1.1 client, the default) and `hyper` (hyper-util's pooled client).
 --servers does the same for the listener's server: `native` (Weir's own HTTP/1.1 server, the
-default) and `hyper` (hyper's server); with both flags, all four pairs.
+default) and `hyper` (hyper's server); with both flags, all four pairs. --tracing measures each
+binary without `tracing:`, then at sample ratio 0, 0.01 and 1 with OTLP export (to this script's
+second upstream, which answers every POST 200): what trace context costs every request, and what
+a sampled one adds.
 """
 import os
 import re
@@ -71,7 +74,7 @@ def client(n, xff):
     s.close()
 
 
-def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=None):
+def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=None, tracing=None):
     eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
     if two:
         eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
@@ -83,6 +86,8 @@ listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT}{f', server: {server
 routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
 clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''}{f', client: {upstream_client}' if upstream_client else ''} }} ]
 """)
+        if tracing is not None:
+            f.write(f"tracing: {{ sample_ratio: {tracing}, otlp: {{ endpoint: 'http://127.0.0.1:{UPSTREAM_PORT_2}' }} }}\n")
     err = open(os.path.join(tmp, "err.txt"), "w+")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
                           weir, "run", cfg], stdout=subprocess.DEVNULL, stderr=err)
@@ -110,6 +115,7 @@ def main():
     off = "--retries-off" in sys.argv
     clients = ["native", "hyper"] if "--clients" in sys.argv else [None]
     servers = ["native", "hyper"] if "--servers" in sys.argv else [None]
+    tracings = [None, 0, 0.01, 1] if "--tracing" in sys.argv else [None]
     if not args:
         sys.exit(__doc__)
     for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
@@ -117,14 +123,15 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
             for srv in servers:
-                for c in clients:
-                    a = collected(weir, N1, xff, tmp, two, off, c, srv)
-                    b = collected(weir, N2, xff, tmp, two, off, c, srv)
+                for c, t in ((c, t) for c in clients for t in tracings):
+                    a = collected(weir, N1, xff, tmp, two, off, c, srv, t)
+                    b = collected(weir, N2, xff, tmp, two, off, c, srv, t)
                     print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
                           f" ({'with' if xff else 'without'} a client X-Forwarded-For"
                           f"{', two endpoints' if two else ''}{', retries off' if off else ''}"
                           f"{f', server: {srv}' if srv else ''}"
-                          f"{f', client: {c}' if c else ''})")
+                          f"{f', client: {c}' if c else ''}"
+                          f"{'' if t is None else f', tracing at ratio {t}'})")
 
 
 if __name__ == "__main__":
