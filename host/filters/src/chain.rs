@@ -217,7 +217,7 @@ impl Chain {
             return Err(Answer::Respond(r));
         }
         ex.status = r.status;
-        ex.response_headers = http::HeaderMap::new();
+        let pending = std::mem::take(&mut ex.response_headers);
         for (k, v) in &r.headers {
             if let (Ok(k), Ok(v)) = (
                 http::HeaderName::from_bytes(k.as_bytes()),
@@ -226,6 +226,7 @@ impl Chain {
                 ex.response_headers.append(k, v);
             }
         }
+        crate::set_response_headers(&mut ex.response_headers, pending, false);
         for j in (0..i).rev() {
             if !self.runs(j, cr, Phases::RESPONSE_HEADERS) {
                 continue;

@@ -51,7 +51,9 @@ pub struct Exchange {
     pub request_headers: HeaderMap,
     /// Response status (0 before a response exists).
     pub status: u16,
-    /// Response headers.
+    /// Response headers. Before there is a response (the request phases), the headers the
+    /// filters set on the response to come: [`set_response_headers`] puts them on whatever
+    /// response the client gets.
     pub response_headers: HeaderMap,
     /// Body bytes of the running body phase.
     pub body: Vec<u8>,
@@ -62,6 +64,35 @@ pub struct Exchange {
     pub deadline: Option<tokio::time::Instant>,
     /// Set for a request whose trace is exported: what becomes of the filters in its spans.
     pub trace: Option<Box<SpanNotes>>,
+}
+
+/// Puts the headers the request phases set on the response (`pending`) onto the response the
+/// client gets. On the upstream's response (`replace`), each name in `pending` replaces that
+/// name's values, as Envoy's `response_headers_to_add` with overwrite and nginx's `add_header`
+/// do. A response made here (a filter's local response, the proxy's error) keeps its own
+/// headers: only names it does not set are added, so a filter answering 429 after another
+/// filter set `RateLimit-*` has the last word. Lets a filter that only needs the request phase
+/// (a rate limit's `RateLimit-*` headers) stay a single guest call per request.
+pub fn set_response_headers(res: &mut HeaderMap, pending: HeaderMap, replace: bool) {
+    let mut name: Option<HeaderName> = None;
+    // The first value of each name comes with the name; the others with `None`.
+    for (n, value) in pending {
+        match n {
+            Some(n) => {
+                if replace || !res.contains_key(&n) {
+                    res.insert(n.clone(), value);
+                    name = Some(n);
+                } else {
+                    name = None;
+                }
+            }
+            None => {
+                if let Some(n) = &name {
+                    res.append(n.clone(), value);
+                }
+            }
+        }
+    }
 }
 
 /// Phase runs recorded per request at most; a streamed body's phases past that are not.
@@ -152,12 +183,6 @@ impl Phase {
 
     fn is_request(self) -> bool {
         matches!(self, Phase::RequestHeaders | Phase::RequestBody)
-    }
-    fn has_response(self) -> bool {
-        matches!(
-            self,
-            Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log
-        )
     }
 }
 
@@ -260,17 +285,17 @@ impl HostState {
                 }
                 Ok(&mut self.ex.request_headers)
             }
-            types::HeaderMap::Response => {
-                if !self.phase.has_response() {
-                    return Err(HostError::Unavailable("no response yet".into()));
+            // In the request phases this is the headers to set on the response to come (see
+            // [`set_response_headers`]); from the response phases on, the response's.
+            types::HeaderMap::Response => match self.phase {
+                Phase::Configure => {
+                    Err(HostError::Unavailable("no request during configure".into()))
                 }
-                if write && self.phase == Phase::Log {
-                    return Err(HostError::Unavailable(
-                        "headers are read-only in on-log".into(),
-                    ));
-                }
-                Ok(&mut self.ex.response_headers)
-            }
+                Phase::Log if write => Err(HostError::Unavailable(
+                    "headers are read-only in on-log".into(),
+                )),
+                _ => Ok(&mut self.ex.response_headers),
+            },
         }
     }
 

@@ -47,7 +47,7 @@ mod state;
 pub use chain::{Answer, Chain, ChainRequest};
 pub use host::{
     Exchange, LocalResponse, MAX_EVENT_ATTRIBUTES, MAX_PHASE_RUNS, MAX_SPAN_ATTRIBUTES,
-    MAX_SPAN_EVENTS, PhaseRun, Props, SpanEvent, SpanNotes,
+    MAX_SPAN_EVENTS, PhaseRun, Props, SpanEvent, SpanNotes, set_response_headers,
 };
 pub use kv::{Kv, KvError, KvLimits, Take};
 pub use module::{Module, Runtime, RuntimeOptions};

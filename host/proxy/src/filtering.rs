@@ -236,11 +236,13 @@ impl FilterRun {
         headers: &mut http::HeaderMap,
         deadline: tokio::time::Instant,
     ) -> Result<(), Answer> {
+        let mut st = self.lock().await;
+        let st = &mut *st;
+        let pending = std::mem::take(&mut st.ex.response_headers);
+        weir_filters::set_response_headers(headers, pending, true);
         if !self.phases().contains(Phases::RESPONSE_HEADERS) {
             return Ok(());
         }
-        let mut st = self.lock().await;
-        let st = &mut *st;
         st.ex.deadline = Some(deadline);
         st.ex.status = status.as_u16();
         st.ex.response_headers = std::mem::take(headers);
@@ -252,6 +254,14 @@ impl FilterRun {
         *headers = std::mem::take(&mut st.ex.response_headers);
         *status = StatusCode::from_u16(st.ex.status).unwrap_or(*status);
         v
+    }
+
+    /// The headers the request phases set on the response, added to `headers` of a response
+    /// the proxy or a filter made (which keeps its own; the upstream's gets them in
+    /// [`response_headers`](Self::response_headers)).
+    pub async fn set_response_headers(&self, headers: &mut http::HeaderMap) {
+        let pending = std::mem::take(&mut self.lock().await.ex.response_headers);
+        weir_filters::set_response_headers(headers, pending, false);
     }
 
     /// The answer a body phase gave, if it stopped the request.

@@ -812,16 +812,21 @@ impl<'s> Session<'s> {
                 if e.source.is_some() {
                     tracing::debug!(request_id = ?self.request_id, "{e:?}");
                 }
-                e.response(&self.request_id)
+                let mut res = e.response(&self.request_id);
+                if let Some(run) = &self.filters {
+                    run.set_response_headers(res.headers_mut()).await;
+                }
+                res
             }
             Stop::Answer(answer) => {
-                let res = match answer {
+                let mut res = match answer {
                     Answer::Respond(r) => local_response(r, &self.request_id),
                     Answer::Fail { filter, .. } => {
                         ProxyError::new(ErrorKind::Filter(filter)).response(&self.request_id)
                     }
                 };
                 if let Some(run) = &self.filters {
+                    run.set_response_headers(res.headers_mut()).await;
                     run.set_status(res.status());
                     run.finish().await;
                 }

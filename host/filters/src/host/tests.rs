@@ -159,6 +159,8 @@ fn filters_cannot_grow_header_maps_without_bound() -> anyhow::Result<()> {
     for (phase, map) in [
         (Phase::RequestHeaders, types::HeaderMap::Request),
         (Phase::ResponseHeaders, types::HeaderMap::Response),
+        // Before there is a response: the headers to set on it are bounded the same way.
+        (Phase::RequestHeaders, types::HeaderMap::Response),
     ] {
         let mut s = state(KvLimits::default())?;
         s.phase = phase;
