@@ -141,6 +141,28 @@ func (*Request) RemoveHeader(name string) error {
 	return sysRemoveHeader(requestMap, utf8String(name))
 }
 
+// ResponseHeader returns the first value of a header set on the response to come by
+// SetResponseHeader (in the response phases, the response's own header).
+func (*Request) ResponseHeader(name string) (string, bool) {
+	return sysGetHeader(responseMap, utf8String(name))
+}
+
+// SetResponseHeader sets a header on the response the client will get, from a request phase,
+// whatever it is; response phases then see it. On the upstream's response the name replaces
+// that name's values; a local response (this filter's, a later one's, or the proxy's error)
+// keeps the headers it sets itself and gets the others. A filter that only adds response
+// headers (a rate limit's RateLimit-*) so needs no response phase and no per-request state.
+// Errors as SetHeader.
+func (*Request) SetResponseHeader(name, value string) error {
+	return sysSetHeader(responseMap, utf8String(name), utf8String(value))
+}
+
+// AppendResponseHeader adds a value to a header set on the response to come (see
+// SetResponseHeader); the upstream's values of that name are still replaced.
+func (*Request) AppendResponseHeader(name, value string) error {
+	return sysAppendHeader(responseMap, utf8String(name), utf8String(value))
+}
+
 // Request is the request this response answers (read-only from response phases: setters
 // return Unavailable).
 func (*Response) Request() *Request { return &theRequest }
@@ -170,7 +192,7 @@ func (*Response) HeaderValues(name string) []string {
 func (*Response) Headers() []Header { return sysHeaders(responseMap) }
 
 // SetHeader replaces all values of a response header with one value. OnResponseHeaders only
-// (elsewhere Unavailable); Invalid for a bad name or value or for a framing or hop-by-hop
+// (elsewhere Unavailable; from a request phase, Request.SetResponseHeader); Invalid for a bad name or value or for a framing or hop-by-hop
 // header only the proxy sets ([IsFramingHeader]).
 func (*Response) SetHeader(name, value string) error {
 	return sysSetHeader(responseMap, utf8String(name), utf8String(value))

@@ -164,9 +164,17 @@ func TestRequestHeadAndHeaders(t *testing.T) {
 		}
 		// Invalid UTF-8 never reaches the host: it is replaced, as WIT strings must be UTF-8.
 		must(t, req.SetHeader("x-bytes", "a\xffb"))
-		// The response does not exist yet.
-		if err := (&weir.Response{}).SetHeader("x-a", "b"); kindOf(t, err) != weir.Unavailable {
-			t.Errorf("response header in request phase: %v", err)
+		// No response yet: the response map holds the headers to set on the response to come.
+		must(t, req.SetResponseHeader("x-r", "1"))
+		must(t, req.AppendResponseHeader("X-R", "2"))
+		if v, ok := req.ResponseHeader("x-r"); !ok || v != "1" {
+			t.Errorf("response header set in the request phase: %q", v)
+		}
+		if _, ok := req.Header("x-r"); ok {
+			t.Error("a response header landed on the request")
+		}
+		if err := req.SetResponseHeader("content-length", "1"); kindOf(t, err) != weir.Invalid {
+			t.Errorf("framing header on the response to come: %v", err)
 		}
 		return weir.Continue
 	}}, weir.PhaseRequestHeaders)
@@ -192,6 +200,21 @@ func TestRequestHeadAndHeaders(t *testing.T) {
 	}
 	if _, ok := req.Header("x-remove"); ok {
 		t.Fatal("x-remove kept")
+	}
+	if got := req.ResponseHeadersToSet(); len(got) != 2 || got[0].Value != "1" || got[1].Value != "2" {
+		t.Fatal(got)
+	}
+	// They go on the response, replacing its values of that name, though the filter has no
+	// response phase.
+	res := weirtest.NewResponse(200).WithHeader("x-r", "upstream").WithHeader("server", "up")
+	if a := h.ResponseHeaders(req, res); !a.IsContinue() {
+		t.Fatal(a)
+	}
+	if vs := res.HeaderValues("x-r"); strings.Join(vs, ",") != "1,2" {
+		t.Fatal(vs)
+	}
+	if v, _ := res.Header("server"); v != "up" {
+		t.Fatal(v)
 	}
 }
 

@@ -6,7 +6,7 @@ import { IMPORT_RET, liftStringAt } from "./abi";
 export enum HostErrorKind {
   /** The filter's config does not grant this capability (callout target, KV namespace...). */
   Denied = 0,
-  /** The call makes no sense now (e.g. response headers during the request phase). */
+  /** The call makes no sense now (e.g. the response status during the request phase). */
   Unavailable = 1,
   /** An argument was invalid (bad header name or value, bad metric name...). */
   Invalid = 2,

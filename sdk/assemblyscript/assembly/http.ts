@@ -127,6 +127,15 @@ export class Headers {
 export class Request {
   /** The request headers, as they will be sent upstream. */
   readonly headers: Headers = new Headers(MAP_REQUEST);
+  /**
+   * Headers to set on the response the client will get, from a request phase, whatever it is;
+   * response phases then see them. On the upstream's response each name set here replaces that
+   * name's values; a local response (this filter's, a later one's, or the proxy's error) keeps
+   * the headers it sets itself and gets the others. A filter that only adds response headers (a
+   * rate limit's `RateLimit-*`) so needs no response phase and no per-request state. (In the
+   * response phases this is the response's own headers.)
+   */
+  readonly responseHeaders: Headers = new Headers(MAP_RESPONSE);
 
   /** Request method (`GET`). */
   method(): string {
@@ -193,7 +202,8 @@ export class Request {
 
 /** The current response: status and headers, plus read access to the request. */
 export class Response {
-  /** The response headers, as they will be sent downstream (readable from the response phases). */
+  /** The response headers, as they will be sent downstream (from the response phases; in the
+   * request phases, `req.responseHeaders`). */
   readonly headers: Headers = new Headers(MAP_RESPONSE);
 
   constructor(

@@ -290,6 +290,19 @@ function cutUtf8(s, max) {
   return b.subarray(0, end).toString("utf8");
 }
 
+/**
+ * Puts the headers the request phases set (`pending`) on a response's `headers` (in place), as
+ * the proxy does: with `replace` (the upstream's response) each name replaces that name's
+ * values; without (a local response) names the response sets itself are kept.
+ */
+function setResponseHeaders(headers, pending, replace) {
+  const names = new Set(pending.map(([n]) => lower(n)));
+  const own = new Set(headers.map(([n]) => lower(n)));
+  const kept = replace ? headers.filter(([n]) => !names.has(lower(n))) : headers;
+  const added = replace ? pending : pending.filter(([n]) => !own.has(lower(n)));
+  headers.splice(0, headers.length, ...kept, ...added);
+}
+
 /** What a test request and a test response share: a head with headers, and the body bytes. */
 class TestMessage {
   constructor(head) {
@@ -343,8 +356,18 @@ export class TestRequest extends TestMessage {
       requestId: `test-${contextId}`,
       headers: [],
       span: { attributes: [], events: [] },
+      responseHeaders: [],
     });
     this.contextId = contextId;
+  }
+  /**
+   * The headers the request phases set on the response to come, in order, as [name, value]:
+   * the proxy puts them on whatever response the client gets (on the upstream's, each name
+   * replaces that name's values; a local response keeps the headers it sets itself).
+   * `responseHeaders` and `exchange` put them on their response.
+   */
+  get responseHeadersToSet() {
+    return this.head.responseHeaders;
   }
   /**
    * Makes the request's trace not sampled: `span.sampled()` is false and what filters add is
@@ -1037,10 +1060,14 @@ export class Harness {
     const unit = (ret, what, f) => result(ret, 16, 4, 4, what, f, null);
     const str = (p, l, what) => h.readString(p, l, what);
     const reqOr = (f, fallback) => (h.scope && h.scope.request ? f(h.scope.request) : fallback);
+    // Before there is a response (the request phases), the response map is the headers to set
+    // on the response to come.
+    const beforeResponse = (s) => s.phase === "on-request-headers" || s.phase === "on-request-body";
     const headerMap = (map) => {
       const s = h.scope;
       if (!s) return null;
       if (map === 0) return s.request ? s.request.headers : null;
+      if (map === 1 && beforeResponse(s)) return s.request ? s.request.responseHeaders : null;
       if (map === 1) return s.response ? s.response.headers : null;
       throw new AbiError(`invalid header-map ${map}`);
     };
@@ -1056,6 +1083,7 @@ export class Harness {
     };
     const mutableHeaders = (map, what) => {
       if (map === 0) return mutableRequest(what).headers;
+      if (map === 1 && h.scope && beforeResponse(h.scope)) return mutableRequest(what).responseHeaders;
       if (map === 1) return mutableResponse(what).headers;
       throw new AbiError(`invalid header-map ${map}`);
     };
@@ -1595,8 +1623,14 @@ export class Harness {
     return action;
   }
 
-  /** `on-response-headers` for `req`'s response `res`; afterwards `res` shows the changes. */
+  /**
+   * `on-response-headers` for `req`'s response `res`; afterwards `res` shows the changes.
+   * First the headers the request phases set on the response (`req.responseHeadersToSet`) are
+   * put on `res`, each name replacing its values, whether or not the filter has this phase.
+   */
   responseHeaders(req, res) {
+    setResponseHeaders(res.head.headers, req.head.responseHeaders, true);
+    req.head.responseHeaders = [];
     if (!this.declared(Phases.RESPONSE_HEADERS)) return CONTINUE;
     return this.run(
       "on-response-headers",
@@ -1676,6 +1710,9 @@ export class Harness {
       const res = new TestResponse(r.status);
       // The proxy frames a local response itself: the filter's framing headers are dropped.
       res.head.headers = r.headers.filter(([n]) => !isFramingHeader(n)).map(([n, v]) => [lower(n), v]);
+      // It keeps its own headers and gets the others the request phases set on the response.
+      setResponseHeaders(res.head.headers, req.head.responseHeaders, false);
+      req.head.responseHeaders = [];
       res.forwarded = r.body;
       this.log(req, res);
       this.done(req);

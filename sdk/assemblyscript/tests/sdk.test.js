@@ -105,9 +105,11 @@ test("headers, path and status are edited, non-ASCII values round-trip", () => {
   for (const value of ["Jürgen", "grüße ✓", "😀", "a😀b€c", ""]) {
     const h = probe("edit", { value });
     const req = TestRequest.get("/orig").header("x-gone", "1").header("x-multi", "first");
-    const res = new TestResponse(200);
+    const res = new TestResponse(200).header("x-from-request", "upstream");
     const out = h.exchange(req, { response: res });
     assert.equal(out.upstream.path, `/edited?q=${value.length}`);
+    // Set on the response from the request phase: it replaces the upstream's value.
+    assert.deepEqual(out.headerValues("x-from-request"), [value]);
     assert.equal(req.headerValue("x-set"), value);
     assert.deepEqual(req.headerValues("x-multi"), ["first", value]);
     assert.equal(req.headerValue("x-gone"), null);
@@ -125,7 +127,14 @@ test("host errors are values with their kind and message", () => {
   assert.match(r.setStatus, /^unavailable: set-status: /);
   assert.equal(r.badName, 'invalid: invalid header name "bad name"');
   assert.match(r.badValue, /^invalid: invalid value for header "x-ok"/);
-  assert.match(r.responseHeader, /^unavailable: /);
+  assert.equal(r.responseHeader, null);
+  assert.match(r.responseFraming, /^invalid: content-length is a framing or hop-by-hop header/);
+  assert.equal(r.responseHeaderRead, "1");
+  assert.equal(r.requestHeaderRead, "none");
+  // The filter's local response keeps its own headers and gets the one set on the response.
+  const out = probe("errors").exchange(TestRequest.get("/"));
+  assert.equal(out.respondedBy, "on-request-headers");
+  assert.equal(out.headerValue("x-late"), "1");
   assert.match(r.setPath, /^invalid: invalid path "no-slash"/);
   assert.match(r.kvDenied, /^denied: kv namespace "secret" is not granted/);
   assert.equal(r.kvKind, 0);

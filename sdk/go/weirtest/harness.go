@@ -134,6 +134,14 @@ func (r *Request) Headers() []weir.Header { return append([]weir.Header(nil), r.
 // is buffering are not included).
 func (r *Request) ForwardedBody() []byte { return r.forwarded }
 
+// ResponseHeadersToSet returns the headers the request phases set on the response to come, in
+// order: the proxy puts them on whatever response the client gets (on the upstream's, each
+// name replaces that name's values; a local response keeps the headers it sets itself).
+// ResponseHeaders puts them on its response.
+func (r *Request) ResponseHeadersToSet() []weir.Header {
+	return append([]weir.Header(nil), r.head.responseHeaders...)
+}
+
 // Response is a response as the upstream would send it. Build it, pass it to the harness's
 // response phases, then look at what the filter changed.
 type Response struct {
@@ -290,6 +298,7 @@ func action(v any) weir.Action {
 func (r *Request) headCopy() *requestHead {
 	c := r.head
 	c.headers = append([]weir.Header{}, r.head.headers...)
+	c.responseHeaders = append([]weir.Header{}, r.head.responseHeaders...)
 	return &c
 }
 
@@ -331,7 +340,13 @@ func (h *Harness) RequestBody(req *Request, chunk []byte, end bool) weir.Action 
 
 // ResponseHeaders runs on-response-headers for req's response res; afterwards res shows the
 // filter's changes (the request is read-only here).
+//
+// First the headers the request phases set on the response (Request.ResponseHeadersToSet) are
+// put on res, each name replacing res's values, whether or not the filter has this phase, as
+// the proxy does with the upstream's response.
 func (h *Harness) ResponseHeaders(req *Request, res *Response) weir.Action {
+	res.head.headers = setResponseHeaders(res.head.headers, req.head.responseHeaders)
+	req.head.responseHeaders = nil
 	if !h.Phases().Has(weir.PhaseResponseHeaders) {
 		return weir.Continue
 	}

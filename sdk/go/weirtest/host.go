@@ -105,6 +105,23 @@ type requestHead struct {
 	method, path, authority, scheme, client, route, cluster, requestID string
 	headers                                                            []weir.Header
 	span                                                               *Span // nil: not sampled
+	// responseHeaders are the headers the request phases set on the response to come (the
+	// response map before there is a response): each name replaces that name's values in it.
+	responseHeaders []weir.Header
+}
+
+// setResponseHeaders puts the headers the request phases set (pending) on a response's: each
+// name in pending replaces that name's values, as the proxy does with the upstream's response.
+func setResponseHeaders(hs []weir.Header, pending []weir.Header) []weir.Header {
+	for _, p := range pending {
+		hs = without(hs, p.Name)
+	}
+	return append(hs, pending...)
+}
+
+// beforeResponse says whether the phase runs before there is a response.
+func (h *Host) beforeResponse() bool {
+	return h.scope.phase == phaseRequestHeaders || h.scope.phase == phaseRequestBody
 }
 
 type responseHead struct {
@@ -550,6 +567,9 @@ func (h *Host) headers(m uint8) *[]weir.Header {
 	if m == 0 && h.scope.request != nil {
 		return &h.scope.request.headers
 	}
+	if m == 1 && h.beforeResponse() && h.scope.request != nil {
+		return &h.scope.request.responseHeaders
+	}
 	if m == 1 && h.scope.response != nil {
 		return &h.scope.response.headers
 	}
@@ -563,6 +583,13 @@ func (h *Host) headersMut(m uint8, what string) (*[]weir.Header, *bridge.Err) {
 			return nil, err
 		}
 		return &r.headers, nil
+	}
+	if h.beforeResponse() {
+		r, err := h.requestMut(what)
+		if err != nil {
+			return nil, err
+		}
+		return &r.responseHeaders, nil
 	}
 	r, err := h.responseMut(what)
 	if err != nil {

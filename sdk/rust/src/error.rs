@@ -11,7 +11,7 @@ use std::fmt;
 pub enum HostError {
     /// The filter's config does not grant this capability (callout target, KV namespace...).
     Denied(String),
-    /// The call makes no sense now (e.g. response headers during the request phase).
+    /// The call makes no sense now (e.g. the response status during the request phase).
     Unavailable(String),
     /// An argument was invalid (bad header name or value, bad metric name...).
     Invalid(String),

@@ -132,6 +132,32 @@ impl Request {
     }
 
     header_methods!(HeaderMap::Request, "request");
+
+    /// The first value of a header set on the response to come by
+    /// [`set_response_header`](Self::set_response_header) (in the response phases, the
+    /// response's own header).
+    pub fn response_header(&self, name: &str) -> Option<String> {
+        Backend::get_header(HeaderMap::Response, name)
+    }
+
+    /// Sets a header on the response the client will get, from a request phase, whatever it
+    /// is; response phases then see it. On the upstream's response the name replaces that
+    /// name's values; a local response (this filter's, a later one's, or the proxy's error)
+    /// keeps the headers it sets itself and gets the others. A filter that only adds response
+    /// headers (a rate limit's `RateLimit-*`) so needs no response phase and no per-request
+    /// state.
+    ///
+    /// Errors as [`set_header`](Self::set_header).
+    pub fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        Backend::set_header(HeaderMap::Response, name, value)
+    }
+
+    /// Adds a value to a header set on the response to come (see
+    /// [`set_response_header`](Self::set_response_header)); the upstream's values of that name
+    /// are still replaced.
+    pub fn append_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        Backend::append_header(HeaderMap::Response, name, value)
+    }
 }
 
 /// The current response: status and headers, plus read access to the request.

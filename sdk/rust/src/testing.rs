@@ -52,8 +52,12 @@
 //!   calls, as the proxy discards a trapped instance. The time budget
 //!   ([`Emulator::set_time_budget`]) is checked at host calls only, so a loop that never calls
 //!   the host cannot be stopped natively; memory is not capped.
+//! * Headers a request phase sets on the response (the response map before there is one) wait
+//!   in the request ([`TestRequest::response_headers_to_set`]) and are put on the response by
+//!   [`Harness::response_headers`], whether or not the filter has that phase, as the proxy puts
+//!   them on the response the client gets.
 //! * A phase's [`Action::Respond`] comes back as the filter built it: the harness does not
-//!   send it anywhere. The proxy drops its [`FRAMING_HEADERS`](crate::validate::FRAMING_HEADERS)
+//!   send it anywhere (the proxy would also add the headers above whose names it does not set). The proxy drops its [`FRAMING_HEADERS`](crate::validate::FRAMING_HEADERS)
 //!   and frames the body itself (header setters refuse those names here as in the proxy).
 //! * KV counters and token buckets live beside values under the same keys without sharing
 //!   them: `get` does not see a counter. [`kv::delete`](crate::kv::delete) removes all three.
@@ -400,6 +404,7 @@ impl TestRequest {
                 request_id: format!("test-{context}"),
                 headers: Vec::new(),
                 span: Some(Span::default()),
+                response_headers: Vec::new(),
             },
             forwarded: Vec::new(),
             held: Vec::new(),
@@ -508,6 +513,12 @@ impl TestRequest {
     /// All headers, in order.
     pub fn headers(&self) -> &[(String, String)] {
         &self.head.headers
+    }
+
+    /// The headers the request phases set on the response to come, in order: the proxy puts
+    /// them on whatever response the client gets, each name replacing that name's values.
+    pub fn response_headers_to_set(&self) -> &[(String, String)] {
+        &self.head.response_headers
     }
 
     /// The body bytes forwarded upstream so far (after the filter's changes; bytes it is
@@ -735,6 +746,8 @@ impl<F: Filter> Harness<F> {
     /// `on-response-headers` for `req`'s response `res`; afterwards `res` shows the
     /// filter's changes (the request is read-only here).
     pub fn response_headers(&mut self, req: &mut TestRequest, res: &mut TestResponse) -> Action {
+        let pending = std::mem::take(&mut req.head.response_headers);
+        emulator::set_response_headers(&mut res.head.headers, pending);
         if !self.phases().contains(Phases::RESPONSE_HEADERS) {
             return Action::Continue;
         }

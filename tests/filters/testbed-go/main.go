@@ -183,6 +183,16 @@ func (c HostCall) Run(req *weir.Request) string {
 		err = req.AppendHeader(c.Name, c.Value)
 	case "http.remove-header":
 		err = req.RemoveHeader(c.Name)
+	case "http.set-response-header":
+		err = req.SetResponseHeader(c.Name, c.Value)
+	case "http.append-response-header":
+		err = req.AppendResponseHeader(c.Name, c.Value)
+	case "http.response-header":
+		v, ok := req.ResponseHeader(c.Name)
+		if !ok {
+			v = "none"
+		}
+		out = v
 	case "trace.sampled":
 		out = strconv.FormatBool(weir.Trace.Sampled())
 	case "trace.set-attribute":

@@ -132,7 +132,8 @@ class Probe extends Filter<State> {
       const e2 = req.headers.append("x-multi", this.value);
       const e3 = req.headers.remove("x-gone");
       const e4 = req.setPath("/edited?q=" + this.value.length.toString());
-      if (e1 || e2 || e3 || e4) return LocalResponse.text(500, "edit failed").action();
+      const e5 = req.responseHeaders.set("x-from-request", this.value);
+      if (e1 || e2 || e3 || e4 || e5) return LocalResponse.text(500, "edit failed").action();
       ctx.path = req.path();
       return Action.CONTINUE;
     }
@@ -141,7 +142,11 @@ class Probe extends Filter<State> {
       o.set("setStatus", err(RESPONSE_OF(req).setStatus(201)));
       o.set("badName", err(req.headers.set("bad name", "x")));
       o.set("badValue", err(req.headers.set("x-ok", "a\nb")));
-      o.set("responseHeader", err(RESPONSE_OF(req).headers.set("x-late", "1")));
+      // Before there is a response: a header to set on the response to come.
+      o.set("responseHeader", err(req.responseHeaders.set("x-late", "1")));
+      o.set("responseFraming", err(req.responseHeaders.set("content-length", "1")));
+      o.set("responseHeaderRead", JsonValue.newString(req.responseHeaders.get("x-late") || "none"));
+      o.set("requestHeaderRead", JsonValue.newString(req.headers.get("x-late") || "none"));
       o.set("setPath", err(req.setPath("no-slash")));
       const k = kv.increment("secret", "k", 1);
       o.set("kvDenied", k.ok ? JsonValue.newNull() : err(k.error));

@@ -88,6 +88,19 @@ pub(crate) struct RequestHead {
     pub(crate) headers: Vec<(String, String)>,
     /// What filters added to the request's span; `None` when it is not sampled.
     pub(crate) span: Option<Span>,
+    /// The headers the request phases set on the response to come (the response map before
+    /// there is a response): each name replaces that name's values in the response.
+    pub(crate) response_headers: Vec<(String, String)>,
+}
+
+/// Puts the headers the request phases set (`pending`) on a response's: each name in
+/// `pending` replaces that name's values, as the proxy does with the response the client gets.
+pub(crate) fn set_response_headers(
+    headers: &mut Vec<(String, String)>,
+    pending: Vec<(String, String)>,
+) {
+    headers.retain(|(n, _)| !pending.iter().any(|(p, _)| p.eq_ignore_ascii_case(n)));
+    headers.extend(pending);
 }
 
 /// A response head as the emulated host holds it.
@@ -337,9 +350,13 @@ fn expired(expires_at: Option<u64>, now: u64) -> bool {
 
 impl State {
     fn headers(&self, map: HeaderMap) -> Option<&Vec<(String, String)>> {
-        match map {
-            HeaderMap::Request => self.scope.request.as_ref().map(|r| &r.headers),
-            HeaderMap::Response => self.scope.response.as_ref().map(|r| &r.headers),
+        match (map, self.scope.phase) {
+            (HeaderMap::Request, _) => self.scope.request.as_ref().map(|r| &r.headers),
+            // Before there is a response: the headers to set on it.
+            (HeaderMap::Response, Some(Phase::RequestHeaders | Phase::RequestBody)) => {
+                self.scope.request.as_ref().map(|r| &r.response_headers)
+            }
+            (HeaderMap::Response, _) => self.scope.response.as_ref().map(|r| &r.headers),
         }
     }
 
@@ -382,9 +399,12 @@ impl State {
         map: HeaderMap,
         what: &str,
     ) -> Result<&mut Vec<(String, String)>, HostError> {
-        match map {
-            HeaderMap::Request => Ok(&mut self.request_mut(what)?.headers),
-            HeaderMap::Response => Ok(&mut self.response_mut(what)?.headers),
+        match (map, self.scope.phase) {
+            (HeaderMap::Request, _) => Ok(&mut self.request_mut(what)?.headers),
+            (HeaderMap::Response, Some(Phase::RequestHeaders | Phase::RequestBody)) => {
+                Ok(&mut self.request_mut(what)?.response_headers)
+            }
+            (HeaderMap::Response, _) => Ok(&mut self.response_mut(what)?.headers),
         }
     }
 

@@ -247,13 +247,28 @@ fn request_head_changes_only_in_request_phases() -> Result<()> {
             Backend::set_header(HeaderMap::Request, "x", "a\r\nb"),
             Err(HostError::Invalid(_))
         ));
-        // No response yet: reads are empty, writes unavailable.
+        // No response yet: no status; the response map holds the headers to set on the
+        // response to come.
         assert_eq!(Backend::status(), 0);
         assert_eq!(Backend::headers(HeaderMap::Response), []);
-        assert!(matches!(
-            Backend::set_header(HeaderMap::Response, "x", "y"),
-            Err(HostError::Unavailable(_))
-        ));
+        assert_eq!(Backend::set_header(HeaderMap::Response, "x-r", "1"), Ok(()));
+        assert_eq!(
+            Backend::append_header(HeaderMap::Response, "X-R", "2"),
+            Ok(())
+        );
+        assert_eq!(
+            Backend::set_header(HeaderMap::Response, "x-gone", "1"),
+            Ok(())
+        );
+        assert_eq!(
+            Backend::remove_header(HeaderMap::Response, "x-gone"),
+            Ok(())
+        );
+        assert_eq!(
+            Backend::get_header_all(HeaderMap::Response, "x-r"),
+            ["1", "2"]
+        );
+        assert_eq!(Backend::get_header(HeaderMap::Request, "x-r"), None);
         assert!(matches!(
             Backend::set_status(500),
             Err(HostError::Unavailable(_))
@@ -264,6 +279,13 @@ fn request_head_changes_only_in_request_phases() -> Result<()> {
         ));
     })?;
     let request = scope.request.unwrap_or_default();
+    assert_eq!(
+        request.response_headers,
+        [
+            ("x-r".to_owned(), "1".to_owned()),
+            ("x-r".to_owned(), "2".to_owned())
+        ]
+    );
     assert_eq!(request.path, "/rewritten?q=1");
     assert_eq!(
         request.headers,
@@ -355,9 +377,16 @@ fn framing_headers_are_the_proxys_in_every_phase_and_map() -> Result<()> {
                 Backend::get_header(HeaderMap::Request, "Content-Length"),
                 Some("5".into())
             );
+            // (In the request phases the response map is the headers to set on the response
+            // to come, empty here.)
+            let before_response = matches!(phase, Some(Phase::RequestHeaders | Phase::RequestBody));
             assert_eq!(
                 Backend::get_header_all(HeaderMap::Response, "transfer-encoding"),
-                ["chunked"]
+                if before_response {
+                    vec![]
+                } else {
+                    vec!["chunked".to_owned()]
+                }
             );
         })?;
         ensure!(

@@ -209,6 +209,13 @@ function hostCall(c: JsonValue, req: Request): string {
     error = req.headers.append(name, value);
   } else if (call == "http.remove-header") {
     error = req.headers.remove(name);
+  } else if (call == "http.set-response-header") {
+    error = req.responseHeaders.set(name, value);
+  } else if (call == "http.append-response-header") {
+    error = req.responseHeaders.append(name, value);
+  } else if (call == "http.response-header") {
+    const v = req.responseHeaders.get(name);
+    out = v === null ? "none" : v;
   } else if (call == "trace.sampled") {
     out = span.sampled() ? "true" : "false";
   } else if (call == "trace.set-attribute") {

@@ -225,6 +225,7 @@ fn error_value(e: &HostError) -> String {
 pub struct HostCall {
     /// `metrics.counter-add`, `metrics.gauge-set`, `metrics.histogram-observe`, `kv.set`,
     /// `kv.get`, `kv.increment`, `http.set-header`, `http.append-header`, `http.remove-header`,
+    /// `http.set-response-header`, `http.append-response-header`, `http.response-header`,
     /// `trace.sampled`, `trace.set-attribute` (`name`, `value`), `trace.add-event` (`name`,
     /// `labels` as its attributes), `crypto.digest` (`alg`, `value`), `crypto.hmac` and
     /// `crypto.hmac-verify` (`alg`, `key` the secret, `value`, `signature`), `crypto.equal`
@@ -370,6 +371,13 @@ impl HostCall {
             "http.set-header" => unit(req.set_header(&self.name, &self.value)),
             "http.append-header" => unit(req.append_header(&self.name, &self.value)),
             "http.remove-header" => unit(req.remove_header(&self.name)),
+            "http.set-response-header" => unit(req.set_response_header(&self.name, &self.value)),
+            "http.append-response-header" => {
+                unit(req.append_response_header(&self.name, &self.value))
+            }
+            "http.response-header" => Ok(req
+                .response_header(&self.name)
+                .unwrap_or_else(|| "none".to_owned())),
             "trace.sampled" => Ok(weir_filter::trace::sampled().to_string()),
             "trace.set-attribute" => {
                 unit(weir_filter::trace::set_attribute(&self.name, &self.value))
