@@ -125,6 +125,98 @@ async fn rate_limit_passes_a_burst_then_429s_until_retry_after() -> Result<()> {
     Ok(())
 }
 
+/// rate-limit is one guest call per request (no response phase, no `context-done`): its
+/// `RateLimit-*` headers are set on the response to come from the request phase, and reach
+/// whatever response the client gets. The upstream's own headers of those names are replaced;
+/// a later limit's 429 keeps its own (the tighter limit has the last word); the proxy's 502 for
+/// a dead upstream gets them too; of two limits, the headers describe the tighter.
+#[tokio::test]
+async fn rate_limit_headers_set_in_the_request_phase_reach_every_response() -> Result<()> {
+    let up = Upstream::with("up", |_req, _seen| async {
+        http::Response::builder()
+            .header("ratelimit-limit", "1000")
+            .header("ratelimit-remaining", "999")
+            .header("x-served-by", "origin")
+            .body(BodyExt::boxed(full("ok")))
+            .expect("response")
+    })
+    .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let filters = [
+        filter(
+            "loose",
+            "rate-limit",
+            "{ rate: 10, per: 1m }",
+            ", grants: { kv: [ratelimit] }",
+        ),
+        filter(
+            "tight",
+            "rate-limit",
+            "{ rate: 2, per: 1m, key: \"header:x-tight\" }",
+            ", grants: { kv: [ratelimit] }",
+        ),
+    ]
+    .concat();
+    let routes = [
+        route("api", "/api", "[loose]"),
+        route("both", "/both", "[loose, tight]"),
+        "  - { name: down, match: { path_prefix: /down }, cluster: dead, filters: [loose] }\n"
+            .to_string(),
+    ]
+    .concat();
+    let cfg = config(&up, &filters, &routes).replace(
+        "clusters: [ ",
+        &format!("clusters: [ {{ name: dead, endpoints: [ {{ address: \"{dead}\" }} ] }}, "),
+    );
+    let weir = Weir::start(&cfg)?;
+
+    let got = get(&weir.url("public", "/api")).await?;
+    assert_eq!(quota(&got), (200, Some("10"), Some("9")), "{}", got.text());
+    assert_eq!(
+        values(&got, "ratelimit-limit"),
+        ["10"],
+        "the upstream's replaced"
+    );
+    assert_eq!(got.header("x-served-by"), Some("origin"));
+
+    // Two limits: the tighter describes the response, in the order they run.
+    for remaining in ["1", "0"] {
+        let got = call("GET", &weir.url("public", "/both"), &[("x-tight", "k")]).await?;
+        assert_eq!(quota(&got), (200, Some("2"), Some(remaining)));
+    }
+    // The tight limit answers 429 with its own headers; the loose one's do not override them.
+    let got = call("GET", &weir.url("public", "/both"), &[("x-tight", "k")]).await?;
+    assert_eq!(quota(&got), (429, Some("2"), Some("0")), "{}", got.text());
+    assert_eq!(values(&got, "ratelimit-remaining"), ["0"]);
+    assert!(got.header("retry-after").is_some());
+
+    // The proxy's own error response gets them.
+    let got = get(&weir.url("public", "/down")).await?;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(got.header("ratelimit-limit"), Some("10"));
+    assert!(got.header("ratelimit-remaining").is_some());
+
+    // One guest call per request, context-done included: 1 + 3 + 1 requests went through
+    // `loose`, 3 through `tight`.
+    let (status, body) = weir.admin_get("/filters").await?;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body)?;
+    let guest_calls = |name: &str| -> u64 {
+        let pools = list
+            .as_array()
+            .and_then(|l| l.iter().find(|f| f["name"] == name))
+            .and_then(|f| f["pools"].as_array().cloned())
+            .unwrap_or_default();
+        pools.iter().filter_map(|p| p["guest_calls"].as_u64()).sum()
+    };
+    assert_eq!(
+        (guest_calls("loose"), guest_calls("tight")),
+        (5, 3),
+        "{body}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn rate_limit_by_header_gives_each_api_key_its_own_bucket() -> Result<()> {
     let up = Upstream::start("up").await;

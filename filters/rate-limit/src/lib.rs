@@ -27,8 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weir_filter::{
-    Action, Filter, HostError, LocalResponse, Phases, Request, Response, export_filter, kv, log,
-    metrics,
+    Action, Filter, HostError, LocalResponse, Phases, Request, export_filter, kv, log, metrics,
 };
 
 /// The filter's config, as the proxy passes it (the route's override merged over the
@@ -171,18 +170,6 @@ pub struct RateLimit {
     /// Whether the last bucket call failed; the warning is logged once per failure streak, not
     /// once per request.
     failing: Cell<bool>,
-}
-
-/// What the request phase learned, for the response headers.
-#[derive(Debug, Default)]
-pub struct Context {
-    quota: Option<Quota>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Quota {
-    remaining: u64,
-    reset_s: u64,
 }
 
 /// The IP part of `ip:port` (`[v6]:port` too); the whole string if it does not parse. An IPv4
@@ -333,10 +320,10 @@ impl RateLimit {
 
 impl Filter for RateLimit {
     type Config = Config;
-    type Context = Context;
-    /// The most it declares; [`phases`](Filter::phases) drops the response phase when
-    /// `response_headers` is off.
-    const PHASES: Phases = Phases::REQUEST_HEADERS.union(Phases::RESPONSE_HEADERS);
+    /// No per-request state: the `RateLimit-*` headers are set on the response to come from
+    /// the request phase, so a request costs one guest call.
+    type Context = ();
+    const PHASES: Phases = Phases::REQUEST_HEADERS;
 
     fn new(config: Config) -> Result<Self, String> {
         let key = KeySource::parse(&config.key)?;
@@ -383,15 +370,7 @@ impl Filter for RateLimit {
         })
     }
 
-    fn phases(&self) -> Phases {
-        if self.response_headers {
-            Self::PHASES
-        } else {
-            Phases::REQUEST_HEADERS
-        }
-    }
-
-    fn on_request_headers(&self, req: &mut Request, ctx: &mut Context) -> Action {
+    fn on_request_headers(&self, req: &mut Request, _: &mut ()) -> Action {
         let route = req.route_name();
         let (bucket_key, fell_back) = self.bucket_key(req, &route);
         if fell_back {
@@ -423,33 +402,35 @@ impl Filter for RateLimit {
             "ratelimit_requests_total",
             &[("route", &route), ("result", "allowed")],
         );
-        ctx.quota = Some(Quota {
-            remaining: bucket.remaining,
-            reset_s: bucket.reset.as_millis().div_ceil(1000) as u64,
-        });
+        if self.response_headers {
+            self.quota_headers(req, &bucket);
+        }
         Action::Continue
     }
+}
 
-    fn on_response_headers(&self, res: &mut Response, ctx: &mut Context) -> Action {
-        let Some(quota) = ctx.quota else {
-            return Action::Continue;
-        };
-        // With several limits on one route, the headers describe the one closest to running out.
-        let tighter = res
-            .header("ratelimit-remaining")
+impl RateLimit {
+    /// `RateLimit-*` on the response to come. With several limits on one route (each a
+    /// rate-limit filter in the chain), the headers describe the one closest to running out:
+    /// a later limit with more left leaves an earlier one's headers in place.
+    fn quota_headers(&self, req: &mut Request, bucket: &kv::BucketResult) {
+        let tighter = req
+            .response_header("ratelimit-remaining")
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|other| other < quota.remaining);
+            .is_some_and(|other| other < bucket.remaining);
         if tighter {
-            return Action::Continue;
+            return;
         }
-        let set = res
-            .set_header("ratelimit-limit", &self.burst.to_string())
-            .and_then(|()| res.set_header("ratelimit-remaining", &quota.remaining.to_string()))
-            .and_then(|()| res.set_header("ratelimit-reset", &quota.reset_s.to_string()));
+        let reset_s = bucket.reset.as_millis().div_ceil(1000);
+        let set = req
+            .set_response_header("ratelimit-limit", &self.burst.to_string())
+            .and_then(|()| {
+                req.set_response_header("ratelimit-remaining", &bucket.remaining.to_string())
+            })
+            .and_then(|()| req.set_response_header("ratelimit-reset", &reset_s.to_string()));
         if let Err(e) = set {
             log::warn(&format!("rate-limit: response headers: {e}"));
         }
-        Action::Continue
     }
 }
 
