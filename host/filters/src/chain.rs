@@ -142,7 +142,7 @@ impl Chain {
                 tracing::warn!(
                     filter = %spec.filter,
                     route = %ex.props.route,
-                    request_id = %ex.props.request_id,
+                    request_id = ex.props.request_id(),
                     kind = kind.as_str(),
                     policy = ?spec.on_error,
                     "filter failed: {error:?}"

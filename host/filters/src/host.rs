@@ -20,21 +20,43 @@ use crate::state::{State, StateError};
 
 type HostError = types::HostError;
 
-/// Facts about the request that filters can read but not change.
-#[derive(Debug, Default, Clone)]
+/// Facts about the request that filters can read but not change. Kept as the proxy has them
+/// (shared bytes, an address), and made text only when a filter asks: most filtered requests
+/// never read most of them.
+#[derive(Debug, Clone)]
 pub struct Props {
-    /// Authority the client asked for.
-    pub authority: String,
+    /// Authority the client asked for (empty when none).
+    pub authority: HeaderValue,
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// Client `ip:port`.
-    pub client: String,
+    /// Client address.
+    pub client: Option<std::net::SocketAddr>,
     /// Matched route.
     pub route: Arc<str>,
     /// Its cluster.
     pub cluster: Arc<str>,
     /// The request id.
-    pub request_id: String,
+    pub request_id: HeaderValue,
+}
+
+impl Default for Props {
+    fn default() -> Props {
+        Props {
+            authority: HeaderValue::from_static(""),
+            scheme: "",
+            client: None,
+            route: Arc::from(""),
+            cluster: Arc::from(""),
+            request_id: HeaderValue::from_static(""),
+        }
+    }
+}
+
+impl Props {
+    /// The request id as text (empty if it is not visible ASCII, which the proxy's ids are).
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
 }
 
 /// The request/response state a phase call works on. The proxy moves it into the store for the
@@ -421,13 +443,24 @@ impl whttp::Host for HostState {
         Ok(Ok(()))
     }
     fn authority(&mut self) -> wasmtime::Result<String> {
-        Ok(self.ex.props.authority.clone())
+        Ok(self
+            .ex
+            .props
+            .authority
+            .to_str()
+            .unwrap_or_default()
+            .to_string())
     }
     fn scheme(&mut self) -> wasmtime::Result<String> {
         Ok(self.ex.props.scheme.to_string())
     }
     fn client_address(&mut self) -> wasmtime::Result<String> {
-        Ok(self.ex.props.client.clone())
+        Ok(self
+            .ex
+            .props
+            .client
+            .map(|a| a.to_string())
+            .unwrap_or_default())
     }
     fn route_name(&mut self) -> wasmtime::Result<String> {
         Ok(self.ex.props.route.to_string())
@@ -436,7 +469,7 @@ impl whttp::Host for HostState {
         Ok(self.ex.props.cluster.to_string())
     }
     fn request_id(&mut self) -> wasmtime::Result<String> {
-        Ok(self.ex.props.request_id.clone())
+        Ok(self.ex.props.request_id().to_string())
     }
     fn status(&mut self) -> wasmtime::Result<u16> {
         Ok(self.ex.status)
@@ -564,7 +597,7 @@ impl whttp::Host for HostState {
 impl log::Host for HostState {
     fn write(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
         let filter = &*self.shared.spec.filter;
-        let id = &self.ex.props.request_id;
+        let id = self.ex.props.request_id();
         match level {
             types::Level::Trace => tracing::trace!(filter, request_id = %id, "{message}"),
             types::Level::Debug => tracing::debug!(filter, request_id = %id, "{message}"),

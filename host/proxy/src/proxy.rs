@@ -445,18 +445,14 @@ impl<'s> Session<'s> {
         up: &mut Outbound,
         target: &Target,
     ) -> Result<(), Stop> {
+        // Shared bytes and an address: made text only if a filter asks.
         let props = weir_filters::Props {
-            authority: target
-                .site
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
+            authority: (target.site.clone()).unwrap_or_else(|| HeaderValue::from_static("")),
             scheme: if self.conn.tls { "https" } else { "http" },
-            client: self.conn.client.to_string(),
+            client: Some(self.conn.client),
             route: route.name.clone(),
             cluster: route.cluster.name.clone(),
-            request_id: self.request_id.to_str().unwrap_or_default().to_string(),
+            request_id: self.request_id.clone(),
         };
         let run = FilterRun::new(
             chain.clone(),

@@ -316,3 +316,53 @@ fn span_notes_are_checked_and_bounded() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The request's properties are kept as the proxy has them and made text when asked: the
+/// same text as before, an IPv6 client in brackets, and an authority that is not visible
+/// ASCII read as empty (never bytes a filter could mistake for a host name).
+#[test]
+fn properties_become_text_when_a_filter_asks() -> anyhow::Result<()> {
+    let mut s = state(KvLimits::default())?;
+    s.phase = Phase::RequestHeaders;
+    s.ex.props = Arc::new(Props {
+        authority: HeaderValue::from_static("api.example:8443"),
+        scheme: "https",
+        client: Some("[2001:db8::1]:40000".parse()?),
+        route: "r".into(),
+        cluster: "c".into(),
+        request_id: HeaderValue::from_static("rid-1"),
+    });
+    let text = |r: wasmtime::Result<String>| r.unwrap_or_else(|e| format!("trap: {e}"));
+    let got = [
+        text(s.authority()),
+        text(s.scheme()),
+        text(s.client_address()),
+        text(s.route_name()),
+        text(s.cluster_name()),
+        text(s.request_id()),
+    ];
+    assert_eq!(
+        got,
+        [
+            "api.example:8443",
+            "https",
+            "[2001:db8::1]:40000",
+            "r",
+            "c",
+            "rid-1"
+        ]
+    );
+    s.ex.props = Arc::new(Props {
+        authority: HeaderValue::from_bytes(b"caf\xe9.example")?,
+        ..Props::default()
+    });
+    assert_eq!(
+        [
+            text(s.authority()),
+            text(s.client_address()),
+            text(s.request_id())
+        ],
+        ["", "", ""]
+    );
+    Ok(())
+}
