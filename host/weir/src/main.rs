@@ -381,6 +381,12 @@ async fn reload(server: &Server, path: &Path) {
     };
     match result {
         Ok(()) => eprintln!("weir: reloaded {}", path.display()),
-        Err(e) => eprintln!("weir: reload rejected, still serving the previous config:\n{e}"),
+        // One write (`eprintln!` writes its pieces one by one): a reader never sees the
+        // rejection without its reason.
+        Err(e) => {
+            let message =
+                format!("weir: reload rejected, still serving the previous config:\n{e}\n");
+            eprint!("{message}");
+        }
     }
 }
