@@ -1404,13 +1404,26 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }} ]\n",
 /// caller's sampling decision, this proxy's span as the upstream's parent, `tracestate` kept);
 /// none or a malformed one starts a new trace sampled at the ratio and drops `tracestate`; the
 /// access log carries the trace and span ids. With `tracing:` off the headers pass untouched.
+///
+/// Through both upstream clients: the native one writes the proxy's `traceparent` into the head
+/// it sends, hyper's gets it in the header map; either way exactly one reaches the upstream.
 #[tokio::test]
 async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<()> {
+    for client in ["native", "hyper"] {
+        trace_context_through(client).await?;
+    }
+    Ok(())
+}
+
+async fn trace_context_through(client: &str) -> Result<()> {
     let up = Upstream::start("u").await;
-    let weir = Weir::start(&one_route(
+    let cfg = one_route(
         &up,
         "access_log: { path: \"{dir}/access.log\" }\ntracing: { sample_ratio: 0 }\n",
-    ))?;
+    )
+    .replace("] } ]", &format!("], client: {client} }} ]"));
+    assert!(cfg.contains(&format!("client: {client}")));
+    let weir = Weir::start(&cfg)?;
     let parse = |v: &str| -> (String, String, String) {
         let p: Vec<&str> = v.split('-').collect();
         assert_eq!((p.len(), p[0], v.len()), (4, "00", 55), "{v}");
@@ -1418,6 +1431,11 @@ async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<(
     };
     let upstream_trace = || {
         let seen = up.last();
+        assert!(
+            seen.headers.get_all("traceparent").iter().count() <= 1,
+            "{client}: one traceparent at most: {:?}",
+            seen.headers
+        );
         let tp = seen
             .headers
             .get("traceparent")
@@ -1460,6 +1478,7 @@ async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<(
     assert_eq!(ts, None);
 
     for garbage in [
+        &format!("{caller}, {caller}"),
         "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
         "00-00000000000000000000000000000000-b7ad6b7169203331-01",
         "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -1482,11 +1501,27 @@ async fn trace_context_is_continued_or_started_and_passed_upstream() -> Result<(
             "{garbage:?}: the client's tracestate goes with its broken traceparent"
         );
     }
+    // Two valid headers are not one trace: a new one, and neither goes on.
+    get_with(
+        &weir.url("public", "/c"),
+        &[
+            ("traceparent", caller),
+            ("traceparent", caller),
+            ("tracestate", "evil=1"),
+        ],
+    )
+    .await?;
+    let (tp, ts) = upstream_trace();
+    assert_ne!(parse(&tp).0, "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(ts, None);
 
+    // Lines are written as responses end, not always in the order the requests were sent.
     let lines = weir
-        .access_log("seven access log lines", |l| l.len() >= 7)
+        .access_log("the first request's access log line", |l| {
+            l.iter().any(|l| l["path"] == "/a")
+        })
         .await?;
-    let first = &lines[0];
+    let first = lines.iter().find(|l| l["path"] == "/a").unwrap();
     assert_eq!(first["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(first["span_id"], proxy_span.as_str());
 

@@ -465,6 +465,56 @@ async fn transform_edits_headers_both_ways_with_request_id_templates() -> Result
     Ok(())
 }
 
+/// With `tracing:` on, the upstream's `traceparent` is the proxy's: a filter that sets one
+/// (here transform, with `set` and `add`) does not replace it or send a second; with tracing off
+/// the filter's goes through like any header.
+#[tokio::test]
+async fn the_upstreams_traceparent_is_the_proxys_whatever_a_filter_sets() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let forged = "00-11111111111111111111111111111111-2222222222222222-01";
+    let filters = filter(
+        "forge",
+        "transform",
+        &format!(
+            "{{ request: {{ set: {{ traceparent: \"{forged}\" }}, add: {{ traceparent: \"{forged}\" }} }} }}"
+        ),
+        "",
+    );
+    let routes = route("api", "/", "[forge]");
+    let traced = Weir::start(&format!(
+        "tracing: {{ sample_ratio: 0 }}\n{}",
+        config(&up, &filters, &routes)
+    ))?;
+    let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for sent in [None, Some(caller)] {
+        let headers: Vec<(&str, &str)> = sent.iter().map(|v| ("traceparent", *v)).collect();
+        assert_eq!(
+            get_with(&traced.url("public", "/x"), &headers)
+                .await?
+                .status,
+            200
+        );
+        let seen: Vec<String> = (up.last().headers.get_all("traceparent").iter())
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(seen.len(), 1, "{sent:?}: {seen:?}");
+        assert!(!seen[0].contains("1111111111"), "{sent:?}: {seen:?}");
+        if sent.is_some() {
+            assert!(
+                seen[0].starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                "{seen:?}"
+            );
+        }
+    }
+    let plain = Weir::start(&config(&up, &filters, &routes))?;
+    assert_eq!(get(&plain.url("public", "/x")).await?.status, 200);
+    assert_eq!(
+        (up.last().headers.get_all("traceparent").iter()).collect::<Vec<_>>(),
+        [forged, forged]
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn transform_rewrites_paths_by_prefix_and_regex() -> Result<()> {
     let up = Upstream::start("up").await;

@@ -39,6 +39,7 @@ use tokio::io::AsyncWrite;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::connector::{ConnectError, Connector, UpstreamConn};
+use crate::trace::Traceparent;
 
 /// Longest response head (status line and fields) taken from an upstream.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -224,10 +225,11 @@ impl Client {
         &self,
         ep: usize,
         req: Request<ProxyBody>,
+        traceparent: Option<&Traceparent>,
     ) -> Result<Response<Body>, Error> {
         let pool = &self.pools[ep];
         let (parts, body) = req.into_parts();
-        let (head, framing) = encode_head(&parts, &body)?;
+        let (head, framing) = encode_head(&parts, &body, traceparent)?;
         // Only a request without a body can be sent twice (see below).
         let mut body = (framing != Framing::Empty).then_some(body);
         let mut fresh = false;
@@ -284,7 +286,12 @@ enum Framing {
 /// The request line and fields, and how the body follows. The framing is the proxy's: a
 /// `Content-Length` the head carries is kept (and the body held to it); otherwise the body's
 /// own size, or chunked.
-fn encode_head(parts: &http::request::Parts, body: &ProxyBody) -> Result<(Bytes, Framing), Error> {
+/// `traceparent` (the proxy's, with `tracing:` on) is written as one more field.
+fn encode_head(
+    parts: &http::request::Parts,
+    body: &ProxyBody,
+    traceparent: Option<&Traceparent>,
+) -> Result<(Bytes, Framing), Error> {
     let mut out = BytesMut::with_capacity(256 + parts.headers.len() * 32);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -331,6 +338,11 @@ fn encode_head(parts: &http::request::Parts, body: &ProxyBody) -> Result<(Bytes,
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = traceparent {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(t.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -40,7 +40,7 @@ use crate::filtering::{FilterRun, local_response};
 use crate::head::{self, X_REQUEST_ID};
 use crate::retry::{Resend, Slot, Tried};
 use crate::snapshot::{Cluster, Endpoint, Route, Snapshot};
-use crate::trace::{RequestSpans, TraceContext, TryOutcome};
+use crate::trace::{RequestSpans, TraceContext, Traceparent, TryOutcome};
 
 /// Why a phase ended the request early.
 enum Stop {
@@ -168,13 +168,25 @@ enum Via<'s> {
 
 impl Via<'_> {
     /// The response head (its body still to read), or why there is none.
-    async fn send(self, req: Request<ProxyBody>) -> Result<Response<Source>, BoxError> {
+    ///
+    /// `traceparent` (with `tracing:` on) goes in the head: as a field written straight into it
+    /// by the native client, into the header map for hyper.
+    async fn send(
+        self,
+        mut req: Request<ProxyBody>,
+        traceparent: Option<Traceparent>,
+    ) -> Result<Response<Source>, BoxError> {
         match self {
-            Via::Hyper(client) => match client.request(req).await {
-                Ok(res) => Ok(res.map(Source::Hyper)),
-                Err(e) => Err(Box::new(e)),
-            },
-            Via::Native(client, ep) => match client.send(ep, req).await {
+            Via::Hyper(client) => {
+                if let Some(t) = traceparent {
+                    (req.headers_mut()).insert(crate::trace::TRACEPARENT.clone(), t.value());
+                }
+                match client.request(req).await {
+                    Ok(res) => Ok(res.map(Source::Hyper)),
+                    Err(e) => Err(Box::new(e)),
+                }
+            }
+            Via::Native(client, ep) => match client.send(ep, req, traceparent.as_ref()).await {
                 Ok(res) => Ok(res.map(|b| Source::Native(Box::new(b)))),
                 Err(e) => Err(Box::new(e)),
             },
@@ -261,9 +273,9 @@ impl<'s> Session<'s> {
         // Phase 4, tries: each awaited here, so no future holds another.
         let mut tries = self.send(route, up)?;
         let res = loop {
-            let (via, mut req) = self.next_try(&mut tries)?;
-            let traced = self.try_span_begins(&mut req);
-            let sent = tokio::time::timeout_at(tries.deadline, via.send(req)).await;
+            let (via, req) = self.next_try(&mut tries)?;
+            let (traced, traceparent) = self.try_trace();
+            let sent = tokio::time::timeout_at(tries.deadline, via.send(req, traceparent)).await;
             if let Some(traced) = traced {
                 self.try_span_ends(traced, &tries, &sent);
             }
@@ -432,7 +444,7 @@ impl<'s> Session<'s> {
         head::append_via(h, self.downstream);
         h.insert(X_REQUEST_ID.clone(), self.request_id.clone());
         if let Some(t) = &self.trace {
-            t.propagate(h);
+            t.strip_client_headers(h);
         }
     }
 
@@ -476,6 +488,10 @@ impl<'s> Session<'s> {
             up.parts.headers.remove(header::CONTENT_LENGTH);
             let body = std::mem::replace(&mut up.body, ProxyBody::empty());
             up.body = run.pipe_body(body, false, false);
+        }
+        // Each try carries the proxy's own `traceparent`: one a filter set would go as a second.
+        if self.trace.is_some() {
+            up.parts.headers.remove(&crate::trace::TRACEPARENT);
         }
         Ok(())
     }
@@ -584,13 +600,17 @@ impl<'s> Session<'s> {
         Ok((via, req))
     }
 
-    /// A traced try gets a span of its own, which the upstream's `traceparent` names.
-    fn try_span_begins(&self, req: &mut Request<ProxyBody>) -> Option<([u8; 8], Instant)> {
-        let spans = self.finish.spans.as_ref()?;
-        let (id, traceparent) = spans.try_begins();
-        req.headers_mut()
-            .insert(crate::trace::TRACEPARENT.clone(), traceparent);
-        Some((id, Instant::now()))
+    /// The `traceparent` a try sends (with `tracing:` on): a sampled request's try has a span
+    /// of its own, which it names; otherwise it names the request's span.
+    fn try_trace(&self) -> (Option<([u8; 8], Instant)>, Option<Traceparent>) {
+        match (&self.finish.spans, &self.trace) {
+            (Some(spans), _) => {
+                let (id, traceparent) = spans.try_begins();
+                (Some((id, Instant::now())), Some(traceparent))
+            }
+            (None, Some(t)) => (None, Some(t.traceparent())),
+            (None, None) => (None, None),
+        }
     }
 
     fn try_span_ends(

@@ -27,6 +27,30 @@ pub(crate) struct TraceContext {
     /// This proxy's span for the request.
     pub span_id: [u8; 8],
     pub sampled: bool,
+    /// What of the client's trace headers must not reach the upstream: its `traceparent`s
+    /// (the proxy sends its own) and, for a new trace, its `tracestate`.
+    strip: Strip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Strip {
+    traceparent: bool,
+    tracestate: bool,
+}
+
+/// A `traceparent` value: `00-<trace id>-<span id>-<flags>`, made without allocating; the
+/// native HTTP/1.1 client writes it straight into the request head.
+#[derive(Clone, Copy)]
+pub(crate) struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    pub fn as_bytes(&self) -> &[u8; 55] {
+        &self.0
+    }
+
+    pub fn value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
 }
 
 impl TraceContext {
@@ -34,10 +58,24 @@ impl TraceContext {
     /// starts a new one that `sampler` decides.
     pub fn begin(h: &HeaderMap, sampler: Sampler) -> TraceContext {
         let span_id = nonzero_id(|| fastrand::u64(..).to_be_bytes());
-        let mut all = h.get_all(&TRACEPARENT).iter();
-        let parsed = match (all.next(), all.next()) {
-            (Some(v), None) => parse(v.as_bytes()),
-            _ => None,
+        // One pass over the names (most requests carry neither header) instead of a hashed
+        // lookup for each.
+        let mut strip = Strip::default();
+        for name in h.keys() {
+            if *name == TRACEPARENT {
+                strip.traceparent = true;
+            } else if *name == TRACESTATE {
+                strip.tracestate = true;
+            }
+        }
+        let parsed = if strip.traceparent {
+            let mut all = h.get_all(&TRACEPARENT).iter();
+            match (all.next(), all.next()) {
+                (Some(v), None) => parse(v.as_bytes()),
+                _ => None,
+            }
+        } else {
+            None
         };
         match parsed {
             Some((trace_id, parent, flags)) => TraceContext {
@@ -49,6 +87,10 @@ impl TraceContext {
                 } else {
                     sampler.samples(&trace_id)
                 },
+                strip: Strip {
+                    tracestate: false,
+                    ..strip
+                },
             },
             None => {
                 let trace_id = nonzero_id(|| fastrand::u128(..).to_be_bytes());
@@ -57,34 +99,38 @@ impl TraceContext {
                     parent_id: None,
                     span_id,
                     sampled: sampler.samples(&trace_id),
+                    strip,
                 }
             }
         }
     }
 
-    /// Sets the upstream request's `traceparent` to this span; a new trace drops the client's
-    /// `tracestate` (it belonged to a trace the proxy could not read).
-    pub fn propagate(&self, h: &mut HeaderMap) {
-        if self.parent_id.is_none() {
+    /// Takes the client's trace headers off the upstream request where they must not go on: its
+    /// `traceparent` (each try gets the proxy's, see [`Self::traceparent_of`]) and, for a new
+    /// trace, its `tracestate` (it belonged to a trace the proxy could not read).
+    pub fn strip_client_headers(&self, h: &mut HeaderMap) {
+        if self.strip.traceparent {
+            h.remove(&TRACEPARENT);
+        }
+        if self.strip.tracestate {
             h.remove(&TRACESTATE);
         }
-        h.insert(TRACEPARENT.clone(), self.traceparent());
     }
 
-    /// `00-<trace id>-<span id>-<flags>`.
-    pub fn traceparent(&self) -> HeaderValue {
+    /// `00-<trace id>-<span id>-<flags>`, naming this request's span.
+    pub fn traceparent(&self) -> Traceparent {
         self.traceparent_of(self.span_id)
     }
 
-    /// The `traceparent` naming `span` (a child of this request's span) as the parent.
-    pub fn traceparent_of(&self, span: [u8; 8]) -> HeaderValue {
+    /// The `traceparent` naming `span` (this request's span or a child of it) as the parent.
+    pub fn traceparent_of(&self, span: [u8; 8]) -> Traceparent {
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        put_hex(&mut out[3..35], &self.trace_id);
-        put_hex(&mut out[36..52], &span);
+        put_hex(&mut out, 3, &self.trace_id);
+        put_hex(&mut out, 36, &span);
         if self.sampled {
             out[54] = b'1';
         }
-        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        Traceparent(out)
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -161,7 +207,7 @@ impl RequestSpans {
     }
 
     /// A new span id for an upstream try, and the `traceparent` that names it.
-    pub fn try_begins(&self) -> ([u8; 8], HeaderValue) {
+    pub fn try_begins(&self) -> ([u8; 8], Traceparent) {
         let id = nonzero_id(|| fastrand::u64(..).to_be_bytes());
         (id, self.ctx.traceparent_of(id))
     }
@@ -276,13 +322,21 @@ impl RequestSpans {
     }
 }
 
-/// Lower-case hex of `bytes` into `out` (twice as long). Every proxied request writes 24 bytes
-/// of it with `tracing:` on: a table, not a general-purpose encoder's checks.
-fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
+/// Lower-case hex of `bytes` into `out` at `at`. Every proxied request writes 24 bytes of it
+/// with `tracing:` on: one table look-up per byte, fixed sizes so no bounds are checked.
+fn put_hex<const N: usize>(out: &mut [u8; 55], at: usize, bytes: &[u8; N]) {
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+            i += 1;
+        }
+        t
+    };
+    for (i, b) in bytes.iter().enumerate() {
+        out[at + 2 * i..at + 2 * i + 2].copy_from_slice(&PAIRS[usize::from(*b)]);
     }
 }
 
@@ -412,7 +466,8 @@ mod tests {
         let all = Sampler::new(1.0).with_parent(false);
         assert!(TraceContext::begin(&headers(&[&unsampled]), all).sampled);
         let out = t.traceparent();
-        let out = out.to_str().unwrap();
+        let out = std::str::from_utf8(out.as_bytes()).unwrap();
+        assert_eq!(t.traceparent().value(), out);
         assert_eq!(out.len(), 55);
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));
@@ -466,18 +521,37 @@ mod tests {
     }
 
     #[test]
-    fn a_new_trace_drops_the_clients_tracestate_a_continued_one_keeps_it() {
+    fn the_clients_traceparent_never_goes_on_and_a_new_trace_drops_its_tracestate() {
+        let other = HeaderValue::from_static("keep");
+        // A broken traceparent: both go.
         let mut h = headers(&["garbage"]);
         h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-        TraceContext::begin(&h, Sampler::new(1.0)).propagate(&mut h);
+        h.insert("x-other", other.clone());
+        TraceContext::begin(&h, Sampler::new(1.0)).strip_client_headers(&mut h);
         assert!(h.get(&TRACESTATE).is_none());
-        assert_eq!(h.get_all(&TRACEPARENT).iter().count(), 1);
-
-        let mut h = headers(&[VALID]);
+        assert!(h.get(&TRACEPARENT).is_none(), "the proxy's is sent per try");
+        // Two valid ones are as broken as one bad one.
+        let mut h = headers(&[VALID, VALID]);
         h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-        TraceContext::begin(&h, Sampler::new(1.0)).propagate(&mut h);
-        assert_eq!(h[&TRACESTATE], "vendor=x");
-        assert!(h[&TRACEPARENT].to_str().unwrap().starts_with("00-4bf92f35"));
+        TraceContext::begin(&h, Sampler::new(1.0)).strip_client_headers(&mut h);
+        assert!(h.get(&TRACESTATE).is_none() && h.get(&TRACEPARENT).is_none());
+        // A continued trace keeps its tracestate, every value of it.
+        let mut h = headers(&[VALID]);
+        h.append(&TRACESTATE, HeaderValue::from_static("vendor=x"));
+        h.append(&TRACESTATE, HeaderValue::from_static("other=y"));
+        let t = TraceContext::begin(&h, Sampler::new(1.0));
+        t.strip_client_headers(&mut h);
+        assert_eq!(h.get_all(&TRACESTATE).iter().count(), 2);
+        assert!(h.get(&TRACEPARENT).is_none());
+        assert!(t.traceparent().as_bytes().starts_with(b"00-4bf92f35"));
+        // A tracestate alone (no traceparent) belongs to no trace the proxy can read.
+        let mut h = HeaderMap::new();
+        h.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
+        h.insert("x-other", other.clone());
+        TraceContext::begin(&h, Sampler::new(1.0)).strip_client_headers(&mut h);
+        assert!(h.get(&TRACESTATE).is_none());
+        assert_eq!(h.len(), 1, "nothing else is touched");
+        assert_eq!(h["x-other"], other);
     }
 
     #[test]

@@ -265,13 +265,13 @@ async fn a_clean_exchange_parks_the_connection_and_the_next_request_reuses_it() 
     )
     .await;
     let client = up.client();
-    let res = client.send(0, get("/a")).await.unwrap();
+    let res = client.send(0, get("/a"), None).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(client.idle(0), 0, "parked before its body was read");
     assert_eq!(body_of(res).await.unwrap(), "hello");
     assert_eq!(client.idle(0), 1);
 
-    let res = client.send(0, get("/b")).await.unwrap();
+    let res = client.send(0, get("/b"), None).await.unwrap();
     let collected = res.into_body().collect().await.unwrap();
     assert_eq!(
         collected
@@ -284,7 +284,7 @@ async fn a_clean_exchange_parks_the_connection_and_the_next_request_reuses_it() 
     assert_eq!(client.idle(0), 1);
 
     // `Connection: close`: read, then closed rather than parked.
-    let res = client.send(0, get("/c")).await.unwrap();
+    let res = client.send(0, get("/c"), None).await.unwrap();
     assert_eq!(body_of(res).await.unwrap(), "ok");
     assert_eq!(client.idle(0), 0);
     assert_eq!(up.connections(), 1);
@@ -304,10 +304,10 @@ async fn a_body_dropped_early_or_cut_short_never_returns_its_connection() {
     .await;
     let client = up.client();
     // Dropped unread.
-    drop(client.send(0, get("/a")).await.unwrap());
+    drop(client.send(0, get("/a"), None).await.unwrap());
     assert_eq!(client.idle(0), 0);
     // Read: the upstream closes after 5 of 10 bytes.
-    let res = client.send(0, get("/a")).await.unwrap();
+    let res = client.send(0, get("/a"), None).await.unwrap();
     assert!(matches!(
         body_of(res).await,
         Err(Error::Invalid("body cut short"))
@@ -341,7 +341,7 @@ async fn hostile_bodies_fail_and_close_the_connection() {
     ] {
         let up = Canned::start(vec![answer], false).await;
         let client = up.client();
-        let res = client.send(0, get("/")).await.unwrap();
+        let res = client.send(0, get("/"), None).await.unwrap();
         assert!(body_of(res).await.is_err(), "{why}: accepted");
         assert_eq!(client.idle(0), 0, "{why}: parked");
     }
@@ -355,7 +355,7 @@ async fn hostile_bodies_fail_and_close_the_connection() {
         .into_boxed_slice(),
     );
     let up = Canned::start(vec![long], false).await;
-    let res = up.client().send(0, get("/")).await.unwrap();
+    let res = up.client().send(0, get("/"), None).await.unwrap();
     assert!(matches!(
         body_of(res).await,
         Err(Error::Invalid("chunk size line too long"))
@@ -367,7 +367,7 @@ async fn hostile_bodies_fail_and_close_the_connection() {
     )
     .await;
     let client = up.client();
-    let res = client.send(0, get("/")).await.unwrap();
+    let res = client.send(0, get("/"), None).await.unwrap();
     assert_eq!(body_of(res).await.unwrap(), "ok");
     assert_eq!(client.idle(0), 0);
 }
@@ -380,7 +380,7 @@ async fn an_endless_response_head_is_refused() {
             .into_boxed_slice(),
     );
     let up = Canned::start(vec![endless], false).await;
-    let got = up.client().send(0, get("/")).await;
+    let got = up.client().send(0, get("/"), None).await;
     assert!(matches!(
         got,
         Err(Error::Invalid("response head too large"))
@@ -397,7 +397,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_for_a_bodyless_requ
     .await;
     let client = up.client();
     for _ in 0..3 {
-        let res = client.send(0, get("/")).await.unwrap();
+        let res = client.send(0, get("/"), None).await.unwrap();
         assert_eq!(body_of(res).await.unwrap(), "ok");
         // Let the close arrive (or not: the resend covers the race either way).
         tokio::task::yield_now().await;
@@ -417,7 +417,7 @@ async fn request_bodies_are_framed_by_their_length_or_chunked() {
     .await;
     let client = up.client();
     let req = Request::post("/full").body(ProxyBody::full("abc")).unwrap();
-    client.send(0, req).await.unwrap();
+    client.send(0, req, None).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(Ok(Frame::data(Bytes::from_static(b"hello "))))
         .await
@@ -429,7 +429,7 @@ async fn request_bodies_are_framed_by_their_length_or_chunked() {
     let req = Request::post("/stream")
         .body(ProxyBody::channel(rx))
         .unwrap();
-    client.send(0, req).await.unwrap();
+    client.send(0, req, None).await.unwrap();
     // The upstream reads heads only: what it saw of the bodies is what followed each head.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let seen = String::from_utf8(up.seen.lock().unwrap().clone()).unwrap();
@@ -448,7 +448,7 @@ async fn request_bodies_are_framed_by_their_length_or_chunked() {
         .body(ProxyBody::full("abc"))
         .unwrap();
     assert!(matches!(
-        up.client().send(0, req).await,
+        up.client().send(0, req, None).await,
         Err(Error::BodyLength)
     ));
 }
@@ -480,7 +480,7 @@ async fn an_upstream_that_answers_before_reading_the_body_is_heard_at_once() {
         .await
         .unwrap();
     let req = Request::post("/").body(ProxyBody::channel(rx)).unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(5), client.send(0, req))
+    let res = tokio::time::timeout(Duration::from_secs(5), client.send(0, req, None))
         .await
         .expect("the early answer was not heard")
         .unwrap();
@@ -501,7 +501,7 @@ async fn connection_refused_is_a_connect_error() {
         connections: Arc::default(),
         seen: Arc::default(),
     };
-    let got = up.client().send(0, get("/")).await;
+    let got = up.client().send(0, get("/"), None).await;
     assert!(matches!(
         got,
         Err(Error::Connect(ConnectError::Failed { .. }))
