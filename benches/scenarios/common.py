@@ -307,8 +307,10 @@ def measured(proc, run):
     wall = time.time() - t0
     cpu = cpu_seconds(pids) - c0
     n = res["reqs"]
+    # A load that waits after its generator (to read what was exported, say) reports the
+    # generator's own time: req/s is over that, CPU over the whole window.
     res["wall_s"] = res.get("wall_s") or wall
-    res["rps"] = n / wall if wall > 0 else 0.0
+    res["rps"] = n / res["wall_s"] if res["wall_s"] > 0 else 0.0
     if proc:
         res["cpu_s"] = cpu
         res["cpu_us_per_req"] = cpu / n * 1e6 if n else 0.0

@@ -66,7 +66,9 @@ def run(ctx):
         def load(to_kafka):
             def measure():
                 s0, d0 = lines() if to_kafka else (0, 0)
+                t0 = time.time()
                 res = wrk(URL, seconds, 64)
+                res["wall_s"] = time.time() - t0
                 # What the requests queued is sent within the linger.
                 time.sleep(0.5 if to_kafka else 0)
                 s1, d1 = lines() if to_kafka else (0, 0)
