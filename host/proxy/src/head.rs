@@ -189,12 +189,13 @@ pub(crate) fn set_forwarding(
         }
         h.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
     }
+    // An untrusted peer's were all removed above: no look-up needed to know they are absent.
     if let Some(site) = site
-        && !h.contains_key(X_FORWARDED_HOST)
+        && !(trusted && h.contains_key(X_FORWARDED_HOST))
     {
         h.insert(X_FORWARDED_HOST.clone(), site.clone());
     }
-    if !h.contains_key(X_FORWARDED_PROTO) {
+    if !(trusted && h.contains_key(X_FORWARDED_PROTO)) {
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         h.insert(X_FORWARDED_PROTO.clone(), proto);
     }
