@@ -1708,6 +1708,11 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{dead}\" }}, {{ address
         "no query in spans"
     );
     assert_eq!(attr(server, "weir.route").as_deref(), Some("app"));
+    assert_eq!(
+        attr(server, "client.address").as_deref(),
+        Some("127.0.0.1"),
+        "the client's address, without its port (OpenTelemetry's semantic conventions)"
+    );
     assert!(server.end_time_unix_nano >= server.start_time_unix_nano);
     for child in of_trace.iter().filter(|s| s.kind != 2) {
         assert_eq!(child.parent_span_id, server.span_id, "{}", child.name);

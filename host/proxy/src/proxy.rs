@@ -233,7 +233,7 @@ impl<'s> Session<'s> {
                 *t,
                 start,
                 req,
-                &conn.client.to_string(),
+                conn.client_ip.to_str().unwrap_or_default(),
                 &request_id,
             )),
             _ => None,

@@ -169,7 +169,10 @@ impl RequestSpans {
         request_id: &HeaderValue,
     ) -> Box<RequestSpans> {
         let method = req.method().as_str();
-        let mut attrs = vec![
+        // Room for what `responded` and `end` add: a sampled request is rare enough to run
+        // cold, so it should not also grow its vectors.
+        let mut attrs = Vec::with_capacity(12);
+        attrs.extend([
             ("http.request.method", Attr::from(method)),
             ("url.path", Attr::from(req.uri().path())),
             ("client.address", Attr::from(client)),
@@ -182,7 +185,7 @@ impl RequestSpans {
                 }),
             ),
             ("weir.request_id", Attr::from(lossy(request_id))),
-        ];
+        ]);
         if let Some(host) = crate::head::site(req).ok().flatten() {
             attrs.push(("server.address", Attr::from(lossy(&host))));
         }
@@ -224,11 +227,12 @@ impl RequestSpans {
         attempt: u32,
         outcome: TryOutcome<'_>,
     ) {
-        let mut attrs = vec![
+        let mut attrs = Vec::with_capacity(5);
+        attrs.extend([
             ("http.request.method", Attr::from(method.as_str())),
             ("server.address", Attr::from(endpoint)),
             ("weir.cluster", Attr::from(cluster)),
-        ];
+        ]);
         if attempt > 1 {
             attrs.push((
                 "http.request.resend_count",
