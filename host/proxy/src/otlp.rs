@@ -52,7 +52,37 @@ pub(crate) enum SpanKind {
 #[derive(Debug, Clone)]
 pub(crate) enum Attr {
     Str(String),
+    /// A string every span shares (a method's or protocol's name): no copy per span.
+    Static(&'static str),
+    /// A route's or cluster's name, shared with the config: no copy per span (capped when
+    /// written, like any string).
+    Shared(Arc<str>),
     Int(i64),
+}
+
+impl Attr {
+    /// A request method: standard methods by their static names, others copied (and capped).
+    pub fn method(m: &http::Method) -> Attr {
+        use http::Method;
+        let known = [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PATCH,
+            Method::CONNECT,
+            Method::TRACE,
+        ];
+        const NAMES: [&str; 9] = [
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+        ];
+        match known.iter().position(|k| k == m) {
+            Some(i) => Attr::Static(NAMES[i]),
+            None => Attr::from(m.as_str()),
+        }
+    }
 }
 
 /// Longest string attribute or span name kept, in bytes. Paths, hosts and methods come from
@@ -404,6 +434,27 @@ mod tests {
         assert_eq!(stats.exported.load(Relaxed), 0);
         assert_eq!(stats.queued.load(Relaxed), 0);
         drop(stalled);
+    }
+
+    #[test]
+    fn standard_methods_are_static_names_others_are_copied_and_capped() {
+        for m in [
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+        ] {
+            let method = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(
+                matches!(Attr::method(&method), Attr::Static(s) if s == m),
+                "{m}"
+            );
+        }
+        let long = "X".repeat(2 * MAX_ATTR_BYTES);
+        for m in ["PURGE", "get", long.as_str()] {
+            let method = http::Method::from_bytes(m.as_bytes()).unwrap();
+            match Attr::method(&method) {
+                Attr::Str(s) => assert_eq!(s, capped(m)),
+                _ => panic!("{m}: not a standard method"),
+            }
+        }
     }
 
     #[test]

@@ -876,7 +876,7 @@ impl<'s> Session<'s> {
             }
         }
         if let Some(spans) = &mut self.finish.spans {
-            let route = self.route.map(|r| (&*r.name, &*r.cluster.name));
+            let route = self.route.map(|r| (&r.name, &r.cluster.name));
             spans.responded(status, route, self.reason);
         }
         let (parts, body) = res.into_parts();

@@ -168,17 +168,16 @@ impl RequestSpans {
         client: &str,
         request_id: &HeaderValue,
     ) -> Box<RequestSpans> {
-        let method = req.method().as_str();
         // Room for what `responded` and `end` add: a sampled request is rare enough to run
         // cold, so it should not also grow its vectors.
         let mut attrs = Vec::with_capacity(12);
         attrs.extend([
-            ("http.request.method", Attr::from(method)),
+            ("http.request.method", Attr::method(req.method())),
             ("url.path", Attr::from(req.uri().path())),
             ("client.address", Attr::from(client)),
             (
                 "network.protocol.version",
-                Attr::from(match req.version() {
+                Attr::Static(match req.version() {
                     http::Version::HTTP_2 => "2",
                     http::Version::HTTP_10 => "1.0",
                     _ => "1.1",
@@ -196,7 +195,7 @@ impl RequestSpans {
                 trace_id: ctx.trace_id,
                 span_id: ctx.span_id,
                 parent: ctx.parent_id,
-                name: crate::otlp::capped(method).to_string(),
+                name: crate::otlp::capped(req.method().as_str()).to_string(),
                 kind: SpanKind::Server,
                 start,
                 end: start,
@@ -222,16 +221,16 @@ impl RequestSpans {
         span: [u8; 8],
         start: Instant,
         method: &http::Method,
-        cluster: &str,
+        cluster: &Arc<str>,
         endpoint: &str,
         attempt: u32,
         outcome: TryOutcome<'_>,
     ) {
         let mut attrs = Vec::with_capacity(5);
         attrs.extend([
-            ("http.request.method", Attr::from(method.as_str())),
+            ("http.request.method", Attr::method(method)),
             ("server.address", Attr::from(endpoint)),
-            ("weir.cluster", Attr::from(cluster)),
+            ("weir.cluster", Attr::Shared(cluster.clone())),
         ]);
         if attempt > 1 {
             attrs.push((
@@ -266,17 +265,23 @@ impl RequestSpans {
     }
 
     /// The route and the answer: the server span is named `<method> <route>`.
-    pub fn responded(&mut self, status: u16, route: Option<(&str, &str)>, reason: &str) {
+    pub fn responded(
+        &mut self,
+        status: u16,
+        route: Option<(&Arc<str>, &Arc<str>)>,
+        reason: &'static str,
+    ) {
         let s = &mut self.server;
         if let Some((route, cluster)) = route {
             s.name = format!("{} {route}", s.name);
-            s.attrs.push(("weir.route", Attr::from(route)));
-            s.attrs.push(("weir.cluster", Attr::from(cluster)));
+            s.attrs.push(("weir.route", Attr::Shared(route.clone())));
+            s.attrs
+                .push(("weir.cluster", Attr::Shared(cluster.clone())));
         }
         s.attrs
             .push(("http.response.status_code", Attr::from(i64::from(status))));
         if !reason.is_empty() {
-            s.attrs.push(("weir.reason", Attr::from(reason)));
+            s.attrs.push(("weir.reason", Attr::Static(reason)));
         }
         if status >= 500 {
             s.error = Some(if reason.is_empty() {

@@ -82,6 +82,8 @@ impl<'a> From<&'a Attr> for Value<'a> {
     fn from(a: &'a Attr) -> Value<'a> {
         match a {
             Attr::Str(s) => Value::Str(s),
+            Attr::Static(s) => Value::Str(s),
+            Attr::Shared(s) => Value::Str(super::capped(s)),
             Attr::Int(n) => Value::Int(*n),
         }
     }
@@ -339,6 +341,8 @@ mod tests {
                     ("negative", Attr::Int(-1)),
                     ("zero", Attr::Int(0)),
                     ("empty", Attr::from("")),
+                    ("network.protocol.version", Attr::Static("1.1")),
+                    ("weir.route", Attr::Shared(Arc::from("r".repeat(600)))),
                 ],
                 filter_attrs: vec![
                     ("tenant".into(), "acme".into()),
@@ -396,6 +400,27 @@ mod tests {
             assert_eq!(ours, expected.encode_to_vec(), "{n} spans: the same bytes");
             let decoded = ExportTraceServiceRequest::decode(ours.as_slice()).expect("decodes");
             assert_eq!(decoded, expected, "{n} spans: the same message");
+            // A shared name is capped when written, like every string.
+            let spans = &decoded
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .collect::<Vec<_>>();
+            for span in spans {
+                for kv in &span.attributes {
+                    if let Some(any_value::Value::StringValue(v)) =
+                        kv.value.as_ref().and_then(|v| v.value.as_ref())
+                    {
+                        assert!(
+                            v.len() <= crate::otlp::MAX_ATTR_BYTES,
+                            "{}: {} bytes",
+                            kv.key,
+                            v.len()
+                        );
+                    }
+                }
+            }
         }
         // An empty service name is left out, as proto3 leaves out empty strings.
         let w = Writer { service: "", ..w };
