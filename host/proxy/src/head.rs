@@ -395,18 +395,20 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
         .next()
 }
 
-/// A random 128-bit id, formatted like a UUID v4 (two table lookups per byte, one buffer).
+/// Each byte's two lower-case hex digits: ids written per request take one look-up per byte.
+pub(crate) static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// A random 128-bit id, formatted like a UUID v4 (one table look-up per byte, one buffer).
 pub(crate) fn new_request_id() -> HeaderValue {
-    static PAIRS: [[u8; 2]; 256] = {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut t = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
-            i += 1;
-        }
-        t
-    };
     let mut n = fastrand::u128(..);
     n = (n & !(0xf000 << 64)) | (0x4000 << 64); // version 4
     n = (n & !(0xc000 << 48)) | (0x8000 << 48); // variant 10xx
@@ -417,7 +419,7 @@ pub(crate) fn new_request_id() -> HeaderValue {
         if matches!(i, 4 | 6 | 8 | 10) {
             at += 1;
         }
-        out[at..at + 2].copy_from_slice(&PAIRS[usize::from(*b)]);
+        out[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
         at += 2;
     }
     HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out))

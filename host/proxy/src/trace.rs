@@ -334,18 +334,8 @@ impl RequestSpans {
 /// Lower-case hex of `bytes` into `out` at `at`. Every proxied request writes 24 bytes of it
 /// with `tracing:` on: one table look-up per byte, fixed sizes so no bounds are checked.
 fn put_hex<const N: usize>(out: &mut [u8; 55], at: usize, bytes: &[u8; N]) {
-    const PAIRS: [[u8; 2]; 256] = {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut t = [[0u8; 2]; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
-            i += 1;
-        }
-        t
-    };
     for (i, b) in bytes.iter().enumerate() {
-        out[at + 2 * i..at + 2 * i + 2].copy_from_slice(&PAIRS[usize::from(*b)]);
+        out[at + 2 * i..at + 2 * i + 2].copy_from_slice(&crate::head::HEX_PAIRS[usize::from(*b)]);
     }
 }
 
