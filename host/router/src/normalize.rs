@@ -103,7 +103,7 @@ pub fn normalize_path(path: &str, options: PathOptions) -> Result<Cow<'_, str>, 
 /// Bytes that need no look in a normal path: unreserved, sub-delims but `;`, `:`, `@`, `/`.
 /// Everything else (`%`, `;`, `\`, controls, non-ASCII, the "unsafe" printable characters)
 /// takes the slow path, which decides.
-fn plain(b: u8) -> bool {
+const fn plain(b: u8) -> bool {
     matches!(b,
         b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
         | b'-' | b'.' | b'_' | b'~'
@@ -111,21 +111,36 @@ fn plain(b: u8) -> bool {
         | b':' | b'@' | b'/')
 }
 
-/// Whether the path (after its leading '/') needs no change: only plain bytes, no empty
-/// segment except a final one (a trailing slash), and no dot segment.
-fn is_normal(rest: &str) -> bool {
-    if !rest.bytes().all(plain) {
-        return false;
+/// [`plain`] by table: every request's path is scanned byte by byte.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = plain(i as u8);
+        i += 1;
     }
-    let mut segments = rest.split('/').peekable();
-    while let Some(segment) = segments.next() {
-        match segment {
-            "." | ".." => return false,
-            "" if segments.peek().is_some() => return false,
-            _ => {}
+    t
+};
+
+/// Whether the path (after its leading '/') needs no change: only plain bytes, no empty
+/// segment except a final one (a trailing slash), and no dot segment. One pass over the bytes.
+fn is_normal(rest: &str) -> bool {
+    let bytes = rest.as_bytes();
+    let dots = |segment: &[u8]| segment == b"." || segment == b"..";
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !PLAIN[usize::from(b)] {
+            return false;
+        }
+        if b == b'/' {
+            let segment = &bytes[start..i];
+            if segment.is_empty() || dots(segment) {
+                return false;
+            }
+            start = i + 1;
         }
     }
-    true
+    !dots(&bytes[start..])
 }
 
 fn unreserved(b: u8) -> bool {
@@ -270,6 +285,47 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path's test by its definition: every byte plain, and split at '/', no dot
+    /// segment and no empty one but the last.
+    fn is_normal_by_segments(rest: &str) -> bool {
+        if !rest.bytes().all(plain) {
+            return false;
+        }
+        let mut segments = rest.split('/').peekable();
+        while let Some(segment) = segments.next() {
+            match segment {
+                "." | ".." => return false,
+                "" if segments.peek().is_some() => return false,
+                _ => {}
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn the_one_pass_normal_check_agrees_with_the_definition_on_every_short_path() {
+        // Every string of up to 7 bytes over an alphabet that makes each case: plain bytes,
+        // dots, slashes, and bytes that are not plain.
+        let alphabet = [b'a', b'.', b'/', b'%', b';'];
+        let mut checked = 0;
+        for len in 0..=7u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut s = Vec::with_capacity(len as usize);
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                let s = std::str::from_utf8(&s).unwrap();
+                assert_eq!(is_normal(s), is_normal_by_segments(s), "{s:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 90_000);
+        for b in 0..=255u8 {
+            assert_eq!(PLAIN[usize::from(b)], plain(b), "{b}");
+        }
+    }
 
     fn defaults(path: &str) -> Result<String, PathError> {
         normalize_path(path, PathOptions::default()).map(Cow::into_owned)
