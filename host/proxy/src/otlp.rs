@@ -63,23 +63,11 @@ pub(crate) enum Attr {
 impl Attr {
     /// A request method: standard methods by their static names, others copied (and capped).
     pub fn method(m: &http::Method) -> Attr {
-        use http::Method;
-        let known = [
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::HEAD,
-            Method::OPTIONS,
-            Method::PATCH,
-            Method::CONNECT,
-            Method::TRACE,
-        ];
-        const NAMES: [&str; 9] = [
+        const STANDARD: [&str; 9] = [
             "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
         ];
-        match known.iter().position(|k| k == m) {
-            Some(i) => Attr::Static(NAMES[i]),
+        match STANDARD.iter().find(|name| **name == m.as_str()) {
+            Some(name) => Attr::Static(name),
             None => Attr::from(m.as_str()),
         }
     }
