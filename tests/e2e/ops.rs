@@ -1713,7 +1713,23 @@ clusters: [ {{ name: backend, endpoints: [ {{ address: \"{dead}\" }}, {{ address
         Some("127.0.0.1"),
         "the client's address, without its port (OpenTelemetry's semantic conventions)"
     );
+    assert_eq!(
+        attr(server, "server.address"),
+        Some(weir.addr("public").to_string()),
+        "the site routing found"
+    );
+    assert_eq!(
+        attr(server, "weir.request_id").as_deref(),
+        got1.headers
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap()),
+    );
     assert!(server.end_time_unix_nano >= server.start_time_unix_nano);
+    // UNIX times: within a minute of the test's clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    assert!(now.abs_diff(server.start_time_unix_nano) < 60_000_000_000);
     for child in of_trace.iter().filter(|s| s.kind != 2) {
         assert_eq!(child.parent_span_id, server.span_id, "{}", child.name);
         assert!(child.start_time_unix_nano >= server.start_time_unix_nano);

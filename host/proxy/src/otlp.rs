@@ -173,7 +173,7 @@ impl Exporter {
             interval: config.flush_interval,
             timeout: config.timeout,
             service: service.to_string(),
-            epoch: (Instant::now(), SystemTime::now()),
+            epoch: Epoch::now(),
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| std::io::Error::other(format!("no runtime to export from: {e}")))?;
@@ -222,15 +222,35 @@ impl Drop for Exporter {
     }
 }
 
-/// `t` as a UNIX time in nanoseconds, against `epoch` (an instant and the clock's time then,
-/// taken once, so spans of one exporter are consistent with each other).
-fn unix_nanos(epoch: (Instant, SystemTime), t: Instant) -> u64 {
-    let at = match t.checked_duration_since(epoch.0) {
-        Some(after) => epoch.1 + after,
-        None => epoch.1 - epoch.0.duration_since(t),
-    };
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+/// An instant and the clock's UNIX time then, in nanoseconds, taken once per exporter: a span's
+/// instants become UNIX times against it, so spans of one exporter are consistent with each
+/// other, and each costs one subtraction of instants (not a clock read, nor a `SystemTime`
+/// sum and a second subtraction).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epoch {
+    at: Instant,
+    unix_nanos: u64,
+}
+
+impl Epoch {
+    pub fn now() -> Epoch {
+        Epoch::new(Instant::now(), SystemTime::now())
+    }
+
+    fn new(at: Instant, clock: SystemTime) -> Epoch {
+        let unix_nanos = clock
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Epoch { at, unix_nanos }
+    }
+
+    /// `t` as a UNIX time in nanoseconds.
+    pub fn unix_nanos(self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.at) {
+            Some(after) => self.unix_nanos.saturating_add(after.as_nanos() as u64),
+            None => (self.unix_nanos).saturating_sub(self.at.duration_since(t).as_nanos() as u64),
+        }
+    }
 }
 
 /// The export task's state.
@@ -245,7 +265,7 @@ struct Batcher {
     timeout: Duration,
     /// `service.name`, the one resource attribute.
     service: String,
-    epoch: (Instant, SystemTime),
+    epoch: Epoch,
 }
 
 impl Batcher {
@@ -471,14 +491,14 @@ mod tests {
 
     #[test]
     fn instants_become_unix_times_on_both_sides_of_the_epoch() {
-        let epoch = (Instant::now(), SystemTime::now());
-        let now = epoch
-            .1
+        let (at, clock) = (Instant::now(), SystemTime::now());
+        let epoch = Epoch::new(at, clock);
+        let now = clock
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_nanos() as u64;
-        let later = unix_nanos(epoch, epoch.0 + Duration::from_secs(1));
-        let earlier = unix_nanos(epoch, epoch.0 - Duration::from_millis(5));
+        let later = epoch.unix_nanos(at + Duration::from_secs(1));
+        let earlier = epoch.unix_nanos(at - Duration::from_millis(5));
         assert_eq!(later, now + 1_000_000_000);
         assert_eq!(earlier, now - 5_000_000);
     }

@@ -326,6 +326,9 @@ impl<'s> Session<'s> {
             normalized,
         };
         self.log_target(&target);
+        if let (Some(spans), Some(site)) = (&mut self.finish.spans, &target.site) {
+            spans.server_address(site);
+        }
         let Some(idx) = self.snap.router.find(
             req.method(),
             target.site.as_ref().map(head::host_of),

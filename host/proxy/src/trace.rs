@@ -183,11 +183,8 @@ impl RequestSpans {
                     _ => "1.1",
                 }),
             ),
-            ("weir.request_id", Attr::from(lossy(request_id))),
+            ("weir.request_id", text(request_id)),
         ]);
-        if let Some(host) = crate::head::site(req).ok().flatten() {
-            attrs.push(("server.address", Attr::from(lossy(&host))));
-        }
         Box::new(RequestSpans {
             exporter: exporter.clone(),
             ctx,
@@ -206,6 +203,12 @@ impl RequestSpans {
             },
             children: Vec::new(),
         })
+    }
+
+    /// The site routing found for the request (`host[:port]`, checked): the server span's
+    /// `server.address`.
+    pub fn server_address(&mut self, site: &HeaderValue) {
+        self.server.attrs.push(("server.address", text(site)));
     }
 
     /// A new span id for an upstream try, and the `traceparent` that names it.
@@ -339,8 +342,13 @@ fn put_hex<const N: usize>(out: &mut [u8; 55], at: usize, bytes: &[u8; N]) {
     }
 }
 
-fn lossy(v: &HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
+/// A header value as a string attribute: as it is when it is visible ASCII (a checked site,
+/// a request id: the common case, without a pass over invalid UTF-8), else lossily.
+fn text(v: &HeaderValue) -> Attr {
+    match v.to_str() {
+        Ok(s) => Attr::from(s),
+        Err(_) => Attr::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    }
 }
 
 /// Which new traces are sampled: a trace id is when its low 8 bytes, as a number, fall below

@@ -12,9 +12,7 @@
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,common,resource}/v1`.
 //! As in proto3, a field holding its default (an empty string, a zero time) is left out.
 
-use std::time::{Instant, SystemTime};
-
-use super::{Attr, SpanKind, SpanRecord, unix_nanos};
+use super::{Attr, Epoch, SpanKind, SpanRecord};
 
 const LEN: u8 = 2;
 const VARINT: u8 = 0;
@@ -144,14 +142,14 @@ const STATUS_ERROR: u64 = 2;
 
 /// Writes the spans of one export as an `ExportTraceServiceRequest`.
 pub(super) struct Writer<'a> {
-    pub epoch: (Instant, SystemTime),
+    pub epoch: Epoch,
     pub service: &'a str,
     pub version: &'a str,
 }
 
 impl Writer<'_> {
     fn event_len(&self, e: &weir_filters::SpanEvent) -> usize {
-        fixed64_len(unix_nanos(self.epoch, e.at))
+        fixed64_len(self.epoch.unix_nanos(e.at))
             + bytes_len(e.name.as_bytes())
             + event_attributes(e)
                 .map(|(k, v)| delimited(key_value_len(k, v)))
@@ -169,8 +167,8 @@ impl Writer<'_> {
             + bytes_len(s.name.as_bytes())
             + 1
             + varint_len(kind_number(s.kind))
-            + fixed64_len(unix_nanos(self.epoch, s.start))
-            + fixed64_len(unix_nanos(self.epoch, s.end))
+            + fixed64_len(self.epoch.unix_nanos(s.start))
+            + fixed64_len(self.epoch.unix_nanos(s.end))
             + attributes(s)
                 .map(|(k, v)| delimited(key_value_len(k, v)))
                 .sum::<usize>()
@@ -192,14 +190,14 @@ impl Writer<'_> {
         put_bytes(out, 5, s.name.as_bytes());
         put_tag(out, 6, VARINT);
         put_varint(out, kind_number(s.kind));
-        put_fixed64(out, 7, unix_nanos(self.epoch, s.start));
-        put_fixed64(out, 8, unix_nanos(self.epoch, s.end));
+        put_fixed64(out, 7, self.epoch.unix_nanos(s.start));
+        put_fixed64(out, 8, self.epoch.unix_nanos(s.end));
         for (k, v) in attributes(s) {
             put_key_value(out, 9, k, v);
         }
         for e in &s.events {
             put_delimited(out, 11, self.event_len(e));
-            put_fixed64(out, 1, unix_nanos(self.epoch, e.at));
+            put_fixed64(out, 1, self.epoch.unix_nanos(e.at));
             put_bytes(out, 2, e.name.as_bytes());
             for (k, v) in event_attributes(e) {
                 put_key_value(out, 3, k, v);
@@ -242,7 +240,7 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant, SystemTime};
 
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{
@@ -280,12 +278,12 @@ mod tests {
                 SpanKind::Client => span::SpanKind::Client,
                 SpanKind::Internal => span::SpanKind::Internal,
             } as i32,
-            start_time_unix_nano: unix_nanos(w.epoch, s.start),
-            end_time_unix_nano: unix_nanos(w.epoch, s.end),
+            start_time_unix_nano: w.epoch.unix_nanos(s.start),
+            end_time_unix_nano: w.epoch.unix_nanos(s.end),
             attributes: attributes(s).map(|(k, v)| kv(k, v)).collect(),
             events: (s.events.iter())
                 .map(|e| span::Event {
-                    time_unix_nano: unix_nanos(w.epoch, e.at),
+                    time_unix_nano: w.epoch.unix_nanos(e.at),
                     name: e.name.clone(),
                     attributes: event_attributes(e).map(|(k, v)| kv(k, v)).collect(),
                     dropped_attributes_count: 0,
@@ -387,14 +385,15 @@ mod tests {
 
     #[test]
     fn what_it_writes_is_what_prost_writes_from_the_generated_messages() {
-        let epoch = (Instant::now(), SystemTime::now());
+        let at = Instant::now();
+        let epoch = Epoch::new(at, SystemTime::now());
         let w = Writer {
             epoch,
             service: "weir-edge",
             version: "0.1.0",
         };
         for n in [0, 1, 2, 3] {
-            let batch = &spans(epoch.0)[..n];
+            let batch = &spans(at)[..n];
             let ours = w.encode(batch);
             let expected = reference(&w, batch);
             assert_eq!(ours, expected.encode_to_vec(), "{n} spans: the same bytes");
@@ -424,7 +423,7 @@ mod tests {
         }
         // An empty service name is left out, as proto3 leaves out empty strings.
         let w = Writer { service: "", ..w };
-        let batch = spans(epoch.0);
+        let batch = spans(at);
         assert_eq!(w.encode(&batch), reference(&w, &batch).encode_to_vec());
     }
 
