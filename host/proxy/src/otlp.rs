@@ -118,12 +118,13 @@ impl From<i64> for Attr {
     }
 }
 
-/// A running exporter; dropping it lets its thread send what is queued and end.
+/// A running exporter; dropping it lets its task send what is queued and end.
 pub(crate) struct Exporter {
     queue: Arc<Queue>,
     stats: Arc<TraceStats>,
     max_queue: usize,
     max_batch: usize,
+    spans: wire::Spans,
     /// What it was started from: a new config with the same settings keeps this exporter.
     pub settings: (OtlpConfig, String),
 }
@@ -138,10 +139,29 @@ struct Queue {
 
 #[derive(Default)]
 struct Waiting {
-    spans: VecDeque<SpanRecord>,
+    /// Batches ready to go.
+    full: VecDeque<Batch>,
+    /// The batch being filled.
+    open: Batch,
+    /// Spans in `full` and `open`, at most `max_queue_spans`.
+    spans: usize,
     /// Flushes asked for: answered once everything queued before them is sent.
     flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     closed: bool,
+}
+
+/// Encoded spans (`ScopeSpans.spans` fields), at most `max_batch_spans` of them, or one
+/// request's if it has more: a request's spans are never split between exports.
+#[derive(Default)]
+struct Batch {
+    spans: usize,
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    /// Where a worker encodes a request's spans before it takes the queue's lock: the lock is
+    /// held for a copy, not an encoding. Kept, at the size of the largest request's spans.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Queue {
@@ -169,11 +189,9 @@ impl Exporter {
             url,
             grpc: config.protocol == OtlpProtocol::Grpc,
             stats: stats.clone(),
-            max_batch: config.max_batch_spans,
             interval: config.flush_interval,
             timeout: config.timeout,
             service: service.to_string(),
-            epoch: Epoch::now(),
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| std::io::Error::other(format!("no runtime to export from: {e}")))?;
@@ -183,26 +201,47 @@ impl Exporter {
             stats,
             max_queue: config.max_queue_spans,
             max_batch: config.max_batch_spans,
+            spans: wire::Spans {
+                epoch: Epoch::now(),
+            },
             settings: (config.clone(), service.to_string()),
         })
     }
 
-    /// Queues one request's spans, or drops and counts them when the queue is full.
-    pub fn export(&self, spans: Vec<SpanRecord>) {
+    /// Encodes one request's spans onto the batch being filled, or drops and counts them
+    /// when the queue is full. Their records can be freed as soon as this returns.
+    pub fn export(&self, spans: &[SpanRecord]) {
         let n = spans.len();
-        let mut q = self.queue.lock();
-        let before = q.spans.len();
-        if before + n > self.max_queue {
-            drop(q);
-            self.stats.dropped_queue_full.fetch_add(n as u64, Relaxed);
+        if n == 0 {
             return;
         }
-        q.spans.extend(spans);
-        self.stats.queued.store(q.spans.len() as u64, Relaxed);
-        drop(q);
-        if before < self.max_batch && before + n >= self.max_batch {
-            self.queue.wake.notify_one();
-        }
+        SCRATCH.with_borrow_mut(|encoded| {
+            encoded.clear();
+            self.spans.append(encoded, spans);
+            let mut q = self.queue.lock();
+            if q.spans + n > self.max_queue {
+                drop(q);
+                self.stats.dropped_queue_full.fetch_add(n as u64, Relaxed);
+                return;
+            }
+            if q.open.spans > 0 && q.open.spans + n > self.max_batch {
+                let full = std::mem::take(&mut q.open);
+                q.full.push_back(full);
+            }
+            q.open.bytes.extend_from_slice(encoded);
+            q.open.spans += n;
+            q.spans += n;
+            let filled = q.open.spans >= self.max_batch;
+            if filled {
+                let full = std::mem::take(&mut q.open);
+                q.full.push_back(full);
+            }
+            self.stats.queued.store(q.spans as u64, Relaxed);
+            drop(q);
+            if filled {
+                self.queue.wake.notify_one();
+            }
+        });
     }
 
     /// Exports every span queued so far, waiting at most `limit` (shutdown: the last
@@ -260,12 +299,10 @@ struct Batcher {
     /// OTLP/gRPC: HTTP/2, length-prefixed messages, `grpc-status` in the trailers.
     grpc: bool,
     stats: Arc<TraceStats>,
-    max_batch: usize,
     interval: Duration,
     timeout: Duration,
     /// `service.name`, the one resource attribute.
     service: String,
-    epoch: Epoch,
 }
 
 impl Batcher {
@@ -282,7 +319,7 @@ impl Batcher {
             // comes between the check and the wait is kept by `Notify` as a permit.
             let ready = {
                 let q = self.queue.lock();
-                q.spans.len() >= self.max_batch || !q.flushes.is_empty() || q.closed
+                !q.full.is_empty() || !q.flushes.is_empty() || q.closed
             };
             if !ready {
                 let _ = tokio::time::timeout(self.interval, self.queue.wake.notified()).await;
@@ -291,19 +328,30 @@ impl Batcher {
                 let mut q = self.queue.lock();
                 (std::mem::take(&mut q.flushes), q.closed)
             };
+            // Every full batch, then the one being filled, once: what was queued before this
+            // wake-up (and before any flush it answers) is sent.
+            let mut took_open = false;
             loop {
-                let batch: Vec<SpanRecord> = {
+                let batch = {
                     let mut q = self.queue.lock();
-                    let n = q.spans.len().min(self.max_batch);
-                    let batch = q.spans.drain(..n).collect();
-                    self.stats.queued.store(q.spans.len() as u64, Relaxed);
+                    let batch = match q.full.pop_front() {
+                        Some(b) => b,
+                        None if !took_open => {
+                            took_open = true;
+                            std::mem::take(&mut q.open)
+                        }
+                        None => break,
+                    };
+                    q.spans -= batch.spans;
+                    self.stats.queued.store(q.spans as u64, Relaxed);
                     batch
                 };
-                if batch.is_empty() {
-                    break;
+                if batch.spans == 0 {
+                    continue;
                 }
-                let n = batch.len() as u64;
-                let body = self.encode(batch);
+                let n = batch.spans as u64;
+                let body = self.frame(&batch.bytes);
+                drop(batch);
                 match self.post(&client, body).await {
                     Ok(()) => self.stats.exported.fetch_add(n, Relaxed),
                     Err(e) => {
@@ -311,10 +359,6 @@ impl Batcher {
                         self.stats.dropped_export_failed.fetch_add(n, Relaxed)
                     }
                 };
-                // A full batch goes at once; a part batch waits for the next interval.
-                if (n as usize) < self.max_batch && flushes.is_empty() && !closed {
-                    break;
-                }
             }
             for ack in flushes {
                 let _ = ack.send(());
@@ -376,13 +420,12 @@ impl Batcher {
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
 
-    fn encode(&self, spans: Vec<SpanRecord>) -> Bytes {
-        let writer = wire::Writer {
-            epoch: self.epoch,
+    fn frame(&self, spans: &[u8]) -> Bytes {
+        let frame = wire::Frame {
             service: &self.service,
             version: env!("CARGO_PKG_VERSION"),
         };
-        Bytes::from(writer.encode(&spans))
+        Bytes::from(frame.around(spans))
     }
 }
 
@@ -431,11 +474,11 @@ mod tests {
         c.timeout = Duration::from_millis(500);
         let exporter = Exporter::start(&c, "t", stats.clone()).expect("starts");
         for i in 0..1000u32 {
-            exporter.export(vec![record(i as u8), record(1)]);
+            exporter.export(&[record(i as u8), record(1)]);
             assert!(stats.queued.load(Relaxed) <= 10);
         }
-        // The task holds one batch (8, or 10 with a request's spans split) in its stalled
-        // export; the queue holds 10.
+        // The task holds one batch (8: requests of two spans) in its stalled export; the
+        // queue holds 10.
         let dropped = stats.dropped_queue_full.load(Relaxed);
         assert!(dropped >= 2000 - 10 - 10, "{dropped}");
         drop(exporter);
@@ -447,6 +490,91 @@ mod tests {
         assert_eq!(stats.exported.load(Relaxed), 0);
         assert_eq!(stats.queued.load(Relaxed), 0);
         drop(stalled);
+    }
+
+    /// A receiver that answers every POST 200 and keeps, per POST, the trace ids of the spans
+    /// it carried.
+    async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<Vec<u8>>>>>) {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let got = posts.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let got = got.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 8192];
+                            match c.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = (head.lines())
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + 4 + len {
+                            let mut chunk = [0u8; 8192];
+                            match c.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                        let ids = (req.resource_spans.iter())
+                            .flat_map(|r| &r.scope_spans)
+                            .flat_map(|s| &s.spans)
+                            .map(|s| s.trace_id.clone())
+                            .collect();
+                        got.lock().unwrap().push(ids);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if c.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, posts)
+    }
+
+    /// Requests of 3 spans into batches of at most 8: two requests per POST (a third would
+    /// split one), every span exported once, and each request's spans in one POST. A request
+    /// with more spans than a batch holds goes alone, whole.
+    #[tokio::test]
+    async fn batches_hold_whole_requests_up_to_the_batch_size() {
+        let (addr, posts) = receiver().await;
+        let stats = Arc::new(TraceStats::default());
+        let mut c = config(&format!("http://{addr}"), 1000);
+        c.flush_interval = Duration::from_secs(60);
+        let exporter = Exporter::start(&c, "t", stats.clone()).expect("starts");
+        for i in 0..20u8 {
+            exporter.export(&[record(i), record(i), record(i)]);
+        }
+        exporter.export(&(0..11).map(|_| record(100)).collect::<Vec<_>>());
+        assert!(exporter.flush(Duration::from_secs(10)).await, "{stats:?}");
+        let posts = posts.lock().unwrap().clone();
+        assert_eq!(stats.exported.load(Relaxed), 71);
+        assert_eq!(posts.iter().map(Vec::len).sum::<usize>(), 71);
+        for (i, post) in posts.iter().enumerate() {
+            if post.len() > 8 {
+                assert_eq!(post.len(), 11, "only the big request goes past 8");
+            } else if i + 1 < posts.len() {
+                assert_eq!(post.len(), 6, "full batches carry two whole requests");
+            }
+        }
+        for id in 0..=100u8 {
+            let holding = posts.iter().filter(|p| p.contains(&vec![id; 16])).count();
+            assert!(holding <= 1, "request {id}'s spans are in {holding} posts");
+        }
     }
 
     #[test]

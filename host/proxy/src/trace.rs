@@ -330,7 +330,7 @@ impl RequestSpans {
             });
         }
         children.push(server);
-        exporter.export(children);
+        exporter.export(&children);
     }
 }
 

@@ -1,5 +1,7 @@
 //! The OTLP trace export request (`ExportTraceServiceRequest`), written as protobuf straight
-//! from the data path's [`SpanRecord`]s into one buffer.
+//! from the data path's [`SpanRecord`]s: each request writes its spans as it ends, while what
+//! they hold is still in cache, and its records are freed at once; an export frames a batch of
+//! them.
 //!
 //! Why not build the generated `opentelemetry-proto` messages and let prost encode them: that
 //! costs an allocation per id, key and value to build the messages, and prost works out each
@@ -140,14 +142,23 @@ fn kind_number(k: SpanKind) -> u64 {
 /// `Status.code` ERROR.
 const STATUS_ERROR: u64 = 2;
 
-/// Writes the spans of one export as an `ExportTraceServiceRequest`.
-pub(super) struct Writer<'a> {
+/// Writes spans as `ScopeSpans.spans` fields, each complete as the request that finished it
+/// wrote it: an export batch is these fields one after another, which [`Frame`] wraps.
+#[derive(Clone, Copy)]
+pub(super) struct Spans {
     pub epoch: Epoch,
-    pub service: &'a str,
-    pub version: &'a str,
 }
 
-impl Writer<'_> {
+impl Spans {
+    /// Appends `spans` to `out`.
+    pub fn append(&self, out: &mut Vec<u8>, spans: &[SpanRecord]) {
+        for s in spans {
+            let len = self.span_len(s);
+            out.reserve(delimited(len));
+            self.put_span(out, s, len);
+        }
+    }
+
     fn event_len(&self, e: &weir_filters::SpanEvent) -> usize {
         fixed64_len(self.epoch.unix_nanos(e.at))
             + bytes_len(e.name.as_bytes())
@@ -210,16 +221,23 @@ impl Writer<'_> {
             put_varint(out, STATUS_ERROR);
         }
     }
+}
 
+/// The export request around a batch of spans [`Spans`] wrote.
+pub(super) struct Frame<'a> {
+    pub service: &'a str,
+    pub version: &'a str,
+}
+
+impl Frame<'_> {
     /// `ExportTraceServiceRequest { resource_spans = 1: [ ResourceSpans { resource = 1:
     /// Resource { attributes = 1: [service.name] }, scope_spans = 2: [ ScopeSpans { scope = 1:
     /// InstrumentationScope { name = 1, version = 2 }, spans = 2: [..] } ] } ] }`.
-    pub fn encode(&self, spans: &[SpanRecord]) -> Vec<u8> {
+    pub fn around(&self, spans: &[u8]) -> Vec<u8> {
         let service = Value::Str(self.service);
         let resource = delimited(key_value_len("service.name", service));
         let scope = bytes_len(b"weir") + bytes_len(self.version.as_bytes());
-        let lens: Vec<usize> = spans.iter().map(|s| self.span_len(s)).collect();
-        let scope_spans = delimited(scope) + lens.iter().map(|l| delimited(*l)).sum::<usize>();
+        let scope_spans = delimited(scope) + spans.len();
         let resource_spans = delimited(resource) + delimited(scope_spans);
         let mut out = Vec::with_capacity(delimited(resource_spans));
         put_delimited(&mut out, 1, resource_spans);
@@ -229,9 +247,7 @@ impl Writer<'_> {
         put_delimited(&mut out, 1, scope);
         put_bytes(&mut out, 1, b"weir");
         put_bytes(&mut out, 2, self.version.as_bytes());
-        for (s, len) in spans.iter().zip(lens) {
-            self.put_span(&mut out, s, len);
-        }
+        out.extend_from_slice(spans);
         debug_assert_eq!(out.len(), out.capacity());
         out
     }
@@ -256,7 +272,7 @@ mod tests {
 
     /// The same request built from the generated messages, the way the exporter built it
     /// before: the reference.
-    fn reference(w: &Writer<'_>, spans: &[SpanRecord]) -> ExportTraceServiceRequest {
+    fn reference(w: &Frame<'_>, epoch: Epoch, spans: &[SpanRecord]) -> ExportTraceServiceRequest {
         fn kv(key: &str, v: Value<'_>) -> KeyValue {
             let value = match v {
                 Value::Str(s) => any_value::Value::StringValue(s.to_string()),
@@ -278,12 +294,12 @@ mod tests {
                 SpanKind::Client => span::SpanKind::Client,
                 SpanKind::Internal => span::SpanKind::Internal,
             } as i32,
-            start_time_unix_nano: w.epoch.unix_nanos(s.start),
-            end_time_unix_nano: w.epoch.unix_nanos(s.end),
+            start_time_unix_nano: epoch.unix_nanos(s.start),
+            end_time_unix_nano: epoch.unix_nanos(s.end),
             attributes: attributes(s).map(|(k, v)| kv(k, v)).collect(),
             events: (s.events.iter())
                 .map(|e| span::Event {
-                    time_unix_nano: w.epoch.unix_nanos(e.at),
+                    time_unix_nano: epoch.unix_nanos(e.at),
                     name: e.name.clone(),
                     attributes: event_attributes(e).map(|(k, v)| kv(k, v)).collect(),
                     dropped_attributes_count: 0,
@@ -387,15 +403,22 @@ mod tests {
     fn what_it_writes_is_what_prost_writes_from_the_generated_messages() {
         let at = Instant::now();
         let epoch = Epoch::new(at, SystemTime::now());
-        let w = Writer {
-            epoch,
+        let w = Frame {
             service: "weir-edge",
             version: "0.1.0",
         };
+        // What requests append one after another, framed when their batch goes.
+        let encode = |w: &Frame<'_>, batch: &[SpanRecord]| {
+            let mut spans = Vec::new();
+            for one in batch.chunks(2) {
+                Spans { epoch }.append(&mut spans, one);
+            }
+            w.around(&spans)
+        };
         for n in [0, 1, 2, 3] {
             let batch = &spans(at)[..n];
-            let ours = w.encode(batch);
-            let expected = reference(&w, batch);
+            let ours = encode(&w, batch);
+            let expected = reference(&w, epoch, batch);
             assert_eq!(ours, expected.encode_to_vec(), "{n} spans: the same bytes");
             let decoded = ExportTraceServiceRequest::decode(ours.as_slice()).expect("decodes");
             assert_eq!(decoded, expected, "{n} spans: the same message");
@@ -422,9 +445,12 @@ mod tests {
             }
         }
         // An empty service name is left out, as proto3 leaves out empty strings.
-        let w = Writer { service: "", ..w };
+        let w = Frame { service: "", ..w };
         let batch = spans(at);
-        assert_eq!(w.encode(&batch), reference(&w, &batch).encode_to_vec());
+        assert_eq!(
+            encode(&w, &batch),
+            reference(&w, epoch, &batch).encode_to_vec()
+        );
     }
 
     #[test]
