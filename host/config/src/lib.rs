@@ -66,6 +66,12 @@ pub struct Config {
     /// or `~/.cache/weir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_cache: Option<PathBuf>,
+    /// Most filter instances alive at once in the whole process (default 1000). Each is a slot
+    /// of the pooling allocator, which reserves address space (not memory) for two linear
+    /// memories up front: about 576 MiB per slot, so lower this under `ulimit -v` or a memory
+    /// checker. Read at start; a change takes a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_instances: Option<u32>,
     /// Where filters' shared state (KV, counters, token buckets) lives. Default: in this process.
     #[serde(default, skip_serializing_if = "StateConfig::is_default")]
     pub state: StateConfig,

@@ -144,6 +144,18 @@ fn bad_values_are_rejected_with_their_field() {
             "limits: { max_request_header_bytes: 12 parsecs }\n".to_string(),
             "weir.yaml:1: limits.max_request_header_bytes: unknown size unit",
         ),
+        (
+            format!("{GOOD}filter_instances: 4\n"),
+            "weir.yaml:15: filter_instances: must be between 16 and 100000 (got 4)",
+        ),
+        (
+            format!("{GOOD}filter_instances: 1000000\n"),
+            "weir.yaml:15: filter_instances: must be between 16 and 100000",
+        ),
+        (
+            format!("{GOOD}filter_instances: -1\n"),
+            "weir.yaml:15: filter_instances: invalid value",
+        ),
     ];
     let wrong: Vec<String> = cases
         .iter()

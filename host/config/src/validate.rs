@@ -16,6 +16,14 @@ pub(crate) fn validate(c: &Config) -> Vec<Issue> {
             "must be at least 1 (leave it out for one per core)".into(),
         );
     }
+    if let Some(n) = c.filter_instances
+        && !(16..=100_000).contains(&n)
+    {
+        err(
+            "filter_instances".into(),
+            format!("must be between 16 and 100000 (got {n})"),
+        );
+    }
     if c.limits.max_request_headers == 0 {
         err(
             "limits.max_request_headers".into(),

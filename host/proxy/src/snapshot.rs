@@ -1256,6 +1256,7 @@ pub fn filter_runtime(
         cache_dir,
         callouts,
         registry,
+        max_instances: loaded.config.filter_instances.unwrap_or(1000),
         ..Default::default()
     })?;
     Ok(Some(rt))
