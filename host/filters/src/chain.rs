@@ -49,9 +49,19 @@ impl std::fmt::Debug for Chain {
 /// A request's progress through a chain. The default is a request that entered no filter.
 #[derive(Debug, Default)]
 pub struct ChainRequest {
-    bound: Vec<Option<Binding>>,
-    skipped: Vec<bool>,
-    held: Vec<Vec<u8>>,
+    /// One per filter of the chain, in one allocation.
+    links: Vec<LinkRun>,
+}
+
+/// One filter's part in a request.
+#[derive(Debug, Default, Clone)]
+struct LinkRun {
+    /// Its seat in an instance, once bound.
+    bound: Option<Binding>,
+    /// Set when it is skipped for the rest of the request (failed open).
+    skipped: bool,
+    /// Body bytes it holds back (`buffer`).
+    held: Vec<u8>,
 }
 
 impl Chain {
@@ -85,9 +95,7 @@ impl Chain {
     pub fn start(&self) -> ChainRequest {
         let n = self.links.len();
         ChainRequest {
-            bound: vec![None; n],
-            skipped: vec![false; n],
-            held: vec![Vec::new(); n],
+            links: vec![LinkRun::default(); n],
         }
     }
 
@@ -111,7 +119,7 @@ impl Chain {
         {
             // Another request's trap discarded the instance this one was seated in: that is not
             // this request's failure. Once more, on a fresh instance (its context starts over).
-            cr.bound[i] = None;
+            cr.links[i].bound = None;
             result = self.bound_call(i, cr, phase, ex, end).await;
         }
         link.stats.call(started.elapsed());
@@ -137,7 +145,7 @@ impl Chain {
             Ok(Some(types::Action::Respond(r))) => Err(Answer::Respond(local(r))),
             Err(Failure { kind, error }) => {
                 link.stats.fail(kind.as_str(), kind.is_budget());
-                cr.bound[i] = None;
+                cr.links[i].bound = None;
                 let spec = link.pool.spec();
                 tracing::warn!(
                     filter = %spec.filter,
@@ -149,7 +157,7 @@ impl Chain {
                 );
                 match spec.on_error {
                     FailurePolicy::FailOpen => {
-                        cr.skipped[i] = true;
+                        cr.links[i].skipped = true;
                         Ok(false)
                     }
                     FailurePolicy::FailClosed => Err(Answer::Fail {
@@ -171,18 +179,18 @@ impl Chain {
         end: bool,
     ) -> Result<Option<types::Action>, Failure> {
         let pool = &self.links[i].pool;
-        match cr.bound[i] {
+        match cr.links[i].bound {
             Some(b) => pool.call(b, Some(phase), ex, end).await,
             None => {
                 let (b, mut seated) = pool.bind(ex.deadline).await?;
-                cr.bound[i] = Some(b);
+                cr.links[i].bound = Some(b);
                 pool.call_seated(&mut seated, b, Some(phase), ex, end).await
             }
         }
     }
 
     fn runs(&self, i: usize, cr: &ChainRequest, p: Phases) -> bool {
-        !cr.skipped[i] && self.links[i].pool.phases().contains(p)
+        !cr.links[i].skipped && self.links[i].pool.phases().contains(p)
     }
 
     /// Request head: filters in order.
@@ -290,7 +298,7 @@ impl Chain {
             if data.is_empty() && !end {
                 break;
             }
-            let mut held = std::mem::take(&mut cr.held[i]);
+            let mut held = std::mem::take(&mut cr.links[i].held);
             held.extend_from_slice(&data);
             ex.body = held;
             let step = self.step(i, cr, phase, ex, end).await;
@@ -302,7 +310,7 @@ impl Chain {
                         stats.fail(FailureKind::BodyLimit.as_str(), true);
                         let filter = self.links[i].pool.spec().filter.clone();
                         if self.links[i].pool.spec().on_error == FailurePolicy::FailOpen {
-                            cr.skipped[i] = true;
+                            cr.links[i].skipped = true;
                             data = Bytes::from(out);
                             continue;
                         }
@@ -311,7 +319,7 @@ impl Chain {
                             kind: FailureKind::BodyLimit,
                         });
                     }
-                    cr.held[i] = out;
+                    cr.links[i].held = out;
                     data = Bytes::new();
                 }
                 Ok(_) => data = Bytes::from(out),
@@ -330,7 +338,7 @@ impl Chain {
             }
         }
         for i in 0..self.links.len() {
-            if let Some(b) = cr.bound[i].take()
+            if let Some(b) = cr.links[i].bound.take()
                 && !self.links[i].pool.phases().contains(Phases::STATELESS)
                 && let Err(Failure { kind, error }) =
                     self.links[i].pool.call(b, None, ex, true).await

@@ -69,12 +69,19 @@ impl FilterRun {
         record: bool,
     ) -> FilterRun {
         let cr = chain.start();
+        // Every field written out: `..Exchange::default()` would build (and drop) a default
+        // `Props`, three allocations per filtered request.
         let ex = Exchange {
             method,
+            path: String::new(),
+            path_changed: false,
+            request_headers: http::HeaderMap::new(),
+            status: 0,
+            response_headers: http::HeaderMap::new(),
+            body: Vec::new(),
             props: Arc::new(props),
             deadline: Some(deadline),
             trace: record.then(Box::default),
-            ..Exchange::default()
         };
         FilterRun {
             shared: Arc::new(RunShared {
