@@ -2,7 +2,7 @@
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
 Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints] [--retries-off]
-                               [--clients] [--servers] [--tracing]
+                               [--clients] [--servers] [--tracing] [--filters]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
@@ -18,7 +18,11 @@ on vs off in one binary). --clients measures each binary twice, with the upstrea
 default) and `hyper` (hyper's server); with both flags, all four pairs. --tracing measures each
 binary without `tracing:`, then at sample ratio 0, 0.01 and 1 with OTLP export (to this script's
 second upstream, which answers every POST 200): what trace context costs every request, and what
-a sampled one adds.
+a sampled one adds. --filters measures each binary without filters and with one no-op filter
+(the testbed component, `mode: noop`, as `benches/setup.sh` builds it): what a filtered request
+costs before any filter logic. Filters are compiled by a first run whose count is thrown away,
+into the compiled-filter cache the measured runs load from (valgrind's CPU has its own cache key;
+compiling under callgrind sometimes trips its signal handling, so that run is retried).
 """
 import os
 import re
@@ -74,7 +78,12 @@ def client(n, xff):
     s.close()
 
 
-def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=None, tracing=None):
+TESTBED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench-filters",
+                       "testbed.wasm")
+
+
+def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=None, tracing=None,
+              filters=0):
     eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
     if two:
         eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
@@ -83,15 +92,20 @@ def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=No
         f.write(f"""workers: 1
 admin: {{ listen: 127.0.0.1:0 }}
 listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT}{f', server: {server}' if server else ''} }} ]
-routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api }} ]
+routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api{f', filters: [ {", ".join(f"f{i}" for i in range(filters))} ]' if filters else ''} }} ]
 clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''}{f', client: {upstream_client}' if upstream_client else ''} }} ]
 """)
+        if filters:
+            # Few instance slots: valgrind cannot reserve the default's address space.
+            f.write(f"filter_instances: 16\nfilter_cache: {tmp}/filter-cache\nfilters: [ "
+                    + ", ".join(f"{{ name: f{i}, module: '{TESTBED}', config: {{ mode: noop }} }}"
+                                for i in range(filters)) + " ]\n")
         if tracing is not None:
             f.write(f"tracing: {{ sample_ratio: {tracing}, otlp: {{ endpoint: 'http://127.0.0.1:{UPSTREAM_PORT_2}' }} }}\n")
     err = open(os.path.join(tmp, "err.txt"), "w+")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
                           weir, "run", cfg], stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline:
         err.seek(0)
         if "weir: ready" in err.read():
@@ -116,6 +130,9 @@ def main():
     clients = ["native", "hyper"] if "--clients" in sys.argv else [None]
     servers = ["native", "hyper"] if "--servers" in sys.argv else [None]
     tracings = [None, 0, 0.01, 1] if "--tracing" in sys.argv else [None]
+    filterings = [0, 1] if "--filters" in sys.argv else [0]
+    if "--filters" in sys.argv and not os.path.exists(TESTBED):
+        sys.exit(f"{TESTBED} is missing: run `bash benches/setup.sh` first")
     if not args:
         sys.exit(__doc__)
     for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
@@ -123,15 +140,24 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
             for srv in servers:
-                for c, t in ((c, t) for c in clients for t in tracings):
-                    a = collected(weir, N1, xff, tmp, two, off, c, srv, t)
-                    b = collected(weir, N2, xff, tmp, two, off, c, srv, t)
+                for c, t, nf in ((c, t, nf) for c in clients for t in tracings for nf in filterings):
+                    if nf:
+                        os.makedirs(f"{tmp}/filter-cache", mode=0o700, exist_ok=True)
+                        for _ in range(3):
+                            try:
+                                collected(weir, 1, xff, tmp, two, off, c, srv, t, nf)
+                                break
+                            except SystemExit:
+                                pass
+                    a = collected(weir, N1, xff, tmp, two, off, c, srv, t, nf)
+                    b = collected(weir, N2, xff, tmp, two, off, c, srv, t, nf)
                     print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
                           f" ({'with' if xff else 'without'} a client X-Forwarded-For"
                           f"{', two endpoints' if two else ''}{', retries off' if off else ''}"
                           f"{f', server: {srv}' if srv else ''}"
                           f"{f', client: {c}' if c else ''}"
-                          f"{'' if t is None else f', tracing at ratio {t}'})")
+                          f"{'' if t is None else f', tracing at ratio {t}'}"
+                          f"{f', {nf} no-op filter' if nf else ''})")
 
 
 if __name__ == "__main__":
