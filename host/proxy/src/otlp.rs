@@ -7,8 +7,7 @@
 //! the thread that made it (no cache lines or allocator arenas shared with another core), and
 //! a one-worker proxy stays one thread. A second thread is not free: once a process has one,
 //! glibc takes its multi-threaded paths in every syscall wrapper and `malloc` — about 440
-//! instructions on each of a plain request's four syscalls and allocations, more than the
-//! trace context itself costs.
+//! instructions per plain request, more than the trace context itself costs.
 //!
 //! Memory is bounded by `max_queue_spans`: past it, a request's spans are dropped and counted,
 //! and a batch whose export fails or times out is dropped and counted too, never retried into
@@ -135,6 +134,8 @@ pub(crate) struct Exporter {
 struct Queue {
     state: Mutex<Waiting>,
     wake: tokio::sync::Notify,
+    /// `Waiting::spans`, written under the lock: read without it, to drop before encoding.
+    spans: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -183,8 +184,9 @@ impl Exporter {
         let queue = Arc::new(Queue {
             state: Mutex::new(Waiting::default()),
             wake: tokio::sync::Notify::new(),
+            spans: Default::default(),
         });
-        let thread = Batcher {
+        let task = Batcher {
             queue: queue.clone(),
             url,
             grpc: config.protocol == OtlpProtocol::Grpc,
@@ -195,7 +197,7 @@ impl Exporter {
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| std::io::Error::other(format!("no runtime to export from: {e}")))?;
-        runtime.spawn(thread.run());
+        runtime.spawn(task.run());
         Ok(Exporter {
             queue,
             stats,
@@ -213,6 +215,12 @@ impl Exporter {
     pub fn export(&self, spans: &[SpanRecord]) {
         let n = spans.len();
         if n == 0 {
+            return;
+        }
+        // A full queue (a receiver that is down) drops before encoding, not after. Read
+        // without the lock, the count may be a batch behind: the check under it is exact.
+        if self.queue.spans.load(Relaxed) + n > self.max_queue {
+            self.stats.dropped_queue_full.fetch_add(n as u64, Relaxed);
             return;
         }
         SCRATCH.with_borrow_mut(|encoded| {
@@ -236,6 +244,7 @@ impl Exporter {
                 let full = std::mem::take(&mut q.open);
                 q.full.push_back(full);
             }
+            self.queue.spans.store(q.spans, Relaxed);
             self.stats.queued.store(q.spans as u64, Relaxed);
             drop(q);
             if filled {
@@ -287,7 +296,9 @@ impl Epoch {
     pub fn unix_nanos(self, t: Instant) -> u64 {
         match t.checked_duration_since(self.at) {
             Some(after) => self.unix_nanos.saturating_add(after.as_nanos() as u64),
-            None => (self.unix_nanos).saturating_sub(self.at.duration_since(t).as_nanos() as u64),
+            None => self
+                .unix_nanos
+                .saturating_sub(self.at.duration_since(t).as_nanos() as u64),
         }
     }
 }
@@ -343,6 +354,7 @@ impl Batcher {
                         None => break,
                     };
                     q.spans -= batch.spans;
+                    self.queue.spans.store(q.spans, Relaxed);
                     self.stats.queued.store(q.spans as u64, Relaxed);
                     batch
                 };

@@ -445,6 +445,30 @@ mod tests {
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    /// Header values a client chose (a request id, a Host) become attributes: visible ASCII as
+    /// it is, other bytes replaced rather than passed on, and every one capped.
+    #[test]
+    fn header_values_become_capped_valid_text() {
+        let as_str = |a: Attr| match a {
+            Attr::Str(s) => s,
+            _ => panic!("a string attribute"),
+        };
+        let v = |b: &[u8]| HeaderValue::from_bytes(b).expect("a header value");
+        assert_eq!(
+            as_str(text(&v(b"api.example.com:8443"))),
+            "api.example.com:8443"
+        );
+        assert_eq!(
+            as_str(text(&v(b"caf\xe9\xff id"))),
+            "caf\u{fffd}\u{fffd} id"
+        );
+        let long = text(&v(&vec![b'a'; 70_000]));
+        assert_eq!(as_str(long).len(), crate::otlp::MAX_ATTR_BYTES);
+        let long_invalid = as_str(text(&v(&[0xe9; 4096])));
+        assert!(long_invalid.len() <= crate::otlp::MAX_ATTR_BYTES);
+        assert!(long_invalid.chars().all(|c| c == '\u{fffd}'));
+    }
+
     fn headers(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
