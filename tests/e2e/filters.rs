@@ -497,6 +497,46 @@ async fn a_config_the_filter_rejects_is_an_error_at_its_route() -> Result<()> {
     Ok(())
 }
 
+/// Filter memories are reserved whole (4 GiB and a guard each, so guests need no bounds
+/// checks); where the address space cannot hold that (`ulimit -v`), the proxy says so and runs
+/// the same filters with bounds checks instead of refusing to start.
+#[tokio::test]
+async fn a_bounded_address_space_costs_bounds_checks_not_the_start() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new();
+    let text = config(
+        &up,
+        &tb("noop", "{ mode: noop }", ""),
+        &route("r", "/", "[noop]"),
+    )
+    .replace("{dir}", &dir.0.display().to_string());
+    // 16 slots: 128 GiB of whole reservations, about 9 GiB of bounded ones.
+    let cfg = dir.write(
+        "weir.yaml",
+        &format!("admin: {{ listen: 127.0.0.1:0 }}\nfilter_instances: 16\n{text}"),
+    );
+    let validate = |limit_kib: Option<u64>| {
+        let limit = limit_kib.map_or("unlimited".to_string(), |k| k.to_string());
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v \"$2\" && exec \"$0\" validate \"$1\"")
+            .arg(weir_bin())
+            .arg(&cfg)
+            .arg(limit)
+            .output()
+    };
+    let warning = "filters run with bounds checks";
+    let out = validate(None).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains(warning), "{err}");
+    let out = validate(Some(32 << 20)).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(warning), "{err}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn compiled_filters_are_cached_on_disk_by_content_hash() -> Result<()> {
     let up = Upstream::start("up").await;

@@ -68,8 +68,10 @@ pub struct Config {
     pub filter_cache: Option<PathBuf>,
     /// Most filter instances alive at once in the whole process (default 1000). Each is a slot
     /// of the pooling allocator, which reserves address space (not memory) for two linear
-    /// memories up front: about 576 MiB per slot, so lower this under `ulimit -v` or a memory
-    /// checker. Read at start; a change takes a restart.
+    /// memories up front: 4 GiB and a guard each, about 8 GiB per slot, so a guest's memory
+    /// accesses need no bounds checks. Where that does not fit (`ulimit -v`, a memory checker)
+    /// the proxy warns and falls back to 288 MiB per memory, with bounds checks (slower guests).
+    /// Read at start; a change takes a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_instances: Option<u32>,
     /// Where filters' shared state (KV, counters, token buckets) lives. Default: in this process.

@@ -20,6 +20,10 @@ use crate::{Callouts, KvLimits};
 /// Largest linear memory any filter may be given (`limits.memory` is checked against it).
 pub const MAX_MEMORY: usize = 256 << 20;
 
+/// Address space reserved for each linear memory: all a 32-bit index can reach (see
+/// `Runtime::with_engine_config`).
+const FULL_RESERVATION: u64 = 1 << 32;
+
 /// Runtime settings.
 pub struct RuntimeOptions {
     /// Where compiled components are cached; `None` keeps them in memory only.
@@ -133,15 +137,37 @@ impl Runtime {
         cfg.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            // Virtual reservations per memory slot: what a filter may grow into, plus guards.
-            .memory_reservation(MAX_MEMORY as u64)
+            // Each memory slot reserves the whole 32-bit index space plus a guard, so any
+            // address a guest computes lands in its reservation: cranelift then compiles loads
+            // and stores without bounds checks (a reservation of `MAX_MEMORY` made every access
+            // a compare, a conditional move and two loads from the instance). It is address
+            // space only: a filter still grows to at most `MAX_MEMORY` (`max_memory_size`) and
+            // its `limits.memory` (the limiter).
+            .memory_reservation(FULL_RESERVATION)
             .memory_guard_size(32 << 20)
+            // Pooled memories never move: their base can be loaded once, not at every access.
+            .memory_may_move(false)
             .max_wasm_stack(512 << 10)
             .async_stack_size(1 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         tweak(&mut cfg);
-        let engine = Engine::new(&cfg)
-            .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
+        let engine = Engine::new(&cfg).or_else(|full| {
+            // Where the address space is bounded (`ulimit -v`, valgrind) the pool may not fit
+            // with whole-index-space reservations: fall back to reservations of `MAX_MEMORY`
+            // (filters then run with bounds checks, slower) rather than refuse to start.
+            cfg.memory_reservation(MAX_MEMORY as u64);
+            let engine = Engine::new(&cfg).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the wasm engine: {e:#} (and with 4 GiB reservations: {full:#})"
+                )
+            })?;
+            tracing::warn!(
+                "the address space cannot hold {n} filter instances of 8 GiB of reservations each \
+                 ({full:#}): filters run with bounds checks on every memory access, slower; \
+                 lower filter_instances to run them at full speed"
+            );
+            Ok::<_, anyhow::Error>(engine)
+        })?;
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -224,6 +250,15 @@ impl Runtime {
             }
         };
         let (component, compiled) = self.compile_cached(&hash, componentized)?;
+        // Where the guest's machine code lives: a profiler (perf, callgrind) shows JIT code as
+        // bare addresses, and the compiled file's symbols (`nm`) are offsets from this start.
+        let text = component.text().as_ptr_range();
+        tracing::debug!(
+            "filter {name:?} ({}): code at {:p}..{:p}",
+            &hash[..12],
+            text.start,
+            text.end
+        );
         let ty = component.component_type();
         let engine = &self.inner.engine;
         crate::componentize::check_contract(
