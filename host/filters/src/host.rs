@@ -257,7 +257,21 @@ pub(crate) struct HostState {
     pub budget: Budget,
     /// Callouts made by the running call (at most [`MAX_CALLOUTS_PER_CALL`]).
     pub callouts: u32,
+    /// Series this instance has written, resolved (see [`HostState::series`]).
+    series: Vec<Resolved>,
 }
+
+/// A series a filter instance wrote before: its call, and where its value lives.
+struct Resolved {
+    kind: Kind,
+    name: String,
+    labels: Vec<(String, String)>,
+    series: weir_observe::FilterSeries,
+}
+
+/// Most series one instance keeps resolved; past this, its other series are looked up on
+/// every write (filters write a handful: decisions by outcome, a latency).
+const RESOLVED_SERIES: usize = 32;
 
 /// Most callouts one phase call may make: each holds the instance (and the request) while it
 /// waits.
@@ -290,6 +304,7 @@ impl HostState {
             phase: Phase::Configure,
             budget: Budget::new(shared.spec.time_per_phase),
             callouts: 0,
+            series: Vec::new(),
             shared,
         }
     }
@@ -767,6 +782,40 @@ impl clock::Host for HostState {
 }
 
 impl HostState {
+    /// The series a metrics call writes: one this instance wrote before (no look-up, no
+    /// check: an admitted series stays admitted, and the process keeps it), else checked,
+    /// admitted and resolved (see [`crate::series`]), and kept for the next call.
+    fn series(
+        &mut self,
+        kind: Kind,
+        name: String,
+        labels: Vec<(String, String)>,
+    ) -> Result<&weir_observe::FilterSeries, HostError> {
+        let known = (self.series.iter())
+            .position(|r| r.kind == kind && r.name == name && r.labels == labels);
+        if let Some(i) = known {
+            return Ok(&self.series[i].series);
+        }
+        self.admit_series(&name, kind, &labels)?;
+        let (filter, registry) = (&*self.shared.spec.filter, &self.shared.runtime.registry);
+        let series = match kind {
+            Kind::Counter => registry.filter_counter(filter, &name, &labels),
+            Kind::Gauge => registry.filter_gauge(filter, &name, &labels),
+            Kind::Histogram => registry.filter_histogram(filter, &name, &labels),
+        };
+        if self.series.len() == RESOLVED_SERIES {
+            // Full: the newest takes the last place (the first ones stay fast).
+            self.series.pop();
+        }
+        self.series.push(Resolved {
+            kind,
+            name,
+            labels,
+            series,
+        });
+        Ok(&self.series[self.series.len() - 1].series)
+    }
+
     /// Checks a metrics call and admits its series (see [`crate::series`]); a refusal past a
     /// bound is counted on `/metrics`.
     fn admit_series(
@@ -793,14 +842,9 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         delta: u64,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(self.admit_series(&name, Kind::Counter, &labels).map(|()| {
-            self.shared.runtime.registry.filter_counter_add(
-                &self.shared.spec.filter,
-                &name,
-                &labels,
-                delta,
-            )
-        }))
+        Ok(self
+            .series(Kind::Counter, name, labels)
+            .map(|s| s.add(delta)))
     }
     fn gauge_set(
         &mut self,
@@ -808,14 +852,7 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         value: i64,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(self.admit_series(&name, Kind::Gauge, &labels).map(|()| {
-            self.shared.runtime.registry.filter_gauge_set(
-                &self.shared.spec.filter,
-                &name,
-                &labels,
-                value,
-            )
-        }))
+        Ok(self.series(Kind::Gauge, name, labels).map(|s| s.set(value)))
     }
     fn histogram_observe(
         &mut self,
@@ -829,15 +866,8 @@ impl metrics::Host for HostState {
             ))));
         }
         Ok(self
-            .admit_series(&name, Kind::Histogram, &labels)
-            .map(|()| {
-                self.shared.runtime.registry.filter_histogram_observe(
-                    &self.shared.spec.filter,
-                    &name,
-                    &labels,
-                    value,
-                )
-            }))
+            .series(Kind::Histogram, name, labels)
+            .map(|s| s.observe(value)))
     }
 }
 

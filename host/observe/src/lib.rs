@@ -17,8 +17,8 @@ mod traces;
 pub use access_log::{AccessLog, AccessRecord, ConnectionRecord, LogKeys, rfc3339};
 pub use kafka::{KafkaSink, KafkaStats};
 pub use metrics::{
-    BUFFER_POOL_BYTES, ClusterStats, ConnGauge, EndpointStats, FilterStats, Histogram,
-    ListenerStats, Refusal, Registry, RouteStats, escape,
+    BUFFER_POOL_BYTES, ClusterStats, ConnGauge, EndpointStats, FilterSeries, FilterStats,
+    Histogram, ListenerStats, Refusal, Registry, RouteStats, escape,
 };
 pub use queues::{QueueStats, Waiting};
 pub use state::{StateOp, StateOutcome, StateStats};

@@ -287,6 +287,34 @@ enum Custom {
     Histogram(Histogram),
 }
 
+/// One series of a filter's own metric, resolved. Each operation applies only to its kind
+/// (adding to a gauge does nothing: the host checks kinds before it resolves a series).
+#[derive(Debug, Clone)]
+pub struct FilterSeries(Arc<Custom>);
+
+impl FilterSeries {
+    /// Adds to a counter.
+    pub fn add(&self, delta: u64) {
+        if let Custom::Counter(c) = &*self.0 {
+            c.fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, value: i64) {
+        if let Custom::Gauge(g) = &*self.0 {
+            g.store(value, Relaxed);
+        }
+    }
+
+    /// Records a histogram observation, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        if let Custom::Histogram(h) = &*self.0 {
+            h.observe(Duration::from_secs_f64(seconds.clamp(0.0, 1e6)));
+        }
+    }
+}
+
 /// Filter-defined metric histograms: seconds, from 100µs to 10s.
 const CUSTOM_BUCKETS_US: &[u64] = &[
     100, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000, 10_000_000,
@@ -312,7 +340,7 @@ struct Inner {
     unrouted: DashMap<u16, AtomicU64>,
     filters: DashMap<(String, String), Arc<FilterStats>>,
     /// (filter, metric name, rendered labels) → value.
-    custom: DashMap<CustomKey, Custom>,
+    custom: DashMap<CustomKey, Arc<Custom>>,
     /// (filter, limit) → host calls refused for going past that bound.
     filter_limits: DashMap<(String, &'static str), AtomicU64>,
     timeouts: Timeouts,
@@ -434,87 +462,57 @@ impl Registry {
 
     /// The filter metric `(filter, name, labels)`, created by `make` on first use. Found
     /// without allocating: the key is built (and its labels rendered) only for a new series.
-    fn custom<R>(
+    /// A filter's series, found or created with `make`.
+    fn custom(
         &self,
         filter: &str,
         name: &str,
         labels: &[(String, String)],
         make: impl FnOnce() -> Custom,
-        f: impl FnOnce(&Custom) -> R,
-    ) -> R {
+    ) -> FilterSeries {
         let view: (&str, &str, &[(String, String)]) = (filter, name, labels);
         if let Some(e) = self.inner.custom.get(&view as &dyn KeyView) {
-            return f(&e);
+            return FilterSeries(e.clone());
         }
         let e = self
             .inner
             .custom
             .entry(CustomKey::new(filter, name, labels))
-            .or_insert_with(make);
-        f(&e)
+            .or_insert_with(|| Arc::new(make()));
+        FilterSeries(e.clone())
     }
 
-    /// A filter's own counter (`weir_filter_<name>`).
-    pub fn filter_counter_add(
+    /// A filter's own counter (`weir_filter_<name>`), resolved: keep it to add to it without
+    /// a look-up (series are never removed).
+    pub fn filter_counter(
         &self,
         filter: &str,
         name: &str,
         labels: &[(String, String)],
-        delta: u64,
-    ) {
-        self.custom(
-            filter,
-            name,
-            labels,
-            || Custom::Counter(AtomicU64::new(0)),
-            |e| {
-                if let Custom::Counter(c) = e {
-                    c.fetch_add(delta, Relaxed);
-                }
-            },
-        );
+    ) -> FilterSeries {
+        self.custom(filter, name, labels, || Custom::Counter(AtomicU64::new(0)))
     }
 
-    /// A filter's own gauge.
-    pub fn filter_gauge_set(
+    /// A filter's own gauge, resolved (see [`Registry::filter_counter`]).
+    pub fn filter_gauge(
         &self,
         filter: &str,
         name: &str,
         labels: &[(String, String)],
-        value: i64,
-    ) {
-        self.custom(
-            filter,
-            name,
-            labels,
-            || Custom::Gauge(AtomicI64::new(0)),
-            |e| {
-                if let Custom::Gauge(g) = e {
-                    g.store(value, Relaxed);
-                }
-            },
-        );
+    ) -> FilterSeries {
+        self.custom(filter, name, labels, || Custom::Gauge(AtomicI64::new(0)))
     }
 
-    /// A filter's own histogram (value in seconds).
-    pub fn filter_histogram_observe(
+    /// A filter's own histogram (values in seconds), resolved (see [`Registry::filter_counter`]).
+    pub fn filter_histogram(
         &self,
         filter: &str,
         name: &str,
         labels: &[(String, String)],
-        seconds: f64,
-    ) {
-        self.custom(
-            filter,
-            name,
-            labels,
-            || Custom::Histogram(Histogram::new(CUSTOM_BUCKETS_US)),
-            |e| {
-                if let Custom::Histogram(h) = e {
-                    h.observe(Duration::from_secs_f64(seconds.clamp(0.0, 1e6)));
-                }
-            },
-        );
+    ) -> FilterSeries {
+        self.custom(filter, name, labels, || {
+            Custom::Histogram(Histogram::new(CUSTOM_BUCKETS_US))
+        })
     }
 
     /// Counts a host call refused because a filter went past a bound (`limit`: `kv_key_bytes`,
@@ -901,7 +899,7 @@ impl Registry {
                 continue;
             };
             let name = format!("weir_filter_{}", key.name);
-            let kind = match &*e {
+            let kind = match &**e {
                 Custom::Counter(_) => "counter",
                 Custom::Gauge(_) => "gauge",
                 Custom::Histogram(_) => "histogram",
@@ -910,7 +908,7 @@ impl Registry {
                 let _ = writeln!(out, "# TYPE {name} {kind}");
                 last_name = name.clone();
             }
-            match &*e {
+            match &**e {
                 Custom::Counter(c) => {
                     let _ = writeln!(out, "{name}{{{}}} {}", key.rendered, c.load(Relaxed));
                 }
@@ -1038,18 +1036,22 @@ mod tests {
         let reg = Registry::new();
         let a = labels(&[("route", "api"), ("result", "allowed")]);
         for _ in 0..3 {
-            reg.filter_counter_add("limit", "requests_total", &a, 2);
+            reg.filter_counter("limit", "requests_total", &a).add(2);
         }
-        reg.filter_counter_add(
-            "limit",
-            "requests_total",
-            &labels(&[("route", "api"), ("result", "limited")]),
-            1,
-        );
-        reg.filter_counter_add("other", "requests_total", &a, 5);
-        reg.filter_gauge_set("limit", "depth", &labels(&[("q", "a\"b\\c\nd")]), -4);
-        reg.filter_gauge_set("limit", "depth", &labels(&[("q", "a\"b\\c\nd")]), 9);
-        reg.filter_histogram_observe("limit", "wait_seconds", &[], 0.002);
+        let limited = labels(&[("route", "api"), ("result", "limited")]);
+        reg.filter_counter("limit", "requests_total", &limited)
+            .add(1);
+        reg.filter_counter("other", "requests_total", &a).add(5);
+        // A series resolved once keeps counting where a look-up would.
+        let depth = reg.filter_gauge("limit", "depth", &labels(&[("q", "a\"b\\c\nd")]));
+        depth.set(-4);
+        reg.filter_gauge("limit", "depth", &labels(&[("q", "a\"b\\c\nd")]))
+            .set(9);
+        // An operation of another kind does nothing.
+        depth.add(100);
+        depth.observe(1.0);
+        reg.filter_histogram("limit", "wait_seconds", &[])
+            .observe(0.002);
         let text = reg.render("1");
         for line in [
             "weir_filter_requests_total{filter=\"limit\",route=\"api\",result=\"allowed\"} 6",

@@ -154,6 +154,75 @@ fn metric_names_labels_and_series_are_bounded() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An instance keeps the series it wrote resolved: repeated writes land on the same series
+/// (as many as were made), and what admission refuses stays refused however often it comes
+/// and whatever was resolved before: another kind under a known name, a bad label, a series
+/// past the bound, and series past what the instance keeps resolved still counted right.
+#[test]
+fn resolved_series_count_every_write_and_refuse_what_admission_refuses() -> anyhow::Result<()> {
+    let mut s = state(KvLimits::default())?;
+    let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    for _ in 0..5 {
+        must(s.counter_add("hits".into(), l("r", "a"), 2))?;
+        must(s.gauge_set("depth".into(), vec![], 7))?;
+        must(s.histogram_observe("wait".into(), vec![], 0.5))?;
+        assert_eq!(kind(s.gauge_set("hits".into(), l("r", "a"), 1)), "invalid");
+        assert_eq!(kind(s.counter_add("depth".into(), vec![], 1)), "invalid");
+        assert_eq!(
+            kind(s.counter_add("hits".into(), l("le", "a"), 1)),
+            "invalid"
+        );
+    }
+    must(s.counter_add("hits".into(), l("r", "b"), 1))?;
+    // More series than one instance keeps resolved: every write still counts.
+    for _ in 0..3 {
+        for i in 0..RESOLVED_SERIES * 2 {
+            must(s.counter_add("many".into(), l("i", &i.to_string()), 1))?;
+        }
+        must(s.counter_add("hits".into(), l("r", "a"), 1))?;
+    }
+    let text = s.shared.runtime.registry.render("test");
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        value("weir_filter_hits{filter=\"f\",r=\"a\"}").as_deref(),
+        Some("13")
+    );
+    assert_eq!(
+        value("weir_filter_hits{filter=\"f\",r=\"b\"}").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        value("weir_filter_depth{filter=\"f\"}").as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        value("weir_filter_wait_count{filter=\"f\"}").as_deref(),
+        Some("5")
+    );
+    for i in 0..RESOLVED_SERIES * 2 {
+        let series = format!("weir_filter_many{{filter=\"f\",i=\"{i}\"}}");
+        assert_eq!(value(&series).as_deref(), Some("3"), "{series}");
+    }
+    assert!(!text.contains("le=\"a\""));
+    // Past the series bound, a refusal every time (counted every time), even for a name
+    // whose other series are resolved.
+    for i in RESOLVED_SERIES * 2..crate::series::MAX_SERIES_PER_METRIC {
+        must(s.counter_add("many".into(), l("i", &i.to_string()), 1))?;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            kind(s.counter_add("many".into(), l("i", "x"), 1)),
+            "invalid"
+        );
+    }
+    assert_eq!(hits(&s, "metric_series"), 3);
+    Ok(())
+}
+
 #[test]
 fn filters_cannot_grow_header_maps_without_bound() -> anyhow::Result<()> {
     for (phase, map) in [
