@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use weir_filter::auth::{Bearer, ForwardHeaders, bearer_token, header_value};
+use weir_filter::auth::{Bearer, ForwardHeaders, bearer_token};
 use weir_filter::{Action, Filter, Phases, Request, clock, export_filter, log, metrics};
 
 mod discovery;
@@ -144,8 +144,29 @@ impl Filter for JwtAuth {
             count("denied");
             return self.bearer.missing_token();
         };
-        let claims = match self.verify(&token, clock::now_ms()) {
-            Ok(claims) => claims,
+        let verified = token::decode(&token).and_then(|decoded| {
+            let claims = self.verify(&decoded, clock::now_ms())?;
+            // A forwarded claim is decoded only here; one that does not decode refuses the
+            // token (the headers already set go nowhere: the request is answered 401).
+            let mut undecodable = None;
+            let forwarded = (self.forward).apply(req, |claim| match claims.header_value(claim) {
+                Ok(value) => value,
+                Err(e) => {
+                    undecodable = Some(e);
+                    None
+                }
+            });
+            if let Some(reject) = undecodable {
+                return Err(reject);
+            }
+            if weir_filter::trace::sampled() {
+                weir_filter::auth::identified(claims.value("sub").as_ref());
+            }
+            Ok(forwarded)
+        });
+        match verified {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return internal_error(&e),
             Err(reject) => {
                 count("denied");
                 log::debug(&format!(
@@ -154,16 +175,12 @@ impl Filter for JwtAuth {
                 ));
                 return self.bearer.invalid_token(reject.description());
             }
-        };
-        if let Err(e) = (self.forward).apply(req, |claim| claims.get(claim).map(header_value)) {
-            return internal_error(&e);
         }
         if self.strip_token
             && let Err(e) = req.remove_header("authorization")
         {
             return internal_error(&e);
         }
-        weir_filter::auth::identified(claims.get("sub"));
         count("allowed");
         Action::Continue
     }
@@ -172,15 +189,16 @@ impl Filter for JwtAuth {
 export_filter!(JwtAuth);
 
 impl JwtAuth {
-    /// Verifies a compact JWS at `now_ms`: algorithm, key, signature, then claims.
-    fn verify(
+    /// Verifies a decoded compact JWS at `now_ms`: algorithm, key, signature, then claims.
+    fn verify<'t>(
         &self,
-        token: &str,
+        token: &'t token::Decoded<'_>,
         now_ms: u64,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
-        let token = token::parse(token)?;
-        let alg = Alg::parse(&token.header.alg).ok_or(Reject::UnsupportedAlg)?;
-        let kid = token.header.kid.as_deref();
+    ) -> Result<token::Claims<'t>, Reject> {
+        let header = token.header()?;
+        let claims = token.claims()?;
+        let alg = Alg::parse(&header.alg).ok_or(Reject::UnsupportedAlg)?;
+        let kid = header.kid.as_deref();
         if let Some(d) = &self.discovery {
             d.refresh_if_due(false);
             // A kid nobody has: the provider may have rotated its keys.
@@ -201,8 +219,8 @@ impl JwtAuth {
             .as_ref()
             .filter(|f| f.at_ms.is_some())
             .map(|f| f.issuer.as_str());
-        token::check_claims(&token.claims, &self.rules, discovered_issuer, now_ms)?;
-        Ok(token.claims)
+        token::check_claims(&claims, &self.rules, discovered_issuer, now_ms)?;
+        Ok(claims)
     }
 
     /// Whether any key, configured or discovered, has this kid.

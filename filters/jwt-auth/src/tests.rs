@@ -293,6 +293,95 @@ fn claims_are_checked_with_leeway() -> TestResult {
     Ok(())
 }
 
+/// A token whose claims are this JSON text exactly (what `serde_json` would never write:
+/// escapes, duplicate members, odd spacing), signed by `signer`.
+fn token_with_claims_text(claims: &str, signer: &Signer) -> String {
+    let header = json!({ "alg": signer.alg(), "typ": "JWT" });
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.as_bytes())
+    );
+    let sig = signer.sign(input.as_bytes());
+    format!("{input}.{}", b64(&sig))
+}
+
+/// The claims are read from the token's text as JSON defines it, whatever way it was written:
+/// escaped member names and values mean what they decode to, a member given twice is its last
+/// value (what a JSON object keeps), and a payload that is not one object is malformed.
+#[test]
+fn claims_are_read_as_json_whatever_their_spelling() -> TestResult {
+    let hs = Signer::hs();
+    let mut h = Harness::<JwtAuth>::new(config(json!([hs.key_config(None)])))?;
+    let (iss, future, past) = ("https://issuer.test", NOW + 600, NOW - 600);
+    let ok = |h: &mut Harness<JwtAuth>,
+              text: String|
+     -> Result<TestRequest, Box<dyn std::error::Error>> {
+        let mut req = bearer(&token_with_claims_text(&text, &hs));
+        let action = h.request_headers(&mut req);
+        h.done(&req);
+        assert_eq!(action, Action::Continue, "{text}");
+        Ok(req)
+    };
+    // Escapes in names and values; spacing; members in any order.
+    let req = ok(
+        &mut h,
+        format!(
+            r#" {{ "sub" : "alice\"x" , "aud":[ "api" ],"exp":{future},
+              "iss":"https:\/\/issuer.test", "roles": ["a", "b"] }} "#
+        ),
+    )?;
+    assert_eq!(req.header_value("x-user-id"), Some("alice\"x"));
+    assert_eq!(req.header_value("x-roles"), Some("a,b"));
+    // A member given twice: its last value counts, for the checks and for the headers.
+    let req = ok(
+        &mut h,
+        format!(
+            r#"{{"sub":"mallory","sub":"alice","exp":{past},"exp":{future},"iss":"{iss}","aud":"api"}}"#
+        ),
+    )?;
+    assert_eq!(req.header_value("x-user-id"), Some("alice"));
+    let text =
+        format!(r#"{{"sub":"alice","exp":{future},"exp":{past},"iss":"{iss}","aud":"api"}}"#);
+    let denied = refused(&mut h, bearer(&token_with_claims_text(&text, &hs)))?;
+    assert_eq!(denied, "token expired");
+    // A number forwarded is its JSON text; an object, compact JSON.
+    let req = ok(
+        &mut h,
+        format!(
+            r#"{{"sub":42,"email":{{"a": [1, 2]}},"exp":{future}.5,"iss":"{iss}","aud":"api"}}"#
+        ),
+    )?;
+    assert_eq!(req.header_value("x-user-id"), Some("42"));
+    assert_eq!(req.header_value("x-user-email"), Some(r#"{"a":[1,2]}"#));
+    // Not one JSON object, or not JSON at all: malformed (never a panic).
+    for text in [
+        "[]",
+        "\"claims\"",
+        "{\"exp\":1",
+        "{\"exp\":1}}",
+        "{\"exp\":1,}",
+        "{\"exp\":01}",
+        "",
+    ] {
+        let denied = refused(&mut h, bearer(&token_with_claims_text(text, &hs)))?;
+        assert_eq!(denied, "malformed token", "{text:?}");
+    }
+    // A member read (forwarded) whose string does not decode: malformed, never forwarded.
+    for sub in [r#""\ud800""#, r#""a\udc00b""#, "\"\u{1}\"", r#"["\ud800"]"#] {
+        let text = format!(r#"{{"sub":{sub},"exp":{future},"iss":"{iss}","aud":"api"}}"#);
+        let denied = refused(&mut h, bearer(&token_with_claims_text(&text, &hs)))?;
+        assert_eq!(denied, "malformed token", "{sub}");
+    }
+    // A claim whose value cannot be read as the check needs: invalid claims, not a pass.
+    for exp in ["\"tomorrow\"", "1e400", "null", "true", "[1]"] {
+        let text = format!(r#"{{"exp":{exp},"iss":"{iss}","aud":"api"}}"#);
+        let denied = refused(&mut h, bearer(&token_with_claims_text(&text, &hs)))?;
+        assert_eq!(denied, "invalid claims", "{exp}");
+    }
+    Ok(())
+}
+
 #[test]
 fn expiry_follows_the_clock() -> TestResult {
     let hs = Signer::hs();

@@ -156,11 +156,14 @@ impl ForwardHeaders {
         mut value: impl FnMut(&str) -> Option<String>,
     ) -> Result<(), HostError> {
         for (member, header) in &self.pairs {
-            req.remove_header(header)?;
+            // Setting replaces every value the client sent: only a member that is not set
+            // needs a removal of its own (one host call per header either way).
             let Some(v) = value(member) else {
+                req.remove_header(header)?;
                 continue;
             };
             if let Err(e) = req.set_header(header, &v) {
+                req.remove_header(header)?;
                 log::warn(&format!("{member:?} not forwarded as {header}: {e}"));
             }
         }
