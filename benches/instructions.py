@@ -2,7 +2,7 @@
 """Instructions per proxied HTTP/1.1 request, counted by callgrind: repeatable on a noisy VM.
 
 Usage: benches/instructions.py WEIR [WEIR ...] [--xff] [--two-endpoints] [--retries-off]
-                               [--clients] [--servers] [--tracing] [--filters]
+                               [--clients] [--servers] [--tracing] [--filters] [--chain]
 
 For each binary: runs `weir run` under `valgrind --tool=callgrind` (one worker, one route, one
 upstream: a tiny raw HTTP server in this script), sends N1 and then, in a second run, N2
@@ -23,7 +23,11 @@ a sampled one adds. --filters measures each binary without filters and with one 
 costs before any filter logic. Filters are compiled by a first run whose count is thrown away,
 into the compiled-filter cache the measured runs load from (valgrind's CPU has its own cache key;
 compiling under callgrind sometimes trips its signal handling, so that run is retried).
+--chain measures each binary without filters and with the realistic gateway chain of
+benches/scenarios/realistic.py (jwt-auth HS256, rate-limit, transform), every request carrying a
+valid token: what the whole chain costs per request.
 """
+import json
 import os
 import re
 import socket
@@ -32,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from scenarios import realistic
 
 N1, N2 = 500, 2500
 BODY = b"0" * 64
@@ -57,10 +63,11 @@ def upstream(port):
         threading.Thread(target=serve, args=(c,), daemon=True).start()
 
 
-def client(n, xff):
+def client(n, xff, chain=False):
     req = (b"GET /v1/users/42/profile?x=1 HTTP/1.1\r\nHost: api.example.com\r\n"
            b"User-Agent: bench/1.0\r\nAccept: */*\r\n"
-           + (b"X-Forwarded-For: 10.1.2.3\r\n" if xff else b"") + b"\r\n")
+           + (b"X-Forwarded-For: 10.1.2.3\r\n" if xff else b"")
+           + (f"Authorization: Bearer {realistic.TOKEN}\r\n".encode() if chain else b"") + b"\r\n")
     s = socket.create_connection(("127.0.0.1", PROXY_PORT))
     buf = b""
     for _ in range(n):
@@ -74,16 +81,33 @@ def client(n, xff):
                 if len(buf) >= h + 4 + cl:
                     buf = buf[h + 4 + cl:]
                     break
-            buf += s.recv(65536)
+            data = s.recv(65536)
+            if not data:
+                # The proxy died (valgrind can crash while a filter compiles): retried by the caller.
+                sys.exit("the proxy closed the connection")
+            buf += data
     s.close()
 
 
-TESTBED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench-filters",
-                       "testbed.wasm")
+FILTERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench-filters")
+TESTBED = os.path.join(FILTERS, "testbed.wasm")
+
+
+class Filters:
+    """`ctx.filter(name)` for realistic.weir_chain: the filters benches/setup.sh built."""
+
+    @staticmethod
+    def filter(name):
+        return os.path.join(FILTERS, f"{name}.wasm")
+
+
+def chain_yaml():
+    """The realistic HS256 chain's filters, as YAML (JSON is YAML)."""
+    return json.dumps(realistic.weir_chain(Filters))
 
 
 def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=None, tracing=None,
-              filters=0):
+              filters=0, chain=False):
     eps = f"{{ address: 127.0.0.1:{UPSTREAM_PORT} }}"
     if two:
         eps += f", {{ address: 127.0.0.1:{UPSTREAM_PORT_2} }}"
@@ -92,7 +116,7 @@ def collected(weir, n, xff, tmp, two, off=False, upstream_client=None, server=No
         f.write(f"""workers: 1
 admin: {{ listen: 127.0.0.1:0 }}
 listeners: [ {{ name: public, listen: 127.0.0.1:{PROXY_PORT}{f', server: {server}' if server else ''} }} ]
-routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api{f', filters: [ {", ".join(f"f{i}" for i in range(filters))} ]' if filters else ''} }} ]
+routes: [ {{ name: api, match: {{ path_prefix: /v1/ }}, cluster: api{f', filters: [ {", ".join(f"f{i}" for i in range(filters))} ]' if filters else ''}{', filters: [ jwt, limit, edit ]' if chain else ''} }} ]
 clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if off else ''}{f', client: {upstream_client}' if upstream_client else ''} }} ]
 """)
         if filters:
@@ -100,6 +124,8 @@ clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if o
             f.write(f"filter_instances: 16\nfilter_cache: {tmp}/filter-cache\nfilters: [ "
                     + ", ".join(f"{{ name: f{i}, module: '{TESTBED}', config: {{ mode: noop }} }}"
                                 for i in range(filters)) + " ]\n")
+        if chain:
+            f.write(f"filter_instances: 16\nfilter_cache: {tmp}/filter-cache\nfilters: {chain_yaml()}\n")
         if tracing is not None:
             f.write(f"tracing: {{ sample_ratio: {tracing}, otlp: {{ endpoint: 'http://127.0.0.1:{UPSTREAM_PORT_2}' }} }}\n")
     err = open(os.path.join(tmp, "err.txt"), "w+")
@@ -114,9 +140,11 @@ clusters: [ {{ name: api, endpoints: [ {eps} ]{', retries: { attempts: 1 }' if o
     else:
         p.kill()
         sys.exit(f"{weir} did not become ready under valgrind")
-    client(n, xff)
-    p.terminate()
-    p.wait()
+    try:
+        client(n, xff, chain)
+    finally:
+        p.terminate()
+        p.wait()
     err.seek(0)
     m = re.findall(r"Collected : (\d+)", err.read())
     return int(m[-1])
@@ -131,8 +159,10 @@ def main():
     servers = ["native", "hyper"] if "--servers" in sys.argv else [None]
     tracings = [None, 0, 0.01, 1] if "--tracing" in sys.argv else [None]
     filterings = [0, 1] if "--filters" in sys.argv else [0]
-    if "--filters" in sys.argv and not os.path.exists(TESTBED):
-        sys.exit(f"{TESTBED} is missing: run `bash benches/setup.sh` first")
+    chains = [False, True] if "--chain" in sys.argv else [False]
+    for flag, f in (("--filters", "testbed"), ("--chain", "jwt_auth")):
+        if flag in sys.argv and not os.path.exists(Filters.filter(f)):
+            sys.exit(f"{Filters.filter(f)} is missing: run `bash benches/setup.sh` first")
     if not args:
         sys.exit(__doc__)
     for port in (UPSTREAM_PORT, UPSTREAM_PORT_2):
@@ -140,24 +170,26 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for weir in args:
             for srv in servers:
-                for c, t, nf in ((c, t, nf) for c in clients for t in tracings for nf in filterings):
-                    if nf:
+                for c, t, nf, ch in ((c, t, nf, ch) for c in clients for t in tracings
+                                     for nf in filterings for ch in chains):
+                    if nf or ch:
                         os.makedirs(f"{tmp}/filter-cache", mode=0o700, exist_ok=True)
                         for _ in range(3):
                             try:
-                                collected(weir, 1, xff, tmp, two, off, c, srv, t, nf)
+                                collected(weir, 1, xff, tmp, two, off, c, srv, t, nf, ch)
                                 break
                             except SystemExit:
                                 pass
-                    a = collected(weir, N1, xff, tmp, two, off, c, srv, t, nf)
-                    b = collected(weir, N2, xff, tmp, two, off, c, srv, t, nf)
+                    a = collected(weir, N1, xff, tmp, two, off, c, srv, t, nf, ch)
+                    b = collected(weir, N2, xff, tmp, two, off, c, srv, t, nf, ch)
                     print(f"{weir}: {(b - a) / (N2 - N1):,.0f} instructions per request"
                           f" ({'with' if xff else 'without'} a client X-Forwarded-For"
                           f"{', two endpoints' if two else ''}{', retries off' if off else ''}"
                           f"{f', server: {srv}' if srv else ''}"
                           f"{f', client: {c}' if c else ''}"
                           f"{'' if t is None else f', tracing at ratio {t}'}"
-                          f"{f', {nf} no-op filter' if nf else ''})")
+                          f"{f', {nf} no-op filter' if nf else ''}"
+                          f"{', the realistic HS256 chain' if ch else ''})")
 
 
 if __name__ == "__main__":
