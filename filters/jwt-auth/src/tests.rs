@@ -368,11 +368,26 @@ fn claims_are_read_as_json_whatever_their_spelling() -> TestResult {
         assert_eq!(denied, "malformed token", "{text:?}");
     }
     // A member read (forwarded) whose string does not decode: malformed, never forwarded.
+    // (A raw control character is refused earlier, with the payload's syntax.)
     for sub in [r#""\ud800""#, r#""a\udc00b""#, "\"\u{1}\"", r#"["\ud800"]"#] {
         let text = format!(r#"{{"sub":{sub},"exp":{future},"iss":"{iss}","aud":"api"}}"#);
-        let denied = refused(&mut h, bearer(&token_with_claims_text(&text, &hs)))?;
+        let req = bearer(&token_with_claims_text(&text, &hs)).header("x-user-id", "mallory");
+        let denied = refused(&mut h, req)?;
         assert_eq!(denied, "malformed token", "{sub}");
     }
+    // A member nobody reads is not interpreted: a lone surrogate there passes (signed).
+    let req = ok(
+        &mut h,
+        format!(r#"{{"sub":"alice","note":"\ud800","exp":{future},"iss":"{iss}","aud":"api"}}"#),
+    )?;
+    assert_eq!(req.header_value("x-user-id"), Some("alice"));
+    // A check's member that does not decode fails that check.
+    let text = format!(r#"{{"exp":{future},"iss":"\ud800","aud":"api"}}"#);
+    let denied = refused(&mut h, bearer(&token_with_claims_text(&text, &hs)))?;
+    assert_eq!(denied, "invalid issuer");
+    let text = format!(r#"{{"exp":{future},"iss":"{iss}","aud":"\udc00"}}"#);
+    let denied = refused(&mut h, bearer(&token_with_claims_text(&text, &hs)))?;
+    assert_eq!(denied, "invalid audience");
     // A claim whose value cannot be read as the check needs: invalid claims, not a pass.
     for exp in ["\"tomorrow\"", "1e400", "null", "true", "[1]"] {
         let text = format!(r#"{{"exp":{exp},"iss":"{iss}","aud":"api"}}"#);

@@ -110,8 +110,15 @@ impl<'a> Claims<'a> {
     }
 
     fn str(&self, name: &str) -> Option<Result<Cow<'a, str>, Reject>> {
-        let raw = self.raw(name)?.get();
-        Some(serde_json::from_str(raw).map_err(|_| Reject::BadClaims))
+        Some(json_str(self.raw(name)?.get()).ok_or(Reject::BadClaims))
+    }
+}
+
+/// A JSON string's text, borrowed when it has no escapes (serde's `Cow<str>` always copies).
+fn json_str(raw: &str) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(raw).ok().map(Cow::Owned),
     }
 }
 
@@ -320,9 +327,7 @@ pub fn check_claims(
     if !rules.audiences.is_empty() {
         let accepted = |aud: &str| rules.audiences.iter().any(|a| a == aud);
         let ok = match claims.raw("aud").map(RawValue::get) {
-            Some(raw) if raw.starts_with('"') => {
-                serde_json::from_str::<Cow<'_, str>>(raw).is_ok_and(|aud| accepted(&aud))
-            }
+            Some(raw) if raw.starts_with('"') => json_str(raw).is_some_and(|aud| accepted(&aud)),
             Some(raw) if raw.starts_with('[') => serde_json::from_str::<Vec<Value>>(raw)
                 .is_ok_and(|auds| auds.iter().any(|a| a.as_str().is_some_and(accepted))),
             _ => false,

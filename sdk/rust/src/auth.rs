@@ -147,9 +147,10 @@ impl ForwardHeaders {
         self.pairs.iter().map(|(m, _)| m.as_str())
     }
 
-    /// Sets each header from `value(member)`. Every forwarded header is removed first, so what the
-    /// client sent under those names never passes for what the token says. A value no header can
-    /// carry (control characters) leaves the header out, with a warning.
+    /// Sets each header from `value(member)`, replacing every value the client sent under that
+    /// name, so what the client sent never passes for what the token says. A member that is
+    /// missing, or whose value no header can carry (control characters: with a warning), has
+    /// its header removed.
     pub fn apply(
         &self,
         req: &mut Request,
