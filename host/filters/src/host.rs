@@ -272,6 +272,9 @@ struct Resolved {
 /// Most series one instance keeps resolved; past this, its other series are looked up on
 /// every write (filters write a handful: decisions by outcome, a latency).
 const RESOLVED_SERIES: usize = 32;
+/// Longest series (name and labels, in bytes) an instance keeps resolved: what the cache holds
+/// outside the guest's memory limit stays small (32 × 256 bytes), whatever labels a filter uses.
+const RESOLVED_SERIES_BYTES: usize = 256;
 
 /// Most callouts one phase call may make: each holds the instance (and the request) while it
 /// waits.
@@ -782,19 +785,22 @@ impl clock::Host for HostState {
 }
 
 impl HostState {
-    /// The series a metrics call writes: one this instance wrote before (no look-up, no
-    /// check: an admitted series stays admitted, and the process keeps it), else checked,
-    /// admitted and resolved (see [`crate::series`]), and kept for the next call.
-    fn series(
+    /// Writes the series of a metrics call (`write`): one this instance wrote before (no
+    /// look-up, no check: an admitted series stays admitted, and the process keeps it), else
+    /// checked, admitted and resolved (see [`crate::series`]), and kept for the next call when
+    /// there is room and its names are short.
+    fn write_series(
         &mut self,
         kind: Kind,
         name: String,
         labels: Vec<(String, String)>,
-    ) -> Result<&weir_observe::FilterSeries, HostError> {
-        let known = (self.series.iter())
-            .position(|r| r.kind == kind && r.name == name && r.labels == labels);
-        if let Some(i) = known {
-            return Ok(&self.series[i].series);
+        write: impl FnOnce(&weir_observe::FilterSeries),
+    ) -> Result<(), HostError> {
+        let known =
+            (self.series.iter()).find(|r| r.kind == kind && r.name == name && r.labels == labels);
+        if let Some(r) = known {
+            write(&r.series);
+            return Ok(());
         }
         self.admit_series(&name, kind, &labels)?;
         let (filter, registry) = (&*self.shared.spec.filter, &self.shared.runtime.registry);
@@ -803,6 +809,14 @@ impl HostState {
             Kind::Gauge => registry.filter_gauge(filter, &name, &labels),
             Kind::Histogram => registry.filter_histogram(filter, &name, &labels),
         };
+        write(&series);
+        let bytes = name.len()
+            + (labels.iter())
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if bytes > RESOLVED_SERIES_BYTES {
+            return Ok(());
+        }
         if self.series.len() == RESOLVED_SERIES {
             // Full: the newest takes the last place (the first ones stay fast).
             self.series.pop();
@@ -813,7 +827,7 @@ impl HostState {
             labels,
             series,
         });
-        Ok(&self.series[self.series.len() - 1].series)
+        Ok(())
     }
 
     /// Checks a metrics call and admits its series (see [`crate::series`]); a refusal past a
@@ -842,9 +856,7 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         delta: u64,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(self
-            .series(Kind::Counter, name, labels)
-            .map(|s| s.add(delta)))
+        Ok(self.write_series(Kind::Counter, name, labels, |s| s.add(delta)))
     }
     fn gauge_set(
         &mut self,
@@ -852,7 +864,7 @@ impl metrics::Host for HostState {
         labels: Vec<(String, String)>,
         value: i64,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(self.series(Kind::Gauge, name, labels).map(|s| s.set(value)))
+        Ok(self.write_series(Kind::Gauge, name, labels, |s| s.set(value)))
     }
     fn histogram_observe(
         &mut self,
@@ -865,9 +877,7 @@ impl metrics::Host for HostState {
                 "histogram {name:?}: observation must be finite, got {value}"
             ))));
         }
-        Ok(self
-            .series(Kind::Histogram, name, labels)
-            .map(|s| s.observe(value)))
+        Ok(self.write_series(Kind::Histogram, name, labels, |s| s.observe(value)))
     }
 }
 

@@ -462,7 +462,6 @@ impl Registry {
 
     /// The filter metric `(filter, name, labels)`, created by `make` on first use. Found
     /// without allocating: the key is built (and its labels rendered) only for a new series.
-    /// A filter's series, found or created with `make`.
     fn custom(
         &self,
         filter: &str,

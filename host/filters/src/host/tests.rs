@@ -208,6 +208,13 @@ fn resolved_series_count_every_write_and_refuse_what_admission_refuses() -> anyh
         assert_eq!(value(&series).as_deref(), Some("3"), "{series}");
     }
     assert!(!text.contains("le=\"a\""));
+    // Long label values are written right too (looked up each time, not kept).
+    let long = "v".repeat(RESOLVED_SERIES_BYTES);
+    for _ in 0..4 {
+        must(s.counter_add("hits".into(), l("r", &long), 1))?;
+    }
+    let text = s.shared.runtime.registry.render("test");
+    assert!(text.contains(&format!("weir_filter_hits{{filter=\"f\",r=\"{long}\"}} 4")));
     // Past the series bound, a refusal every time (counted every time), even for a name
     // whose other series are resolved.
     for i in RESOLVED_SERIES * 2..crate::series::MAX_SERIES_PER_METRIC {
