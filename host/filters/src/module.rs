@@ -164,7 +164,8 @@ impl Runtime {
             tracing::warn!(
                 "the address space cannot hold {n} filter instances of 8 GiB of reservations each \
                  ({full:#}): filters run with bounds checks on every memory access, slower; \
-                 lower filter_instances to run them at full speed"
+                 raise the address-space limit (ulimit -v), or lower filter_instances, to run \
+                 them at full speed"
             );
             Ok::<_, anyhow::Error>(engine)
         })?;
