@@ -102,7 +102,7 @@ impl<'a> Claims<'a> {
         let Some(raw) = self.raw(name).map(RawValue::get) else {
             return Ok(None);
         };
-        if let Ok(s) = serde_json::from_str::<Cow<'_, str>>(raw) {
+        if let Some(s) = json_str(raw) {
             return Ok(Some(s.into_owned()));
         }
         let value: Value = serde_json::from_str(raw).map_err(|_| Reject::Malformed)?;
