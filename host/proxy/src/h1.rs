@@ -595,7 +595,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
             buf.advance(len);
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(res.headers.len());
+        // Room for what the proxy adds on the way down (`Via`, `X-Request-Id`) and a little for
+        // filters, so the map does not grow (reallocating both its tables) as they are added.
+        let mut headers = HeaderMap::with_capacity(res.headers.len() + 4);
         let (mut close_token, mut keep_alive_token) = (false, false);
         let mut length: Option<u64> = None;
         let mut codings = 0usize;

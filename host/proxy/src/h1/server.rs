@@ -55,6 +55,10 @@ use crate::error::ErrorKind;
 
 /// Fields parsed on the stack; a limit above this parses into a vector.
 const STACK_FIELDS: usize = 128;
+/// Room left in a request's header map for what the proxy adds on the way up (`Host`, the
+/// three `X-Forwarded-*`, `Via`, `X-Request-Id`, `traceparent`) and a little for filters: a map
+/// that grows reallocates both its tables, which cost ~5% of a plain request's instructions.
+const ADDED_REQUEST_FIELDS: usize = 10;
 /// The first read of a request head.
 const HEAD_READ: usize = 4 * 1024;
 /// Body data smaller than this is copied into the write buffer (one write for head and body).
@@ -335,7 +339,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Option<Pars
     if absolute && (uri.scheme().is_none() || uri.authority().is_none()) {
         return Err(refuse(bad("invalid request target")));
     }
-    let mut headers = HeaderMap::with_capacity(fields.len() + 1);
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_REQUEST_FIELDS);
     for (name, (from, to)) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(from..to))
             .map_err(|_| refuse(bad("invalid header value")))?;
