@@ -313,6 +313,54 @@ async fn runaway_filters_follow_their_failure_policy_and_the_proxy_keeps_serving
     Ok(())
 }
 
+/// Context switches of the process's thread named `name` (voluntary and not).
+fn thread_switches(pid: u32, name: &str) -> Result<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        if std::fs::read_to_string(dir.join("comm"))?.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status"))?;
+        return Ok(status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum());
+    }
+    anyhow::bail!("no thread named {name} in process {pid}")
+}
+
+/// The epoch thread advances the epoch only when a running call may have spent its time: an
+/// idle proxy with filters sleeps (it used to wake every millisecond: 1.8% of a core here,
+/// forever). That it still stops runaway calls is `runaway_filters_follow_their_failure_policy`.
+#[tokio::test]
+async fn the_epoch_thread_sleeps_while_no_call_can_be_over_its_time() -> Result<()> {
+    let up = Upstream::start("up").await;
+    let weir = Weir::start(&config(
+        &up,
+        &tb("edit", "{ mode: header-edit, tag: t }", ""),
+        &route("all", "/", "[edit]"),
+    ))?;
+    let pid = weir.child.id();
+    for _ in 0..50 {
+        let got = get(&weir.url("public", "/")).await?;
+        assert_eq!(got.status, 200);
+    }
+    assert!(
+        up.last().headers.contains_key("x-testbed"),
+        "the filter ran"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let idle_from = thread_switches(pid, "weir-epoch")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = thread_switches(pid, "weir-epoch")? - idle_from;
+    assert!(
+        idle <= 5,
+        "the epoch thread woke {idle} times in an idle second"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn capabilities_are_denied_unless_granted() -> Result<()> {
     let up = Upstream::start("up").await;

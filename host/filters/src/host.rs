@@ -305,7 +305,7 @@ impl HostState {
             },
             ex: Exchange::default(),
             phase: Phase::Configure,
-            budget: Budget::new(shared.spec.time_per_phase),
+            budget: Budget::new(shared.spec.time_per_phase, shared.runtime.watchdog.clone()),
             callouts: 0,
             series: Vec::new(),
             shared,

@@ -1,8 +1,8 @@
 //! The engine, the linker, and compiled filter modules (cached in memory and on disk).
 
+use crate::budget::Watchdog;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -69,12 +69,13 @@ pub(crate) struct RuntimeInner {
     pub callouts: Option<Arc<dyn Callouts>>,
     pub registry: Registry,
     pub epoch_start: Instant,
-    stop_ticker: Arc<AtomicBool>,
+    /// Advances the epoch when a call may have spent its time (see `budget`).
+    pub watchdog: Arc<Watchdog>,
 }
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Relaxed);
+        self.watchdog.stop();
     }
 }
 
@@ -179,17 +180,12 @@ impl Runtime {
         )
         .map_err(|e| anyhow::anyhow!("linking the weir:filter imports: {e:#}"))?;
 
-        let stop = Arc::new(AtomicBool::new(false));
+        let watchdog = Arc::new(Watchdog::new());
         {
-            let (engine, stop) = (engine.clone(), stop.clone());
+            let (engine, watchdog) = (engine.clone(), watchdog.clone());
             std::thread::Builder::new()
                 .name("weir-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Relaxed) {
-                        std::thread::sleep(crate::budget::TICK);
-                        engine.increment_epoch();
-                    }
-                })?;
+                .spawn(move || watchdog.run(|| engine.increment_epoch()))?;
         }
         let cache_dir = opts.cache_dir.filter(|dir| match open_private_dir(dir) {
             Ok(()) => true,
@@ -214,7 +210,7 @@ impl Runtime {
                 callouts: opts.callouts,
                 registry: opts.registry,
                 epoch_start: Instant::now(),
-                stop_ticker: stop,
+                watchdog,
             }),
         })
     }

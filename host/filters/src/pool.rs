@@ -306,8 +306,12 @@ impl InstancePool {
         std::mem::swap(&mut data.ex, ex);
         data.phase = phase.unwrap_or(Phase::Log);
         data.callouts = 0;
-        data.budget.start(self.shared.spec.time_per_phase);
+        // The deadline first: the budget's start asks the watchdog to advance the epoch.
         live.store.set_epoch_deadline(1);
+        live.store
+            .data_mut()
+            .budget
+            .start(self.shared.spec.time_per_phase);
         live.in_call = true;
         let f = live.world.weir_filter_filter();
         let store = &mut live.store;
@@ -392,15 +396,14 @@ async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live,
     });
     // Instantiation and configure run guest start-up code (a Go runtime takes milliseconds):
     // give them a larger, still bounded, budget.
-    let data = store.data_mut();
-    data.budget.start(
+    store.set_epoch_deadline(1);
+    store.data_mut().budget.start(
         shared
             .spec
             .time_per_phase
             .saturating_mul(20)
             .max(Duration::from_secs(1)),
     );
-    store.set_epoch_deadline(1);
     let world = module
         .pre
         .instantiate_async(&mut store)
