@@ -7,9 +7,9 @@
 //! life (per-request state lives in the guest under a context id), but an instance serves many
 //! requests: it is locked only while a phase call runs.
 //!
-//! Budgets: memory (a resource limiter), CPU time per phase (the epoch advanced when a call may be
-//! over its time, see `budget`; callout waits
-//! excluded), body bytes held. A trap or breach discards the instance; the request then follows
+//! Budgets: memory (a resource limiter), CPU time per phase (checked when the epoch advances, which
+//! it does when a call may be over its time, see `budget`; callout waits excluded), body bytes
+//! held. A trap or breach discards the instance; the request then follows
 //! the filter's failure policy, and the proxy carries on.
 
 mod bindings {
