@@ -9,23 +9,30 @@
 //! call is charged its wall time, capped at its first look (below); from then on, CPU time.
 //!
 //! The epoch advances only when some call may have reached its limit ([`Watchdog`]): each
-//! call, as it starts, asks to be looked at after half its limit (at least [`TICK`]); each check
-//! that finds the call within its limit asks again for when the rest could be spent. A call
-//! that ends before its look costs the watchdog nothing, so a loaded proxy advances the epoch
-//! a few hundred times a second instead of every millisecond, and an idle one never (the
-//! thread parks). A runaway call is stopped within about [`TICK`] of its limit.
+//! call, as it starts, asks to be looked at after half its limit (between [`TICK`] and
+//! `FIRST_LOOK`); each check that finds the call within its limit asks again for when the rest
+//! could be spent; and while any call runs the epoch advances at least at the cadence of those
+//! first looks (a backstop, see [`Watchdog`]). A call that ends before its look costs the
+//! watchdog nothing, so a loaded proxy advances the epoch a few hundred times a second instead
+//! of every millisecond, and an idle one never (the thread parks). A runaway call is stopped
+//! within a millisecond or two of its limit.
 //!
 //! A callout suspends the guest (the worker thread serves other requests meanwhile, so its CPU
 //! clock no longer measures this guest): the segment so far is banked, and a new one starts when
 //! the callout returns.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The least time between two looks at a running call: the granularity of `time_per_phase`.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// The longest a segment runs before its first look (and so the most wall time it is charged
+/// before its CPU clock is read): with a long limit, half of it would charge a preempted call
+/// for much time it did not use.
+const FIRST_LOOK: Duration = Duration::from_millis(4);
 
 /// What one call has spent, and may spend.
 #[derive(Debug)]
@@ -76,7 +83,7 @@ impl Budget {
             return false;
         }
         self.watch
-            .look_after(Instant::now(), (self.limit - spent).max(TICK));
+            .look_after(Instant::now(), (self.limit - spent).max(TICK), false);
         true
     }
 
@@ -87,16 +94,18 @@ impl Budget {
     }
 
     /// After the guest resumes (and as a call starts): a new segment, looked at after half of
-    /// what is left of the limit.
+    /// what is left of the limit, or [`FIRST_LOOK`] if sooner.
     pub fn resume(&mut self) {
         self.segment_start = Instant::now();
         self.anchor = None;
-        self.watch.look_after(self.segment_start, self.first_look());
+        self.watch
+            .look_after(self.segment_start, self.first_look(), true);
     }
 
-    /// How long a segment runs before its first look, and the most wall time charged for it.
+    /// How long a segment runs before its first look, and the most wall time charged for it:
+    /// short, because wall time counts a preempted call's waiting as spent.
     fn first_look(&self) -> Duration {
-        (self.limit.saturating_sub(self.banked) / 2).max(TICK)
+        (self.limit.saturating_sub(self.banked) / 2).clamp(TICK, FIRST_LOOK)
     }
 
     /// Time of the current segment, anchoring the CPU clock at its first check.
@@ -120,16 +129,22 @@ fn thread_cpu() -> Duration {
 
 /// Advances the engine's epoch when a running call may have reached its limit, which makes
 /// every guest executing at that moment check its budget ([`Budget::tick`]). One thread per
-/// runtime. While calls come it wakes at the cadence of the shortest look any call asks for
-/// (so no call has to wake it); once a whole cadence passes without an ask, it parks until the
-/// next one.
+/// runtime. While calls come it wakes at the cadence of the shortest first look calls ask for
+/// (so a call starting never has to wake it; an ask sooner than its planned wake does); once
+/// no call runs and none has asked since its last advance, it parks until the next ask.
+///
+/// A running call is advanced for at that cadence even when nothing is asked: wasmtime re-arms
+/// a guest's deadline after its epoch callback returns, so the ask that callback made can be
+/// used up by an advance in between, and the guest would be left with no pending look.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     origin: Instant,
     /// The earliest look asked for (ns since `origin`), `u64::MAX` for none.
     due: AtomicU64,
-    /// The shortest wait any call has asked for (ns): the cadence while calls come.
+    /// The shortest first look any call has asked for (ns): the cadence while calls come.
     shortest: AtomicU64,
+    /// Calls started and not yet ended (including ones suspended on a callout).
+    running: AtomicUsize,
     /// Until when the thread sleeps (ns since `origin`): `u64::MAX` parked, 0 awake. An ask
     /// for an earlier look wakes it.
     wake: AtomicU64,
@@ -147,6 +162,7 @@ impl Watchdog {
             origin: Instant::now(),
             due: AtomicU64::new(u64::MAX),
             shortest: AtomicU64::new(u64::MAX),
+            running: AtomicUsize::new(0),
             wake: AtomicU64::new(0),
             thread: OnceLock::new(),
             stop: AtomicBool::new(false),
@@ -158,10 +174,17 @@ impl Watchdog {
         u64::try_from(ns).unwrap_or(u64::MAX - 1).min(u64::MAX - 1)
     }
 
+    /// A call runs until the guard drops (however its future ends).
+    pub fn running(&self) -> Running<'_> {
+        self.running.fetch_add(1, SeqCst);
+        Running(self)
+    }
+
     /// Asks for the epoch to advance `after` from `from` (never, past what time can hold).
-    pub fn look_after(&self, from: Instant, after: Duration) {
+    /// `first`: a segment's first look, which sets the cadence.
+    pub fn look_after(&self, from: Instant, after: Duration, first: bool) {
         let wait = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
-        if wait < self.shortest.load(Relaxed) {
+        if first && wait < self.shortest.load(Relaxed) {
             self.shortest.fetch_min(wait, Relaxed);
         }
         if let Some(at) = from.checked_add(after) {
@@ -185,26 +208,35 @@ impl Watchdog {
     /// The thread's loop: `advance` moves the engine's epoch.
     pub fn run(&self, advance: impl Fn()) {
         self.thread.get_or_init(std::thread::current);
+        let mut last = 0u64;
         while !self.stop.load(SeqCst) {
             let now = self.ns(Instant::now());
-            let due = self.due.load(SeqCst);
+            let cadence = self.shortest.load(Relaxed).max(TICK.as_nanos() as u64);
+            let mut due = self.due.load(SeqCst);
+            let asked = due != u64::MAX;
+            if !asked && self.running.load(SeqCst) > 0 {
+                // The backstop (see the type's docs): a running call is looked at each cadence.
+                due = last.saturating_add(cadence);
+            }
             let next = if due == u64::MAX {
-                // Nothing asked for since the last advance: park until something is.
+                // Nothing runs and nothing asked since the last advance: park until an ask.
                 u64::MAX
             } else if due <= now.saturating_add(SLACK) {
                 // Cleared before the epoch moves: a call starting meanwhile either asked after
                 // this (and is seen on the next round) or set its deadline before the move (and
                 // its guest checks now, asking again).
-                if self
-                    .due
-                    .compare_exchange(due, u64::MAX, SeqCst, SeqCst)
-                    .is_err()
+                if asked
+                    && self
+                        .due
+                        .compare_exchange(due, u64::MAX, SeqCst, SeqCst)
+                        .is_err()
                 {
                     continue;
                 }
                 advance();
-                // Any call asking from now on asks for at least `shortest` from now.
-                now.saturating_add(self.shortest.load(Relaxed))
+                last = now;
+                // A call starting from now on asks for at least `cadence` from now.
+                now.saturating_add(cadence)
             } else {
                 due
             };
@@ -228,6 +260,15 @@ impl Watchdog {
         if let Some(thread) = self.thread.get() {
             thread.unpark();
         }
+    }
+}
+
+/// A call in progress, for [`Watchdog`]'s backstop.
+pub(crate) struct Running<'a>(&'a Watchdog);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, SeqCst);
     }
 }
 
@@ -255,16 +296,18 @@ mod tests {
 
     #[test]
     fn wall_time_before_the_first_check_is_capped_at_the_first_look() {
-        let mut b = Budget::new(Duration::from_millis(5), Arc::new(Watchdog::new()));
-        std::thread::sleep(Duration::from_millis(20));
+        // A 10 ms limit's first look is after 4 ms (half of it, capped): at most 4 ms of wall
+        // time is charged before the CPU clock is read.
+        let mut b = Budget::new(Duration::from_millis(10), Arc::new(Watchdog::new()));
+        std::thread::sleep(Duration::from_millis(30));
         assert!(
             b.tick(),
-            "20 ms preempted before the first check is not 20 ms of CPU"
+            "30 ms preempted before the first check is not 30 ms of CPU"
         );
-        spin_cpu(4);
+        spin_cpu(7);
         assert!(
             !b.tick(),
-            "2.5 ms charged at the first check, then 4 ms of CPU, exceed 5 ms"
+            "4 ms charged at the first check, then 7 ms of CPU, exceed 10 ms"
         );
     }
 
@@ -287,24 +330,66 @@ mod tests {
         n.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Waits (up to 10 s, for a loaded machine) until `cond` holds.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn the_epoch_advances_when_a_look_is_due_and_not_otherwise() {
         let (w, n, t) = watching();
-        std::thread::sleep(Duration::from_millis(50));
+        eventually("with nothing asked the thread parks", || {
+            w.wake.load(SeqCst) == u64::MAX
+        });
         assert_eq!(count(&n), 0, "nothing asked: the epoch stays");
-        assert_eq!(
-            w.wake.load(SeqCst),
-            u64::MAX,
-            "nothing asked: the thread parks"
+        let asked = Instant::now();
+        w.look_at(asked + Duration::from_millis(400));
+        w.look_at(asked + Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(100));
+        if asked.elapsed() < Duration::from_millis(350) {
+            assert_eq!(count(&n), 0, "not due yet");
+        }
+        eventually("the first look is taken", || count(&n) >= 1);
+        assert!(
+            asked.elapsed() >= Duration::from_millis(399),
+            "not before it was due"
         );
-        w.look_at(Instant::now() + Duration::from_millis(30));
-        w.look_at(Instant::now() + Duration::from_millis(60));
-        std::thread::sleep(Duration::from_millis(10));
-        assert_eq!(count(&n), 0, "not due yet");
-        std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(count(&n), 1, "one advance covers every look due by then");
+        eventually(
+            "nothing running, nothing asked: the thread parks again",
+            || w.wake.load(SeqCst) == u64::MAX,
+        );
+        let advanced = count(&n);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(count(&n), advanced, "a parked watchdog does not advance");
+        w.stop();
+        t.join().unwrap();
+    }
+
+    /// wasmtime re-arms a guest's deadline after its epoch callback returns, so the look that
+    /// callback asked for can be used up by an advance in between: a running call is advanced
+    /// for at the cadence whether or not anything is asked.
+    #[test]
+    fn a_running_call_is_looked_at_even_when_its_ask_was_used_up() {
+        let (w, n, t) = watching();
+        let call = w.running();
+        w.look_after(Instant::now(), Duration::from_millis(5), true);
+        eventually("the ask is taken", || count(&n) >= 1);
+        assert_eq!(w.due.load(SeqCst), u64::MAX, "nothing is asked any more");
+        let taken = count(&n);
+        eventually("the running call is looked at again", || {
+            count(&n) >= taken + 3
+        });
+        drop(call);
+        eventually("once it ends, the thread parks", || {
+            w.wake.load(SeqCst) == u64::MAX
+        });
+        let advanced = count(&n);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(count(&n), 1, "then the thread parks again");
+        assert_eq!(count(&n), advanced, "a parked watchdog does not advance");
         w.stop();
         t.join().unwrap();
     }

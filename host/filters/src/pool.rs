@@ -308,6 +308,9 @@ impl InstancePool {
         data.callouts = 0;
         // The deadline first: the budget's start asks the watchdog to advance the epoch.
         live.store.set_epoch_deadline(1);
+        // Counted as running until this call's future ends, however it ends (the watchdog's
+        // backstop).
+        let _running = self.shared.runtime.watchdog.running();
         live.store
             .data_mut()
             .budget
@@ -397,6 +400,7 @@ async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live,
     // Instantiation and configure run guest start-up code (a Go runtime takes milliseconds):
     // give them a larger, still bounded, budget.
     store.set_epoch_deadline(1);
+    let _running = rt.watchdog.running();
     store.data_mut().budget.start(
         shared
             .spec
