@@ -303,10 +303,12 @@ pub(crate) async fn serve<I>(
         let shared = shared.clone();
         service_fn(move |req| {
             let (shared, conn) = (shared.clone(), conn.clone());
-            async move {
+            // Boxed: hyper moves the service's future whole (into the connection's state, and
+            // over HTTP/2 into a task per stream), and the request's future is ~5.5 KiB.
+            Box::pin(async move {
                 let req = req.map(crate::body::Source::Hyper);
                 Ok::<_, Infallible>(crate::proxy::handle(shared, conn, req).await)
-            }
+            })
         })
     };
     let io = Watched {
