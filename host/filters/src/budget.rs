@@ -358,13 +358,22 @@ mod tests {
             asked.elapsed() >= Duration::from_millis(399),
             "not before it was due"
         );
-        eventually(
-            "nothing running, nothing asked: the thread parks again",
-            || w.wake.load(SeqCst) == u64::MAX,
-        );
-        let advanced = count(&n);
+        parks_and_stops(&w, &n, t, "nothing running, nothing asked");
+    }
+
+    /// The watchdog parks, advances nothing while parked, and stops.
+    fn parks_and_stops(
+        w: &Watchdog,
+        n: &std::sync::atomic::AtomicUsize,
+        t: std::thread::JoinHandle<()>,
+        why: &str,
+    ) {
+        eventually(&format!("{why}: the thread parks"), || {
+            w.wake.load(SeqCst) == u64::MAX
+        });
+        let advanced = count(n);
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(count(&n), advanced, "a parked watchdog does not advance");
+        assert_eq!(count(n), advanced, "a parked watchdog does not advance");
         w.stop();
         t.join().unwrap();
     }
@@ -384,14 +393,7 @@ mod tests {
             count(&n) >= taken + 3
         });
         drop(call);
-        eventually("once it ends, the thread parks", || {
-            w.wake.load(SeqCst) == u64::MAX
-        });
-        let advanced = count(&n);
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(count(&n), advanced, "a parked watchdog does not advance");
-        w.stop();
-        t.join().unwrap();
+        parks_and_stops(&w, &n, t, "the call ended");
     }
 
     #[test]
