@@ -1,6 +1,5 @@
 //! The engine, the linker, and compiled filter modules (cached in memory and on disk).
 
-use crate::budget::Watchdog;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -13,6 +12,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use weir_observe::Registry;
 
 use crate::bindings::FilterWorldPre;
+use crate::budget::Watchdog;
 use crate::componentize::{WasmKind, componentize, wasm_kind};
 use crate::host::HostState;
 use crate::{Callouts, KvLimits};

@@ -9,6 +9,7 @@ use weir_config::{FailurePolicy, Grants};
 
 use crate::bindings::FilterWorld;
 use crate::bindings::weir::filter::types;
+use crate::budget::{Running, Watchdog};
 use crate::host::{Exchange, HostState, Phase};
 use crate::module::{Module, Runtime, RuntimeInner};
 use crate::{FailureKind, Phases};
@@ -306,15 +307,11 @@ impl InstancePool {
         std::mem::swap(&mut data.ex, ex);
         data.phase = phase.unwrap_or(Phase::Log);
         data.callouts = 0;
-        // The deadline first: the budget's start asks the watchdog to advance the epoch.
-        live.store.set_epoch_deadline(1);
-        // Counted as running until this call's future ends, however it ends (the watchdog's
-        // backstop).
-        let _running = self.shared.runtime.watchdog.running();
-        live.store
-            .data_mut()
-            .budget
-            .start(self.shared.spec.time_per_phase);
+        let _running = enter(
+            &mut live.store,
+            &self.shared.runtime.watchdog,
+            self.shared.spec.time_per_phase,
+        );
         live.in_call = true;
         let f = live.world.weir_filter_filter();
         let store = &mut live.store;
@@ -352,6 +349,16 @@ impl InstancePool {
             }
         }
     }
+}
+
+/// Enters a guest call on `store`, in the order the watchdog needs: the epoch deadline armed,
+/// then the budget started (which asks the watchdog to look); the call counts as running until
+/// the guard drops, however its future ends (the watchdog's backstop, see `budget`).
+fn enter<'w>(store: &mut Store<HostState>, watchdog: &'w Watchdog, limit: Duration) -> Running<'w> {
+    store.set_epoch_deadline(1);
+    let running = watchdog.running();
+    store.data_mut().budget.start(limit);
+    running
 }
 
 fn classify(e: &wasmtime::Error, data: &HostState) -> FailureKind {
@@ -399,14 +406,10 @@ async fn instantiate(shared: &Arc<PoolShared>, module: &Module) -> Result<(Live,
     });
     // Instantiation and configure run guest start-up code (a Go runtime takes milliseconds):
     // give them a larger, still bounded, budget.
-    store.set_epoch_deadline(1);
-    let _running = rt.watchdog.running();
-    store.data_mut().budget.start(
-        shared
-            .spec
-            .time_per_phase
-            .saturating_mul(20)
-            .max(Duration::from_secs(1)),
+    let _running = enter(
+        &mut store,
+        &rt.watchdog,
+        (shared.spec.time_per_phase.saturating_mul(20)).max(Duration::from_secs(1)),
     );
     let world = module
         .pre
